@@ -1,0 +1,116 @@
+"""Small CLIP models and word-level tokenizers that are built in code and run offline.
+
+Used by the tests and by the synthetic world (`hnc_clip.synthetic`): no machine here can download
+`openai/clip-vit-base-patch32`, so we build a `CLIPModel` + `CLIPProcessor` from scratch and save them
+with `save_pretrained`. The result loads through exactly the same code path as a Hub checkpoint.
+
+EOS pooling: transformers' CLIP text tower pools at `argmax(input_ids)` when `eos_token_id == 2` (a legacy
+of the original checkpoints) and at the first `eos_token_id` otherwise. Our vocabularies put EOS at id 3 and
+set `text_config.eos_token_id = 3`, so pooling reads the first EOS, whatever the vocabulary size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0..3
+EOS_ID = 3
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Sorted set of lower-case words in `texts` (the same split the tokenizer's pre-tokenizer makes)."""
+    vocab: set[str] = set()
+    for text in texts:
+        vocab.update(_WORD.findall(text.lower()))
+    return sorted(vocab)
+
+
+def build_word_tokenizer(words: Iterable[str], model_max_length: int = 32) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: lower-cases, drops punctuation, wraps each text as `[BOS] words [EOS]`."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=model_max_length,
+    )
+
+
+def build_tiny_clip(
+    vocab_size: int,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    projection_dim: int = 32,
+    max_position_embeddings: int = 32,
+    text_hidden_size: int | None = None,
+    text_num_layers: int | None = None,
+    seed: int = 0,
+) -> CLIPModel:
+    """A randomly initialised `CLIPModel` of the given size (deterministic for `seed`)."""
+    import torch
+
+    text_hidden = text_hidden_size or hidden_size
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=text_hidden,
+            intermediate_size=4 * text_hidden,
+            num_hidden_layers=text_num_layers or num_layers,
+            num_attention_heads=num_heads,
+            max_position_embeddings=max_position_embeddings,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=EOS_ID,
+        ),
+        vision_config=dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+        ),
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    return CLIPModel(config)
+
+
+def build_image_processor(image_size: int = 32) -> CLIPImageProcessor:
+    """CLIP preprocessing (resize shortest edge, centre crop, CLIP mean/std) at `image_size`."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+def save_tiny_clip(output_dir: str, texts: Iterable[str], image_size: int = 32, **model_kwargs) -> str:
+    """Build a tokenizer from the words of `texts`, a tiny CLIP for it, and `save_pretrained` both."""
+    max_len = model_kwargs.pop("max_position_embeddings", 32)
+    tokenizer = build_word_tokenizer(words_of(texts), model_max_length=max_len)
+    model = build_tiny_clip(
+        vocab_size=len(tokenizer), image_size=image_size, max_position_embeddings=max_len, **model_kwargs
+    )
+    processor = CLIPProcessor(image_processor=build_image_processor(image_size), tokenizer=tokenizer)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
