@@ -1,0 +1,141 @@
+"""Command-line arguments: one dataclass per group, parsed by `HfArgumentParser`.
+
+`HncTrainingArguments` subclasses `TrainingArguments`, so every Trainer flag (`--output_dir`, `--max_steps`,
+`--bf16`, `--report_to`, `--push_to_hub`, `--resume_from_checkpoint`, ...) works unchanged; it only adds the
+method's own knobs. Choices are checked against the registries in `__post_init__`, naming the flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Hub id or local `save_pretrained` directory of the CLIP model to fine-tune."},
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Processor (tokenizer + image processor) to use; defaults to the model's."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store models downloaded from the Hub."})
+    model_revision: str = field(default="main", metadata={"help": "Hub branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models (else `hf auth login`)."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modelling code from the Hub. Off by default: it executes code from the repo."},
+    )
+    attn_implementation: str | None = field(
+        default="sdpa", metadata={"help": "Attention kernel: `sdpa` (default), `eager`, `flash_attention_2`."}
+    )
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(
+        default=None, metadata={"help": "HNC JSON for training (train/val or test schema, detected)."}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "HNC JSON for evaluation during training (either schema)."}
+    )
+    image_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the images (GQA-style `<image_id>.jpg`), joined on the fly."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training pairs (after filtering), for quick runs."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation pairs."})
+    caption_types: list[str] | None = field(
+        default=None, metadata={"help": "Keep only pairs of these caption types (e.g. `relation_subj attribute`)."}
+    )
+    on_missing_image: str = field(
+        default="skip",
+        metadata={"help": "Missing/unreadable image: `skip` the pair (counted, logged) or `error` (stop)."},
+    )
+    max_text_length: int | None = field(
+        default=None, metadata={"help": "Truncate captions to this many tokens; default: the model's max positions."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset filtering."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the Arrow cache of the HNC files."})
+
+    def __post_init__(self):
+        if self.on_missing_image not in ("skip", "error"):
+            raise ValueError(f"--on_missing_image must be `skip` or `error`, got {self.on_missing_image!r}")
+
+
+@dataclass
+class HncTrainingArguments(TrainingArguments):
+    loss_type: str = field(
+        default="hnc",
+        metadata={"help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`."},
+    )
+    hard_negative_weight: float = field(
+        default=1.0, metadata={"help": "λ: weight of the hard-negative term (its maximum under a schedule)."}
+    )
+    hard_negative_schedule: str = field(
+        default="constant",
+        metadata={"help": "λ schedule: `constant`, `linear` (warm-up from min to λ), `step` (staircase min→λ)."},
+    )
+    hard_negative_weight_min: float = field(default=0.0, metadata={"help": "Starting λ of `linear`/`step`."})
+    hard_negative_warmup_steps: int = field(default=0, metadata={"help": "Steps over which `linear` reaches λ."})
+    hard_negative_step_size: float = field(default=0.1, metadata={"help": "`step`: λ increase per stair."})
+    hard_negative_step_every: int = field(default=100, metadata={"help": "`step`: optimizer steps per stair."})
+    l2_reg_weight: float = field(
+        default=0.0, metadata={"help": "λ_reg of ‖θ−θ₀‖² over trainable parameters (`thesis_l2`; any loss)."}
+    )
+    kl_weight: float = field(default=1.0, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."})
+    kl_temperature: float = field(default=1.0, metadata={"help": "`kl_teacher`: softmax temperature of the KL."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."})
+    dpo_contrastive_weight: float = field(
+        default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
+    )
+    max_logit_scale: float = field(
+        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this (open_clip/NegCLIP clamp at 100)."}
+    )
+    gather_negatives: bool = field(
+        default=True,
+        metadata={"help": "Under DDP/DeepSpeed gather embeddings from all processes (global negatives)."},
+    )
+    mask_same_image: bool = field(
+        default=True,
+        metadata={"help": "Mask logits between different pairs of the same image (they are not negatives)."},
+    )
+    finetune_mode: str = field(
+        default="full", metadata={"help": "What trains: `full`, `text`, `vision`, `last_block`, `lora`."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        metadata={"help": "Module names LoRA adapts (both towers)."},
+    )
+    # Trainer defaults that suit this recipe (still overridable on the command line).
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the caption and image columns."}
+    )
+    report_to: str | list[str] = field(default="none", metadata={"help": "`wandb`, `tensorboard`, `all`, `none`."})
+
+    def __post_init__(self):
+        # Imported here: registries live beside the code they name, and args must stay importable cheaply.
+        from .losses import LOSSES
+        from .modeling import FINETUNE_MODES
+        from .schedules import SCHEDULES
+
+        for flag, value, registry in (
+            ("--loss_type", self.loss_type, LOSSES),
+            ("--hard_negative_schedule", self.hard_negative_schedule, SCHEDULES),
+            ("--finetune_mode", self.finetune_mode, FINETUNE_MODES),
+        ):
+            if value not in registry:
+                raise ValueError(f"{flag} must be one of {sorted(registry)}, got {value!r}")
+        if self.hard_negative_weight < 0 or self.hard_negative_weight_min < 0:
+            raise ValueError("--hard_negative_weight and --hard_negative_weight_min must be >= 0")
+        if self.max_logit_scale <= 0:
+            raise ValueError("--max_logit_scale must be > 0")
+        super().__post_init__()

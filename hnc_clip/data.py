@@ -1,0 +1,238 @@
+"""HNC JSON → `datasets.Dataset` of pairs, with images joined on the fly.
+
+The JSON is streamed (`hnc_json.iter_hnc_pairs`) into an Arrow cache by `Dataset.from_generator`, which writes
+in batches and renames the finished cache into place (an interrupted conversion never leaves a cache that a
+later run trusts). The cache fingerprint is derived from the file's path, size and mtime, so an edited file
+is converted again. Images are not decoded here: `ImageJoin` is installed with `with_transform` and loads
+`<image_dir>/<image_file>` in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+from PIL import Image, UnidentifiedImageError
+
+from .hnc_json import PAIR_COLUMNS, detect_schema, iter_hnc_pairs
+
+logger = logging.getLogger(__name__)
+
+FEATURES = datasets.Features({name: datasets.Value("string") for name in PAIR_COLUMNS})
+SKIPS_FILE = "hnc_skips.json"
+
+
+class EmptySplitError(ValueError):
+    """A split has no pairs left (after parsing, filtering and dropping pairs with missing images)."""
+
+
+class ImageLoadError(RuntimeError):
+    """An image is missing or unreadable and `--on_missing_image error` was given."""
+
+
+def _fingerprint(path: str, schema: str) -> str:
+    st = os.stat(path)
+    key = f"hnc-v1|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{schema}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _generate(path: str, schema: str):
+    # Skips are counted during conversion and written beside the Arrow files (`SKIPS_FILE`), so a run that
+    # loads the cache reports the same counts as the run that built it.
+    skips: Counter = Counter()
+    yield from iter_hnc_pairs(path, schema=schema, skips=skips)
+    _generate.last_skips = dict(skips)
+
+
+def load_hnc_pairs(path: str, cache_dir: str | None = None, overwrite_cache: bool = False) -> datasets.Dataset:
+    """Stream an HNC file (either schema) into an Arrow-backed `Dataset` of pairs (`PAIR_COLUMNS`)."""
+    schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
+    _generate.last_skips = None
+    ds = datasets.Dataset.from_generator(
+        _generate,
+        features=FEATURES,
+        gen_kwargs={"path": path, "schema": schema},
+        cache_dir=cache_dir,
+        fingerprint=_fingerprint(path, schema),
+        split=datasets.Split.TRAIN,
+        **({"download_mode": "force_redownload"} if overwrite_cache else {}),
+    )
+    skips_path = os.path.join(os.path.dirname(ds.cache_files[0]["filename"]), SKIPS_FILE) if ds.cache_files else None
+    if _generate.last_skips is not None and skips_path:
+        with open(skips_path, "w") as f:
+            json.dump(_generate.last_skips, f)
+    skips = _generate.last_skips
+    if skips is None and skips_path and os.path.exists(skips_path):
+        with open(skips_path) as f:
+            skips = json.load(f)
+    report_skips(path, len(ds), skips or {})
+    return ds
+
+
+def report_skips(what: str, kept: int, skips: dict[str, int]) -> None:
+    """One summary line per split (counts by reason), never one warning per item."""
+    total = sum(skips.values())
+    if total:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(skips.items()))
+        logger.warning(f"{what}: kept {kept:,} pairs, skipped {total:,} ({reasons})")
+    else:
+        logger.info(f"{what}: {kept:,} pairs, nothing skipped")
+
+
+def select_pairs(
+    ds: datasets.Dataset,
+    caption_types: list[str] | None = None,
+    max_samples: int | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Apply `--caption_types` then `--max_*_samples`."""
+    if caption_types:
+        wanted = set(caption_types)
+        unknown = wanted - set(ds.unique("type"))
+        if unknown:
+            logger.warning(f"--caption_types {sorted(unknown)} occur nowhere in this split")
+        ds = ds.filter(
+            lambda types: [t in wanted for t in types],
+            input_columns="type",
+            batched=True,
+            num_proc=num_proc,
+            desc="Filtering caption types",
+        )
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    return ds
+
+
+def drop_missing_images(
+    ds: datasets.Dataset, image_dir: str, on_missing: str = "skip", num_proc: int | None = None
+) -> datasets.Dataset:
+    """Check once per unique image that its file exists; drop (and count) or raise for the missing ones.
+
+    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair.
+    """
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"--image_dir {image_dir!r} does not exist or is not a directory")
+    files = ds.unique("image_file")
+    missing = {f for f in files if not os.path.isfile(os.path.join(image_dir, f))}
+    if not missing:
+        return ds
+    example = ", ".join(sorted(missing)[:5])
+    if on_missing == "error":
+        raise ImageLoadError(f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example})")
+    before = len(ds)
+    ds = ds.filter(
+        lambda names: [n not in missing for n in names],
+        input_columns="image_file",
+        batched=True,
+        num_proc=num_proc,
+        desc="Dropping pairs with missing images",
+    )
+    logger.warning(
+        f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example}): "
+        f"skipped {before - len(ds):,} of {before:,} pairs"
+    )
+    return ds
+
+
+def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | None = None) -> datasets.Dataset:
+    """Everything a split needs before training: parse, filter, check images, join images lazily."""
+    ds = load_hnc_pairs(path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache)
+    ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
+    if data_args.image_dir is None:
+        raise ValueError("--image_dir is required: images are joined from it by file name")
+    ds = drop_missing_images(ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers)
+    if len(ds) == 0:
+        raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On-the-fly image join
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB: grayscale, palette, RGBA and CMYK files all become 3-channel."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+@dataclass
+class ImageJoin:
+    """`Dataset.with_transform` callable: adds `pixel_values` (a [3, H, W] tensor, or None if unreadable).
+
+    Runs inside DataLoader workers. A file that fails to decode is not an exception there (it would kill the
+    run at step 10,000): it becomes `None`, and the collator skips and counts that pair. With
+    `on_missing="error"` it raises `ImageLoadError` naming the file instead.
+    """
+
+    image_dir: str
+    image_processor: object
+    on_missing: str = "skip"
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        images, ok = [], []
+        for name in batch["image_file"]:
+            path = os.path.join(self.image_dir, name)
+            try:
+                images.append(load_rgb(path))
+                ok.append(True)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                if self.on_missing == "error":
+                    raise ImageLoadError(f"cannot read image {path}: {err}") from err
+                ok.append(False)
+        pixels = iter(self.image_processor(images=images, return_tensors="pt")["pixel_values"] if images else [])
+        batch["pixel_values"] = [next(pixels) if good else None for good in ok]
+        return batch
+
+
+def with_images(ds: datasets.Dataset, image_dir: str, image_processor, on_missing: str = "skip") -> datasets.Dataset:
+    return ds.with_transform(ImageJoin(image_dir, image_processor, on_missing))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collator
+
+
+def image_group_id(image_id: str) -> int:
+    """A stable int64 id per image (for same-image masking across processes; Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+@dataclass
+class HncCollator:
+    """Stack images and tokenize [positives; negatives] with dynamic padding.
+
+    In:  [{"pixel_values": Tensor[3, H, W] | None, "positive": str, "negative": str, "image_id": str, ...}] × B
+    Out: {"pixel_values":   [B', 3, H, W],
+          "input_ids":      [2·B', L]   rows 0..B'-1 positives, B'..2B'-1 their hard negatives,
+          "attention_mask": [2·B', L]   L = longest caption in the batch (≤ max_length), not 77,
+          "image_ids":      [B'] int64, "skipped_images": [] int64}
+    where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
+    HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute.
+    """
+
+    tokenizer: object
+    max_length: int = 77
+    extra: dict = field(default_factory=dict)
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        kept = [f for f in features if f.get("pixel_values") is not None]
+        texts = [f["positive"] for f in kept] + [f["negative"] for f in kept]
+        tok = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ) if kept else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1)}
+        return {
+            "pixel_values": torch.stack([f["pixel_values"] for f in kept]) if kept else torch.zeros(0),
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+            "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),
+            "skipped_images": torch.tensor(len(features) - len(kept)),
+        }

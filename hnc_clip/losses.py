@@ -1,0 +1,293 @@
+"""Contrastive and hard-negative losses for CLIP: pure tensor code.
+
+Nothing here knows about the Trainer, the CLI or datasets. Every loss takes a `LossInputs` and a `LossConfig`
+and returns a dict of named components; the training loss is their sum (as open_clip's `output_dict=True`).
+
+Layout, with B pairs per process, W processes, r this process's rank, all embeddings L2-normalised:
+
+    images I      [B, D]          local rows; I_all [W·B, D] gathered
+    positives P   [B, D]          P_all [W·B, D]
+    negatives N   [B, D]          N_all [W·B, D]   (N[i] is the hard negative caption of image i)
+    texts         [P_all; N_all]  [2·W·B, D]       image→text candidates for the hard-negative terms
+    labels        arange(B) + r·B                  the positive of local image i sits at column r·B + i
+
+Each process computes the loss of its *own* rows against the *global* columns ("local loss", open_clip
+`local_loss=True`), so memory is O(B · W·B), not O((W·B)²). Embeddings are gathered with a differentiable
+all-gather, so gradients flow to the process that produced each embedding; averaging the per-process losses
+(DDP's gradient averaging) then equals the loss of one process holding the whole global batch.
+
+Same-image false negatives: HNC has ~121 pairs per GQA image, so two pairs of one image can share a (global)
+batch. Their images are identical and each one's positive caption is true of the other's image, so with
+`mask_same_image` those off-diagonal image–positive logits are set to -inf (both directions). The other pair's
+*hard negative* stays a candidate: it is false for that image too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class Embeddings:
+    """L2-normalised embeddings of one batch of (image, positive, hard negative) triples."""
+
+    image: torch.Tensor  # [B, D]
+    positive: torch.Tensor  # [B, D]
+    negative: torch.Tensor  # [B, D]
+    image_ids: torch.Tensor | None = None  # [B] int64: equal ids = the same image
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+
+@dataclass
+class LossInputs:
+    local: Embeddings  # this process's rows
+    everywhere: Embeddings  # gathered from all processes (the same object when W == 1)
+    logit_scale: torch.Tensor  # scalar: exp(logit_scale), already clamped
+    rank: int = 0
+    # Frozen starting model, for `kl_teacher` and `dpo`; no gradient flows into it.
+    reference: LossInputs | None = None
+    # Σ‖θ−θ₀‖² over trainable parameters, for `thesis_l2`.
+    param_sq_dist: torch.Tensor | None = None
+
+
+@dataclass
+class LossConfig:
+    hard_negative_weight: float = 1.0  # λ (the trainer passes the scheduled value each step)
+    l2_reg_weight: float = 0.0
+    kl_weight: float = 1.0
+    kl_temperature: float = 1.0
+    dpo_beta: float = 0.1
+    dpo_contrastive_weight: float = 1.0
+    mask_same_image: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gathering
+
+
+def gather_features(local: Embeddings, rank: int, world_size: int) -> Embeddings:
+    """All-gather embeddings *with gradient* (`torch.distributed.nn.all_gather`), as open_clip `gather_with_grad`.
+
+    The plain `torch.distributed.all_gather` returns tensors detached from the graph, which would silently drop
+    the gradient of every other process's embeddings. The local tensors are put back in place so the local rows
+    of the result are the very tensors of this process.
+    """
+    if world_size == 1:
+        return local
+    import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.functional)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        parts = list(torch.distributed.nn.functional.all_gather(t.contiguous()))
+        parts[rank] = t
+        return torch.cat(parts, dim=0)  # [W·B, ...]
+
+    ids = None
+    if local.image_ids is not None:
+        # Ids carry no gradient: the plain collective is enough.
+        id_parts = [torch.empty_like(local.image_ids) for _ in range(world_size)]
+        dist.all_gather(id_parts, local.image_ids.contiguous())
+        ids = torch.cat(id_parts)  # [W·B]
+    return Embeddings(gather(local.image), gather(local.positive), gather(local.negative), ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logits
+
+
+@dataclass
+class ContrastiveLogits:
+    image_to_positive: torch.Tensor  # [B, W·B]  s·I Pᵀ_all
+    image_to_negative: torch.Tensor  # [B, W·B]  s·I Nᵀ_all
+    positive_to_image: torch.Tensor  # [B, W·B]  s·P I_allᵀ
+    labels: torch.Tensor  # [B]  arange(B) + r·B
+    extra: dict = field(default_factory=dict)
+
+
+def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogits:
+    loc, glob, s = inp.local, inp.everywhere, inp.logit_scale
+    b = len(loc)
+    labels = torch.arange(b, device=loc.image.device) + inp.rank * b  # [B]
+    i2p = s * loc.image @ glob.positive.T  # [B, W·B]
+    i2n = s * loc.image @ glob.negative.T  # [B, W·B]
+    p2i = s * loc.positive @ glob.image.T  # [B, W·B]
+    if mask_same_image and loc.image_ids is not None and glob.image_ids is not None:
+        same = loc.image_ids[:, None] == glob.image_ids[None, :]  # [B, W·B]
+        same[torch.arange(b, device=same.device), labels] = False  # the true pair stays
+        i2p = i2p.masked_fill(same, float("-inf"))
+        p2i = p2i.masked_fill(same, float("-inf"))
+    return ContrastiveLogits(i2p, i2n, p2i, labels)
+
+
+def _clip_term(lg: ContrastiveLogits) -> torch.Tensor:
+    return 0.5 * (F.cross_entropy(lg.image_to_positive, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
+
+
+def _own_pair_logits(inp: LossInputs) -> torch.Tensor:
+    """[B, 2] logits of each image against its own positive (col 0) and own hard negative (col 1)."""
+    loc = inp.local
+    pos = (loc.image * loc.positive).sum(-1)  # [B]
+    neg = (loc.image * loc.negative).sum(-1)  # [B]
+    return inp.logit_scale * torch.stack([pos, neg], dim=1)  # [B, 2]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Standard symmetric InfoNCE over positives (the baseline; CLIP, Radford et al. 2021, eq. in Fig. 3).
+
+    L = ½ [CE(s·I Pᵀ, y) + CE(s·P Iᵀ, y)],  y_i = r·B + i.  Hard negatives are not used.
+    """
+    return {"contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image))}
+
+
+def hnc_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """CLIP loss + λ · hard-negative image→text InfoNCE over [all positives; all hard negatives].
+
+    L = L_clip + λ · CE(s·I [P_all; N_all]ᵀ, y)   (logits [B, 2·W·B]; text→image stays over positives only,
+    since a hard negative describes no image). With λ = 0 the hard-negative term has zero gradient.
+    """
+    lg = get_logits(inp, cfg.mask_same_image)
+    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative], dim=1)  # [B, 2·W·B]
+    return {
+        "contrastive_loss": _clip_term(lg),
+        "hard_negative_loss": cfg.hard_negative_weight * F.cross_entropy(i2t, lg.labels),
+    }
+
+
+def pairwise_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """CLIP loss + λ · two-way CE of each image over its own [positive, hard negative].
+
+    L = L_clip + λ · mean_i −log( e^{s⟨i,p_i⟩} / (e^{s⟨i,p_i⟩} + e^{s⟨i,n_i⟩}) ).
+    """
+    pair = _own_pair_logits(inp)  # [B, 2]
+    target = torch.zeros(len(pair), dtype=torch.long, device=pair.device)  # [B] the positive is column 0
+    return {
+        "contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image)),
+        "hard_negative_loss": cfg.hard_negative_weight * F.cross_entropy(pair, target),
+    }
+
+
+def thesis_l2_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """The seed thesis's formulation, kept for comparison: the own hard negative's *logit* is scaled by λ.
+
+    i2t = s·I [P_all; N_all]ᵀ with i2t[i, W·B + r·B + i] ← λ · i2t[i, W·B + r·B + i];
+    L = ½ [CE(i2t, y) + CE(s·P I_allᵀ, y)] + λ_reg · Σ‖θ−θ₀‖².
+    Scaling a logit (rather than a loss term) makes λ's effect depend on the sign of the similarity, one reason
+    the `hnc` loss replaces it.
+    """
+    lg = get_logits(inp, cfg.mask_same_image)
+    weight = torch.ones_like(lg.image_to_negative)  # [B, W·B]
+    weight[torch.arange(len(lg.labels)), lg.labels] = cfg.hard_negative_weight
+    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, 2·W·B]
+    out = {
+        "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
+    }
+    if cfg.l2_reg_weight > 0:
+        if inp.param_sq_dist is None:
+            raise ValueError("thesis_l2 with l2_reg_weight > 0 needs LossInputs.param_sq_dist")
+        out["l2_reg_loss"] = cfg.l2_reg_weight * inp.param_sq_dist
+    return out
+
+
+def kl_teacher_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """`hnc` loss + κ · T² · KL(teacher ‖ student) on the image→text ([P;N]) and text→image distributions.
+
+    The teacher is the frozen starting model: the KL keeps the tuned model's ranking of *all* candidates close
+    to where it started, which protects object recognition while the hard-negative term moves relations.
+    """
+    if inp.reference is None:
+        raise ValueError("kl_teacher needs LossInputs.reference (the frozen starting model's embeddings)")
+    out = hnc_loss(inp, cfg)
+    t = cfg.kl_temperature
+
+    def dists(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        lg = get_logits(x, cfg.mask_same_image)
+        i2t = torch.cat([lg.image_to_positive, lg.image_to_negative], dim=1)  # [B, 2·W·B]
+        return i2t / t, lg.positive_to_image / t
+
+    s_i2t, s_t2i = dists(inp)
+    with torch.no_grad():
+        r_i2t, r_t2i = dists(inp.reference)
+
+    def kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        # -inf (masked) columns are -inf in both: zero teacher mass, so they contribute nothing.
+        logp, logq = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+        q = logq.exp()
+        return (q * (logq - logp)).nan_to_num(0.0).sum(-1).mean()
+
+    out["kl_loss"] = cfg.kl_weight * t * t * 0.5 * (kl(s_i2t, r_i2t) + kl(s_t2i, r_t2i))
+    return out
+
+
+def dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """DPO on (image, positive ≻ hard negative) against the frozen starting model (Rafailov et al. 2023, eq. 7).
+
+    s± = logit_scale·⟨i, t±⟩ of the policy, s±_ref of the reference;
+    L = mean_i −log σ(β [(s⁺ − s⁺_ref) − (s⁻ − s⁻_ref)])  +  w_c · L_clip   (w_c = `dpo_contrastive_weight`).
+    """
+    if inp.reference is None:
+        raise ValueError("dpo needs LossInputs.reference (the frozen starting model's embeddings)")
+    pol = _own_pair_logits(inp)  # [B, 2]
+    with torch.no_grad():
+        ref = _own_pair_logits(inp.reference)  # [B, 2]
+    margin = (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])  # [B]
+    out = {"dpo_loss": -F.logsigmoid(cfg.dpo_beta * margin).mean()}
+    if cfg.dpo_contrastive_weight > 0:
+        out["contrastive_loss"] = cfg.dpo_contrastive_weight * _clip_term(get_logits(inp, cfg.mask_same_image))
+    return out
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]
+    needs_reference: bool = False  # a frozen copy of the starting model
+    needs_initial_params: bool = False  # θ₀ for ‖θ−θ₀‖²
+
+
+LOSSES: dict[str, LossSpec] = {
+    "clip": LossSpec(clip_loss),
+    "hnc": LossSpec(hnc_loss),
+    "pairwise": LossSpec(pairwise_loss),
+    "thesis_l2": LossSpec(thesis_l2_loss, needs_initial_params=True),
+    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True),
+    "dpo": LossSpec(dpo_loss, needs_reference=True),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Monitoring (no gradient)
+
+
+@torch.no_grad()
+def similarity_stats(emb: Embeddings) -> dict[str, float]:
+    """Mean cosine of each image to its positive, its hard negative and other images' positives; margin; accuracy.
+
+    `hard_negative_accuracy` is the in-batch rate of cos(i, p_i) > cos(i, n_i): the quantity HNC evaluation
+    reports, tracked during training.
+    """
+    pos = (emb.image * emb.positive).sum(-1)  # [B]
+    neg = (emb.image * emb.negative).sum(-1)  # [B]
+    sim = emb.image @ emb.positive.T  # [B, B]
+    other = ~torch.eye(len(emb), dtype=torch.bool, device=sim.device)
+    if emb.image_ids is not None:
+        other &= emb.image_ids[:, None] != emb.image_ids[None, :]
+    rand = sim[other].mean() if other.any() else sim.new_tensor(float("nan"))
+    return {
+        "cos_positive": pos.mean().item(),
+        "cos_hard_negative": neg.mean().item(),
+        "cos_random_negative": rand.item(),
+        "margin": (pos - neg).mean().item(),
+        "hard_negative_accuracy": (pos > neg).float().mean().item(),
+    }

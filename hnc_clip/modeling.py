@@ -1,0 +1,138 @@
+"""Loading CLIP and choosing what trains (`--finetune_mode`).
+
+Models load from safetensors only (`use_safetensors=True`): a pickle checkpoint from an untrusted repo could run
+code on load. `trust_remote_code` is passed through and is off unless the user sets it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+
+import torch
+from transformers import AutoProcessor, CLIPModel
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
+    return CLIPModel.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        use_safetensors=True,
+        dtype=dtype,
+    )
+
+
+def load_processor(model_args):
+    return AutoProcessor.from_pretrained(
+        model_args.processor_name_or_path or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tune modes: each returns the model to train with requires_grad set. Parameters left frozen are never
+# handed to the optimizer (the Trainer only optimises requires_grad params), so they stay bit-identical.
+
+
+def _train_only(model: CLIPModel, prefixes: tuple[str, ...]) -> CLIPModel:
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(prefixes))
+    return model
+
+
+def _full(model: CLIPModel, args) -> CLIPModel:
+    return _train_only(model, ("",))
+
+
+def _text(model: CLIPModel, args) -> CLIPModel:
+    return _train_only(model, ("text_model.", "text_projection."))
+
+
+def _vision(model: CLIPModel, args) -> CLIPModel:
+    return _train_only(model, ("vision_model.", "visual_projection."))
+
+
+def _last_block(model: CLIPModel, args) -> CLIPModel:
+    """Last transformer block of each tower, the final layer norms and both projections."""
+    last_text = model.config.text_config.num_hidden_layers - 1
+    last_vision = model.config.vision_config.num_hidden_layers - 1
+    return _train_only(
+        model,
+        (
+            f"text_model.encoder.layers.{last_text}.",
+            "text_model.final_layer_norm.",
+            "text_projection.",
+            f"vision_model.encoder.layers.{last_vision}.",
+            "vision_model.post_layernorm.",
+            "visual_projection.",
+        ),
+    )
+
+
+def _lora(model: CLIPModel, args):
+    """LoRA adapters (peft) on the attention projections of both towers; everything else frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+FINETUNE_MODES: dict[str, Callable] = {
+    "full": _full,
+    "text": _text,
+    "vision": _vision,
+    "last_block": _last_block,
+    "lora": _lora,
+}
+
+
+def apply_finetune_mode(model: CLIPModel, args):
+    model = FINETUNE_MODES[args.finetune_mode](model, args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(f"finetune_mode={args.finetune_mode}: {trainable:,} of {total:,} parameters train")
+    if trainable == 0:
+        raise ValueError(f"--finetune_mode {args.finetune_mode} leaves no parameter to train")
+    return model
+
+
+def frozen_copy(model: CLIPModel) -> CLIPModel:
+    """The starting model as a frozen reference/teacher (`kl_teacher`, `dpo`): eval mode, no gradients."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def unwrap_clip(model) -> CLIPModel:
+    """The `CLIPModel` under peft/DDP wrappers (for `logit_scale` and the config)."""
+    while not isinstance(model, CLIPModel):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        else:
+            raise TypeError(f"expected a CLIPModel (possibly wrapped), got {type(model).__name__}")
+    return model
+
+
+def merged_for_save(model) -> CLIPModel:
+    """A plain `CLIPModel` to save: LoRA adapters merged into the weights, so users load it without peft."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model

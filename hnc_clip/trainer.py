@@ -1,0 +1,163 @@
+"""`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It overrides little:
+
+- `compute_loss`: one forward of the model over images and [positives; hard negatives], gather across processes,
+  pick the loss from `LOSSES`, record its components and similarity statistics;
+- `prediction_step`: the same loss at evaluation (there are no labels for the default one to use);
+- `log`: averages the recorded values since the last log, so they reach wandb/tensorboard via `report_to`.
+
+The model is built in the entry script, not here (as trl's trainers take a ready model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .hnc_json import PAIR_COLUMNS
+from .losses import LOSSES, Embeddings, LossConfig, LossInputs, gather_features, similarity_stats
+from .modeling import unwrap_clip
+from .schedules import SCHEDULES
+
+
+class ClampLogitScale(TrainerCallback):
+    """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
+
+    def __init__(self, max_logit_scale: float):
+        self.max_log = math.log(max_logit_scale)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            with torch.no_grad():
+                unwrap_clip(model).logit_scale.clamp_(max=self.max_log)
+
+
+class HncTrainer(Trainer):
+    # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, reference_model=None, card_info: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_spec = LOSSES[self.args.loss_type]
+        if self.loss_spec.needs_reference and reference_model is None:
+            raise ValueError(f"--loss_type {self.args.loss_type} needs a reference_model (the frozen start)")
+        self.reference_model = reference_model
+        if reference_model is not None:
+            self.reference_model = reference_model.to(self.args.device)
+        # θ₀ for ‖θ−θ₀‖²: only the trainable tensors, which are the only ones that can move.
+        self._theta0 = None
+        if self.loss_spec.needs_initial_params:
+            self._theta0 = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.card_info = card_info or {}
+        self.add_callback(ClampLogitScale(self.args.max_logit_scale))
+
+    def _set_signature_columns_if_needed(self):
+        # The collator needs the caption and image columns that CLIPModel.forward does not name.
+        if self._signature_columns is None:
+            self._signature_columns = [*PAIR_COLUMNS, "pixel_values"]
+
+    # -- loss ---------------------------------------------------------------------------------------------------
+
+    def current_hard_negative_weight(self) -> float:
+        return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
+
+    @staticmethod
+    def embed(model, inputs: dict, image_ids: torch.Tensor | None) -> Embeddings:
+        """One forward over B images and 2·B texts ([positives; negatives]); returns L2-normalised embeddings."""
+        out = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+        )
+        b = out.image_embeds.shape[0]
+        return Embeddings(out.image_embeds, out.text_embeds[:b], out.text_embeds[b:], image_ids)  # [B, D] each
+
+    def _loss_inputs(self, model, inputs: dict) -> LossInputs:
+        image_ids = inputs.get("image_ids")
+        local = self.embed(model, inputs, image_ids)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        gathered = self.args.gather_negatives and world > 1
+        everywhere = gather_features(local, rank, world) if gathered else local
+        scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
+        reference = None
+        if self.reference_model is not None:
+            with torch.no_grad():
+                ref_local = self.embed(self.reference_model, inputs, image_ids)
+                ref_all = gather_features(ref_local, rank, world) if gathered else ref_local
+                ref_scale = self.reference_model.logit_scale.exp().clamp(max=self.args.max_logit_scale)
+            reference = LossInputs(ref_local, ref_all, ref_scale, rank if gathered else 0)
+        sq_dist = None
+        if self._theta0 is not None:
+            sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in self._theta0)
+        return LossInputs(local, everywhere, scale, rank if gathered else 0, reference, sq_dist)
+
+    def loss_config(self) -> LossConfig:
+        a = self.args
+        return LossConfig(
+            hard_negative_weight=self.current_hard_negative_weight(),
+            l2_reg_weight=a.l2_reg_weight,
+            kl_weight=a.kl_weight,
+            kl_temperature=a.kl_temperature,
+            dpo_beta=a.dpo_beta,
+            dpo_contrastive_weight=a.dpo_contrastive_weight,
+            mask_same_image=a.mask_same_image,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        skipped = inputs.pop("skipped_images", None)
+        if skipped is not None:
+            self._metrics[mode]["skipped_images"].append(float(skipped))
+        inp = self._loss_inputs(model, inputs)
+        cfg = self.loss_config()
+        components = self.loss_spec.fn(inp, cfg)
+        loss = torch.stack(list(components.values())).sum()
+        m = self._metrics[mode]
+        for name, value in components.items():
+            m[name].append(value.item())
+        for name, value in similarity_stats(inp.local).items():
+            m[name].append(value)
+        m["hard_negative_weight"].append(cfg.hard_negative_weight)
+        m["logit_scale"].append(inp.logit_scale.item())
+        return (loss, components) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        # Put the averaged similarity statistics into the returned metrics (not only the log), so that
+        # `trainer.evaluate()` and `eval_results.json` carry eval_hard_negative_accuracy etc.
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        prefix = metric_key_prefix
+        stats = self._metrics["eval"]
+        output.metrics.update({f"{prefix}_{k}": sum(v) / len(v) for k, v in stats.items() if v})
+        if stats.get("skipped_images"):
+            output.metrics[f"{prefix}_skipped_images"] = sum(stats["skipped_images"])
+        stats.clear()
+        return output
+
+    # -- logging ------------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if "skipped_images" in metrics:  # a count, not a mean
+            metrics["skipped_images"] = sum(self._metrics[mode]["skipped_images"])
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    # -- model card ---------------------------------------------------------------------------------------------
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        if not self.is_world_process_zero():
+            return
+        from .card import write_model_card
+
+        write_model_card(self.args.output_dir, self.args, model_name=model_name, **self.card_info)

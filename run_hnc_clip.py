@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Fine-tune CLIP with Hard Negative Captions (HNC).
+
+    python run_hnc_clip.py --train_file hnc_train.json --image_dir gqa/images --output_dir out [Trainer flags]
+    python run_hnc_clip.py config.yaml          # or config.json: the same fields
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml run_hnc_clip.py ...
+
+`main()` is wiring: each numbered step is one call into `hnc_clip/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from hnc_clip.args import DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.data import HncCollator, build_split, with_images
+from hnc_clip.losses import LOSSES
+from hnc_clip.modeling import apply_finetune_mode, frozen_copy, load_model, load_processor, merged_for_save
+from hnc_clip.trainer import HncTrainer
+
+logger = logging.getLogger("hnc_clip")
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: HncTrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    logging.getLogger("hnc_clip").setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resolve_checkpoint(training_args: HncTrainingArguments) -> str | None:
+    """`--resume_from_checkpoint` as given, or `True` → the last checkpoint in `--output_dir`."""
+    ckpt = training_args.resume_from_checkpoint
+    if ckpt in (True, "True", "true", "last"):
+        ckpt = get_last_checkpoint(training_args.output_dir)
+        if ckpt is None:
+            raise ValueError(f"--resume_from_checkpoint: no checkpoint found in {training_args.output_dir}")
+    return ckpt
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: HncTrainingArguments) -> dict:
+    # 1. Logging and seed
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    if training_args.do_train and data_args.train_file is None:
+        raise ValueError("--train_file is required with --do_train")
+
+    # 2. Model and processor
+    processor = load_processor(model_args)
+    model = load_model(model_args)
+    reference = frozen_copy(model) if LOSSES[training_args.loss_type].needs_reference else None
+    model = apply_finetune_mode(model, training_args)
+
+    # 3. Data: HNC JSON → Arrow pairs → images joined on the fly
+    def split(path: str | None, max_samples: int | None):
+        if path is None:
+            return None
+        with training_args.main_process_first(desc=f"converting {path}"):
+            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
+        return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
+
+    train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
+    eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
+    max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
+    collator = HncCollator(processor.tokenizer, max_length=max_length)
+
+    # 4. Trainer
+    trainer = HncTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        reference_model=reference,
+        card_info={
+            "base_model": model_args.model_name_or_path,
+            "train_file": data_args.train_file,
+            "validation_file": data_args.validation_file,
+        },
+    )
+
+    # 5. Train, save (LoRA merged), evaluate, push
+    results: dict = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+        trainer.model = merged_for_save(trainer.model)
+        trainer.save_model()
+        trainer.save_state()
+        metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        results.update(metrics)
+    if training_args.do_eval and eval_dataset is not None:
+        metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset)}
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.push_to_hub:
+        trainer.card_info["metrics"] = results
+        trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
+    elif training_args.should_save:
+        trainer.card_info["metrics"] = results
+        trainer.create_model_card()
+    return results
+
+
+if __name__ == "__main__":
+    main(*parse_args())
