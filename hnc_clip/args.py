@@ -119,7 +119,6 @@ class HncTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the caption and image columns."}
     )
-    report_to: str | list[str] = field(default="none", metadata={"help": "`wandb`, `tensorboard`, `all`, `none`."})
 
     def __post_init__(self):
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.

@@ -1,0 +1,142 @@
+"""End-to-end `main()` runs on the real-format samples with a tiny CLIP: fine-tune modes, losses, save/reload."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor
+
+import run_hnc_clip
+from hnc_clip.losses import LOSSES
+
+from .conftest import REPO, TEST_SAMPLE, TRAIN_SAMPLE
+
+
+def run(tmp_path, model_dir, image_dir, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path", str(model_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir", str(image_dir),
+        "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train", "--max_steps", "3",
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--seed", "0", *extra,
+    ]
+    return run_hnc_clip.main(*run_hnc_clip.parse_args(argv)), str(out)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(f"{path}/model.safetensors")
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def expected_trainable(names, mode: str, text_layers=2, vision_layers=2) -> set[str]:
+    rules = {
+        "full": lambda n: True,
+        "text": lambda n: n.startswith(("text_model.", "text_projection.")),
+        "vision": lambda n: n.startswith(("vision_model.", "visual_projection.")),
+        "last_block": lambda n: n.startswith((
+            f"text_model.encoder.layers.{text_layers - 1}.", "text_model.final_layer_norm.", "text_projection.",
+            f"vision_model.encoder.layers.{vision_layers - 1}.", "vision_model.post_layernorm.", "visual_projection.",
+        )),
+        "lora": lambda n: n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight")),
+    }
+    return {n for n in names if rules[mode](n)}
+
+
+@pytest.mark.parametrize("mode", ["full", "text", "vision", "last_block", "lora"])
+def test_finetune_mode_changes_exactly_its_parameters(tmp_path, tiny_clip_dir, sample_image_dir, mode):
+    before = weights(tiny_clip_dir)
+    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--finetune_mode", mode, "--lora_r", "4")
+    after = weights(out)  # LoRA is merged on save: same keys as the base model, no peft needed to load
+    want = expected_trainable(before, mode)
+    moved = changed(before, after)
+    # Frozen parameters are bit-identical...
+    assert moved <= want, f"frozen parameters moved: {sorted(moved - want)[:5]}"
+    # ...and every trainable tensor moved. (Token/position embeddings move only in the rows a batch used,
+    # but each tensor as a whole changes.)
+    assert moved == want, f"trainable parameters did not move: {sorted(want - moved)[:5]}"
+
+
+def test_save_reload_roundtrip(tmp_path, tiny_clip_dir, sample_image_dir):
+    results, out = run(tmp_path, tiny_clip_dir, sample_image_dir)
+    model = CLIPModel.from_pretrained(out, use_safetensors=True)
+    processor = CLIPProcessor.from_pretrained(out)
+    inputs = processor(text=["the yellow banana is to the left of the straw"], return_tensors="pt")
+    assert model.get_text_features(**inputs).pooler_output.shape == (1, 16)
+    for name in ("train_results.json", "all_results.json", "trainer_state.json", "README.md"):
+        assert (tmp_path / "out" / name).exists(), name
+    assert not list((tmp_path / "out").glob("pytorch_model*.bin"))  # weights in safetensors only
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "loss_type | hnc" in card and str(TRAIN_SAMPLE) in card
+    assert math.isfinite(results["train_loss"]) and results["train_samples"] == 594
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSSES))
+def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_image_dir, loss_type):
+    results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", loss_type, "--l2_reg_weight", "0.1",
+                       "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "16", "--do_eval",
+                       "--per_device_eval_batch_size", "8")
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    assert 0.0 <= results["eval_hard_negative_accuracy"] <= 1.0
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    logged = state["log_history"][0]
+    for key in ("loss", "cos_positive", "cos_hard_negative", "cos_random_negative", "margin",
+                "hard_negative_accuracy", "hard_negative_weight", "logit_scale"):
+        assert key in logged, key
+    components = {k for k in logged if k.endswith("_loss")}
+    assert components, logged
+    assert sum(logged[k] for k in components) == pytest.approx(logged["loss"], rel=1e-4)
+
+
+def test_hard_negative_weight_schedule_is_logged(tmp_path, tiny_clip_dir, sample_image_dir):
+    run(tmp_path, tiny_clip_dir, sample_image_dir, "--hard_negative_schedule", "step", "--hard_negative_weight", "1",
+        "--hard_negative_weight_min", "0.2", "--hard_negative_step_size", "0.3", "--hard_negative_step_every", "1")
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    lams = [h["hard_negative_weight"] for h in state["log_history"] if "hard_negative_weight" in h]
+    assert lams == pytest.approx([0.2, 0.5, 0.8])
+
+
+def test_logit_scale_is_clamped(tmp_path, tiny_clip_dir, sample_image_dir):
+    model = CLIPModel.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(500.0))
+    model.save_pretrained(tiny_clip_dir)
+    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--max_logit_scale", "100")
+    assert weights(out)["logit_scale"].item() <= math.log(100.0) + 1e-6
+
+
+def test_bad_flags_name_the_flag():
+    with pytest.raises(ValueError, match="--loss_type must be one of"):
+        run_hnc_clip.parse_args(["--output_dir", "x", "--loss_type", "nope"])
+    with pytest.raises(ValueError, match="--finetune_mode must be one of"):
+        run_hnc_clip.parse_args(["--output_dir", "x", "--finetune_mode", "half"])
+    with pytest.raises(ValueError, match="--on_missing_image"):
+        run_hnc_clip.parse_args(["--output_dir", "x", "--on_missing_image", "ignore"])
+
+
+def test_yaml_config_and_cli_script(tmp_path, tiny_clip_dir, sample_image_dir, sample_pairs):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_clip_dir}\ntrain_file: {TRAIN_SAMPLE}\nimage_dir: {sample_image_dir}\n"
+        f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\ndo_train: true\nmax_steps: 2\n"
+        "per_device_train_batch_size: 4\nloss_type: pairwise\nhard_negative_weight: 0.5\nuse_cpu: true\n"
+        "caption_types: [relation_subj, relation_obj]\nsave_strategy: 'no'\n"
+    )
+    model_args, data_args, training_args = run_hnc_clip.parse_args([str(config)])
+    assert training_args.loss_type == "pairwise" and training_args.hard_negative_weight == 0.5
+    assert data_args.caption_types == ["relation_subj", "relation_obj"]
+    proc = subprocess.run([sys.executable, str(REPO / "run_hnc_clip.py"), str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    wanted = sum(p["type"] in ("relation_subj", "relation_obj") for p in sample_pairs["train"])
+    assert metrics["train_samples"] == wanted == 85  # (96 + 74 captions of those types) / 2 per pair
