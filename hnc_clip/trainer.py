@@ -22,6 +22,46 @@ from .modeling import unwrap_clip
 from .schedules import SCHEDULES
 
 
+def embed(model, inputs: dict) -> Embeddings:
+    """One forward over B images and 2·B texts ([positives; negatives]); returns L2-normalised embeddings.
+
+    Called through the (possibly DDP/DeepSpeed-wrapped) model's `__call__`, so wrappers see a normal forward.
+    """
+    out = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+    )
+    b = out.image_embeds.shape[0]
+    text = out.text_embeds  # [2B, D]
+    return Embeddings(out.image_embeds, text[:b], text[b:], inputs.get("image_ids"))  # [B, D] each
+
+
+def build_loss_inputs(
+    model,
+    inputs: dict,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_logit_scale: float = 100.0,
+    reference_model=None,
+    theta0: list | None = None,
+) -> LossInputs:
+    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss."""
+    local = embed(model, inputs)
+    everywhere = gather_features(local, rank, world_size)
+    rank = rank if world_size > 1 else 0
+    scale = unwrap_clip(model).logit_scale.exp().clamp(max=max_logit_scale)
+    reference = None
+    if reference_model is not None:
+        with torch.no_grad():
+            ref_local = embed(reference_model, inputs)
+            ref_scale = unwrap_clip(reference_model).logit_scale.exp().clamp(max=max_logit_scale)
+            reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
+    sq_dist = None
+    if theta0 is not None:
+        sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in theta0)
+    return LossInputs(local, everywhere, scale, rank, reference, sq_dist)
+
+
 class ClampLogitScale(TrainerCallback):
     """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
 
@@ -64,33 +104,16 @@ class HncTrainer(Trainer):
     def current_hard_negative_weight(self) -> float:
         return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
 
-    @staticmethod
-    def embed(model, inputs: dict, image_ids: torch.Tensor | None) -> Embeddings:
-        """One forward over B images and 2·B texts ([positives; negatives]); returns L2-normalised embeddings."""
-        out = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
-        )
-        b = out.image_embeds.shape[0]
-        return Embeddings(out.image_embeds, out.text_embeds[:b], out.text_embeds[b:], image_ids)  # [B, D] each
-
     def _loss_inputs(self, model, inputs: dict) -> LossInputs:
-        image_ids = inputs.get("image_ids")
-        local = self.embed(model, inputs, image_ids)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        gathered = self.args.gather_negatives and world > 1
-        everywhere = gather_features(local, rank, world) if gathered else local
-        scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
-        reference = None
-        if self.reference_model is not None:
-            with torch.no_grad():
-                ref_local = self.embed(self.reference_model, inputs, image_ids)
-                ref_all = gather_features(ref_local, rank, world) if gathered else ref_local
-                ref_scale = self.reference_model.logit_scale.exp().clamp(max=self.args.max_logit_scale)
-            reference = LossInputs(ref_local, ref_all, ref_scale, rank if gathered else 0)
-        sq_dist = None
-        if self._theta0 is not None:
-            sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in self._theta0)
-        return LossInputs(local, everywhere, scale, rank if gathered else 0, reference, sq_dist)
+        return build_loss_inputs(
+            model,
+            inputs,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes if self.args.gather_negatives else 1,
+            max_logit_scale=self.args.max_logit_scale,
+            reference_model=self.reference_model,
+            theta0=self._theta0,
+        )
 
     def loss_config(self) -> LossConfig:
         a = self.args

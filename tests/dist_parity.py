@@ -1,0 +1,99 @@
+"""Run under `accelerate launch --cpu --num_processes 2` (gloo) by `tests/test_distributed.py`.
+
+A fixed global batch of 8 (image, positive, negative) triples, split 4 + 4 over two processes, is trained one
+backward step through DDP with the recipe's gathered local loss. Rank 0 also computes the loss and gradients of
+one process holding the whole batch (an un-wrapped copy of the same model) and writes both to a JSON file.
+Pairs 1 (rank 0) and 5 (rank 1) show the same image, so same-image masking across ranks is exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+from hnc_clip.data import image_group_id
+from hnc_clip.losses import LOSSES, LossConfig
+from hnc_clip.tiny import EOS_ID, build_tiny_clip
+from hnc_clip.trainer import build_loss_inputs
+
+G, L, VOCAB = 8, 7, 40
+
+
+def global_batch() -> dict:
+    g = torch.Generator().manual_seed(123)
+    pixels = torch.randn(G, 3, 32, 32, generator=g)
+    pixels[5] = pixels[1]  # the same image on both ranks
+    ids = torch.randint(4, VOCAB, (2 * G, L), generator=g)
+    ids[:, 0], ids[:, -1] = 2, EOS_ID  # BOS ... EOS
+    names = [f"img{i}" for i in range(G)]
+    names[5] = names[1]
+    return {
+        "pixel_values": pixels,
+        "input_ids": ids,  # [positives; negatives]
+        "attention_mask": torch.ones_like(ids),
+        "image_ids": torch.tensor([image_group_id(n) for n in names]),
+    }
+
+
+def local_slice(batch: dict, rank: int, world: int) -> dict:
+    b = G // world
+    rows = slice(rank * b, (rank + 1) * b)
+    pos, neg = batch["input_ids"][:G], batch["input_ids"][G:]
+    am_pos, am_neg = batch["attention_mask"][:G], batch["attention_mask"][G:]
+    return {
+        "pixel_values": batch["pixel_values"][rows],
+        "input_ids": torch.cat([pos[rows], neg[rows]]),
+        "attention_mask": torch.cat([am_pos[rows], am_neg[rows]]),
+        "image_ids": batch["image_ids"][rows],
+    }
+
+
+def loss_of(model, inputs, loss_type, rank, world, gather=True):
+    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1)
+    out = LOSSES[loss_type].fn(inp, LossConfig(hard_negative_weight=0.7))
+    return torch.stack(list(out.values())).sum()
+
+
+def main(out_path: str) -> None:
+    acc = Accelerator(cpu=True)
+    rank, world = acc.process_index, acc.num_processes
+    batch = global_batch()
+    results = {}
+    for loss_type in ("clip", "hnc", "pairwise"):
+        for gather in (True, False):
+            model = build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0)
+            model = model.double()
+            single = copy.deepcopy(model)
+            ddp = acc.prepare_model(model)
+            loss = loss_of(ddp, local_slice(batch, rank, world), loss_type, rank, world, gather)
+            loss.backward()  # DDP averages the gradients over the processes
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+            if rank == 0:
+                full = loss_of(single, {k: v for k, v in batch.items()}, loss_type, 0, 1)
+                full.backward()
+                diffs = [
+                    (p.grad - q.grad).abs().max().item()
+                    for p, q in zip(ddp.module.parameters(), single.parameters())
+                    if q.grad is not None
+                ]
+                results[f"{loss_type}/{'gather' if gather else 'local'}"] = {
+                    "distributed_loss": mean_loss.item(),
+                    "single_process_loss": full.item(),
+                    "max_grad_diff": max(diffs),
+                    "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
+                }
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
