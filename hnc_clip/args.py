@@ -105,6 +105,13 @@ class HncTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Mask logits between different pairs of the same image (they are not negatives)."},
     )
+    gradcache_chunk_size: int = field(
+        default=0,
+        metadata={
+            "help": "Contrastive-aware accumulation (GradCache): compute the loss over the whole per-device batch "
+            "but hold activations for only this many pairs at a time. 0: off."
+        },
+    )
     finetune_mode: str = field(
         default="full", metadata={"help": "What trains: `full`, `text`, `vision`, `last_block`, `lora`."}
     )
@@ -135,6 +142,11 @@ class HncTrainingArguments(TrainingArguments):
                 raise ValueError(f"{flag} must be one of {sorted(registry)}, got {value!r}")
         if self.hard_negative_weight < 0 or self.hard_negative_weight_min < 0:
             raise ValueError("--hard_negative_weight and --hard_negative_weight_min must be >= 0")
+        spec = LOSSES[self.loss_type]
+        if self.gradcache_chunk_size < 0:
+            raise ValueError("--gradcache_chunk_size must be >= 0")
+        if self.gradcache_chunk_size and (spec.needs_reference or spec.needs_initial_params):
+            raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
         if self.max_logit_scale <= 0:
             raise ValueError("--max_logit_scale must be > 0")
         super().__post_init__()

@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .gradcache import gradcache_backward
 from .hnc_json import PAIR_COLUMNS
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, gather_features, similarity_stats
 from .modeling import unwrap_clip
@@ -93,6 +94,8 @@ class HncTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.card_info = card_info or {}
         self.add_callback(ClampLogitScale(self.args.max_logit_scale))
+        if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
+            raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
@@ -128,22 +131,49 @@ class HncTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
         skipped = inputs.pop("skipped_images", None)
-        if skipped is not None:
-            self._metrics[mode]["skipped_images"].append(float(skipped))
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
         components = self.loss_spec.fn(inp, cfg)
         loss = torch.stack(list(components.values())).sum()
+        self._record("train" if model.training else "eval", components, inp.local, cfg, inp.logit_scale, skipped)
+        return (loss, components) if return_outputs else loss
+
+    def _record(self, mode, components, local: Embeddings, cfg: LossConfig, logit_scale, skipped) -> None:
         m = self._metrics[mode]
+        if skipped is not None:
+            m["skipped_images"].append(float(skipped))
         for name, value in components.items():
             m[name].append(value.item())
-        for name, value in similarity_stats(inp.local).items():
+        for name, value in similarity_stats(local).items():
             m[name].append(value)
         m["hard_negative_weight"].append(cfg.hard_negative_weight)
-        m["logit_scale"].append(inp.logit_scale.item())
-        return (loss, components) if return_outputs else loss
+        m["logit_scale"].append(float(logit_scale.detach()))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.args.gradcache_chunk_size:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        skipped = inputs.pop("skipped_images", None)
+        world = self.accelerator.num_processes if self.args.gather_negatives else 1
+        cfg = self.loss_config()
+        with self.compute_loss_context_manager():
+            loss, components, local = gradcache_backward(
+                model,
+                inputs,
+                self.args.gradcache_chunk_size,
+                self.loss_spec.fn,
+                cfg,
+                rank=self.accelerator.process_index,
+                world_size=world,
+                max_logit_scale=self.args.max_logit_scale,
+                loss_scale=1.0 / self.current_gradient_accumulation_steps,
+                no_sync=(lambda: self.accelerator.no_sync(model)) if self.accelerator.num_processes > 1 else None,
+            )
+        scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
+        self._record("train", components, local, cfg, scale, skipped)
+        return loss / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from hnc_clip.data import image_group_id
+from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig
 from hnc_clip.tiny import EOS_ID, build_tiny_clip
 from hnc_clip.trainer import build_loss_inputs
@@ -89,6 +90,26 @@ def main(out_path: str) -> None:
                     "max_grad_diff": max(diffs),
                     "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
                 }
+    # GradCache under DDP: each process splits its 4 pairs into chunks of 2; still the global-batch gradient.
+    model = build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
+    single = copy.deepcopy(model)
+    ddp = acc.prepare_model(model)
+    loss, _, _ = gradcache_backward(
+        ddp, local_slice(batch, rank, world), 2, LOSSES["hnc"].fn, LossConfig(hard_negative_weight=0.7),
+        rank=rank, world_size=world, no_sync=lambda: acc.no_sync(ddp),
+    )
+    mean_loss = loss.clone()
+    dist.all_reduce(mean_loss)
+    if rank == 0:
+        full = loss_of(single, batch, "hnc", 0, 1)
+        full.backward()
+        results["hnc/gradcache"] = {
+            "distributed_loss": mean_loss.item() / world,
+            "single_process_loss": full.item(),
+            "max_grad_diff": max(
+                (p.grad - q.grad).abs().max().item() for p, q in zip(ddp.module.parameters(), single.parameters())
+            ),
+        }
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

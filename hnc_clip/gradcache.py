@@ -1,0 +1,101 @@
+"""Contrastive-aware gradient accumulation (GradCache; Gao et al. 2021, open_clip `--accum-freq`).
+
+Plain gradient accumulation over k micro-batches adds no negatives: each micro-batch's loss sees only its own
+B/k pairs. Here the loss is computed over the whole batch while activations are only ever held for one chunk:
+
+1. embed every chunk with no graph                                  → E [B, D] (image, positive, negative)
+2. compute the loss on E (as leaf tensors), backward to E only       → ∂L/∂E, and ∂L/∂logit_scale
+3. for each chunk: re-embed with graph and backward ⟨E_chunk, ∂L/∂E_chunk⟩, accumulating parameter gradients.
+
+By the chain rule the parameter gradients equal those of one backward through the full batch (exact when the
+forward is deterministic; CLIP has no dropout by default). Memory: activations of one chunk + B·D embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from .losses import Embeddings, LossConfig, LossInputs, gather_features
+from .modeling import unwrap_clip
+
+
+def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
+    """Split a collated batch (texts laid out [positives; negatives]) into chunks of `chunk_size` pairs."""
+    b = inputs["pixel_values"].shape[0]
+    pos_ids, neg_ids = inputs["input_ids"][:b], inputs["input_ids"][b:]
+    pos_am, neg_am = inputs["attention_mask"][:b], inputs["attention_mask"][b:]
+    chunks = []
+    for start in range(0, b, chunk_size):
+        rows = slice(start, start + chunk_size)
+        chunks.append(
+            {
+                "pixel_values": inputs["pixel_values"][rows],
+                "input_ids": torch.cat([pos_ids[rows], neg_ids[rows]]),
+                "attention_mask": torch.cat([pos_am[rows], neg_am[rows]]),
+            }
+        )
+    return chunks
+
+
+def _embed(model, chunk: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"], pixel_values=chunk["pixel_values"])
+    n = out.image_embeds.shape[0]
+    return out.image_embeds, out.text_embeds[:n], out.text_embeds[n:]  # [n, D] each
+
+
+def gradcache_backward(
+    model,
+    inputs: dict,
+    chunk_size: int,
+    loss_fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]],
+    cfg: LossConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_logit_scale: float = 100.0,
+    loss_scale: float = 1.0,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings]:
+    """Run steps 1–3 above; parameter `.grad`s are accumulated (scaled by `loss_scale`). Returns the loss
+    (detached), its components and the local embeddings (for statistics).
+
+    `no_sync`: under DDP, `lambda: model.no_sync()`, so gradients are all-reduced once, after the last chunk.
+    """
+    chunks = split_batch(inputs, chunk_size)
+    no_sync = no_sync or contextlib.nullcontext
+
+    # 1. embeddings without activations
+    with torch.no_grad():
+        parts = [_embed(model, c) for c in chunks]
+    leaves = [torch.cat([p[i] for p in parts]).detach().requires_grad_() for i in range(3)]  # 3 × [B, D]
+    local = Embeddings(*leaves, inputs.get("image_ids"))
+
+    # 2. loss over the whole (gathered) batch; backward stops at the embedding leaves (and logit_scale)
+    clip = unwrap_clip(model)
+    with no_sync():
+        scale = clip.logit_scale.exp().clamp(max=max_logit_scale)
+        inp = LossInputs(local, gather_features(local, rank, world_size), scale, rank if world_size > 1 else 0)
+        components = loss_fn(inp, cfg)
+        loss = torch.stack(list(components.values())).sum()
+        (loss * loss_scale).backward()
+    grads = [leaf.grad for leaf in leaves]  # 3 × [B, D]; None for an unused set (negatives under `clip`)
+
+    # 3. re-embed chunk by chunk with activations; backprop the cached embedding gradients
+    start = 0
+    for i, chunk in enumerate(chunks):
+        n = chunk["pixel_values"].shape[0]
+        last = i == len(chunks) - 1
+        with contextlib.nullcontext() if last else no_sync():
+            embs = _embed(model, chunk)
+            surrogate = sum((e * g[start : start + n]).sum() for e, g in zip(embs, grads) if g is not None)
+            # logit_scale took its gradient in step 2; the zero term marks it used in this graph too, so DDP
+            # (without find_unused_parameters) reduces it with the rest on the last chunk.
+            surrogate = surrogate + 0.0 * clip.logit_scale
+            surrogate.backward()
+        start += n
+    return loss.detach(), {k: v.detach() for k, v in components.items()}, Embeddings(
+        *[leaf.detach() for leaf in leaves], inputs.get("image_ids")
+    )

@@ -1,0 +1,77 @@
+"""Contrastive-aware accumulation (GradCache) equals one large batch: loss and gradients, then whole runs."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from hnc_clip.gradcache import gradcache_backward
+from hnc_clip.losses import LOSSES, LossConfig
+from hnc_clip.trainer import build_loss_inputs
+
+from .dist_parity import G, global_batch
+from .dist_parity import VOCAB as DIST_VOCAB
+from .test_trainer import run, weights
+
+
+def tiny(seed=0):
+    from hnc_clip.tiny import build_tiny_clip
+
+    return build_tiny_clip(DIST_VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=seed).double()
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "hnc", "pairwise"])
+@pytest.mark.parametrize("chunk", [1, 3, 4])
+def test_gradcache_equals_full_batch(loss_type, chunk):
+    batch = global_batch()
+    cfg = LossConfig(hard_negative_weight=0.7)
+    full_model, cached_model = tiny(), tiny()
+
+    inp = build_loss_inputs(full_model, batch)
+    full = torch.stack(list(LOSSES[loss_type].fn(inp, cfg).values())).sum()
+    full.backward()
+
+    loss, components, local = gradcache_backward(cached_model, batch, chunk, LOSSES[loss_type].fn, cfg)
+    assert loss.item() == pytest.approx(full.item(), rel=1e-12)
+    assert len(local) == G
+    for (name, p), q in zip(full_model.named_parameters(), cached_model.parameters()):
+        if p.grad is None:
+            assert q.grad is None or torch.count_nonzero(q.grad) == 0, name
+            continue
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_plain_accumulation_is_not_the_same():
+    """The reason GradCache exists: averaging per-micro-batch losses gives another loss and other gradients."""
+    batch = global_batch()
+    cfg = LossConfig()
+    model = tiny()
+    full = torch.stack(list(LOSSES["hnc"].fn(build_loss_inputs(model, batch), cfg).values())).sum()
+    from hnc_clip.gradcache import split_batch
+
+    halves = [
+        torch.stack(list(LOSSES["hnc"].fn(build_loss_inputs(model, c), cfg).values())).sum()
+        for c in split_batch(batch, G // 2)
+    ]
+    assert (sum(halves) / 2).item() != pytest.approx(full.item(), rel=1e-3)
+
+
+def test_trainer_with_gradcache_matches_plain_run(tmp_path, tiny_clip_dir, sample_image_dir):
+    common = ("--optim", "sgd", "--max_steps", "2", "--per_device_train_batch_size", "8", "--mask_same_image", "true")
+    _, plain = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *common)
+    _, cached = run(tmp_path / "b", tiny_clip_dir, sample_image_dir, *common, "--gradcache_chunk_size", "3")
+    a, b = weights(plain), weights(cached)
+    moved = [k for k in a if not torch.equal(a[k], weights(tiny_clip_dir)[k])]
+    assert moved
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_gradcache_rejects_reference_losses():
+    import run_hnc_clip
+
+    with pytest.raises(ValueError, match="gradcache_chunk_size does not support --loss_type dpo"):
+        run_hnc_clip.parse_args(["--output_dir", "x", "--loss_type", "dpo", "--gradcache_chunk_size", "4"])
+
+
