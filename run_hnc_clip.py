@@ -67,7 +67,12 @@ def resolve_checkpoint(training_args: HncTrainingArguments) -> str | None:
     return ckpt
 
 
-def main(model_args: ModelArguments, data_args: DataArguments, training_args: HncTrainingArguments) -> dict:
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: HncTrainingArguments,
+    callbacks: list | None = None,
+) -> dict:
     # 1. Logging and seed
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -102,6 +107,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Hn
         data_collator=collator,
         processing_class=processor,
         reference_model=reference,
+        callbacks=callbacks,
         card_info={
             "base_model": model_args.model_name_or_path,
             "train_file": data_args.train_file,
@@ -113,6 +119,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Hn
     results: dict = {}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+        if trainer.sigterm is not None and trainer.sigterm.received:
+            # Preempted: the checkpoint is saved; the final model is not (the run is not finished).
+            logger.warning(f"stopped by SIGTERM at step {trainer.state.global_step}; resume with "
+                           f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{trainer.state.global_step}")
+            return {"preempted": True, "global_step": trainer.state.global_step}
         trainer.model = merged_for_save(trainer.model)
         trainer.save_model()
         trainer.save_state()
@@ -135,4 +146,5 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Hn
 
 
 if __name__ == "__main__":
-    main(*parse_args())
+    results = main(*parse_args())
+    sys.exit(143 if results.get("preempted") else 0)  # 128 + SIGTERM: schedulers read it as "requeue"

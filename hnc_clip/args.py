@@ -112,6 +112,13 @@ class HncTrainingArguments(TrainingArguments):
             "but hold activations for only this many pairs at a time. 0: off."
         },
     )
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Steps with a NaN/inf loss are skipped (no update); after this many the run stops."},
+    )
+    save_on_sigterm: bool = field(
+        default=True, metadata={"help": "On SIGTERM (preemption) save a checkpoint, then stop."}
+    )
     finetune_mode: str = field(
         default="full", metadata={"help": "What trains: `full`, `text`, `vision`, `last_block`, `lora`."}
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import datasets
 from PIL import Image, UnidentifiedImageError
 
-from .hnc_json import PAIR_COLUMNS, detect_schema, iter_hnc_pairs
+from .hnc_json import PAIR_COLUMNS, HncFormatError, detect_schema, iter_hnc_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +53,21 @@ def load_hnc_pairs(path: str, cache_dir: str | None = None, overwrite_cache: boo
     """Stream an HNC file (either schema) into an Arrow-backed `Dataset` of pairs (`PAIR_COLUMNS`)."""
     schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
     _generate.last_skips = None
-    ds = datasets.Dataset.from_generator(
-        _generate,
-        features=FEATURES,
-        gen_kwargs={"path": path, "schema": schema},
-        cache_dir=cache_dir,
-        fingerprint=_fingerprint(path, schema),
-        split=datasets.Split.TRAIN,
-        **({"download_mode": "force_redownload"} if overwrite_cache else {}),
-    )
+    try:
+        ds = datasets.Dataset.from_generator(
+            _generate,
+            features=FEATURES,
+            gen_kwargs={"path": path, "schema": schema},
+            cache_dir=cache_dir,
+            fingerprint=_fingerprint(path, schema),
+            split=datasets.Split.TRAIN,
+            **({"download_mode": "force_redownload"} if overwrite_cache else {}),
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        # `datasets` wraps whatever the generator raised; surface our named error (file + position) instead.
+        if isinstance(err.__cause__, HncFormatError):
+            raise err.__cause__ from None
+        raise
     skips_path = os.path.join(os.path.dirname(ds.cache_files[0]["filename"]), SKIPS_FILE) if ds.cache_files else None
     if _generate.last_skips is not None and skips_path:
         with open(skips_path, "w") as f:
@@ -93,9 +99,11 @@ def select_pairs(
     """Apply `--caption_types` then `--max_*_samples`."""
     if caption_types:
         wanted = set(caption_types)
-        unknown = wanted - set(ds.unique("type"))
-        if unknown:
-            logger.warning(f"--caption_types {sorted(unknown)} occur nowhere in this split")
+        available = set(ds.unique("type"))
+        if unknown := wanted - available:
+            logger.warning(
+                f"--caption_types {sorted(unknown)} occur nowhere in this split; available: {sorted(available)}"
+            )
         ds = ds.filter(
             lambda types: [t in wanted for t in types],
             input_columns="type",
@@ -212,7 +220,7 @@ class HncCollator:
     Out: {"pixel_values":   [B', 3, H, W],
           "input_ids":      [2·B', L]   rows 0..B'-1 positives, B'..2B'-1 their hard negatives,
           "attention_mask": [2·B', L]   L = longest caption in the batch (≤ max_length), not 77,
-          "image_ids":      [B'] int64, "skipped_images": [] int64}
+          "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64}
     where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
     HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute.
     """
@@ -226,13 +234,20 @@ class HncCollator:
 
         kept = [f for f in features if f.get("pixel_values") is not None]
         texts = [f["positive"] for f in kept] + [f["negative"] for f in kept]
-        tok = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ) if kept else {"input_ids": torch.zeros(0, 1, dtype=torch.long), "attention_mask": torch.zeros(0, 1)}
+        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
+        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
+        if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
+            return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
+        tok = self.tokenizer(texts, padding=True, return_tensors="pt")
+        lengths = tok["attention_mask"].sum(-1)  # [2B']
+        truncated = int((lengths > self.max_length).sum())
+        if truncated:
+            tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {
-            "pixel_values": torch.stack([f["pixel_values"] for f in kept]) if kept else torch.zeros(0),
+            "pixel_values": torch.stack([f["pixel_values"] for f in kept]),
             "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),
             "skipped_images": torch.tensor(len(features) - len(kept)),
+            "truncated_captions": torch.tensor(truncated),
         }

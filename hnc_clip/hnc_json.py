@@ -47,9 +47,12 @@ def _open(path: str):
     return open(path, "rb")
 
 
-def _wrap_json_error(path: str, err: Exception) -> HncFormatError:
-    # ijson reports the byte offset in its message; keep it, and name the file.
-    return HncFormatError(f"{path}: invalid JSON ({err})")
+def _wrap_json_error(path: str, err: Exception, f=None) -> HncFormatError:
+    # ijson's message shows the text around the error but no offset; the stream position (read-ahead buffered,
+    # so within 64 KiB past the error) locates it in a multi-GB file.
+    where = f" near byte {f.tell():,}" if f is not None and not f.closed else ""
+    detail = " ".join(str(err).split())
+    return HncFormatError(f"{path}: invalid JSON{where} ({detail})")
 
 
 def detect_schema(path: str) -> str:
@@ -58,7 +61,7 @@ def detect_schema(path: str) -> str:
         try:
             first = next(ijson.kvitems(f, "", use_float=True), None)
         except ijson.JSONError as err:
-            raise _wrap_json_error(path, err) from err
+            raise _wrap_json_error(path, err, f) from err
     if first is None:
         raise HncFormatError(f"{path}: empty JSON object or not a JSON object. Expected one of: {EXPECTED_SHAPES}")
     _, value = first
@@ -154,4 +157,4 @@ def iter_hnc_pairs(path: str, schema: str | None = None, skips: Counter | None =
                     continue
                 yield from make_pairs(str(image_key), entry, skips)
         except ijson.JSONError as err:
-            raise _wrap_json_error(path, err) from err
+            raise _wrap_json_error(path, err, f) from err

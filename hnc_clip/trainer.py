@@ -10,10 +10,13 @@ The model is built in the entry script, not here (as trl's trainers take a ready
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
 from collections import defaultdict
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from .gradcache import gradcache_backward
@@ -63,6 +66,13 @@ def build_loss_inputs(
     return LossInputs(local, everywhere, scale, rank, reference, sq_dist)
 
 
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN/inf in more steps than `--max_nonfinite_steps` allows."""
+
+
 class ClampLogitScale(TrainerCallback):
     """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
 
@@ -73,6 +83,52 @@ class ClampLogitScale(TrainerCallback):
         if model is not None:
             with torch.no_grad():
                 unwrap_clip(model).logit_scale.clamp_(max=self.max_log)
+
+
+class SkipNonFiniteSteps(TrainerCallback):
+    """Drops the gradients of an optimizer step in which some micro-batch had a non-finite loss.
+
+    Setting `.grad = None` (not zero) makes AdamW leave those parameters *and their moments* untouched, so the
+    step is truly skipped. All processes agree on the flag (it is all-reduced in `compute_loss`), so DDP replicas
+    stay identical.
+    """
+
+    def __init__(self, trainer: HncTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.trainer._skip_this_step:
+            for p in self.trainer.model.parameters():
+                p.grad = None
+            self.trainer._skip_this_step = False
+
+
+class SaveOnSigterm(TrainerCallback):
+    """Preemption: on SIGTERM, finish the current step, save a checkpoint and stop (resume with
+    `--resume_from_checkpoint`). The handler only sets a flag; the Trainer saves at a step boundary."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        logger.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+        self.received = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. some notebook runners): nothing to install
+            self._previous = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class HncTrainer(Trainer):
@@ -94,6 +150,12 @@ class HncTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.card_info = card_info or {}
         self.add_callback(ClampLogitScale(self.args.max_logit_scale))
+        self._skip_this_step = False
+        self.nonfinite_steps = 0
+        self.add_callback(SkipNonFiniteSteps(self))
+        self.sigterm = SaveOnSigterm() if self.args.save_on_sigterm else None
+        if self.sigterm is not None:
+            self.add_callback(self.sigterm)
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
@@ -132,17 +194,52 @@ class HncTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("skipped_images", None)
+        truncated = inputs.pop("truncated_captions", None)
+        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
+            self._metrics["train" if model.training else "eval"]["skipped_images"].append(float(skipped))
+            self._skip_this_step = model.training
+            return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
         components = self.loss_spec.fn(inp, cfg)
         loss = torch.stack(list(components.values())).sum()
-        self._record("train" if model.training else "eval", components, inp.local, cfg, inp.logit_scale, skipped)
+        if model.training and not self._all_finite(loss):
+            return self._skip_nonfinite(model, loss, components)
+        self._record(
+            "train" if model.training else "eval", components, inp.local, cfg, inp.logit_scale, skipped, truncated
+        )
         return (loss, components) if return_outputs else loss
 
-    def _record(self, mode, components, local: Embeddings, cfg: LossConfig, logit_scale, skipped) -> None:
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.accelerator.num_processes > 1 and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every process skips, or none
+        return bad.item() == 0
+
+    def _skip_nonfinite(self, model, loss, components):
+        self.nonfinite_steps += 1
+        self._skip_this_step = True
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in components.items())
+        logger.warning(
+            f"non-finite loss at step {self.state.global_step} ({parts}): step skipped "
+            f"({self.nonfinite_steps}/{self.args.max_nonfinite_steps})"
+        )
+        if self.nonfinite_steps > self.args.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"the loss was non-finite in {self.nonfinite_steps} steps (last at step {self.state.global_step}); "
+                "lower --learning_rate, check --bf16/--fp16 and the data, or raise --max_nonfinite_steps"
+            )
+        self._metrics["train"]["nonfinite_steps"].append(1.0)
+        # A loss with zero gradient for every trainable parameter: backward stays cheap and harmless, DDP sees
+        # every parameter used, and SkipNonFiniteSteps then drops the step.
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+    def _record(self, mode, components, local: Embeddings, cfg: LossConfig, logit_scale, skipped, truncated=None):
         m = self._metrics[mode]
         if skipped is not None:
             m["skipped_images"].append(float(skipped))
+        if truncated is not None:
+            m["truncated_captions"].append(float(truncated))
         for name, value in components.items():
             m[name].append(value.item())
         for name, value in similarity_stats(local).items():
@@ -156,6 +253,7 @@ class HncTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         skipped = inputs.pop("skipped_images", None)
+        truncated = inputs.pop("truncated_captions", None)
         world = self.accelerator.num_processes if self.args.gather_negatives else 1
         cfg = self.loss_config()
         with self.compute_loss_context_manager():
@@ -172,7 +270,7 @@ class HncTrainer(Trainer):
                 no_sync=(lambda: self.accelerator.no_sync(model)) if self.accelerator.num_processes > 1 else None,
             )
         scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
-        self._record("train", components, local, cfg, scale, skipped)
+        self._record("train", components, local, cfg, scale, skipped, truncated)
         return loss / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -198,8 +296,9 @@ class HncTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if "skipped_images" in metrics:  # a count, not a mean
-            metrics["skipped_images"] = sum(self._metrics[mode]["skipped_images"])
+        for count in ("skipped_images", "truncated_captions", "nonfinite_steps"):  # counts, not means
+            if count in metrics:
+                metrics[count] = sum(self._metrics[mode][count])
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}

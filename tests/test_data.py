@@ -88,7 +88,7 @@ def test_bad_pointers_and_captions_are_counted(tmp_path):
 
 def test_invalid_json_names_file_and_position(tmp_path):
     path = write(tmp_path, '{"img1": {"captions": {"1": {"caption": "x", "label": 1,, }}}}')
-    with pytest.raises(HncFormatError, match=r"f\.json: invalid JSON.*"):
+    with pytest.raises(HncFormatError, match=r"f\.json: invalid JSON near byte \d+ \(.+\)"):
         list(iter_hnc_pairs(path))
     truncated = write(tmp_path, TRAIN_SAMPLE.read_text()[:5000], "trunc.json")
     with pytest.raises(HncFormatError, match="trunc.json: invalid JSON"):

@@ -1,0 +1,340 @@
+"""A pre-resized image cache: decode and resize every image once, not once per caption pair.
+
+About 121 HNC pairs share each GQA image, so the on-the-fly path (`hnc_clip.data.ImageJoin`) decodes a ~500×375
+JPEG and runs a bicubic resize 121 times per image per epoch. `prepare` does that work once per image and stores
+the result, resized and centre-cropped to the model's input size, as one uint8 array; `CachedImageJoin` then only
+copies a row and normalises it (no PIL, no resize).
+
+Layout of a cache directory (`prepare` writes it, `CachedImageJoin` reads it):
+
+    index.json               {"version", "pixels": "pixels-<token>.npy", "shape": [N, H, W, 3],
+                              "geometry": {...}, "backend", "files": {image_file: row}, "failed": {image_file: why}}
+    pixels-<token>.npy       uint8 [N, H, W, 3], read with np.load(mmap_mode="r")
+
+`index.json` is the commit point. The pixels are written to `*.tmp`, fsynced and renamed, then the index is
+written to its own `*.tmp` and renamed over the old one (`os.replace` is atomic on POSIX). Each build writes
+pixels under a fresh token, so an interrupted rebuild never changes the rows an existing index points at, and a
+reader sees either the old cache or the new one, never half of one.
+
+Semantics equal the on-the-fly path: the resize and crop are done by the model's own image processor (with
+`do_rescale=False, do_normalize=False`), so whatever backend and interpolation it uses, the cache holds its
+output rounded to uint8 (≤ 0.5/255 per pixel; the PIL backend already returns uint8, so there it is exact).
+Rescale and normalise are applied at load time with the processor's `rescale_factor`, `image_mean`, `image_std`.
+
+    python -m hnc_clip.image_cache --image_dir gqa/images --output_dir gqa/cache-224 \\
+        --model_name_or_path openai/clip-vit-base-patch32 --hnc_file hnc_clean_strict_train.json --num_workers 16
+
+Size: 224×224×3 bytes = 147 KiB per image, so the 67,807 images of the HNC train split take 10.2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+
+import numpy as np
+
+from .data import ImageLoadError, load_rgb
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+CACHE_VERSION = 1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Processor settings that decide which pixels land in the cache; a reader whose processor differs in any of
+# them would silently train on differently sized/cropped images, so `CachedImageJoin` refuses it.
+GEOMETRY_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_convert_rgb")
+
+
+def crop_hw(image_processor) -> tuple[int, int]:
+    """The model's input (height, width): the processor's `crop_size` (a dict in v4, a `SizeDict` in v5)."""
+    crop = image_processor.crop_size
+    if isinstance(crop, dict):
+        return int(crop["height"]), int(crop["width"])
+    return int(crop.height), int(crop.width)
+
+
+def geometry(image_processor) -> dict:
+    """The processor's resize/crop settings as plain JSON values (enums → ints, `SizeDict` → dict)."""
+    config = image_processor.to_dict()
+    return json.loads(json.dumps({k: config.get(k) for k in GEOMETRY_KEYS}, default=int))
+
+
+def backend_name(image_processor) -> str:
+    return str(getattr(image_processor, "backend", type(image_processor).__name__))
+
+
+def resize_and_crop(image_processor, path: str) -> np.ndarray:
+    """`path` → uint8 [H, W, 3], resized and cropped exactly as `image_processor` does before rescaling."""
+    out = image_processor(images=[load_rgb(path)], do_rescale=False, do_normalize=False, return_tensors="np")
+    chw = np.asarray(out["pixel_values"][0])  # [3, H, W]; uint8 from both backends, float if a subclass rescales
+    if chw.dtype != np.uint8:
+        chw = np.clip(np.rint(chw), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building the cache
+
+
+def list_image_dir(image_dir: str) -> list[str]:
+    """Image file names directly under `image_dir` (GQA is flat), sorted so rows are reproducible."""
+    with os.scandir(image_dir) as it:
+        return sorted(e.name for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def list_hnc_images(hnc_file: str, cache_dir: str | None = None) -> list[str]:
+    """The image files an HNC file references, via the same Arrow conversion (and cache) training uses."""
+    from .data import load_hnc_pairs
+
+    return sorted(load_hnc_pairs(hnc_file, cache_dir=cache_dir).unique("image_file"))
+
+
+# Worker state, set once per process by `_init_worker` (a Pool task then carries only (row, path)).
+_worker: dict = {}
+
+
+def _init_worker(image_processor, pixels_path: str) -> None:
+    _worker["processor"] = image_processor
+    # Each worker maps the same file (MAP_SHARED) and writes its rows in place: no 147 KiB per image through a pipe.
+    _worker["pixels"] = np.load(pixels_path, mmap_mode="r+")
+
+
+def _process_one(task: tuple[int, str]) -> tuple[int, str | None]:
+    row, path = task
+    try:
+        _worker["pixels"][row] = resize_and_crop(_worker["processor"], path)
+    except (OSError, ValueError) as err:  # missing / truncated / not an image: recorded, not fatal
+        return row, f"{type(err).__name__}: {err}"
+    return row, None
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # the commit: readers see the old index or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def prepare(
+    image_dir: str,
+    output_dir: str,
+    image_processor,
+    image_files: Iterable[str] | None = None,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Write the cache of `image_files` (default: every image in `image_dir`) to `output_dir`; return its index.
+
+    Unreadable or missing images are listed under `"failed"` and get no row in `"files"`, so `CachedImageJoin`
+    returns None for them, as `ImageJoin` does.
+    """
+    from tqdm.auto import tqdm
+
+    names = sorted(set(image_files)) if image_files is not None else list_image_dir(image_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    height, width = crop_hw(image_processor)
+    token = secrets.token_hex(8)
+    pixels_name = f"pixels-{token}.npy"
+    pixels_tmp = os.path.join(output_dir, pixels_name + ".tmp")
+    failed: dict[str, str] = {}
+    try:
+        # .npy header + raw rows; np.load(mmap_mode=...) maps it without reading it.
+        np.lib.format.open_memmap(pixels_tmp, mode="w+", dtype=np.uint8, shape=(len(names), height, width, 3)).flush()
+        tasks = [(row, os.path.join(image_dir, name)) for row, name in enumerate(names)]
+        bar = tqdm(total=len(tasks), desc="caching images", unit="img", disable=not progress)
+        if num_workers > 1 and len(tasks) > 1:
+            with Pool(num_workers, initializer=_init_worker, initargs=(image_processor, pixels_tmp)) as pool:
+                for row, err in pool.imap_unordered(_process_one, tasks, chunksize=16):
+                    if err is not None:
+                        failed[names[row]] = err
+                    bar.update()
+        else:
+            _init_worker(image_processor, pixels_tmp)
+            try:
+                for task in tasks:
+                    row, err = _process_one(task)
+                    if err is not None:
+                        failed[names[row]] = err
+                    bar.update()
+                _worker["pixels"].flush()
+            finally:
+                _worker.clear()  # drop the map (and the processor) this process held as its own "worker"
+        bar.close()
+        _fsync(pixels_tmp)
+        os.replace(pixels_tmp, os.path.join(output_dir, pixels_name))
+    finally:
+        if os.path.exists(pixels_tmp):  # interrupted or failed: leave nothing half-written behind
+            os.remove(pixels_tmp)
+
+    index = {
+        "version": CACHE_VERSION,
+        "pixels": pixels_name,
+        "shape": [len(names), height, width, 3],
+        "geometry": geometry(image_processor),
+        "backend": backend_name(image_processor),
+        "image_dir": os.path.abspath(image_dir),
+        "files": {name: row for row, name in enumerate(names) if name not in failed},
+        "failed": failed,
+    }
+    _write_json_atomic(os.path.join(output_dir, INDEX_FILE), index)
+    _fsync(output_dir)
+    # Pixel files of earlier builds are unreferenced now; an in-progress build's files end in .tmp and are kept.
+    for entry in os.listdir(output_dir):
+        if entry.startswith("pixels-") and entry.endswith(".npy") and entry != pixels_name:
+            os.remove(os.path.join(output_dir, entry))
+    if failed:
+        example = ", ".join(sorted(failed)[:5])
+        logger.warning(f"{len(failed)} of {len(names)} images could not be read and are not cached (e.g. {example})")
+    logger.info(f"cached {len(index['files']):,} images at {height}x{width} in {output_dir}")
+    return index
+
+
+def read_index(cache_dir: str) -> dict:
+    path = os.path.join(cache_dir, INDEX_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no image cache at {cache_dir} ({INDEX_FILE} missing; build it with `python -m hnc_clip.image_cache`)"
+        )
+    with open(path) as f:
+        index = json.load(f)
+    if index.get("version") != CACHE_VERSION:
+        raise ValueError(f"{path}: cache version {index.get('version')}, expected {CACHE_VERSION}; rebuild it")
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the cache
+
+
+@dataclass
+class CachedImageJoin:
+    """Drop-in for `hnc_clip.data.ImageJoin` that reads pre-resized pixels from a cache built by `prepare`.
+
+    `__call__(batch)` adds `batch["pixel_values"]`: a float32 [3, H, W] tensor per row, normalised with the
+    processor's `rescale_factor`/`image_mean`/`image_std`, or None for an image that is not in the cache
+    (missing or unreadable when the cache was built); with `on_missing="error"` that raises `ImageLoadError`.
+    """
+
+    cache_dir: str
+    image_processor: object
+    on_missing: str = "skip"
+    _pixels: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        index = read_index(self.cache_dir)
+        want, have = geometry(self.image_processor), index["geometry"]
+        if want != have:
+            raise ValueError(
+                f"image cache {self.cache_dir} was built for {have}, but the model's processor wants {want}; "
+                "rebuild it for this model"
+            )
+        if backend_name(self.image_processor) != index.get("backend"):
+            # Same geometry, other resize implementation (PIL vs torchvision bicubic): ~1/255 apart, not wrong.
+            logger.warning(
+                f"image cache built with the {index.get('backend')} backend, processor is "
+                f"{backend_name(self.image_processor)}: pixels may differ by ~1/255"
+            )
+        self.rows: dict[str, int] = index["files"]
+        self.failed: dict[str, str] = index.get("failed", {})
+        self.pixels_path = os.path.join(self.cache_dir, index["pixels"])
+        self.shape = tuple(index["shape"])
+        p = self.image_processor
+        scale = float(p.rescale_factor) if p.do_rescale else 1.0
+        mean = np.asarray(p.image_mean if p.do_normalize else (0.0, 0.0, 0.0), dtype=np.float32)
+        std = np.asarray(p.image_std if p.do_normalize else (1.0, 1.0, 1.0), dtype=np.float32)
+        # (x·scale − mean)/std as one multiply-add per pixel: x·a − b, with a = scale/std and b = mean/std.
+        self._a = (scale / std).reshape(3, 1, 1).astype(np.float32)
+        self._b = (mean / std).reshape(3, 1, 1).astype(np.float32)
+
+    def __getstate__(self):
+        # DataLoader workers may be spawned: pickling a memmap would copy the whole cache. Each process maps it anew.
+        state = self.__dict__.copy()
+        state["_pixels"] = None
+        return state
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = np.load(self.pixels_path, mmap_mode="r")
+            if self._pixels.shape != self.shape:
+                raise ValueError(f"{self.pixels_path}: shape {self._pixels.shape}, index says {self.shape}")
+        return self._pixels
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        import torch
+
+        rows = []
+        for name in batch["image_file"]:
+            row = self.rows.get(name)
+            if row is None and self.on_missing == "error":
+                why = self.failed.get(name, "not in the cache")
+                raise ImageLoadError(f"image {name} not available from cache {self.cache_dir}: {why}")
+            rows.append(row)
+        found = [r for r in rows if r is not None]
+        out: list = [None] * len(rows)
+        if found:
+            hwc = self.pixels[np.asarray(found)]  # fancy indexing copies just these rows out of the map
+            chw = hwc.transpose(0, 3, 1, 2).astype(np.float32) * self._a - self._b  # [n, 3, H, W]
+            tensors = iter(torch.from_numpy(np.ascontiguousarray(chw)).unbind(0))
+            out = [next(tensors) if r is not None else None for r in rows]
+        batch["pixel_values"] = out
+        return batch
+
+
+def with_cached_images(ds, cache_dir: str, image_processor, on_missing: str = "skip"):
+    """`hnc_clip.data.with_images`, reading from an image cache instead of decoding JPEGs."""
+    return ds.with_transform(CachedImageJoin(cache_dir, image_processor, on_missing))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image_dir", required=True, help="Folder of the images (GQA: `<image_id>.jpg`).")
+    parser.add_argument("--output_dir", required=True, help="Cache directory to write (index.json + pixels-*.npy).")
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="Model or processor whose image processor sets size and crop."
+    )
+    parser.add_argument("--hnc_file", default=None, help="Cache only the images this HNC file uses (default: all).")
+    parser.add_argument("--cache_dir", default=None, help="`datasets` cache for the HNC conversion (as training).")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Worker processes.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import AutoImageProcessor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    args = make_parser().parse_args(argv)
+    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
+    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers)
+    print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
+    return index
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Bad data, interruptions, non-finite losses and untrusted files: each case asserts its message or count."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnc_clip.data import HncCollator, load_hnc_pairs
+from hnc_clip.hnc_json import HncFormatError
+from hnc_clip.losses import LOSSES, LossSpec, hnc_loss
+from hnc_clip.tiny import build_word_tokenizer
+from hnc_clip.trainer import NonFiniteLossError
+
+from .conftest import REPO, TRAIN_SAMPLE
+from .test_trainer import run, weights
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def train_flags(tmp_path, model_dir, image_dir, out, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir", str(image_dir),
+        "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train", "--max_steps", "6",
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1", "--use_cpu",
+        "--dataloader_num_workers", "0", "--seed", "3", "--save_strategy", "steps", "--save_steps", "3",
+        "--report_to", "none", *extra,
+    ]
+
+
+def test_long_captions_are_truncated_and_counted():
+    tok = build_word_tokenizer("a b c d e f g h".split(), model_max_length=77)
+    feats = [{"pixel_values": torch.zeros(3, 2, 2), "positive": "a b c d e f g h", "negative": "a b",
+              "image_id": "x"}]
+    batch = HncCollator(tok, max_length=6)(feats)
+    assert batch["truncated_captions"].item() == 1
+    assert batch["input_ids"].shape == (2, 6)
+    assert HncCollator(tok, max_length=77)(feats)["truncated_captions"].item() == 0
+
+
+def test_unknown_caption_types_list_the_available_ones(tmp_path, caplog):
+    from hnc_clip.data import select_pairs
+
+    ds = load_hnc_pairs(str(TRAIN_SAMPLE), cache_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="hnc_clip.data"):
+        out = select_pairs(ds, ["relation_subj", "spatial_nonsense"])
+    assert set(out["type"]) == {"relation_subj"}
+    assert any("['spatial_nonsense'] occur nowhere" in r.message and "'relation_obj'" in r.message
+               for r in caplog.records)
+
+
+def test_corrupt_image_during_training_is_skipped_and_counted(tmp_path, tiny_clip_dir, sample_image_dir):
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in sample_image_dir.iterdir():
+        (images / f.name).write_bytes(f.read_bytes())
+    victim = sorted(images.iterdir())[0]
+    victim.write_bytes(b"")  # exists (passes the up-front check) but cannot be decoded
+    # One worker process: a decode failure inside a worker must not kill the run.
+    results, out = run(tmp_path, tiny_clip_dir, images, "--dataloader_num_workers", "1", "--max_steps", "6",
+                       "--per_device_train_batch_size", "32")
+    state = json.loads((Path(out) / "trainer_state.json").read_text())
+    skipped = sum(h.get("skipped_images", 0) for h in state["log_history"])
+    assert skipped > 0 and state["global_step"] == 6
+
+
+def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    calls = {"n": 0}
+
+    def nan_first(inp, cfg):
+        calls["n"] += 1
+        out = hnc_loss(inp, cfg)
+        if calls["n"] == 1:
+            out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
+        return out
+
+    monkeypatch.setitem(LOSSES, "nan_first", LossSpec(nan_first))
+    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_first", "--max_steps", "1")
+    before, after = weights(tiny_clip_dir), weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step must not move any weight"
+    state = json.loads((Path(out) / "trainer_state.json").read_text())
+    assert state["log_history"][0]["nonfinite_steps"] == 1
+
+
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    def always_nan(inp, cfg):
+        return {"contrastive_loss": hnc_loss(inp, cfg)["contrastive_loss"] * float("nan")}
+
+    monkeypatch.setitem(LOSSES, "always_nan", LossSpec(always_nan))
+    with pytest.raises(NonFiniteLossError, match="non-finite in 3 steps.*--max_nonfinite_steps"):
+        run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps", "2",
+            "--max_steps", "5")
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_clip_dir, sample_image_dir):
+    full = tmp_path / "full"
+    proc = subprocess.run([sys.executable, "run_hnc_clip.py", *train_flags(tmp_path, tiny_clip_dir, sample_image_dir,
+                                                                          full)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    flags = train_flags(tmp_path, tiny_clip_dir, sample_image_dir, killed)
+    proc = subprocess.run([sys.executable, "tests/kill_run.py", "SIGKILL", "4", "--", *flags], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / "checkpoint-3").is_dir() and not (killed / "model.safetensors").exists()
+
+    proc = subprocess.run([sys.executable, "run_hnc_clip.py", *flags, "--resume_from_checkpoint",
+                           str(killed / "checkpoint-3")], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(full), weights(killed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert not all(torch.equal(a[k], weights(tiny_clip_dir)[k]) for k in a)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, tiny_clip_dir, sample_image_dir):
+    out = tmp_path / "pre"
+    flags = train_flags(tmp_path, tiny_clip_dir, sample_image_dir, out, "--save_steps", "100")
+    proc = subprocess.run([sys.executable, "tests/kill_run.py", "SIGTERM", "2", "--", *flags], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "SIGTERM received" in proc.stdout + proc.stderr
+    assert (out / "checkpoint-3" / "model.safetensors").exists()  # step 2 finishes, step 3 saves & stops
+    assert not (out / "model.safetensors").exists()  # the unfinished run is not published as final
+
+
+def test_interrupted_conversion_leaves_no_trusted_cache(tmp_path):
+    bad = tmp_path / "cut.json"
+    bad.write_text(TRAIN_SAMPLE.read_text()[: 400_000])  # cut mid-file, like an interrupted download
+    for _ in range(2):  # the second call must fail the same way, not serve a partial cache
+        with pytest.raises(HncFormatError, match="cut.json: invalid JSON"):
+            load_hnc_pairs(str(bad), cache_dir=str(tmp_path / "cache"))
+    finished = [p for p in (tmp_path / "cache").rglob("*.arrow") if ".incomplete" not in str(p)]
+    assert finished == []
+
+
+def test_models_load_from_safetensors_only(tmp_path, tiny_clip_dir):
+    from types import SimpleNamespace
+
+    from transformers import CLIPModel
+
+    from hnc_clip.modeling import load_model
+
+    pickled = tmp_path / "pickled"
+    CLIPModel.from_pretrained(tiny_clip_dir).save_pretrained(pickled)
+    state = weights(pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(state, pickled / "pytorch_model.bin")
+    args = SimpleNamespace(model_name_or_path=str(pickled), cache_dir=None, model_revision="main", token=None,
+                           trust_remote_code=False, attn_implementation="sdpa")
+    with pytest.raises(OSError, match="safetensors"):
+        load_model(args)
+
+
+def test_no_unsafe_deserialisation_in_project_code():
+    sources = [REPO / "run_hnc_clip.py", *(REPO / "hnc_clip").rglob("*.py"), *(REPO / "eval").rglob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        assert not re.search(r"^\s*import pickle|^\s*from pickle", text, re.M), path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+        assert "trust_remote_code=True" not in text, path
