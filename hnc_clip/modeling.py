@@ -131,6 +131,26 @@ def unwrap_clip(model) -> CLIPModel:
     return model
 
 
+class LogitScaleTap:
+    """Captures `exp(logit_scale)` at the end of each forward of a `CLIPModel`.
+
+    Under DeepSpeed ZeRO-3 a parameter holds its full value only while its module runs; read afterwards,
+    `model.logit_scale` is an empty shard. This forward hook is prepended to every other hook, so it runs before
+    ZeRO-3's release and the captured tensor stays connected to the parameter for the backward pass. Without
+    ZeRO-3 it is simply the same value as reading the parameter.
+    """
+
+    def __init__(self, model):
+        self.value: torch.Tensor | None = None
+        self.handle = unwrap_clip(model).register_forward_hook(self._hook, prepend=True)
+
+    def _hook(self, module, args, output):
+        self.value = module.logit_scale.exp()
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
 def merged_for_save(model) -> CLIPModel:
     """A plain `CLIPModel` to save: LoRA adapters merged into the weights, so users load it without peft."""
     if hasattr(model, "merge_and_unload"):

@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback
 from .gradcache import gradcache_backward
 from .hnc_json import PAIR_COLUMNS
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, gather_features, similarity_stats
-from .modeling import unwrap_clip
+from .modeling import LogitScaleTap, unwrap_clip
 from .schedules import SCHEDULES
 
 
@@ -48,17 +48,25 @@ def build_loss_inputs(
     max_logit_scale: float = 100.0,
     reference_model=None,
     theta0: list | None = None,
+    taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
 ) -> LossInputs:
-    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss."""
+    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss.
+
+    `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
+    """
+
+    def logit_scale(m, tap):
+        return (tap.value if tap is not None else unwrap_clip(m).logit_scale.exp()).clamp(max=max_logit_scale)
+
     local = embed(model, inputs)
     everywhere = gather_features(local, rank, world_size)
     rank = rank if world_size > 1 else 0
-    scale = unwrap_clip(model).logit_scale.exp().clamp(max=max_logit_scale)
+    scale = logit_scale(model, taps[0])
     reference = None
     if reference_model is not None:
         with torch.no_grad():
             ref_local = embed(reference_model, inputs)
-            ref_scale = unwrap_clip(reference_model).logit_scale.exp().clamp(max=max_logit_scale)
+            ref_scale = logit_scale(reference_model, taps[1])
             reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
     sq_dist = None
     if theta0 is not None:
@@ -143,6 +151,10 @@ class HncTrainer(Trainer):
         self.reference_model = reference_model
         if reference_model is not None:
             self.reference_model = reference_model.to(self.args.device)
+        self._taps = (
+            LogitScaleTap(self.model),
+            LogitScaleTap(self.reference_model) if self.reference_model is not None else None,
+        )
         # θ₀ for ‖θ−θ₀‖²: only the trainable tensors, which are the only ones that can move.
         self._theta0 = None
         if self.loss_spec.needs_initial_params:
@@ -178,6 +190,7 @@ class HncTrainer(Trainer):
             max_logit_scale=self.args.max_logit_scale,
             reference_model=self.reference_model,
             theta0=self._theta0,
+            taps=self._taps,
         )
 
     def loss_config(self) -> LossConfig:
