@@ -61,3 +61,85 @@ def tiny_clip_dir(_tiny_clip_dir, tmp_path) -> Path:
     dst = tmp_path / "tiny_clip"
     shutil.copytree(_tiny_clip_dir, dst)
     return dst
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation-suite fixtures (eval_ prefix)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def eval_sample_files() -> dict[str, str]:
+    """{"test": hnc_test_sample.json, "train": hnc_train_sample.json} as strings; skips when shared/ is absent."""
+    if not (TEST_SAMPLE.is_file() and TRAIN_SAMPLE.is_file()):
+        pytest.skip(f"HNC samples not found under {SHARED_DATA}")
+    return {"test": str(TEST_SAMPLE), "train": str(TRAIN_SAMPLE)}
+
+
+@pytest.fixture(scope="session")
+def eval_sample_texts(eval_sample_files) -> list[str]:
+    """Every caption of both samples, so a tiny word-level tokenizer knows their words."""
+    import json
+
+    texts = []
+    for path in eval_sample_files.values():
+        with open(path, encoding="utf-8") as f:
+            for entry in json.load(f).values():
+                captions = entry["captions"].values() if "captions" in entry else entry.values()
+                texts.extend(c["caption"] for c in captions)
+    return texts
+
+
+@pytest.fixture(scope="session")
+def eval_sample_image_dir(tmp_path_factory, eval_sample_files) -> str:
+    """Placeholder images under the file names both samples use (`<image_id>.jpg`)."""
+    import json
+
+    files = []
+    for path in eval_sample_files.values():
+        with open(path, encoding="utf-8") as f:
+            files.extend(k if k.endswith(".jpg") else f"{k}.jpg" for k in json.load(f))
+    return str(write_placeholder_images(tmp_path_factory.mktemp("eval_images"), files))
+
+
+def _eval_tiny_clip(tmp_path_factory, texts: list[str], name: str, seed: int) -> str:
+    from eval.zeroshot_data import DEFAULT_TEMPLATES
+    from hnc_clip.tiny import save_tiny_clip
+
+    vocab_texts = texts + list(DEFAULT_TEMPLATES) + ["cat dog house"]
+    return save_tiny_clip(str(tmp_path_factory.mktemp(name)), vocab_texts, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def eval_tiny_clip_dir(tmp_path_factory, eval_sample_texts) -> str:
+    """A tiny CLIP (+ processor) saved once per session; treat as read-only (copy it before writing a card)."""
+    return _eval_tiny_clip(tmp_path_factory, eval_sample_texts, "eval_tiny_clip", seed=0)
+
+
+@pytest.fixture(scope="session")
+def eval_tuned_clip_dir(tmp_path_factory, eval_sample_texts) -> str:
+    """Same architecture as `eval_tiny_clip_dir`, other weights: stands in for a fine-tuned checkpoint."""
+    return _eval_tiny_clip(tmp_path_factory, eval_sample_texts, "eval_tuned_clip", seed=1)
+
+
+@pytest.fixture(scope="session")
+def eval_zeroshot_dir(tmp_path_factory) -> str:
+    """An image folder with three classes (`cat`, `dog`, `dog_house`) of four images each."""
+    out = tmp_path_factory.mktemp("eval_zeroshot")
+    for c, folder in enumerate(("cat", "dog", "dog_house")):
+        (out / folder).mkdir()
+        for i in range(4):
+            Image.new("RGB", (36, 36), (80 * c, 40 * i, 200 - 60 * c)).save(out / folder / f"{i}.png")
+    return str(out)
+
+
+@pytest.fixture
+def eval_single_thread():
+    """Run a test with one torch thread (restored after): the tiny models are latency-bound, and on a shared 2-core
+    machine two threads contend and run ~5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

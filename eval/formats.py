@@ -1,0 +1,278 @@
+"""Benchmark file formats -> one pair record shape (pairwise) or image-captions items (retrieval).
+
+Every pairwise reader yields the records of `hnc_clip.hnc_json` (`pair_id, image_id, image_file, positive, negative,
+type`) plus `bbox` (None, or ARO's crop box), so the scoring code never sees a format. Formats are detected from the
+first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import ijson
+
+from hnc_clip.hnc_json import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
+
+from .images import ImageRef
+
+STRUCTURE_CLIP = "structure_clip"
+SUGARCREPE = "sugarcrepe"
+ARO_RELATION = "aro_vg_relation"
+ARO_ATTRIBUTION = "aro_vg_attribution"
+COCO_KARPATHY = "coco_karpathy"
+
+# Shape of each format, shown in the unknown-format error so a user can see what their file should look like.
+FORMAT_SHAPES = {
+    TEST_SCHEMA: "HNC test: {'<image>.jpg': {'0': {'caption', 'label': 1, 'type'}, '1': {..., 'label': 0}}}",
+    TRAIN_SCHEMA: "HNC train/val: {image_id: {'captions': {id: {'caption', 'label', 'type', 'cpt_p_id'}}}}",
+    STRUCTURE_CLIP: "Structure-CLIP (COCO): [{'image', 'text', 'neg_text': str | [str, ...]}]",
+    SUGARCREPE: "SugarCrepe subset file: {id: {'filename', 'caption', 'negative_caption'}} (type = file name)",
+    ARO_RELATION: "ARO VG-Relation: [{'image_path', 'true_caption', 'false_caption', 'relation_name', 'bbox_x', ...}]",
+    ARO_ATTRIBUTION: "ARO VG-Attribution: [{'image_path', 'true_caption', 'false_caption', 'attributes', 'bbox_x'..}]",
+    COCO_KARPATHY: "COCO Karpathy (retrieval only): [{'image', 'caption': [str, ...] | str}]",
+}
+PAIR_FORMATS = (TEST_SCHEMA, TRAIN_SCHEMA, STRUCTURE_CLIP, SUGARCREPE, ARO_RELATION, ARO_ATTRIBUTION)
+RETRIEVAL_FORMATS = (COCO_KARPATHY, *PAIR_FORMATS)
+
+
+class UnknownFormatError(ValueError):
+    """A data file matches none of the supported formats (the message lists them)."""
+
+
+def _formats_help(formats: Iterable[str] = FORMAT_SHAPES) -> str:
+    return "\n".join(f"  - {name}: {FORMAT_SHAPES[name]}" for name in formats)
+
+
+def unknown_format(path: str, why: str, formats: Iterable[str] = FORMAT_SHAPES) -> UnknownFormatError:
+    """The error for an unrecognised file, naming the file, the reason and every supported format."""
+    return UnknownFormatError(
+        f"{path}: {why}. Supported formats (pass --data_format NAME to force one):\n{_formats_help(formats)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _first_record(path: str) -> tuple[str, str | None, object]:
+    """('list', None, first item) or ('dict', first key, first value), reading only the start of the file."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        try:
+            if head.startswith(b"["):
+                return "list", None, next(ijson.items(f, "item", use_float=True), None)
+            if head.startswith(b"{"):
+                key, value = next(ijson.kvitems(f, "", use_float=True), (None, None))
+                return "dict", key, value
+        except ijson.JSONError as err:
+            raise unknown_format(path, f"invalid JSON ({err})") from err
+    raise unknown_format(path, "not a JSON object or list")
+
+
+def detect_format(path: str) -> str:
+    """Name of the format of `path` (a key of `FORMAT_SHAPES`), from its first record; `UnknownFormatError` if none."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    kind, _, first = _first_record(path)
+    if first is None:
+        raise unknown_format(path, f"empty JSON {kind}")
+    if kind == "dict":
+        try:
+            return detect_schema(path)
+        except HncFormatError:
+            pass
+        if isinstance(first, dict) and {"filename", "caption", "negative_caption"} <= first.keys():
+            return SUGARCREPE
+    elif isinstance(first, dict):
+        keys = first.keys()
+        if {"image_path", "true_caption", "false_caption"} <= keys:
+            return ARO_ATTRIBUTION if "attributes" in keys and "relation_name" not in keys else ARO_RELATION
+        if {"image", "text", "neg_text"} <= keys:
+            return STRUCTURE_CLIP
+        if {"image", "caption"} <= keys:
+            return COCO_KARPATHY
+    shown = json.dumps(first)[:200] if not isinstance(first, dict) else sorted(first)
+    raise unknown_format(path, f"first record not recognised ({shown})")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pair readers: path -> pair records
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _pair(pair_id: str, image_file: str, positive, negative, type_: str, bbox=None) -> dict:
+    return {
+        "pair_id": pair_id,
+        "image_id": os.path.splitext(os.path.basename(image_file))[0],
+        "image_file": image_file,
+        "positive": positive.strip() if isinstance(positive, str) else "",
+        "negative": negative.strip() if isinstance(negative, str) else "",
+        "type": type_,
+        "bbox": bbox,
+    }
+
+
+def _load_json(path: str, expected: type, fmt: str):
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise unknown_format(path, f"invalid JSON ({err})") from err
+    if not isinstance(data, expected):
+        raise unknown_format(path, f"format {fmt} needs a JSON {expected.__name__}, got {type(data).__name__}")
+    return data
+
+
+def _read_hnc(schema: str) -> Callable[[str, Counter], Iterator[dict]]:
+    def read(path: str, skips: Counter) -> Iterator[dict]:
+        for rec in iter_hnc_pairs(path, schema=schema, skips=skips):
+            yield {**rec, "bbox": None}
+
+    return read
+
+
+def _read_structure_clip(path: str, skips: Counter) -> Iterator[dict]:
+    """One pair per negative: Structure-CLIP's COCO files give `neg_text` as a string or a list of strings."""
+    for i, rec in enumerate(_load_json(path, list, STRUCTURE_CLIP)):
+        if not isinstance(rec, dict) or not {"image", "text", "neg_text"} <= rec.keys():
+            skips["record_missing_keys"] += 1
+            continue
+        negatives = rec["neg_text"] if isinstance(rec["neg_text"], list) else [rec["neg_text"]]
+        for j, neg in enumerate(negatives):
+            yield _pair(f"{i}/{j}", rec["image"], rec["text"], neg, str(rec.get("type") or STRUCTURE_CLIP))
+
+
+def _read_sugarcrepe(path: str, skips: Counter) -> Iterator[dict]:
+    """SugarCrepe ships one file per subset (`replace_att.json`, `swap_obj.json`, ...): the file name is the type."""
+    subset = os.path.splitext(os.path.basename(path))[0]
+    for key, rec in _load_json(path, dict, SUGARCREPE).items():
+        if not isinstance(rec, dict) or not {"filename", "caption", "negative_caption"} <= rec.keys():
+            skips["record_missing_keys"] += 1
+            continue
+        yield _pair(f"{subset}/{key}", rec["filename"], rec["caption"], rec["negative_caption"], subset)
+
+
+def _read_aro(kind: str) -> Callable[[str, Counter], Iterator[dict]]:
+    """ARO VG-Relation / VG-Attribution: the image is cropped to the union box of the two objects, as ARO does."""
+
+    def read(path: str, skips: Counter) -> Iterator[dict]:
+        needed = {"image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
+        for i, rec in enumerate(_load_json(path, list, kind)):
+            if not isinstance(rec, dict) or not needed <= rec.keys():
+                skips["record_missing_keys"] += 1
+                continue
+            if kind == ARO_RELATION:
+                type_ = str(rec.get("relation_name") or "unknown")
+            else:
+                attrs = rec.get("attributes") or ["unknown"]
+                # ARO names attribute pairs `<a1>_<a2>` (its per-attribute-pair macro accuracy).
+                type_ = "_".join(map(str, attrs)) if isinstance(attrs, list) else str(attrs)
+            bbox = tuple(float(rec[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+            pair_id = f"{rec.get('image_id', i)}/{i}"
+            yield _pair(pair_id, rec["image_path"], rec["true_caption"], rec["false_caption"], type_, bbox)
+
+    return read
+
+
+def _read_karpathy_as_pairs(path: str, skips: Counter) -> Iterator[dict]:
+    raise unknown_format(path, f"{COCO_KARPATHY} has no negative captions, so it only works with --task retrieval")
+
+
+PAIR_READERS: dict[str, Callable[[str, Counter], Iterator[dict]]] = {
+    TEST_SCHEMA: _read_hnc(TEST_SCHEMA),
+    TRAIN_SCHEMA: _read_hnc(TRAIN_SCHEMA),
+    STRUCTURE_CLIP: _read_structure_clip,
+    SUGARCREPE: _read_sugarcrepe,
+    ARO_RELATION: _read_aro(ARO_RELATION),
+    ARO_ATTRIBUTION: _read_aro(ARO_ATTRIBUTION),
+    COCO_KARPATHY: _read_karpathy_as_pairs,
+}
+
+
+def _check_format(data_format: str | None, path: str) -> str:
+    fmt = data_format or detect_format(path)
+    if fmt not in FORMAT_SHAPES:
+        raise unknown_format(path, f"unknown --data_format {fmt!r}")
+    return fmt
+
+
+def load_pairs(
+    paths: str | Iterable[str],
+    data_format: str | None = None,
+    skips: Counter | None = None,
+    max_pairs: int | None = None,
+) -> list[dict]:
+    """Pair records from one or more files (e.g. all SugarCrepe subsets), each detected unless `data_format` is given.
+
+    Records with missing or empty captions are skipped and counted in `skips` (reason -> count). Raises
+    `UnknownFormatError` for unrecognised files and `ValueError` when nothing usable was read.
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    skips = skips if skips is not None else Counter()
+    pairs: list[dict] = []
+    for path in paths:
+        for rec in PAIR_READERS[_check_format(data_format, path)](path, skips):
+            if not rec["positive"] or not rec["negative"]:
+                skips["empty_caption"] += 1
+                continue
+            pairs.append(rec)
+            if max_pairs is not None and len(pairs) >= max_pairs:
+                return pairs
+    if not pairs:
+        raise ValueError(f"no positive/negative pairs in {paths} (skipped: {dict(skips) or 'none'})")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retrieval: path -> images, each with all its captions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageCaptions:
+    """One retrieval gallery image and every caption that describes it."""
+
+    image: ImageRef
+    captions: list[str] = field(default_factory=list)
+
+
+def _karpathy_records(path: str) -> Iterator[tuple[ImageRef, str]]:
+    for rec in _load_json(path, list, COCO_KARPATHY):
+        if not isinstance(rec, dict) or "image" not in rec or "caption" not in rec:
+            continue
+        captions = rec["caption"] if isinstance(rec["caption"], list) else [rec["caption"]]
+        for caption in captions:
+            yield ImageRef(rec["image"]), caption
+
+
+def load_image_captions(
+    paths: str | Iterable[str], data_format: str | None = None, max_images: int | None = None
+) -> list[ImageCaptions]:
+    """Images with all their captions, for retrieval.
+
+    COCO Karpathy files list captions per image (train-style files with one caption per record are grouped too);
+    pair formats contribute each image's *unique positives* (HNC repeats a positive once per hard negative).
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    by_image: dict[ImageRef, dict[str, None]] = {}  # dict-as-ordered-set keeps first-seen caption order
+    for path in paths:
+        fmt = _check_format(data_format, path)
+        if fmt == COCO_KARPATHY:
+            records: Iterable[tuple[ImageRef, str]] = _karpathy_records(path)
+        else:
+            records = ((ImageRef(p["image_file"], p["bbox"]), p["positive"]) for p in load_pairs(path, fmt))
+        for ref, caption in records:
+            if isinstance(caption, str) and caption.strip():
+                by_image.setdefault(ref, {})[caption.strip()] = None
+    items = [ImageCaptions(ref, list(caps)) for ref, caps in by_image.items() if caps]
+    if max_images is not None:
+        items = items[:max_images]
+    if not items:
+        raise ValueError(f"no images with captions in {paths}")
+    return items
