@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hnc_clip.args import DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.data import HncCollator, build_split, with_images
+from hnc_clip.image_cache import with_cached_images
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, frozen_copy, load_model, load_processor, merged_for_save
 from hnc_clip.trainer import HncTrainer
@@ -91,6 +92,10 @@ def main(
             return None
         with training_args.main_process_first(desc=f"converting {path}"):
             ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
+        if data_args.image_cache_dir:  # pre-resized pixels (`python -m hnc_clip.image_cache`): no JPEG decoding
+            return with_cached_images(
+                ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image
+            )
         return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
 
     train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None

