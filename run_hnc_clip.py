@@ -23,7 +23,7 @@ from hnc_clip.args import DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.data import HncCollator, build_split, with_images
 from hnc_clip.image_cache import with_cached_images
 from hnc_clip.losses import LOSSES
-from hnc_clip.modeling import apply_finetune_mode, frozen_copy, load_model, load_processor, merged_for_save
+from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.trainer import HncTrainer
 
 logger = logging.getLogger("hnc_clip")
@@ -83,7 +83,7 @@ def main(
     # 2. Model and processor
     processor = load_processor(model_args)
     model = load_model(model_args)
-    reference = frozen_copy(model) if LOSSES[training_args.loss_type].needs_reference else None
+    reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
     model = apply_finetune_mode(model, training_args)
 
     # 3. Data: HNC JSON → Arrow pairs → images joined on the fly

@@ -119,6 +119,26 @@ def frozen_copy(model: CLIPModel) -> CLIPModel:
     return ref.eval()
 
 
+def load_reference(model_args, model: CLIPModel) -> CLIPModel:
+    """The frozen starting model for `kl_teacher`/`dpo`, whole on every process and never trained.
+
+    Under DeepSpeed ZeRO-3, `from_pretrained` builds the trained model inside `zero.Init`, already sharded, so a
+    copy of it would be shards without the hooks that gather them. The reference is then loaded again with ZeRO-3
+    initialisation switched off: a plain module that DeepSpeed never sees (it is small next to the optimizer state).
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    if not hf_ds.is_deepspeed_zero3_enabled():
+        return frozen_copy(model)
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        reference = load_model(model_args)
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+    return frozen_copy(reference)
+
+
 def unwrap_clip(model) -> CLIPModel:
     """The `CLIPModel` under peft/DDP wrappers (for `logit_scale` and the config)."""
     while not isinstance(model, CLIPModel):

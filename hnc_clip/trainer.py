@@ -151,6 +151,9 @@ class HncTrainer(Trainer):
         self.reference_model = reference_model
         if reference_model is not None:
             self.reference_model = reference_model.to(self.args.device)
+            if self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16):
+                # DeepSpeed casts the inputs to its compute dtype; the reference must take the same inputs.
+                self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
         self._taps = (
             LogitScaleTap(self.model),
             LogitScaleTap(self.reference_model) if self.reference_model is not None else None,
