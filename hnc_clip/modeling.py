@@ -104,8 +104,10 @@ FINETUNE_MODES: dict[str, Callable] = {
 
 def apply_finetune_mode(model: CLIPModel, args):
     model = FINETUNE_MODES[args.finetune_mode](model, args)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # Under ZeRO-3 (zero.Init) a parameter's local tensor is an empty shard; `ds_numel` is its full size.
+    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     logger.info(f"finetune_mode={args.finetune_mode}: {trainable:,} of {total:,} parameters train")
     if trainable == 0:
         raise ValueError(f"--finetune_mode {args.finetune_mode} leaves no parameter to train")
