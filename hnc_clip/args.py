@@ -109,6 +109,13 @@ class HncTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Mask logits between different pairs of the same image (they are not negatives)."},
     )
+    group_by_image: int = field(
+        default=0,
+        metadata={
+            "help": "Lay batches out as groups of this many pairs of one image, so each image meets several of its "
+            "own hard negatives per batch (0: plain random sampling)."
+        },
+    )
     gradcache_chunk_size: int = field(
         default=0,
         metadata={
@@ -154,6 +161,8 @@ class HncTrainingArguments(TrainingArguments):
         if self.hard_negative_weight < 0 or self.hard_negative_weight_min < 0:
             raise ValueError("--hard_negative_weight and --hard_negative_weight_min must be >= 0")
         spec = LOSSES[self.loss_type]
+        if self.group_by_image < 0:
+            raise ValueError("--group_by_image must be >= 0")
         if self.gradcache_chunk_size < 0:
             raise ValueError("--gradcache_chunk_size must be >= 0")
         if self.gradcache_chunk_size and (spec.needs_reference or spec.needs_initial_params):

@@ -184,18 +184,21 @@ class ImageJoin:
     on_missing: str = "skip"
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images, ok = [], []
-        for name in batch["image_file"]:
+        # Each distinct file is decoded and processed once per call: a batch fetched by the DataLoader often holds
+        # several pairs of one image (~121 per GQA image; all of them under `--group_by_image`).
+        names = list(dict.fromkeys(batch["image_file"]))
+        images, readable = [], []
+        for name in names:
             path = os.path.join(self.image_dir, name)
             try:
                 images.append(load_rgb(path))
-                ok.append(True)
+                readable.append(name)
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 if self.on_missing == "error":
                     raise ImageLoadError(f"cannot read image {path}: {err}") from err
-                ok.append(False)
-        pixels = iter(self.image_processor(images=images, return_tensors="pt")["pixel_values"] if images else [])
-        batch["pixel_values"] = [next(pixels) if good else None for good in ok]
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"] if images else []
+        by_name = dict(zip(readable, pixels))
+        batch["pixel_values"] = [by_name.get(name) for name in batch["image_file"]]
         return batch
 
 
@@ -214,37 +217,47 @@ def image_group_id(image_id: str) -> int:
 
 @dataclass
 class HncCollator:
-    """Stack images and tokenize [positives; negatives] with dynamic padding.
+    """Stack each distinct image once and tokenize [positives; negatives] with dynamic padding.
 
     In:  [{"pixel_values": Tensor[3, H, W] | None, "positive": str, "negative": str, "image_id": str, ...}] × B
-    Out: {"pixel_values":   [B', 3, H, W],
-          "input_ids":      [2·B', L]   rows 0..B'-1 positives, B'..2B'-1 their hard negatives,
-          "attention_mask": [2·B', L]   L = longest caption in the batch (≤ max_length), not 77,
+    Out: {"pixel_values":   [U, 3, H, W]  one row per distinct image of the batch (U ≤ B'),
+          "image_index":    [B'] int64    row i's image is pixel_values[image_index[i]],
+          "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
+          "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,
+          "text_index":     [2·B'] int64  rows 0..B'-1 positives, B'..2B'-1 their hard negatives, as input_ids rows,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64}
     where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
-    HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute.
+    HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute; pairs
+    of one image (`--group_by_image`, or chance) share one image encoding, and a repeated caption one text encoding.
     """
 
     tokenizer: object
     max_length: int = 77
-    extra: dict = field(default_factory=dict)
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         kept = [f for f in features if f.get("pixel_values") is not None]
-        texts = [f["positive"] for f in kept] + [f["negative"] for f in kept]
-        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
-        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
             return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
+        rows = [f["positive"] for f in kept] + [f["negative"] for f in kept]  # [2B']
+        texts = list(dict.fromkeys(rows))  # each distinct caption once (positives repeat across an image's pairs)
+        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
+        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
         tok = self.tokenizer(texts, padding=True, return_tensors="pt")
-        lengths = tok["attention_mask"].sum(-1)  # [2B']
+        lengths = tok["attention_mask"].sum(-1)  # [T]
         truncated = int((lengths > self.max_length).sum())
         if truncated:
             tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        pixels: dict[str, torch.Tensor] = {}  # image_id -> pixels, in order of first appearance
+        for f in kept:
+            pixels.setdefault(f["image_id"], f["pixel_values"])
+        slot = {image_id: i for i, image_id in enumerate(pixels)}
+        text_slot = {text: i for i, text in enumerate(texts)}
         return {
-            "pixel_values": torch.stack([f["pixel_values"] for f in kept]),
+            "pixel_values": torch.stack(list(pixels.values())),
+            "image_index": torch.tensor([slot[f["image_id"]] for f in kept], dtype=torch.long),
+            "text_index": torch.tensor([text_slot[t] for t in rows], dtype=torch.long),
             "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),

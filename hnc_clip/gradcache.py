@@ -24,15 +24,22 @@ from .modeling import unwrap_clip
 
 def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
     """Split a collated batch (texts laid out [positives; negatives]) into chunks of `chunk_size` pairs."""
-    b = inputs["pixel_values"].shape[0]
-    pos_ids, neg_ids = inputs["input_ids"][:b], inputs["input_ids"][b:]
-    pos_am, neg_am = inputs["attention_mask"][:b], inputs["attention_mask"][b:]
+    # Back to one image and two caption rows per pair (the collator stores each distinct one once): chunks are
+    # encoded independently.
+    pixels, ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+    if inputs.get("image_index") is not None:
+        pixels = pixels[inputs["image_index"]]
+    if inputs.get("text_index") is not None:
+        ids, mask = ids[inputs["text_index"]], mask[inputs["text_index"]]
+    b = ids.shape[0] // 2
+    pos_ids, neg_ids = ids[:b], ids[b:]
+    pos_am, neg_am = mask[:b], mask[b:]
     chunks = []
     for start in range(0, b, chunk_size):
         rows = slice(start, start + chunk_size)
         chunks.append(
             {
-                "pixel_values": inputs["pixel_values"][rows],
+                "pixel_values": pixels[rows],
                 "input_ids": torch.cat([pos_ids[rows], neg_ids[rows]]),
                 "attention_mask": torch.cat([pos_am[rows], neg_am[rows]]),
             }

@@ -34,9 +34,14 @@ def embed(model, inputs: dict) -> Embeddings:
     out = model(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
     )
-    b = out.image_embeds.shape[0]
-    text = out.text_embeds  # [2B, D]
-    return Embeddings(out.image_embeds, text[:b], text[b:], inputs.get("image_ids"))  # [B, D] each
+    image = out.image_embeds  # [U, D]: each distinct image once
+    if inputs.get("image_index") is not None:
+        image = image[inputs["image_index"]]  # [B, D]; the backward sums the rows of a shared image
+    b = image.shape[0]
+    text = out.text_embeds  # [T, D]: each distinct caption once
+    if inputs.get("text_index") is not None:
+        text = text[inputs["text_index"]]  # [2B, D] = [positives; negatives]
+    return Embeddings(image, text[:b], text[b:], inputs.get("image_ids"))  # [B, D] each
 
 
 def build_loss_inputs(
@@ -178,6 +183,14 @@ class HncTrainer(Trainer):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
             self._signature_columns = [*PAIR_COLUMNS, "pixel_values"]
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.group_by_image:
+            return super()._get_train_sampler(train_dataset)
+        from .sampler import ImageGroupedSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return ImageGroupedSampler(dataset["image_id"], self.args.group_by_image, seed=self.args.seed)
 
     # -- loss ---------------------------------------------------------------------------------------------------
 

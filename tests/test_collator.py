@@ -21,9 +21,11 @@ def features():
 def test_layout_dynamic_padding_and_skips():
     tok = build_word_tokenizer("the cup is left right of plate a".split(), model_max_length=77)
     batch = HncCollator(tok, max_length=77)(features())
-    assert batch["pixel_values"].shape == (2, 3, 4, 4)  # the unreadable one is dropped...
-    assert batch["skipped_images"].item() == 1  # ...and counted
-    ids = batch["input_ids"]
+    assert batch["skipped_images"].item() == 1  # the unreadable one is dropped and counted
+    # both kept pairs show image "a": it is stacked once and indexed twice
+    assert batch["pixel_values"].shape == (1, 3, 4, 4)
+    assert batch["image_index"].tolist() == [0, 0]
+    ids = batch["input_ids"][batch["text_index"]]
     # [positives; negatives], padded to the longest caption in the batch (7 words + BOS + EOS), not to 77
     assert ids.shape == (4, 9)
     assert tok.decode(ids[0], skip_special_tokens=True) == "the cup is left of the plate"
@@ -31,6 +33,31 @@ def test_layout_dynamic_padding_and_skips():
     assert tok.decode(ids[1], skip_special_tokens=True) == "a cup"
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0]
     assert batch["image_ids"][0] == batch["image_ids"][1] == image_group_id("a")
+
+
+def test_distinct_images_are_stacked_in_order_of_appearance():
+    tok = build_word_tokenizer("a b c".split())
+    px = [torch.full((3, 2, 2), float(i)) for i in range(3)]
+    feats = [{"pixel_values": px[i], "positive": "a", "negative": "b", "image_id": name}
+             for i, name in enumerate(["x", "y", "x"])]
+    feats[2]["pixel_values"] = px[0]  # the same image file gives the same pixels
+    batch = HncCollator(tok)(feats)
+    assert batch["image_index"].tolist() == [0, 1, 0]
+    assert torch.equal(batch["pixel_values"][batch["image_index"]], torch.stack([px[0], px[1], px[0]]))
+
+
+def test_repeated_captions_are_tokenized_once():
+    tok = build_word_tokenizer("a red blue circle is left right of".split())
+    feats = [
+        {"pixel_values": torch.zeros(3, 2, 2), "positive": "a red circle is left of a blue circle",
+         "negative": neg, "image_id": "x"}
+        for neg in ("a red circle is right of a blue circle", "a blue circle is left of a red circle")
+    ]
+    batch = HncCollator(tok)(feats)
+    assert batch["input_ids"].shape[0] == 3  # one positive (shared) + two negatives
+    rows = batch["input_ids"][batch["text_index"]]  # [2B, L] = [positives; negatives]
+    decoded = [tok.decode(r, skip_special_tokens=True) for r in rows]
+    assert decoded == [feats[0]["positive"], feats[1]["positive"], feats[0]["negative"], feats[1]["negative"]]
 
 
 def test_truncates_to_max_length_keeping_eos():

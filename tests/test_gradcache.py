@@ -75,3 +75,35 @@ def test_gradcache_rejects_reference_losses():
         run_hnc_clip.parse_args(["--output_dir", "x", "--loss_type", "dpo", "--gradcache_chunk_size", "4"])
 
 
+
+
+def test_shared_image_and_caption_encodings_equal_per_row_encodings():
+    """The collator's de-duplication (image_index / text_index) changes no embedding, loss or gradient."""
+    batch = global_batch()
+    batch["input_ids"][G + 3] = batch["input_ids"][3]  # a negative that repeats a positive's caption
+    ids = [tuple(r.tolist()) for r in batch["input_ids"]]
+    texts = list(dict.fromkeys(ids))
+    images = [0, 1, 2, 3, 4, 6, 7]  # row 5 shows the image of row 1
+    shared = {
+        "pixel_values": batch["pixel_values"][images],
+        "image_index": torch.tensor([0, 1, 2, 3, 4, 1, 5, 6]),
+        "input_ids": torch.tensor(texts),
+        "attention_mask": torch.ones(len(texts), batch["input_ids"].shape[1], dtype=torch.long),
+        "text_index": torch.tensor([texts.index(t) for t in ids]),
+        "image_ids": batch["image_ids"],
+    }
+    assert len(texts) == 2 * G - 1
+    cfg = LossConfig(hard_negative_weight=0.7)
+    a, b = tiny(), tiny()
+    la = torch.stack(list(LOSSES["hnc"].fn(build_loss_inputs(a, batch), cfg).values())).sum()
+    lb = torch.stack(list(LOSSES["hnc"].fn(build_loss_inputs(b, shared), cfg).values())).sum()
+    la.backward()
+    lb.backward()
+    assert lb.item() == pytest.approx(la.item(), rel=1e-12)
+    for p, q in zip(a.parameters(), b.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12)
+    # and GradCache expands the shared layout back to rows correctly
+    c = tiny()
+    loss, _, _ = gradcache_backward(c, shared, 3, LOSSES["hnc"].fn, cfg)
+    assert loss.item() == pytest.approx(la.item(), rel=1e-12)
