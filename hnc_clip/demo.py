@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
-logger = logging.getLogger("hnc_clip.demo")
+# Not a child of "hnc_clip": run_hnc_clip.main() sets that logger's level to the Trainer's log level (warning).
+logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
 
@@ -44,13 +45,17 @@ class DemoArguments:
     num_recognition_per_class: int = field(default=20, metadata={"help": "Zero-shot images per colour×shape."})
     pretrain_steps: int = field(default=800, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
-    finetune_steps: int = field(default=1200, metadata={"help": "Steps of each fine-tuning run (both losses)."})
+    finetune_steps: int = field(default=1000, metadata={"help": "Steps of each fine-tuning run (both losses)."})
     finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
-    batch_size: int = field(default=64, metadata={"help": "Pairs per batch."})
-    loss_type: str = field(default="hnc", metadata={"help": "The hard-negative loss to compare with `clip`."})
-    hard_negative_weight: float = field(default=2.0, metadata={"help": "λ of the main hard-negative run."})
+    batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
+    finetune_batch_size: int = field(default=512, metadata={"help": "Pairs per fine-tuning batch (both losses)."})
+    group_by_image: int = field(
+        default=8, metadata={"help": "Fine-tuning batches hold groups of this many pairs of one image (all 8)."}
+    )
+    loss_type: str = field(default="pairwise", metadata={"help": "The hard-negative loss to compare with `clip`."})
+    hard_negative_weight: float = field(default=4.0, metadata={"help": "λ of the main hard-negative run."})
     sweep_weights: list[float] = field(
-        default_factory=lambda: [0.5], metadata={"help": "Further λ values for the trade-off curve (same steps)."}
+        default_factory=lambda: [2.0], metadata={"help": "Further λ values for the trade-off curve (same steps)."}
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch threads; default: all cores."})
     quick: bool = field(default=False, metadata={"help": "Tiny smoke version for tests: a few steps, few scenes."})
@@ -61,7 +66,7 @@ class DemoArguments:
     def __post_init__(self):
         if self.quick:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
-            self.pretrain_steps, self.finetune_steps, self.batch_size = 3, 3, 16
+            self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
             self.sweep_weights = self.sweep_weights[:1]
 
 
@@ -77,7 +82,17 @@ def _is_done(path: str, key: str) -> bool:
         return json.load(f).get("key") == key
 
 
-def train(args: DemoArguments, name: str, init: str, steps: int, lr: float, loss: str, weight: float = 1.0) -> str:
+def train(
+    args: DemoArguments,
+    name: str,
+    init: str,
+    steps: int,
+    lr: float,
+    loss: str,
+    weight: float = 1.0,
+    batch_size: int | None = None,
+    group_by_image: int = 0,
+) -> str:
     """One `run_hnc_clip.main` run from `init`; skipped when its folder already holds the same run."""
     import run_hnc_clip
 
@@ -86,7 +101,7 @@ def train(args: DemoArguments, name: str, init: str, steps: int, lr: float, loss
     flags = [
         "--model_name_or_path", init, "--train_file", f"{world}/train.json", "--image_dir", f"{world}/images",
         "--output_dir", out, "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
-        str(args.batch_size), "--learning_rate", str(lr), "--warmup_steps", str(max(1, steps // 10)),
+        str(batch_size or args.batch_size), "--group_by_image", str(group_by_image), "--learning_rate", str(lr), "--warmup_steps", str(max(1, steps // 10)),
         "--weight_decay", "0.1", "--loss_type", loss, "--hard_negative_weight", str(weight), "--seed", str(args.seed),
         "--logging_steps", str(max(1, steps // 8)), "--save_strategy", "no", "--use_cpu",
         "--dataloader_num_workers", "0", "--report_to", "none", "--cache_dir", os.path.join(args.output_dir, "cache"),
@@ -127,7 +142,7 @@ def summarise(results: dict) -> dict:
     return out
 
 
-def plot_tradeoff(points: list[dict], path: str) -> str:
+def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> str:
     """Relational accuracy vs object recognition over λ (λ = 0 is the standard CLIP fine-tune)."""
     import matplotlib
 
@@ -140,6 +155,8 @@ def plot_tradeoff(points: list[dict], path: str) -> str:
     ax.plot(xs, ys, marker="o", label="fine-tuned, by λ")
     for p, x, y in zip(points, xs, ys):
         ax.annotate(f"λ={p['weight']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    if base is not None:
+        ax.scatter([base["zeroshot_top1"]], [base["relational"]], marker="s", color="grey", label="pre-trained base")
     ax.set_xlabel("object recognition: zero-shot top-1")
     ax.set_ylabel("relational: pairwise accuracy (relation + swap)")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
@@ -213,11 +230,13 @@ def main(args: DemoArguments) -> int:
 
     # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint
     base = train(args, "base", init, args.pretrain_steps, args.pretrain_learning_rate, "clip")
-    std = train(args, "ft_clip", base, args.finetune_steps, args.finetune_learning_rate, "clip")
+    # Both fine-tunes see the same batches (same sampler, seed, size and steps); only the loss differs.
+    finetune = dict(batch_size=args.finetune_batch_size, group_by_image=args.group_by_image)
+    std = train(args, "ft_clip", base, args.finetune_steps, args.finetune_learning_rate, "clip", **finetune)
     weights = [args.hard_negative_weight, *[w for w in args.sweep_weights if w != args.hard_negative_weight]]
     hnc_runs = {
         w: train(args, f"ft_{args.loss_type}_w{w:g}", base, args.finetune_steps, args.finetune_learning_rate,
-                 args.loss_type, w)
+                 args.loss_type, w, **finetune)
         for w in weights
     }  # fmt: skip
 
@@ -252,7 +271,7 @@ def main(args: DemoArguments) -> int:
     from eval.plots import plot_accuracy_by_type
 
     plot_accuracy_by_type({role: results[n] for role, n in roles.items()}, os.path.join(out, "accuracy_by_type.png"))
-    plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"))
+    plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
     seconds = time.time() - t0
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"config": asdict(args), "roles": roles, "models": summary, "tradeoff": tradeoff,

@@ -41,7 +41,7 @@ class Embeddings:
 
     image: torch.Tensor  # [B, D]
     positive: torch.Tensor  # [B, D]
-    negative: torch.Tensor  # [B, D]
+    negative: torch.Tensor | None  # [B, D]; None when the loss uses no negatives (not encoded, e.g. `clip`)
     image_ids: torch.Tensor | None = None  # [B] int64: equal ids = the same image
 
     def __len__(self) -> int:
@@ -86,7 +86,9 @@ def gather_features(local: Embeddings, rank: int, world_size: int) -> Embeddings
         return local
     import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.functional)
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
+    def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
         parts = list(torch.distributed.nn.functional.all_gather(t.contiguous()))
         parts[rank] = t
         return torch.cat(parts, dim=0)  # [W·B, ...]
@@ -107,7 +109,7 @@ def gather_features(local: Embeddings, rank: int, world_size: int) -> Embeddings
 @dataclass
 class ContrastiveLogits:
     image_to_positive: torch.Tensor  # [B, W·B]  s·I Pᵀ_all
-    image_to_negative: torch.Tensor  # [B, W·B]  s·I Nᵀ_all
+    image_to_negative: torch.Tensor | None  # [B, W·B]  s·I Nᵀ_all
     positive_to_image: torch.Tensor  # [B, W·B]  s·P I_allᵀ
     labels: torch.Tensor  # [B]  arange(B) + r·B
     extra: dict = field(default_factory=dict)
@@ -118,7 +120,7 @@ def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogi
     b = len(loc)
     labels = torch.arange(b, device=loc.image.device) + inp.rank * b  # [B]
     i2p = s * loc.image @ glob.positive.T  # [B, W·B]
-    i2n = s * loc.image @ glob.negative.T  # [B, W·B]
+    i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·B]
     p2i = s * loc.positive @ glob.image.T  # [B, W·B]
     if mask_same_image and loc.image_ids is not None and glob.image_ids is not None:
         same = loc.image_ids[:, None] == glob.image_ids[None, :]  # [B, W·B]
@@ -252,12 +254,13 @@ def dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
 @dataclass(frozen=True)
 class LossSpec:
     fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]
+    uses_negatives: bool = True  # False: the trainer does not even encode the hard negatives
     needs_reference: bool = False  # a frozen copy of the starting model
     needs_initial_params: bool = False  # θ₀ for ‖θ−θ₀‖²
 
 
 LOSSES: dict[str, LossSpec] = {
-    "clip": LossSpec(clip_loss),
+    "clip": LossSpec(clip_loss, uses_negatives=False),
     "hnc": LossSpec(hnc_loss),
     "pairwise": LossSpec(pairwise_loss),
     "thesis_l2": LossSpec(thesis_l2_loss, needs_initial_params=True),
@@ -278,16 +281,17 @@ def similarity_stats(emb: Embeddings) -> dict[str, float]:
     reports, tracked during training.
     """
     pos = (emb.image * emb.positive).sum(-1)  # [B]
-    neg = (emb.image * emb.negative).sum(-1)  # [B]
     sim = emb.image @ emb.positive.T  # [B, B]
     other = ~torch.eye(len(emb), dtype=torch.bool, device=sim.device)
     if emb.image_ids is not None:
         other &= emb.image_ids[:, None] != emb.image_ids[None, :]
     rand = sim[other].mean() if other.any() else sim.new_tensor(float("nan"))
-    return {
-        "cos_positive": pos.mean().item(),
-        "cos_hard_negative": neg.mean().item(),
-        "cos_random_negative": rand.item(),
-        "margin": (pos - neg).mean().item(),
-        "hard_negative_accuracy": (pos > neg).float().mean().item(),
-    }
+    stats = {"cos_positive": pos.mean().item(), "cos_random_negative": rand.item()}
+    if emb.negative is not None:
+        neg = (emb.image * emb.negative).sum(-1)  # [B]
+        stats.update(
+            cos_hard_negative=neg.mean().item(),
+            margin=(pos - neg).mean().item(),
+            hard_negative_accuracy=(pos > neg).float().mean().item(),
+        )
+    return stats

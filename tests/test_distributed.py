@@ -49,3 +49,27 @@ def test_gradcache_under_ddp_equals_single_process(parity):
     r = parity["hnc/gradcache"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
     assert r["max_grad_diff"] <= 1e-9
+
+
+def test_run_script_under_accelerate_launch(tmp_path, tiny_clip_dir, sample_image_dir):
+    """The entry script itself trains under `accelerate launch` with 2 processes and saves one loadable model."""
+    from transformers import CLIPModel
+
+    from .conftest import TRAIN_SAMPLE
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    out = tmp_path / "out"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29534", str(REPO / "run_hnc_clip.py"),
+           "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
+           str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
+           "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--save_strategy", "no",
+           "--report_to", "none", "--logging_steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # 2 processes × 4 pairs: the logged loss is over the gathered batch of 8
+    assert json.loads((out / "train_results.json").read_text())["train_samples"] == 594
+    CLIPModel.from_pretrained(out, use_safetensors=True)
