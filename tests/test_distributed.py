@@ -17,12 +17,21 @@ from .conftest import REPO
 LOSS_TYPES = ("clip", "hnc", "pairwise")
 
 
+def free_port() -> str:
+    """A port nobody listens on now (a fixed one can be taken, or still in TIME_WAIT from the previous launch)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "parity.json"
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
            str(REPO / "tests" / "dist_parity.py"), str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -60,7 +69,7 @@ def test_run_script_under_accelerate_launch(tmp_path, tiny_clip_dir, sample_imag
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     out = tmp_path / "out"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29534", str(REPO / "run_hnc_clip.py"),
+           "no", "--dynamo_backend", "no", "--main_process_port", free_port(), str(REPO / "run_hnc_clip.py"),
            "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
            str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
            "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--save_strategy", "no",
