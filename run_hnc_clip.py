@@ -126,8 +126,11 @@ def main(
         train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
         if trainer.sigterm is not None and trainer.sigterm.received:
             # Preempted: the checkpoint is saved; the final model is not (the run is not finished).
-            logger.warning(f"stopped by SIGTERM at step {trainer.state.global_step}; resume with "
-                           f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{trainer.state.global_step}")
+            step = trainer.state.global_step
+            logger.warning(
+                f"stopped by SIGTERM at step {step}; resume with "
+                f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{step}"
+            )
             return {"preempted": True, "global_step": trainer.state.global_step}
         trainer.model = merged_for_save(trainer.model)
         trainer.save_model()

@@ -83,7 +83,8 @@ def run(config: str, model: str, train: str, images: str, out: str, steps: int, 
     ]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    result = {"config": config, "loss_type": loss, "returncode": proc.returncode, "seconds": round(time.time() - t0, 1)}
+    seconds = round(time.time() - t0, 1)
+    result = {"config": config, "loss_type": loss, "returncode": proc.returncode, "seconds": seconds}
     if proc.returncode != 0:
         result["stderr_tail"] = proc.stderr[-3000:]
         return result

@@ -72,7 +72,8 @@ def write_model_card(
     metrics: dict | None = None,
 ) -> str:
     rows = "\n".join(f"| {k} | {getattr(training_args, k)} |" for k in HYPERPARAMETERS if hasattr(training_args, k))
-    results = "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in (metrics or {}).items())
+    metrics = metrics or {}
+    results = "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items())
     name = model_name or os.path.basename(os.path.normpath(output_dir))
     data = ModelCardData(
         library_name="transformers",

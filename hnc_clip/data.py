@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import datasets
 from PIL import Image, UnidentifiedImageError

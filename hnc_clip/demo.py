@@ -101,7 +101,8 @@ def train(
     flags = [
         "--model_name_or_path", init, "--train_file", f"{world}/train.json", "--image_dir", f"{world}/images",
         "--output_dir", out, "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
-        str(batch_size or args.batch_size), "--group_by_image", str(group_by_image), "--learning_rate", str(lr), "--warmup_steps", str(max(1, steps // 10)),
+        str(batch_size or args.batch_size), "--group_by_image", str(group_by_image), "--learning_rate", str(lr),
+        "--warmup_steps", str(max(1, steps // 10)),
         "--weight_decay", "0.1", "--loss_type", loss, "--hard_negative_weight", str(weight), "--seed", str(args.seed),
         "--logging_steps", str(max(1, steps // 8)), "--save_strategy", "no", "--use_cpu",
         "--dataloader_num_workers", "0", "--report_to", "none", "--cache_dir", os.path.join(args.output_dir, "cache"),

@@ -48,7 +48,9 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
 
 
 def _embed(model, chunk: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"], pixel_values=chunk["pixel_values"])
+    out = model(
+        input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"], pixel_values=chunk["pixel_values"]
+    )
     n = out.image_embeds.shape[0]
     return out.image_embeds, out.text_embeds[:n], out.text_embeds[n:]  # [n, D] each
 

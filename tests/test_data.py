@@ -157,7 +157,7 @@ def test_missing_images_skipped_and_counted_or_error(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hnc_clip.data"):
         kept = drop_missing_images(ds, str(image_dir), "skip")
     assert len(kept) == len(ds) - n_missing and files[0] not in set(kept["image_file"])
-    assert any(f"1 of 5 images missing" in r.message and f"skipped {n_missing}" in r.message for r in caplog.records)
+    assert any("1 of 5 images missing" in r.message and f"skipped {n_missing}" in r.message for r in caplog.records)
     with pytest.raises(ImageLoadError, match=f"1 of 5 images missing.*{files[0]}"):
         drop_missing_images(ds, str(image_dir), "error")
 

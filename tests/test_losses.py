@@ -47,8 +47,9 @@ def dot(a, b):
 
 def ref_clip(img, pos, s, same=None):
     same = same or (lambda i, j: False)
-    i2t = [ce_row([s * dot(img[i], pos[j]) if j == i or not same(i, j) else None for j in range(B)], i) for i in range(B)]
-    t2i = [ce_row([s * dot(pos[i], img[j]) if j == i or not same(i, j) else None for j in range(B)], i) for i in range(B)]
+    keep = lambda i, j: j == i or not same(i, j)  # noqa: E731  (a same-image off-diagonal logit is masked)
+    i2t = [ce_row([s * dot(img[i], pos[j]) if keep(i, j) else None for j in range(B)], i) for i in range(B)]
+    t2i = [ce_row([s * dot(pos[i], img[j]) if keep(i, j) else None for j in range(B)], i) for i in range(B)]
     return 0.5 * (sum(i2t) / B + sum(t2i) / B)
 
 
