@@ -84,11 +84,27 @@ def _clean(text) -> str:
     return text.strip() if isinstance(text, str) else ""
 
 
+def _pair(image_key: str, pos_id, neg_id, pos: dict, neg: dict, type_: str | None, skips: Counter) -> dict | None:
+    """One pair record, or None (counted in `skips`) when either caption is empty."""
+    positive, negative = _clean(pos.get("caption")), _clean(neg.get("caption"))
+    if not positive or not negative:
+        skips["empty_caption"] += 1
+        return None
+    image_id, image_file = _image_names(image_key)
+    return {
+        "pair_id": f"{image_id}/{pos_id}/{neg_id}",
+        "image_id": image_id,
+        "image_file": image_file,
+        "positive": positive,
+        "negative": negative,
+        "type": str(type_ or "unknown"),
+    }
+
+
 def _train_pairs(image_key: str, entry: dict, skips: Counter) -> Iterator[dict]:
     captions = entry.get("captions") or {}
     positives = {str(cid): c for cid, c in captions.items() if c.get("label") == 1}
     paired: set[str] = set()
-    image_id, image_file = _image_names(image_key)
     for cid, cap in captions.items():
         if cap.get("label") != 0:
             continue
@@ -97,43 +113,24 @@ def _train_pairs(image_key: str, entry: dict, skips: Counter) -> Iterator[dict]:
         if pos is None:
             skips["negative_without_positive"] += 1
             continue
-        positive, negative = _clean(pos.get("caption")), _clean(cap.get("caption"))
-        if not positive or not negative:
-            skips["empty_caption"] += 1
-            continue
-        paired.add(str(pos_id))
-        yield {
-            "pair_id": f"{image_id}/{pos_id}/{cid}",
-            "image_id": image_id,
-            "image_file": image_file,
-            "positive": positive,
-            "negative": negative,
-            "type": str(cap.get("type") or pos.get("type") or "unknown"),
-        }
+        pair = _pair(image_key, pos_id, cid, pos, cap, cap.get("type") or pos.get("type"), skips)
+        if pair is not None:
+            paired.add(str(pos_id))
+            yield pair
     if unpaired := len(set(positives) - paired):
         skips["positive_without_negative"] += unpaired
 
 
 def _test_pairs(image_key: str, entry: dict, skips: Counter) -> Iterator[dict]:
-    image_id, image_file = _image_names(image_key)
     ordered = sorted(entry.items(), key=lambda kv: int(kv[0]))
     for i in range(0, len(ordered) - 1, 2):
         (pid, pos), (nid, neg) = ordered[i], ordered[i + 1]
         if pos.get("label") != 1 or neg.get("label") != 0:
             skips["test_pair_labels_not_1_0"] += 1
             continue
-        positive, negative = _clean(pos.get("caption")), _clean(neg.get("caption"))
-        if not positive or not negative:
-            skips["empty_caption"] += 1
-            continue
-        yield {
-            "pair_id": f"{image_id}/{pid}/{nid}",
-            "image_id": image_id,
-            "image_file": image_file,
-            "positive": positive,
-            "negative": negative,
-            "type": str(pos.get("type") or neg.get("type") or "unknown"),
-        }
+        pair = _pair(image_key, pid, nid, pos, neg, pos.get("type") or neg.get("type"), skips)
+        if pair is not None:
+            yield pair
     if len(ordered) % 2:
         skips["test_caption_without_partner"] += 1
 

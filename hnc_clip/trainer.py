@@ -197,7 +197,9 @@ class HncTrainer(Trainer):
         from .sampler import ImageGroupedSampler
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return ImageGroupedSampler(dataset["image_id"], self.args.group_by_image, seed=self.args.seed)
+        # Read the column as Arrow: through the dataset's image transform it would decode every image first.
+        image_ids = dataset.with_format("arrow")["image_id"].to_pylist()
+        return ImageGroupedSampler(image_ids, self.args.group_by_image, seed=self.args.seed)
 
     # -- loss ---------------------------------------------------------------------------------------------------
 
