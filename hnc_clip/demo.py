@@ -58,6 +58,10 @@ class DemoArguments:
         default_factory=lambda: [2.0], metadata={"help": "Further λ values for the trade-off curve (same steps)."}
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch threads; default: all cores."})
+    parallel_runs: int = field(
+        default_factory=lambda: min(2, os.cpu_count() or 1),
+        metadata={"help": "Hard-negative runs trained at once, one process and one thread each (1: in turn)."},
+    )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke version for tests: a few steps, few scenes."})
     enforce_targets: bool = field(
         default=True, metadata={"help": "Exit 1 if the hard-negative model is not better on relation negatives."}
@@ -68,6 +72,7 @@ class DemoArguments:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
             self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
             self.sweep_weights = self.sweep_weights[:1]
+            self.parallel_runs = 1  # in-process: seconds, not process start-ups
 
 
 def _config_hash(obj) -> str:
@@ -117,6 +122,26 @@ def train(
     with open(os.path.join(out, "demo_stage.json"), "w") as f:
         json.dump({"key": key, "seconds": round(time.time() - t0, 1), "flags": flags}, f, indent=1)
     return out
+
+
+def _train_job(job: tuple) -> str:
+    """`train` in a worker process with one torch thread (see `run_jobs`)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return train(*job)
+
+
+def run_jobs(jobs: list[tuple], parallel: int) -> list[str]:
+    """The λ runs are independent: on a small CPU, k processes with one thread each finish sooner than one
+    process after another with k threads (small matrices parallelise poorly across threads)."""
+    if parallel <= 1 or len(jobs) <= 1:
+        return [train(*job) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_train_job, jobs))
 
 
 def _stage_key(path: str) -> str | None:
@@ -235,11 +260,12 @@ def main(args: DemoArguments) -> int:
     finetune = dict(batch_size=args.finetune_batch_size, group_by_image=args.group_by_image)
     std = train(args, "ft_clip", base, args.finetune_steps, args.finetune_learning_rate, "clip", **finetune)
     weights = [args.hard_negative_weight, *[w for w in args.sweep_weights if w != args.hard_negative_weight]]
-    hnc_runs = {
-        w: train(args, f"ft_{args.loss_type}_w{w:g}", base, args.finetune_steps, args.finetune_learning_rate,
-                 args.loss_type, w, **finetune)
+    jobs = [
+        (args, f"ft_{args.loss_type}_w{w:g}", base, args.finetune_steps, args.finetune_learning_rate, args.loss_type, w,
+         finetune["batch_size"], finetune["group_by_image"])
         for w in weights
-    }  # fmt: skip
+    ]  # fmt: skip
+    hnc_runs = dict(zip(weights, run_jobs(jobs, args.parallel_runs)))
 
     # 4. Evaluate every checkpoint with the project's evaluation code
     models = [base, std, *hnc_runs.values()]
