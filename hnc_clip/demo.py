@@ -260,11 +260,11 @@ def main(args: DemoArguments) -> int:
     finetune = dict(batch_size=args.finetune_batch_size, group_by_image=args.group_by_image)
     std = train(args, "ft_clip", base, args.finetune_steps, args.finetune_learning_rate, "clip", **finetune)
     weights = [args.hard_negative_weight, *[w for w in args.sweep_weights if w != args.hard_negative_weight]]
+    steps, lr, loss = args.finetune_steps, args.finetune_learning_rate, args.loss_type
     jobs = [
-        (args, f"ft_{args.loss_type}_w{w:g}", base, args.finetune_steps, args.finetune_learning_rate, args.loss_type, w,
-         finetune["batch_size"], finetune["group_by_image"])
+        (args, f"ft_{loss}_w{w:g}", base, steps, lr, loss, w, finetune["batch_size"], finetune["group_by_image"])
         for w in weights
-    ]  # fmt: skip
+    ]
     hnc_runs = dict(zip(weights, run_jobs(jobs, args.parallel_runs)))
 
     # 4. Evaluate every checkpoint with the project's evaluation code
