@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from .forward import embed
 from .losses import Embeddings, LossConfig, LossInputs, gather_features
 from .modeling import unwrap_clip
 
@@ -47,14 +48,6 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
     return chunks
 
 
-def _embed(model, chunk: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = model(
-        input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"], pixel_values=chunk["pixel_values"]
-    )
-    n = out.image_embeds.shape[0]
-    return out.image_embeds, out.text_embeds[:n], out.text_embeds[n:]  # [n, D] each
-
-
 def gradcache_backward(
     model,
     inputs: dict,
@@ -78,8 +71,10 @@ def gradcache_backward(
 
     # 1. embeddings without activations
     with torch.no_grad():
-        parts = [_embed(model, c) for c in chunks]
-    leaves = [torch.cat([p[i] for p in parts]).detach().requires_grad_() for i in range(3)]  # 3 × [B, D]
+        parts = [embed(model, c) for c in chunks]
+    leaves = [  # 3 × [B, D]
+        torch.cat([getattr(p, k) for p in parts]).detach().requires_grad_() for k in ("image", "positive", "negative")
+    ]
     local = Embeddings(*leaves, inputs.get("image_ids"))
 
     # 2. loss over the whole (gathered) batch; backward stops at the embedding leaves (and logit_scale)
@@ -98,7 +93,8 @@ def gradcache_backward(
         n = chunk["pixel_values"].shape[0]
         last = i == len(chunks) - 1
         with contextlib.nullcontext() if last else no_sync():
-            embs = _embed(model, chunk)
+            e = embed(model, chunk)
+            embs = (e.image, e.positive, e.negative)
             surrogate = sum((e * g[start : start + n]).sum() for e, g in zip(embs, grads) if g is not None)
             # logit_scale took its gradient in step 2; the zero term marks it used in this graph too, so DDP
             # (without find_unused_parameters) reduces it with the rest on the last chunk.

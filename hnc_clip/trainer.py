@@ -19,71 +19,15 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
+from .forward import build_loss_inputs, embed  # noqa: F401  (re-exported: `from hnc_clip.trainer import embed`)
 from .gradcache import gradcache_backward
 from .hnc_json import PAIR_COLUMNS
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, gather_features, similarity_stats
+from .losses import LOSSES, Embeddings, LossConfig, LossInputs, similarity_stats
 from .modeling import LogitScaleTap, unwrap_clip
 from .schedules import SCHEDULES
 
-
-def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
-    """One forward over the images and the captions ([positives; negatives]); returns L2-normalised embeddings.
-
-    Called through the (possibly DDP/DeepSpeed-wrapped) model's `__call__`, so wrappers see a normal forward.
-    `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
-    """
-    ids, mask, text_index = inputs["input_ids"], inputs["attention_mask"], inputs.get("text_index")
-    if not with_negatives:
-        b = (text_index.shape[0] if text_index is not None else ids.shape[0]) // 2
-        rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
-        needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
-        ids, mask = ids[needed], mask[needed]
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"])
-    image = out.image_embeds  # [U, D]: each distinct image once
-    if inputs.get("image_index") is not None:
-        image = image[inputs["image_index"]]  # [B, D]; the backward sums the rows of a shared image
-    b = image.shape[0]
-    text = out.text_embeds  # [T, D]: each distinct caption once
-    if text_index is not None:
-        text = text[text_index]  # [2B, D] = [positives; negatives] (or [B, D], positives only)
-    negative = text[b:] if with_negatives else None
-    return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
-
-
-def build_loss_inputs(
-    model,
-    inputs: dict,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    max_logit_scale: float = 100.0,
-    reference_model=None,
-    theta0: list | None = None,
-    taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
-    with_negatives: bool = True,
-) -> LossInputs:
-    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss.
-
-    `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
-    """
-
-    def logit_scale(m, tap):
-        return (tap.value if tap is not None else unwrap_clip(m).logit_scale.exp()).clamp(max=max_logit_scale)
-
-    local = embed(model, inputs, with_negatives)
-    everywhere = gather_features(local, rank, world_size)
-    rank = rank if world_size > 1 else 0
-    scale = logit_scale(model, taps[0])
-    reference = None
-    if reference_model is not None:
-        with torch.no_grad():
-            ref_local = embed(reference_model, inputs, with_negatives)
-            ref_scale = logit_scale(reference_model, taps[1])
-            reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
-    sq_dist = None
-    if theta0 is not None:
-        sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in theta0)
-    return LossInputs(local, everywhere, scale, rank, reference, sq_dist)
+# Counted per log period (summed), where every other recorded value is averaged.
+COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
 
 
 logger = logging.getLogger(__name__)
@@ -237,7 +181,7 @@ class HncTrainer(Trainer):
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
             self._metrics["train" if model.training else "eval"]["skipped_images"].append(float(skipped))
             self._skip_this_step = model.training
-            return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+            return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
         components = self.loss_spec.fn(inp, cfg)
@@ -269,8 +213,12 @@ class HncTrainer(Trainer):
                 "lower --learning_rate, check --bf16/--fp16 and the data, or raise --max_nonfinite_steps"
             )
         self._metrics["train"]["nonfinite_steps"].append(1.0)
-        # A loss with zero gradient for every trainable parameter: backward stays cheap and harmless, DDP sees
-        # every parameter used, and SkipNonFiniteSteps then drops the step.
+        return self._zero_loss(model)
+
+    @staticmethod
+    def _zero_loss(model) -> torch.Tensor:
+        """A loss with zero gradient for every trainable parameter, for a step that is skipped: backward stays
+        cheap and harmless, DDP sees every parameter used, and SkipNonFiniteSteps then drops the update."""
         return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
 
     def _record(self, mode, components, local: Embeddings, cfg: LossConfig, logit_scale, skipped, truncated=None):
@@ -324,27 +272,24 @@ class HncTrainer(Trainer):
         # Put the averaged similarity statistics into the returned metrics (not only the log), so that
         # `trainer.evaluate()` and `eval_results.json` carry eval_hard_negative_accuracy etc.
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        prefix = metric_key_prefix
-        stats = self._metrics["eval"]
-        output.metrics.update({f"{prefix}_{k}": sum(v) / len(v) for k, v in stats.items() if v})
-        if stats.get("skipped_images"):
-            output.metrics[f"{prefix}_skipped_images"] = sum(stats["skipped_images"])
-        stats.clear()
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._pop_metrics("eval").items()})
         return output
+
+    def _pop_metrics(self, mode: str) -> dict[str, float]:
+        """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared."""
+        recorded = self._metrics[mode]
+        out = {k: sum(v) if k in COUNTS else sum(v) / len(v) for k, v in recorded.items() if v}
+        recorded.clear()
+        return out
 
     # -- logging ------------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        for count in ("skipped_images", "truncated_captions", "nonfinite_steps"):  # counts, not means
-            if count in metrics:
-                metrics[count] = sum(self._metrics[mode][count])
+        metrics = self._pop_metrics(mode)
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs = {**logs, **metrics}
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
+        super().log({**logs, **metrics}, start_time)
 
     # -- model card ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,68 @@
+"""The forward pass shared by the trainer and GradCache: embed a collated batch and package it for a loss."""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import Embeddings, LossInputs, gather_features
+from .modeling import LogitScaleTap, unwrap_clip
+
+
+def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
+    """One forward over the images and the captions ([positives; negatives]); returns L2-normalised embeddings.
+
+    Called through the (possibly DDP/DeepSpeed-wrapped) model's `__call__`, so wrappers see a normal forward.
+    `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
+    """
+    ids, mask, text_index = inputs["input_ids"], inputs["attention_mask"], inputs.get("text_index")
+    if not with_negatives:
+        b = (text_index.shape[0] if text_index is not None else ids.shape[0]) // 2
+        rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
+        needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
+        ids, mask = ids[needed], mask[needed]
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"])
+    image = out.image_embeds  # [U, D]: each distinct image once
+    if inputs.get("image_index") is not None:
+        image = image[inputs["image_index"]]  # [B, D]; the backward sums the rows of a shared image
+    b = image.shape[0]
+    text = out.text_embeds  # [T, D]: each distinct caption once
+    if text_index is not None:
+        text = text[text_index]  # [2B, D] = [positives; negatives] (or [B, D], positives only)
+    negative = text[b:] if with_negatives else None
+    return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
+
+
+def build_loss_inputs(
+    model,
+    inputs: dict,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_logit_scale: float = 100.0,
+    reference_model=None,
+    theta0: list | None = None,
+    taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
+    with_negatives: bool = True,
+) -> LossInputs:
+    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss.
+
+    `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
+    """
+
+    def logit_scale(m, tap):
+        return (tap.value if tap is not None else unwrap_clip(m).logit_scale.exp()).clamp(max=max_logit_scale)
+
+    local = embed(model, inputs, with_negatives)
+    everywhere = gather_features(local, rank, world_size)
+    rank = rank if world_size > 1 else 0
+    scale = logit_scale(model, taps[0])
+    reference = None
+    if reference_model is not None:
+        with torch.no_grad():
+            ref_local = embed(reference_model, inputs, with_negatives)
+            ref_scale = logit_scale(reference_model, taps[1])
+            reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
+    sq_dist = None
+    if theta0 is not None:
+        sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in theta0)
+    return LossInputs(local, everywhere, scale, rank, reference, sq_dist)
