@@ -79,12 +79,16 @@ def _config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _is_done(path: str, key: str) -> bool:
-    marker = os.path.join(path, "demo_stage.json")
-    if not os.path.exists(marker) or not os.path.exists(os.path.join(path, "model.safetensors")):
-        return False
-    with open(marker) as f:
-        return json.load(f).get("key") == key
+    done = _read_json(os.path.join(path, "demo_stage.json"))
+    return done is not None and done.get("key") == key and os.path.exists(os.path.join(path, "model.safetensors"))
 
 
 def train(
@@ -146,12 +150,10 @@ def run_jobs(jobs: list[tuple], parallel: int) -> list[str]:
 
 def _stage_key(path: str) -> str | None:
     """The cache key of the stage that produced `path` (so a changed base invalidates its fine-tunes)."""
-    marker = os.path.join(path, "demo_stage.json")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            return json.load(f).get("key")
-    marker = os.path.join(path, "synthetic_world_model.json")
-    return _config_hash(json.load(open(marker))) if os.path.exists(marker) else None
+    if (stage := _read_json(os.path.join(path, "demo_stage.json"))) is not None:
+        return stage.get("key")
+    world_model = _read_json(os.path.join(path, "synthetic_world_model.json"))  # the random init
+    return _config_hash(world_model) if world_model is not None else None
 
 
 def summarise(results: dict) -> dict:
