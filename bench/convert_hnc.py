@@ -150,25 +150,33 @@ def child(path: str, cache_dir: str, result_path: str, mode: str) -> None:
     """Run in a fresh process: convert `path` (or only parse it) and write timings and memory to `result_path`."""
     import datasets
 
+    from hnc_clip.convert import default_num_proc
     from hnc_clip.data import load_hnc_pairs
-    from hnc_clip.hnc_json import iter_hnc_pairs
+    from hnc_clip.hnc_json import iter_pair_batches, paused_gc
 
     datasets.disable_progress_bars()
     baseline = _status_mb()
     t0 = time.perf_counter()
     ds = None
+    num_proc = 1 if mode == "parse" else int(mode.split(":")[1]) or default_num_proc(path)
     with PeakPoller() as poller:
-        if mode == "parse":  # ijson alone, no Arrow writing: splits the conversion cost in two
-            n = sum(1 for _ in iter_hnc_pairs(path))
+        if mode == "parse":  # the JSON reader alone, one process, no Arrow writing: splits the cost in two
+            with paused_gc():  # as the conversion does
+                n = sum(len(cols["pair_id"]) for cols in iter_pair_batches(path))
         else:
-            ds = load_hnc_pairs(path, cache_dir=cache_dir)
+            ds = load_hnc_pairs(path, cache_dir=cache_dir, num_proc=num_proc)
             n = len(ds)
     seconds = time.perf_counter() - t0
     end = _status_mb()  # with the dataset still alive: its memory-mapped Arrow pages count as RssFile
     del ds
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # The conversion processes (num_proc > 1) are children: the largest one's peak RSS, and a bound on the sum.
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if num_proc > 1 else 0.0
     result = {
         "mode": mode,
+        "num_proc": num_proc,
+        "worker_peak_rss_mb": worker_rss,
+        "total_peak_rss_bound_mb": end.get("VmHWM", maxrss) + (num_proc * worker_rss),
         "pairs": n,
         "seconds": seconds,
         "pairs_per_s": n / seconds,
@@ -185,7 +193,7 @@ def child(path: str, cache_dir: str, result_path: str, mode: str) -> None:
 
 def run_child(path: str, work_dir: str, mode: str) -> dict:
     cache_dir = tempfile.mkdtemp(prefix="hf_cache_", dir=work_dir)
-    result_path = os.path.join(work_dir, f"result_{mode}_{os.path.basename(path)}.json")
+    result_path = os.path.join(work_dir, f"result_{mode.replace(':', '')}_{os.path.basename(path)}.json")
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", path, cache_dir, result_path, mode]
     subprocess.run(cmd, check=True, env=env)
@@ -200,7 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size_mb", type=float, default=1024, help="Size of the larger file (default 1024 MB).")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0], help="File sizes, × size_mb.")
     parser.add_argument("--pairs_per_image", type=int, default=121)
-    parser.add_argument("--parse_only", action="store_true", help="Also time ijson parsing alone (no Arrow).")
+    parser.add_argument("--parse_only", action="store_true", help="Also time the JSON reader alone (no Arrow).")
+    parser.add_argument(
+        "--num_proc", type=int, nargs="+", default=[1, 0],
+        help="Conversion processes to time, one row each (0: the default, one per 64 MiB up to the CPU count).",
+    )
     parser.add_argument("--work_dir", default=None, help="Where to write the files (default: a temp dir).")
     parser.add_argument("--keep", action="store_true", help="Keep the generated files.")
     parser.add_argument("--output", default=os.path.join(REPO, "bench", "results", "convert_hnc.json"))
@@ -220,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
             info = write_hnc_file(path, size_mb, args.pairs_per_image)
             info["generate_s"] = time.perf_counter() - t0
             print(f"wrote {path}: {info['bytes'] / 1e6:.0f} MB, {info['pairs']:,} pairs ({info['generate_s']:.0f} s)")
-            modes = ["convert", "parse"] if args.parse_only else ["convert"]
+            modes = [f"convert:{n}" for n in args.num_proc] + ["parse"] * args.parse_only
             for mode in modes:
                 rows.append({"size_mb": info["bytes"] / 1e6, **info, **run_child(path, work_dir, mode)})
             if not args.keep:
@@ -230,14 +242,15 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     print(
-        f"{'mode':<8} {'JSON MB':>8} {'pairs':>11} {'s':>7} {'pairs/s':>9} {'MB/s':>6} {'base MB':>8} {'peak MB':>8} "
-        f"{'anon MB':>8} {'mapped MB':>9}"
+        f"{'mode':<8} {'procs':>5} {'JSON MB':>8} {'pairs':>11} {'s':>7} {'pairs/s':>9} {'MB/s':>6} {'base MB':>8} "
+        f"{'peak MB':>8} {'anon MB':>8} {'mapped MB':>9} {'worker MB':>9}"
     )
     for r in rows:
         print(
-            f"{r['mode']:<8} {r['size_mb']:>8.0f} {r['pairs']:>11,} {r['seconds']:>7.1f} {r['pairs_per_s']:>9,.0f} "
-            f"{r['mb_per_s']:>6.1f} {r['baseline_rss_mb']:>8.0f} {r['peak_rss_mb']:>8.0f} {r['peak_anon_mb']:>8.0f} "
-            f"{r['peak_file_mb']:>9.0f}"
+            f"{r['mode'].split(':')[0]:<8} {r['num_proc']:>5} {r['size_mb']:>8.0f} {r['pairs']:>11,} "
+            f"{r['seconds']:>7.1f} {r['pairs_per_s']:>9,.0f} {r['mb_per_s']:>6.1f} {r['baseline_rss_mb']:>8.0f} "
+            f"{r['peak_rss_mb']:>8.0f} {r['peak_anon_mb']:>8.0f} {r['peak_file_mb']:>9.0f} "
+            f"{r['worker_peak_rss_mb']:>9.0f}"
         )
     result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

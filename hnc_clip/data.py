@@ -1,10 +1,10 @@
 """HNC JSON → `datasets.Dataset` of pairs, with images joined on the fly.
 
-The JSON is streamed (`hnc_json.iter_hnc_pairs`) into an Arrow cache by `Dataset.from_generator`, which writes
-in batches and renames the finished cache into place (an interrupted conversion never leaves a cache that a
-later run trusts). The cache fingerprint is derived from the file's path, size and mtime, so an edited file
-is converted again. Images are not decoded here: `ImageJoin` is installed with `with_transform` and loads
-`<image_dir>/<image_file>` in the DataLoader workers.
+The JSON is streamed into Arrow files (`hnc_clip/convert.py`: column batches, several processes on a large file)
+under a cache directory named by a fingerprint of the file's path, size and mtime, so an edited file is
+converted again. The files are written into a temporary directory renamed into place when complete: an
+interrupted conversion never leaves a cache that a later run trusts. Images are not decoded here: `ImageJoin`
+is installed with `with_transform` and loads `<image_dir>/<image_file>` in the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .hnc_json import PAIR_COLUMNS, HncFormatError, detect_schema, iter_hnc_pairs
+from .convert import convert
+from .hnc_json import PAIR_COLUMNS, detect_schema
 
 logger = logging.getLogger(__name__)
 
@@ -37,46 +40,45 @@ class ImageLoadError(RuntimeError):
 
 def _fingerprint(path: str, schema: str) -> str:
     st = os.stat(path)
-    key = f"hnc-v1|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{schema}"
+    key = f"hnc-v2|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{schema}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _generate(path: str, schema: str):
-    # Skips are counted during conversion and written beside the Arrow files (`SKIPS_FILE`), so a run that
-    # loads the cache reports the same counts as the run that built it.
-    skips: Counter = Counter()
-    yield from iter_hnc_pairs(path, schema=schema, skips=skips)
-    _generate.last_skips = dict(skips)
+def load_hnc_pairs(
+    path: str, cache_dir: str | None = None, overwrite_cache: bool = False, num_proc: int | None = None
+) -> datasets.Dataset:
+    """Stream an HNC file (either schema) into an Arrow-backed `Dataset` of pairs (`PAIR_COLUMNS`).
 
-
-def load_hnc_pairs(path: str, cache_dir: str | None = None, overwrite_cache: bool = False) -> datasets.Dataset:
-    """Stream an HNC file (either schema) into an Arrow-backed `Dataset` of pairs (`PAIR_COLUMNS`)."""
+    `cache_dir`: where converted files live (default: the `datasets` cache). `num_proc`: conversion processes
+    (default: one per 64 MiB of file, up to the CPU count).
+    """
     schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
-    _generate.last_skips = None
-    try:
-        ds = datasets.Dataset.from_generator(
-            _generate,
-            features=FEATURES,
-            gen_kwargs={"path": path, "schema": schema},
-            cache_dir=cache_dir,
-            fingerprint=_fingerprint(path, schema),
-            split=datasets.Split.TRAIN,
-            **({"download_mode": "force_redownload"} if overwrite_cache else {}),
-        )
-    except datasets.exceptions.DatasetGenerationError as err:
-        # `datasets` wraps whatever the generator raised; surface our named error (file + position) instead.
-        if isinstance(err.__cause__, HncFormatError):
-            raise err.__cause__ from None
-        raise
-    skips_path = os.path.join(os.path.dirname(ds.cache_files[0]["filename"]), SKIPS_FILE) if ds.cache_files else None
-    if _generate.last_skips is not None and skips_path:
-        with open(skips_path, "w") as f:
-            json.dump(_generate.last_skips, f)
-    skips = _generate.last_skips
-    if skips is None and skips_path and os.path.exists(skips_path):
-        with open(skips_path) as f:
-            skips = json.load(f)
-    report_skips(path, len(ds), skips or {})
+    root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_pairs")
+    final = os.path.join(root, _fingerprint(path, schema))
+    if overwrite_cache and os.path.isdir(final):
+        shutil.rmtree(final)
+    if not os.path.isfile(os.path.join(final, SKIPS_FILE)):  # the skips file is written last: its presence = done
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
+        try:
+            files, skips = convert(path, schema, tmp, FEATURES, num_proc)
+            with open(os.path.join(tmp, SKIPS_FILE), "w") as f:
+                json.dump({"files": [os.path.basename(p) for p in files], "skips": skips}, f)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process (another rank) finished the same conversion first: use theirs
+                if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(final, SKIPS_FILE)) as f:
+        done = json.load(f)
+    files = [os.path.join(final, name) for name in done["files"]]
+    parts = [datasets.Dataset.from_file(p) for p in files]
+    ds = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict(
+        {name: [] for name in PAIR_COLUMNS}, features=FEATURES
+    )
+    report_skips(path, len(ds), done["skips"])
     return ds
 
 
@@ -149,7 +151,10 @@ def drop_missing_images(
 
 def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | None = None) -> datasets.Dataset:
     """Everything a split needs before training: parse, filter, check images, join images lazily."""
-    ds = load_hnc_pairs(path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache)
+    ds = load_hnc_pairs(
+        path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
+        num_proc=data_args.preprocessing_num_workers,
+    )
     ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
     if data_args.image_dir is None:
         raise ValueError("--image_dir is required: images are joined from it by file name")
@@ -233,6 +238,9 @@ class HncCollator:
 
     tokenizer: object
     max_length: int = 77
+    # uint8 pixels (`CachedImageJoin(as_uint8=True)`) are normalised on the device: this [2, 3] (a; b) travels
+    # with the batch as "pixel_affine" (`hnc_clip.image_cache.pixel_affine`).
+    pixel_affine: object = None
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -254,8 +262,15 @@ class HncCollator:
             pixels.setdefault(f["image_id"], f["pixel_values"])
         slot = {image_id: i for i, image_id in enumerate(pixels)}
         text_slot = {text: i for i, text in enumerate(texts)}
+        stacked = torch.stack(list(pixels.values()))
+        extra = {}
+        if not torch.is_floating_point(stacked):
+            if self.pixel_affine is None:
+                raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")
+            extra["pixel_affine"] = torch.as_tensor(np.stack(self.pixel_affine), dtype=torch.float32)  # [2, 3]
         return {
-            "pixel_values": torch.stack(list(pixels.values())),
+            **extra,
+            "pixel_values": stacked,
             "image_index": torch.tensor([slot[f["image_id"]] for f in kept], dtype=torch.long),
             "text_index": torch.tensor([text_slot[t] for t in rows], dtype=torch.long),
             "input_ids": tok["input_ids"],

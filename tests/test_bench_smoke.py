@@ -65,12 +65,16 @@ def test_train_throughput_smoke(tmp_path):
 
 def test_convert_hnc_smoke(tmp_path):
     out = tmp_path / "convert.json"
-    stdout = _run("convert_hnc.py", "--size_mb", "2", "--work_dir", str(tmp_path), "--output", str(out))
+    stdout = _run("convert_hnc.py", "--size_mb", "2", "--num_proc", "1", "2", "--work_dir", str(tmp_path),
+                  "--output", str(out))
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 2 and rows[0]["size_mb"] < 1 < 2 <= rows[1]["size_mb"] < 3  # a quarter, then full size
+    # a quarter, then full size; one row per process count
+    assert [(r["size_mb"] < 1, r["num_proc"]) for r in rows] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    assert 2 <= rows[-1]["size_mb"] < 3
     for r in rows:
         assert r["pairs"] > 0 and r["pairs_per_s"] > 0 and r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0
         assert 350 < r["bytes_per_caption"] < 650  # shaped like the real file (~490 bytes per caption)
-    assert rows[1]["pairs"] > 3 * rows[0]["pairs"]
+    assert rows[1]["worker_peak_rss_mb"] > 0 == rows[0]["worker_peak_rss_mb"]  # the 2-process row has workers
+    assert rows[2]["pairs"] == rows[3]["pairs"] > 3 * rows[0]["pairs"]
     assert "pairs/s" in stdout and "peak MB" in stdout
     assert os.listdir(tmp_path) == ["convert.json"]  # generated JSON files deleted
