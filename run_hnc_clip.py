@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hnc_clip.args import DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.data import HncCollator, build_split, with_images
-from hnc_clip.image_cache import with_cached_images
+from hnc_clip.image_cache import pixel_affine, with_cached_images
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.trainer import HncTrainer
@@ -93,15 +93,17 @@ def main(
         with training_args.main_process_first(desc=f"converting {path}"):
             ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
         if data_args.image_cache_dir:  # pre-resized pixels (`python -m hnc_clip.image_cache`): no JPEG decoding
+            # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
             return with_cached_images(
-                ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image
+                ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image, as_uint8=True
             )
         return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
 
     train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
     eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
     max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
-    collator = HncCollator(processor.tokenizer, max_length=max_length)
+    affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
+    collator = HncCollator(processor.tokenizer, max_length=max_length, pixel_affine=affine)
 
     # 4. Trainer
     trainer = HncTrainer(

@@ -8,6 +8,20 @@ from .losses import Embeddings, LossInputs, gather_features
 from .modeling import LogitScaleTap, unwrap_clip
 
 
+def normalize_pixels(pixels: torch.Tensor, affine: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 pixels [U, 3, H, W] (from the image cache) → normalised `x·a − b` in `dtype`; `affine` = [a; b], [2, 3].
+
+    The same float32 multiply then subtract as `CachedImageJoin` on the CPU, so both paths give the same numbers.
+    Float pixels pass through unchanged.
+    """
+    if torch.is_floating_point(pixels):
+        return pixels
+    if affine is None:
+        raise ValueError("uint8 pixel_values need the batch's `pixel_affine` (HncCollator(pixel_affine=...))")
+    a, b = affine.float()[:, :, None, None]  # [3, 1, 1] each
+    return (pixels.float() * a - b).to(dtype)
+
+
 def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     """One forward over the images and the captions ([positives; negatives]); returns L2-normalised embeddings.
 
@@ -20,7 +34,10 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
         rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
         needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
         ids, mask = ids[needed], mask[needed]
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"])
+    # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.
+    dtype = unwrap_clip(model).vision_model.embeddings.patch_embedding.weight.dtype
+    pixels = normalize_pixels(inputs["pixel_values"], inputs.get("pixel_affine"), dtype)
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
     image = out.image_embeds  # [U, D]: each distinct image once
     if inputs.get("image_index") is not None:
         image = image[inputs["image_index"]]  # [B, D]; the backward sums the rows of a shared image

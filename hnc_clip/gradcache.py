@@ -43,6 +43,7 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
                 "pixel_values": pixels[rows],
                 "input_ids": torch.cat([pos_ids[rows], neg_ids[rows]]),
                 "attention_mask": torch.cat([pos_am[rows], neg_am[rows]]),
+                "pixel_affine": inputs.get("pixel_affine"),  # uint8 pixels are normalised per chunk
             }
         )
     return chunks

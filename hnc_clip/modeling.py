@@ -142,12 +142,14 @@ def load_reference(model_args, model: CLIPModel) -> CLIPModel:
 
 
 def unwrap_clip(model) -> CLIPModel:
-    """The `CLIPModel` under peft/DDP wrappers (for `logit_scale` and the config)."""
+    """The `CLIPModel` under peft/DDP/DeepSpeed/torch.compile wrappers (for `logit_scale` and the config)."""
     while not isinstance(model, CLIPModel):
         if hasattr(model, "get_base_model"):
             model = model.get_base_model()
         elif hasattr(model, "module"):
             model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
         else:
             raise TypeError(f"expected a CLIPModel (possibly wrapped), got {type(model).__name__}")
     return model

@@ -234,6 +234,15 @@ class HncTrainer(Trainer):
         m["hard_negative_weight"].append(cfg.hard_negative_weight)
         m["logit_scale"].append(float(logit_scale.detach()))
 
+    def _prepare_inputs(self, inputs):
+        # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
+        # must stay float32 (bf16 would shift every pixel by up to 0.4 %), so they go to the device uncast.
+        affine = inputs.pop("pixel_affine", None) if isinstance(inputs, dict) else None
+        inputs = super()._prepare_inputs(inputs)
+        if affine is not None:
+            inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32)
+        return inputs
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self.args.gradcache_chunk_size:
             return super().training_step(model, inputs, num_items_in_batch)

@@ -156,3 +156,27 @@ def test_cli(image_dir, processor, tmp_path, capsys):
     )
     assert index["shape"][1:] == [32, 32, 3]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"] == 5
+
+
+def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, processor, tmp_path):
+    from hnc_clip.data import HncCollator
+    from hnc_clip.forward import normalize_pixels
+    from hnc_clip.image_cache import pixel_affine
+    from hnc_clip.tiny import build_word_tokenizer
+
+    names = ["a.jpg", "b.jpg", "a.jpg", "e.png"]
+    prepare(str(image_dir), str(tmp_path), processor, names, progress=False)
+    floats = CachedImageJoin(str(tmp_path), processor)(_batch(names))["pixel_values"]
+    raw = CachedImageJoin(str(tmp_path), processor, as_uint8=True)(_batch(names))["pixel_values"]
+    assert all(r.dtype == torch.uint8 and r.shape == (3, 32, 32) for r in raw)
+
+    tok = build_word_tokenizer(["p", "n"])
+    feats = [{"pixel_values": r, "positive": "p", "negative": "n", "image_id": n} for r, n in zip(raw, names)]
+    with pytest.raises(ValueError, match="pixel_affine"):
+        HncCollator(tok)(feats)
+    batch = HncCollator(tok, pixel_affine=pixel_affine(processor))(feats)
+    assert batch["pixel_affine"].dtype == torch.float32 and batch["pixel_affine"].shape == (2, 3)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape[0] == 3  # a.jpg once
+    on_device = normalize_pixels(batch["pixel_values"], batch["pixel_affine"], torch.float32)[batch["image_index"]]
+    torch.testing.assert_close(on_device, torch.stack(floats), rtol=0, atol=1e-6)
+    assert normalize_pixels(on_device, None, torch.float32) is on_device  # float pixels pass through

@@ -144,3 +144,22 @@ def test_yaml_config_and_cli_script(tmp_path, tiny_clip_dir, sample_image_dir, s
     metrics = json.loads((tmp_path / "out" / "train_results.json").read_text())
     wanted = sum(p["type"] in ("relation_subj", "relation_obj") for p in sample_pairs["train"])
     assert metrics["train_samples"] == wanted == 85  # (96 + 74 captions of those types) / 2 per pair
+
+
+def test_training_from_the_uint8_image_cache_equals_decoding(tmp_path, tiny_clip_dir, sample_image_dir):
+    """`--image_cache_dir` (uint8 rows, normalised in the forward) trains the same weights as decoding JPEGs."""
+    from hnc_clip.image_cache import prepare
+    from hnc_clip.tiny import build_image_processor
+
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir).image_processor
+    assert type(processor) is type(build_image_processor(32))  # the PIL backend: the cache holds its exact output
+    cache = tmp_path / "img_cache"
+    prepare(str(sample_image_dir), str(cache), processor, progress=False)
+    # SGD: Adam's m/√v turns float-rounding differences of near-zero gradients into lr-sized steps.
+    sgd = ("--optim", "sgd", "--learning_rate", "0.1")
+    _, decoded = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *sgd)
+    _, cached = run(tmp_path / "b", tiny_clip_dir, sample_image_dir, *sgd, "--image_cache_dir", str(cache))
+    before, a, b = weights(tiny_clip_dir), weights(decoded), weights(cached)
+    assert changed(before, b)  # it trained
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
