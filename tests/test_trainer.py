@@ -163,3 +163,33 @@ def test_training_from_the_uint8_image_cache_equals_decoding(tmp_path, tiny_clip
     assert changed(before, b)  # it trained
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    """`--torch_compile` goes through accelerate's regional compilation (each encoder layer compiled, reused) and
+    trains what eager trains. `aot_eager` runs dynamo + AOT autograd without generating C++ (fast on CPU)."""
+    import torch._dynamo
+
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    sgd = ("--optim", "sgd", "--learning_rate", "0.1")
+    _, eager = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *sgd)
+    torch._dynamo.reset()
+    compiled_modules = []
+    real_compile = torch.compile
+
+    def spy(module, *args, **kwargs):
+        compiled_modules.append(type(module).__name__)
+        return real_compile(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    _, compiled = run(
+        tmp_path / "b", tiny_clip_dir, sample_image_dir, *sgd, "--torch_compile", "--torch_compile_backend",
+        "aot_eager",
+    )
+    torch._dynamo.reset()
+    assert compiled_modules.count("CLIPEncoderLayer") == 4  # 2 text + 2 vision layers, each its own region
+    assert "CLIPModel" not in compiled_modules  # not the whole graph
+    a, b = weights(eager), weights(compiled)
+    assert changed(weights(tiny_clip_dir), b)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
