@@ -170,7 +170,7 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     trains what eager trains. `aot_eager` runs dynamo + AOT autograd without generating C++ (fast on CPU)."""
     import torch._dynamo
 
-    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "0")  # restored after the test; the flag sets it
     sgd = ("--optim", "sgd", "--learning_rate", "0.1")
     _, eager = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *sgd)
     torch._dynamo.reset()
