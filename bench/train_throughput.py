@@ -82,14 +82,28 @@ def photo_like(rng: np.random.Generator, size: tuple[int, int] = GQA_SIZE) -> Im
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def write_jpegs(image_dir: str, n: int, size: tuple[int, int] = GQA_SIZE, seed: int = 0) -> list[str]:
-    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`); returns the file names."""
+def _write_jpeg_range(image_dir: str, start: int, stop: int, size: tuple[int, int], seed: int) -> None:
+    for i in range(start, stop):
+        rng = np.random.default_rng((seed, i))
+        photo_like(rng, size).save(os.path.join(image_dir, f"{2_300_000 + i}.jpg"), quality=90)
+
+
+def write_jpegs(
+    image_dir: str, n: int, size: tuple[int, int] = GQA_SIZE, seed: int = 0, workers: int = 1
+) -> list[str]:
+    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`), in `workers` processes; returns the names."""
     os.makedirs(image_dir, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    names = [f"{2_300_000 + i}.jpg" for i in range(n)]
-    for name in names:
-        photo_like(rng, size).save(os.path.join(image_dir, name), quality=90)
-    return names
+    bounds = [n * k // workers for k in range(workers + 1)]
+    jobs = [(image_dir, a, b, size, seed) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("fork").Pool(workers) as pool:
+            pool.starmap(_write_jpeg_range, jobs)
+    else:
+        for job in jobs:
+            _write_jpeg_range(*job)
+    return [f"{2_300_000 + i}.jpg" for i in range(n)]
 
 
 def write_hnc_json(path: str, image_files: list[str], pairs_per_image: int, seed: int = 0) -> list[str]:
@@ -151,31 +165,34 @@ def build_model(config: CLIPConfig, attn: str, seed: int = 0) -> CLIPModel:
 
 
 class FlopCounter:
-    """FLOPs of one training step (forward + backward) per (B, L), counted on the meta device and memoised."""
+    """FLOPs of one training step (forward + backward) for U images and T captions of length L, counted on the meta
+    device and memoised. U and T are what the step really encodes: the collator encodes each distinct image and
+    caption of a batch once, so U ≤ B pairs and T ≤ 2B."""
 
     def __init__(self, config: CLIPConfig):
         self.config = config
-        self.cache: dict[tuple[int, int], int] = {}
+        self.cache: dict[tuple[int, int, int], int] = {}
         self.model = None
 
-    def __call__(self, batch: int, length: int) -> int:
+    def __call__(self, images: int, texts: int, length: int) -> int:
         from torch.utils.flop_counter import FlopCounterMode
 
-        if (batch, length) not in self.cache:
+        key = (images, texts, length)
+        if key not in self.cache:
             if self.model is None:
                 with torch.device("meta"):
                     # eager: its bmm's count the attention FLOPs on meta; the kernel does not change the math.
                     self.model = CLIPModel._from_config(self.config, attn_implementation="eager")
-            ids = torch.full((2 * batch, length), 5, dtype=torch.long, device="meta")
+            ids = torch.full((texts, length), 5, dtype=torch.long, device="meta")
             size = self.config.vision_config.image_size
-            pixels = torch.zeros(batch, 3, size, size, device="meta")
+            pixels = torch.zeros(images, 3, size, size, device="meta")
             counter = FlopCounterMode(display=False)
             with counter:
                 # No attention_mask: masking adds no matmul FLOPs, and building it calls .item() (not on meta).
                 out = self.model(input_ids=ids, pixel_values=pixels)
                 (out.image_embeds.sum() + out.text_embeds.sum()).backward()
-            self.cache[(batch, length)] = counter.get_total_flops()
-        return self.cache[(batch, length)]
+            self.cache[key] = counter.get_total_flops()
+        return self.cache[key]
 
 
 # -- the measured trainer --------------------------------------------------------------------------------------------
@@ -196,6 +213,20 @@ class PaddedCollator(HncCollator):
             return super().__call__(features)
         finally:
             self.tokenizer = tokenizer
+
+
+@dataclass
+class PerPairCollator(PaddedCollator):
+    """Every pair's image and captions encoded, shared or not (as run_clip.py): undoes the collator's dedup."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__(features)
+        if "image_index" in batch:
+            batch["pixel_values"] = batch["pixel_values"][batch.pop("image_index")]
+        if "text_index" in batch:
+            text_index = batch.pop("text_index")
+            batch["input_ids"], batch["attention_mask"] = batch["input_ids"][text_index], batch["attention_mask"][text_index]
+        return batch
 
 
 class _PadToMax:
@@ -221,14 +252,17 @@ class StepTimer(TrainerCallback):
 
 
 class TimedHncTrainer(HncTrainer):
-    """`HncTrainer`, recording each step's (images, caption length); the step itself is the parent's."""
+    """`HncTrainer`, recording each step's (pairs B, images encoded U, captions encoded T, caption length L);
+    the step itself is the parent's."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.shapes: list[tuple[int, int]] = []
+        self.shapes: list[tuple[int, int, int, int]] = []
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.shapes.append((int(inputs["pixel_values"].shape[0]), int(inputs["input_ids"].shape[1])))
+        pixels, ids = inputs["pixel_values"], inputs["input_ids"]
+        pairs = inputs["image_index"].shape[0] if "image_index" in inputs else pixels.shape[0]
+        self.shapes.append((int(pairs), int(pixels.shape[0]), int(ids.shape[0]), int(ids.shape[1])))
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -247,7 +281,9 @@ class Recipe:
     pin_memory: bool = True
     persistent_workers: bool = False
     torch_compile: bool = False
-    image_cache: bool = False
+    encode_shared_once: bool = True  # HncCollator's dedup; False: PerPairCollator (run_clip.py's way)
+    image_cache: bool = False  # uint8 rows from `hnc_clip.image_cache`, normalised on the device (as training does)
+    group_by_image: int = 0  # `--group_by_image k`: batches of k-pair groups sharing an image (HNC's structure)
 
 
 def recipes(args) -> list[Recipe]:
@@ -257,11 +293,13 @@ def recipes(args) -> list[Recipe]:
     known = {
         r.name: r
         for r in (
-            Recipe("hf_default", attn="eager", pad_to_max_length=True, optim="adamw_torch"),
+            Recipe("hf_default", attn="eager", pad_to_max_length=True, optim="adamw_torch", encode_shared_once=False),
             ours,
             replace(ours, name="ours_cache", image_cache=True),
             replace(ours, name="ours_compile", torch_compile=True),
             replace(ours, name="ours_cache_compile", image_cache=True, torch_compile=True),
+            replace(ours, name="ours_cache_group8", image_cache=True, group_by_image=8),
+            replace(ours, name="ours_cache_group8_compile", image_cache=True, group_by_image=8, torch_compile=True),
         )
     }
     names = args.variants or (
@@ -280,14 +318,17 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     torch.set_float32_matmul_precision("high" if recipe.tf32 else "highest")
     model = build_model(data["config"], recipe.attn, args.seed)
     processor = data["processor"]
+    affine = None
     if recipe.image_cache:
-        from hnc_clip.image_cache import with_cached_images
+        from hnc_clip.image_cache import pixel_affine, with_cached_images
 
-        dataset = with_cached_images(data["pairs"], data["cache_dir"], processor.image_processor)
+        dataset = with_cached_images(data["pairs"], data["cache_dir"], processor.image_processor, as_uint8=True)
+        affine = pixel_affine(processor.image_processor)
     else:
         dataset = with_images(data["pairs"], data["image_dir"], processor.image_processor)
-    collator = PaddedCollator(
-        processor.tokenizer, max_length=MAX_TEXT_LENGTH, pad_to_max_length=recipe.pad_to_max_length
+    collator = (PaddedCollator if recipe.encode_shared_once else PerPairCollator)(
+        processor.tokenizer, max_length=MAX_TEXT_LENGTH, pixel_affine=affine,
+        pad_to_max_length=recipe.pad_to_max_length,
     )
     training_args = HncTrainingArguments(
         output_dir=os.path.join(data["work_dir"], f"out_{recipe.name}"),
@@ -297,6 +338,7 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         bf16=recipe.bf16,
         optim=recipe.optim,
         torch_compile=recipe.torch_compile,
+        group_by_image=recipe.group_by_image,
         torch_compile_backend=args.compile_backend if recipe.torch_compile else None,
         dataloader_num_workers=recipe.num_workers,
         dataloader_pin_memory=recipe.pin_memory,
@@ -328,8 +370,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     ends, shapes = timer.ends, trainer.shapes
     measured = shapes[w : len(ends)]
     seconds = ends[-1] - ends[w - 1] if w > 0 else ends[-1] - t0
-    samples = sum(b for b, _ in measured)
-    step_flops = [flops(b, length) for b, length in measured]
+    samples = sum(b for b, _, _, _ in measured)
+    step_flops = [flops(u, t, length) for _, u, t, length in measured]
     result = {
         **asdict(recipe),
         "steps_measured": len(measured),
@@ -337,11 +379,15 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         "step_ms_median": 1000 * statistics.median(np.diff(ends[max(w - 1, 0) :]).tolist() or [seconds]),
         "tflops_per_s": sum(step_flops) / seconds / 1e12,
         "tflop_per_step": statistics.mean(step_flops) / 1e12,
-        "caption_tokens_mean": statistics.mean(length for _, length in measured),
+        "caption_tokens_mean": statistics.mean(length for *_, length in measured),
+        "images_per_pair": sum(u for _, u, _, _ in measured) / samples,  # < 1: pairs shared an image encoding
+        "captions_per_pair": sum(t for _, _, t, _ in measured) / samples,  # < 2: repeated captions encoded once
         "total_s_with_warmup": total_s,
     }
     if args.device == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if args.peak_tflops:
+        result["mfu"] = result["tflops_per_s"] / args.peak_tflops
     del trainer, model
     gc.collect()  # persistent workers exit with their DataLoader
     if args.device == "cuda":
@@ -364,7 +410,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_cache", action="store_true", help="Add the ours_cache variant.")
     parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of *_compile variants.")
     parser.add_argument("--variants", nargs="+", default=None, help="Run exactly these variants, in this order.")
-    parser.add_argument("--pairs_per_image", type=int, default=16)
+    parser.add_argument("--pairs_per_image", type=int, default=8, help="≥ 8 for the *_group8 variants.")
+    parser.add_argument(
+        "--images", type=int, default=None,
+        help="JPEGs to write (default: enough for the steps; 4096 on CUDA). Real HNC draws a random batch from 67k "
+        "images, so its pairs rarely share an image; many images keep the random-batch variants that way.",
+    )
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None,
+        help="Dense bf16 peak of the device for MFU (default: 989 for H100/H200, none otherwise).",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU (this machine has 2 cores).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="Temp data goes here (default: system temp dir).")
@@ -374,10 +429,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def prepare_data(args, work_dir: str) -> dict:
     n_pairs = args.batch_size * (args.warmup_steps + args.steps)
-    n_images = max(2, math.ceil(n_pairs / args.pairs_per_image))
+    n_images = max(2, math.ceil(n_pairs / args.pairs_per_image), args.images or 0)
     t0 = time.perf_counter()
     image_dir = os.path.join(work_dir, "images")
-    names = write_jpegs(image_dir, n_images, seed=args.seed)
+    names = write_jpegs(image_dir, n_images, seed=args.seed, workers=max(1, min(args.num_workers, os.cpu_count() or 1)))
     texts = write_hnc_json(os.path.join(work_dir, "hnc.json"), names, args.pairs_per_image, args.seed)
     pairs = load_hnc_pairs(os.path.join(work_dir, "hnc.json"), cache_dir=os.path.join(work_dir, "hf_cache"))
     tokenizer = build_word_tokenizer(words_of(texts), model_max_length=MAX_TEXT_LENGTH)
@@ -423,18 +478,18 @@ def print_table(rows: list[dict]) -> None:
     base = next((r for r in ok if r["name"] == "hf_default"), ok[0] if ok else None)
     print(f"speedup: vs {base['name'] if base else '-'}")
     print(
-        f"{'variant':<20} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'TFLOP/step':>10} "
-        f"{'tokens':>6} {'peak GB':>7}"
+        f"{'variant':<26} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>6} {'TFLOP/step':>10} "
+        f"{'tokens':>6} {'img/pair':>8} {'peak GB':>7}"
     )
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<20} error: {r['error']}")
+            print(f"{r['name']:<26} error: {r['error']}")
             continue
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         print(
-            f"{r['name']:<20} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x {r['step_ms_median']:>8.1f} "
-            f"{r['tflops_per_s']:>8.3f} {r['tflop_per_step']:>10.4f} {r['caption_tokens_mean']:>6.1f} "
-            f"{r.get('peak_memory_gb', float('nan')):>7.2f}"
+            f"{r['name']:<26} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x {r['step_ms_median']:>8.1f} "
+            f"{r['tflops_per_s']:>8.3f} {r.get('mfu', float('nan')):>6.1%} {r['tflop_per_step']:>10.4f} "
+            f"{r['caption_tokens_mean']:>6.1f} {r['images_per_pair']:>8.2f} {r.get('peak_memory_gb', float('nan')):>7.2f}"
         )
 
 
@@ -446,6 +501,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.steps = args.steps or (20 if cuda else 10)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (5 if cuda else 2)
     args.batch_size = args.batch_size or (256 if cuda else 16)
+    args.images = args.images if args.images is not None else (4096 if cuda else None)
+    if args.peak_tflops is None and cuda and any(k in torch.cuda.get_device_name(0) for k in ("H100", "H200")):
+        args.peak_tflops = 989.0  # dense bf16 (SXM), the usual MFU denominator
     args.num_workers = args.num_workers if args.num_workers is not None else (16 if cuda else 2)
     if not cuda:
         torch.set_num_threads(args.threads)

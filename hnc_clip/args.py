@@ -136,6 +136,14 @@ class HncTrainingArguments(TrainingArguments):
             "Sets ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION."
         },
     )
+    compile_dynamic: bool = field(
+        default=True,
+        metadata={
+            "help": "With --torch_compile: trace with symbolic batch and caption-length dimensions. Dynamic padding "
+            "changes the shapes every batch; static shapes would recompile for each new one. "
+            "Sets ACCELERATE_DYNAMO_USE_DYNAMIC."
+        },
+    )
     save_on_sigterm: bool = field(
         default=True, metadata={"help": "On SIGTERM (preemption) save a checkpoint, then stop."}
     )
@@ -182,3 +190,4 @@ class HncTrainingArguments(TrainingArguments):
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
             os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
+            os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"

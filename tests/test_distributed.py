@@ -82,3 +82,44 @@ def test_run_script_under_accelerate_launch(tmp_path, tiny_clip_dir, sample_imag
     # 2 processes × 4 pairs: the logged loss is over the gathered batch of 8
     assert json.loads((out / "train_results.json").read_text())["train_samples"] == 594
     CLIPModel.from_pretrained(out, use_safetensors=True)
+
+
+def _launch(config: str, out, tmp_path, tiny_clip_dir, sample_image_dir, *extra: str) -> None:
+    from .conftest import TRAIN_SAMPLE
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    cmd = [accelerate, "launch", "--config_file", config, "--main_process_port", free_port(),
+           str(REPO / "run_hnc_clip.py"), "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE),
+           "--image_dir", str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+           "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--save_strategy",
+           "no", "--report_to", "none", "--logging_steps", "1", "--optim", "sgd", "--learning_rate", "0.1",
+           "--seed", "0", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_fsdp2_config_trains_what_ddp_trains(tmp_path, tiny_clip_dir, sample_image_dir):
+    """`accelerate_configs/fsdp.yaml` (FSDP2, each CLIPEncoderLayer a shard unit), run on 2 CPU processes, saves a
+    full `CLIPModel` with the weights DDP trains from the same start and batches (SGD, so equal gradients give
+    equal weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    text = (REPO / "accelerate_configs" / "fsdp.yaml").read_text()
+    cpu = text.replace("mixed_precision: bf16", 'mixed_precision: "no"').replace("use_cpu: false", "use_cpu: true")
+    cpu = cpu.replace("num_processes: 8", "num_processes: 2")
+    assert cpu.count("use_cpu: true") == 1 and "num_processes: 2" in cpu and "fsdp_version: 2" in cpu
+    (tmp_path / "fsdp_cpu.yaml").write_text(cpu)
+    # Default gradient clipping stays on: FSDP must clip by the norm over all shards, as DDP over the whole gradient.
+    _launch(str(tmp_path / "fsdp_cpu.yaml"), tmp_path / "fsdp", tmp_path, tiny_clip_dir, sample_image_dir)
+    _launch(str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), tmp_path / "ddp", tmp_path, tiny_clip_dir,
+            sample_image_dir)
+    start = load_file(tiny_clip_dir / "model.safetensors")
+    fsdp, ddp = load_file(tmp_path / "fsdp" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    assert fsdp.keys() == ddp.keys() == start.keys()
+    assert sum(not torch.equal(start[k], fsdp[k]) for k in start) > len(start) // 2  # it trained
+    ddp_state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
+    assert ddp_state["log_history"][0]["epoch"] == pytest.approx(1 / 75)  # 2 processes × 4 of 594 pairs per step
+    for k in ddp:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=0, atol=1e-5, msg=k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -170,7 +171,8 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     trains what eager trains. `aot_eager` runs dynamo + AOT autograd without generating C++ (fast on CPU)."""
     import torch._dynamo
 
-    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "0")  # restored after the test; the flag sets it
+    for var in ("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "ACCELERATE_DYNAMO_USE_DYNAMIC"):
+        monkeypatch.setenv(var, "0")  # restored after the test; the flags set them
     sgd = ("--optim", "sgd", "--learning_rate", "0.1")
     _, eager = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *sgd)
     torch._dynamo.reset()
@@ -188,6 +190,7 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     )
     torch._dynamo.reset()
     assert compiled_modules.count("CLIPEncoderLayer") == 4  # 2 text + 2 vision layers, each its own region
+    assert os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] == "1"  # shapes change every batch: trace them symbolic
     assert "CLIPModel" not in compiled_modules  # not the whole graph
     a, b = weights(eager), weights(compiled)
     assert changed(weights(tiny_clip_dir), b)
