@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DeepSpeed ZeRO-2 / ZeRO-3 smoke run of a ViT-B/32-sized CLIP through `accelerate launch run_hnc_clip.py`.
+"""DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2 smoke run of a ViT-B/32-sized CLIP through `accelerate launch run_hnc_clip.py`.
 
 Builds a random-init CLIP of ViT-B/32 sizes (transformers' `CLIPConfig()` defaults) with a word tokenizer, a small
 HNC-schema train file with GQA-sized JPEGs, trains a few bf16 steps under each ZeRO config (plus `kl_teacher` under
@@ -119,15 +119,15 @@ def main() -> None:
     p.add_argument("--output_dir", default="/tmp/ds_smoke")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument(
+        "--runs", nargs="+", default=["zero2:hnc", "zero3:hnc", "zero3:kl_teacher", "fsdp:hnc"],
+        help="config:loss_type pairs; config is a file name in accelerate_configs/ without .yaml",
+    )
     args = p.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     train, images, texts = make_data(args.output_dir)
     model = make_model(args.output_dir, texts)
-    runs = [
-        ("accelerate_configs/zero2.yaml", "hnc"),
-        ("accelerate_configs/zero3.yaml", "hnc"),
-        ("accelerate_configs/zero3.yaml", "kl_teacher"),
-    ]
+    runs = [(f"accelerate_configs/{run.split(':')[0]}.yaml", run.split(":")[1]) for run in args.runs]
     results = []
     for config, loss in runs:
         name = f"{os.path.basename(config)[:-5]}_{loss}"
