@@ -226,6 +226,7 @@ class HncCollator:
 
     In:  [{"pixel_values": Tensor[3, H, W] | None, "positive": str, "negative": str, "image_id": str, ...}] × B
     Out: {"pixel_values":   [U, 3, H, W]  one row per distinct image of the batch (U ≤ B'),
+                            (uint8 [U, H, W, 3] from the image cache, + "pixel_affine" [2, 3] to normalise it)
           "image_index":    [B'] int64    row i's image is pixel_values[image_index[i]],
           "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
           "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,

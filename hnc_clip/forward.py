@@ -9,17 +9,16 @@ from .modeling import LogitScaleTap, unwrap_clip
 
 
 def normalize_pixels(pixels: torch.Tensor, affine: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 pixels [U, 3, H, W] (from the image cache) → normalised `x·a − b` in `dtype`; `affine` = [a; b], [2, 3].
-
-    The same float32 multiply then subtract as `CachedImageJoin` on the CPU, so both paths give the same numbers.
-    Float pixels pass through unchanged.
+    """uint8 pixels [U, H, W, 3] (channels last, as the image cache stores them) → normalised [U, 3, H, W] in
+    `dtype`, as `x·a − b` with `affine` = [a; b], [2, 3]. The same float32 multiply then subtract as
+    `CachedImageJoin` on the CPU, so both paths give the same numbers. Float pixels pass through unchanged.
     """
     if torch.is_floating_point(pixels):
         return pixels
     if affine is None:
         raise ValueError("uint8 pixel_values need the batch's `pixel_affine` (HncCollator(pixel_affine=...))")
     a, b = affine.float()[:, :, None, None]  # [3, 1, 1] each
-    return (pixels.float() * a - b).to(dtype)
+    return (pixels.permute(0, 3, 1, 2).float() * a - b).to(dtype)
 
 
 def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:

@@ -241,9 +241,13 @@ class CachedImageJoin:
     (missing or unreadable when the cache was built; with `on_missing="error"` that raises `ImageLoadError`):
     - `as_uint8=False`: a float32 [3, H, W] tensor, normalised with the processor's `rescale_factor`,
       `image_mean`, `image_std` (what `ImageJoin` gives);
-    - `as_uint8=True`: the uint8 [3, H, W] pixels. A quarter of the bytes through worker queues, pinned memory and
-      the host-to-device copy (5,000 images/s are 3 GB/s as float32); the collator adds `pixel_affine` and the
-      forward normalises on the device (`hnc_clip.forward.normalize_pixels`), with the same float32 arithmetic.
+    - `as_uint8=True`: the cached uint8 [H, W, 3] pixels as they are stored (channels last, no copy but the row
+      read). A quarter of the bytes through worker queues, pinned memory and the host-to-device copy (5,000
+      images/s are 3 GB/s as float32), and no transpose on the CPU: the collator adds `pixel_affine` and the
+      forward permutes and normalises on the device (`hnc_clip.forward.normalize_pixels`), with the same float32
+      arithmetic. DataLoader workers do almost nothing then, so a few suffice and the training process keeps its
+      CPU cores for launching kernels.
+    Each distinct image of a call is read once; its rows share the tensor.
     """
 
     cache_dir: str
@@ -297,20 +301,20 @@ class CachedImageJoin:
                 why = self.failed.get(name, "not in the cache")
                 raise ImageLoadError(f"image {name} not available from cache {self.cache_dir}: {why}")
             rows.append(row)
-        found = [r for r in rows if r is not None]
+        found = list(dict.fromkeys(r for r in rows if r is not None))  # each distinct image once
         out: list = [None] * len(rows)
         if found:
             hwc = self.pixels[np.asarray(found)]  # [n, H, W, 3] uint8: fancy indexing copies just these rows
             if self.as_uint8:
-                chw = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))  # [n, 3, H, W] uint8
+                pixels = hwc
             else:
                 # One pass uint8 HWC → float32 CHW (·a) into a contiguous buffer, one in place (−b): 5× faster than
                 # astype + arithmetic + ascontiguousarray, which make three 600 KB temporaries per image.
-                chw = np.empty((len(found), 3, *hwc.shape[1:3]), dtype=np.float32)
-                np.multiply(hwc.transpose(0, 3, 1, 2), self._a, out=chw)
-                chw -= self._b
-            tensors = iter(torch.from_numpy(chw).unbind(0))
-            out = [next(tensors) if r is not None else None for r in rows]
+                pixels = np.empty((len(found), 3, *hwc.shape[1:3]), dtype=np.float32)
+                np.multiply(hwc.transpose(0, 3, 1, 2), self._a, out=pixels)
+                pixels -= self._b
+            by_row = dict(zip(found, torch.from_numpy(pixels).unbind(0)))
+            out = [by_row[r] if r is not None else None for r in rows]
         batch["pixel_values"] = out
         return batch
 

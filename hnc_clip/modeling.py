@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import types
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
-    return CLIPModel.from_pretrained(
+    model = CLIPModel.from_pretrained(
         model_args.model_name_or_path,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
@@ -27,6 +28,22 @@ def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
         use_safetensors=True,
         dtype=dtype,
     )
+    return with_input_embeddings(model)
+
+
+def with_input_embeddings(model: CLIPModel) -> CLIPModel:
+    """Give this CLIPModel a `get_input_embeddings` (the text token embedding).
+
+    transformers' generic one raises NotImplementedError for CLIPModel (two towers, no `embed_tokens`), and
+    accelerate's FSDP2 preparation calls it to shard the input embedding as its own unit: without it
+    `accelerate launch --config_file accelerate_configs/fsdp.yaml` stops before the first step. Bound on the
+    instance, so the class and its saved checkpoints are unchanged.
+    """
+    try:
+        model.get_input_embeddings()
+    except NotImplementedError:
+        model.get_input_embeddings = types.MethodType(lambda self: self.text_model.embeddings.token_embedding, model)
+    return model
 
 
 def load_processor(model_args):

@@ -168,7 +168,8 @@ def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, pro
     prepare(str(image_dir), str(tmp_path), processor, names, progress=False)
     floats = CachedImageJoin(str(tmp_path), processor)(_batch(names))["pixel_values"]
     raw = CachedImageJoin(str(tmp_path), processor, as_uint8=True)(_batch(names))["pixel_values"]
-    assert all(r.dtype == torch.uint8 and r.shape == (3, 32, 32) for r in raw)
+    assert all(r.dtype == torch.uint8 and r.shape == (32, 32, 3) for r in raw)  # channels last, as stored
+    assert raw[0] is raw[2]  # a.jpg read once
 
     tok = build_word_tokenizer(["p", "n"])
     feats = [{"pixel_values": r, "positive": "p", "negative": "n", "image_id": n} for r, n in zip(raw, names)]

@@ -196,3 +196,17 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     assert changed(weights(tiny_clip_dir), b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
+    """accelerate's FSDP2 preparation calls `get_input_embeddings()`; transformers' raises for CLIPModel."""
+    from types import SimpleNamespace
+
+    from hnc_clip.modeling import load_model
+
+    args = SimpleNamespace(model_name_or_path=str(tiny_clip_dir), cache_dir=None, model_revision="main", token=None,
+                           trust_remote_code=False, attn_implementation=None)
+    model = load_model(args)
+    assert model.get_input_embeddings() is model.text_model.embeddings.token_embedding
+    with pytest.raises(NotImplementedError):
+        CLIPModel.from_pretrained(tiny_clip_dir).get_input_embeddings()  # what load_model works around
