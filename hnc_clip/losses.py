@@ -274,24 +274,28 @@ LOSSES: dict[str, LossSpec] = {
 
 
 @torch.no_grad()
-def similarity_stats(emb: Embeddings) -> dict[str, float]:
+def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
     """Mean cosine of each image to its positive, its hard negative and other images' positives; margin; accuracy.
 
     `hard_negative_accuracy` is the in-batch rate of cos(i, p_i) > cos(i, n_i): the quantity HNC evaluation
-    reports, tracked during training.
+    reports, tracked during training. 0-dim detached tensors on the embeddings' device (no host sync).
     """
-    pos = (emb.image * emb.positive).sum(-1)  # [B]
-    sim = emb.image @ emb.positive.T  # [B, B]
+    emb_image = emb.image.detach()
+    pos = (emb_image * emb.positive.detach()).sum(-1)  # [B]
+    sim = emb_image @ emb.positive.detach().T  # [B, B]
     other = ~torch.eye(len(emb), dtype=torch.bool, device=sim.device)
     if emb.image_ids is not None:
         other &= emb.image_ids[:, None] != emb.image_ids[None, :]
-    rand = sim[other].mean() if other.any() else sim.new_tensor(float("nan"))
-    stats = {"cos_positive": pos.mean().item(), "cos_random_negative": rand.item()}
+    # Mean over the off-diagonal pairs, NaN if there are none: sum/count, not boolean indexing (which syncs).
+    count = other.sum()
+    rand = (sim * other).sum() / count.clamp(min=1)
+    rand = torch.where(count > 0, rand, torch.full_like(rand, float("nan")))
+    stats = {"cos_positive": pos.mean(), "cos_random_negative": rand}
     if emb.negative is not None:
-        neg = (emb.image * emb.negative).sum(-1)  # [B]
+        neg = (emb_image * emb.negative.detach()).sum(-1)  # [B]
         stats.update(
-            cos_hard_negative=neg.mean().item(),
-            margin=(pos - neg).mean().item(),
-            hard_negative_accuracy=(pos > neg).float().mean().item(),
+            cos_hard_negative=neg.mean(),
+            margin=(pos - neg).mean(),
+            hard_negative_accuracy=(pos > neg).float().mean(),
         )
     return stats

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from collections import defaultdict
 
 import torch
 import torch.distributed as dist
@@ -95,6 +94,21 @@ class SaveOnSigterm(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class UnsupportedParallelismError(ValueError):
+    """A distributed engine this recipe does not support (yet)."""
+
+
+def check_parallelism(trainer) -> None:
+    """Refuse FSDP up front, naming what works, instead of a stack trace from inside `accelerator.prepare`."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        raise UnsupportedParallelismError(
+            "FSDP is not supported: FSDP2's fully_shard refuses CLIP's 0-dim `logit_scale` parameter (\"fully_shard "
+            "doesn't support scalar parameters\"; seen with torch 2.11 on an H100), and changing its shape would break "
+            "loading the checkpoint as a CLIPModel. Use DDP (accelerate_configs/multi_gpu.yaml) or DeepSpeed ZeRO-2/3 "
+            "(accelerate_configs/zero2.yaml, zero3.yaml), which shard optimizer state and parameters too."
+        )
+
+
 class HncTrainer(Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
@@ -118,7 +132,10 @@ class HncTrainer(Trainer):
         self._theta0 = None
         if self.loss_spec.needs_initial_params:
             self._theta0 = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU; the one
+        # host sync per step is the finite-loss check, placed after the backward is launched (`training_step`).
+        self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
+        self._pending: tuple | None = None  # this micro-step's (loss, components, metrics), until checked
         self.card_info = card_info or {}
         self.add_callback(ClampLogitScale(self.args.max_logit_scale))
         self._skip_this_step = False
@@ -127,6 +144,7 @@ class HncTrainer(Trainer):
         self.sigterm = SaveOnSigterm() if self.args.save_on_sigterm else None
         if self.sigterm is not None:
             self.add_callback(self.sigterm)
+        check_parallelism(self)
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
@@ -178,20 +196,42 @@ class HncTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("skipped_images", None)
         truncated = inputs.pop("truncated_captions", None)
+        mode = "train" if model.training else "eval"
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            self._metrics["train" if model.training else "eval"]["skipped_images"].append(float(skipped))
+            self._add(mode, "skipped_images", skipped)
             self._skip_this_step = model.training
             return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
         components = self.loss_spec.fn(inp, cfg)
         loss = torch.stack(list(components.values())).sum()
-        if model.training and not self._all_finite(loss):
-            return self._skip_nonfinite(model, loss, components)
-        self._record(
-            "train" if model.training else "eval", components, inp.local, cfg, inp.logit_scale, skipped, truncated
-        )
+        metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale, skipped, truncated)
+        if model.training:
+            self._pending = (loss, components, metrics)  # checked in training_step, after the backward is launched
+        else:
+            self._add_all("eval", metrics)
         return (loss, components) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.gradcache_chunk_size:
+            loss = self._gradcache_step(model, inputs)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        return self._settle(model, loss)
+
+    def _settle(self, model, step_loss: torch.Tensor) -> torch.Tensor:
+        """Commit this micro-step's metrics if its loss was finite on every process; else mark the optimizer step
+        skipped (`SkipNonFiniteSteps` drops its gradients) and count it. Runs after the backward is launched, so
+        its one host sync (`.item()`) does not hold the GPU idle while the CPU queues the backward."""
+        if self._pending is None:  # unreadable batch: already handled in compute_loss
+            return step_loss
+        loss, components, metrics = self._pending
+        self._pending = None
+        if self._all_finite(loss):
+            self._add_all("train", metrics)
+            return step_loss
+        self._skip_nonfinite(components)
+        return torch.zeros_like(step_loss)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
@@ -199,7 +239,7 @@ class HncTrainer(Trainer):
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every process skips, or none
         return bad.item() == 0
 
-    def _skip_nonfinite(self, model, loss, components):
+    def _skip_nonfinite(self, components):
         self.nonfinite_steps += 1
         self._skip_this_step = True
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in components.items())
@@ -212,8 +252,7 @@ class HncTrainer(Trainer):
                 f"the loss was non-finite in {self.nonfinite_steps} steps (last at step {self.state.global_step}); "
                 "lower --learning_rate, check --bf16/--fp16 and the data, or raise --max_nonfinite_steps"
             )
-        self._metrics["train"]["nonfinite_steps"].append(1.0)
-        return self._zero_loss(model)
+        self._add("train", "nonfinite_steps", 1.0)
 
     @staticmethod
     def _zero_loss(model) -> torch.Tensor:
@@ -221,18 +260,27 @@ class HncTrainer(Trainer):
         cheap and harmless, DDP sees every parameter used, and SkipNonFiniteSteps then drops the update."""
         return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
 
-    def _record(self, mode, components, local: Embeddings, cfg: LossConfig, logit_scale, skipped, truncated=None):
-        m = self._metrics[mode]
-        if skipped is not None:
-            m["skipped_images"].append(float(skipped))
-        if truncated is not None:
-            m["truncated_captions"].append(float(truncated))
-        for name, value in components.items():
-            m[name].append(value.item())
-        for name, value in similarity_stats(local).items():
-            m[name].append(value)
-        m["hard_negative_weight"].append(cfg.hard_negative_weight)
-        m["logit_scale"].append(float(logit_scale.detach()))
+    @staticmethod
+    def _step_metrics(components, local: Embeddings, cfg: LossConfig, logit_scale, skipped, truncated=None) -> dict:
+        """What a step logs, as (device) tensors: nothing here waits for the GPU."""
+        metrics = {"skipped_images": skipped, "truncated_captions": truncated}
+        metrics.update(components)
+        metrics.update(similarity_stats(local))
+        metrics["hard_negative_weight"] = cfg.hard_negative_weight
+        metrics["logit_scale"] = logit_scale
+        return {k: v for k, v in metrics.items() if v is not None}
+
+    def _add(self, mode: str, name: str, value) -> None:
+        value = value.detach().float() if torch.is_tensor(value) else float(value)
+        slot = self._metrics[mode].get(name)
+        if slot is None:
+            self._metrics[mode][name] = [value, 1]
+        else:
+            slot[0], slot[1] = slot[0] + value, slot[1] + 1
+
+    def _add_all(self, mode: str, metrics: dict) -> None:
+        for name, value in metrics.items():
+            self._add(mode, name, value)
 
     def _prepare_inputs(self, inputs):
         # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
@@ -243,9 +291,7 @@ class HncTrainer(Trainer):
             inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32)
         return inputs
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if not self.args.gradcache_chunk_size:
-            return super().training_step(model, inputs, num_items_in_batch)
+    def _gradcache_step(self, model, inputs) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
         skipped = inputs.pop("skipped_images", None)
@@ -266,7 +312,7 @@ class HncTrainer(Trainer):
                 no_sync=(lambda: self.accelerator.no_sync(model)) if self.accelerator.num_processes > 1 else None,
             )
         scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
-        self._record("train", components, local, cfg, scale, skipped, truncated)
+        self._pending = (loss, components, self._step_metrics(components, local, cfg, scale, skipped, truncated))
         return loss / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -287,7 +333,10 @@ class HncTrainer(Trainer):
     def _pop_metrics(self, mode: str) -> dict[str, float]:
         """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared."""
         recorded = self._metrics[mode]
-        out = {k: sum(v) if k in COUNTS else sum(v) / len(v) for k, v in recorded.items() if v}
+        out = {}
+        for name, (total, n) in recorded.items():
+            value = float(total)  # the one host sync per logged value, at logging time
+            out[name] = value if name in COUNTS else value / n
         recorded.clear()
         return out
 

@@ -203,7 +203,7 @@ def test_reference_losses_require_a_reference(loss_type):
 def test_similarity_stats():
     img = torch.eye(3)
     emb = Embeddings(img, img.clone(), -img.clone(), torch.tensor([0, 1, 2]))
-    stats = similarity_stats(emb)
+    stats = {k: float(v) for k, v in similarity_stats(emb).items()}
     assert stats["cos_positive"] == pytest.approx(1.0)
     assert stats["cos_hard_negative"] == pytest.approx(-1.0)
     assert stats["cos_random_negative"] == pytest.approx(0.0)

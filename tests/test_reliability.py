@@ -170,3 +170,13 @@ def test_no_unsafe_deserialisation_in_project_code():
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
         assert "trust_remote_code=True" not in text, path
+
+
+def test_fsdp_is_refused_with_what_works_instead():
+    from types import SimpleNamespace
+
+    from hnc_clip.trainer import UnsupportedParallelismError, check_parallelism
+
+    with pytest.raises(UnsupportedParallelismError, match="logit_scale.*zero2.yaml, zero3.yaml"):
+        check_parallelism(SimpleNamespace(is_fsdp_enabled=True))
+    check_parallelism(SimpleNamespace(is_fsdp_enabled=False))  # DDP / DeepSpeed / one process: fine

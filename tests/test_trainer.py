@@ -210,3 +210,30 @@ def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
     assert model.get_input_embeddings() is model.text_model.embeddings.token_embedding
     with pytest.raises(NotImplementedError):
         CLIPModel.from_pretrained(tiny_clip_dir).get_input_embeddings()  # what load_model works around
+
+
+def test_a_training_step_syncs_with_the_device_once(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    """Metrics are recorded as device tensors; the only `.item()` in a step is the finite-loss check, made after the
+    backward is queued. (Each `.item()` on CUDA stalls the CPU until the GPU is done, so the next kernels queue late:
+    a step full of them is launch-bound.)"""
+    from hnc_clip.trainer import HncTrainer
+
+    items, per_step = [0], []
+    real_item, real_step = torch.Tensor.item, HncTrainer.training_step
+
+    def counting_item(self):
+        items[0] += 1
+        return real_item(self)
+
+    def counted_step(self, *args, **kwargs):
+        items[0] = 0
+        out = real_step(self, *args, **kwargs)
+        per_step.append(items[0])
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    monkeypatch.setattr(HncTrainer, "training_step", counted_step)
+    results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--logging_steps", "2")
+    assert per_step == [1, 1, 1]
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert 0 <= history[0]["hard_negative_accuracy"] <= 1 and history[0]["logit_scale"] > 0  # still logged, as floats
