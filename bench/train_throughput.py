@@ -91,7 +91,7 @@ def _write_jpeg_range(image_dir: str, start: int, stop: int, size: tuple[int, in
 def write_jpegs(
     image_dir: str, n: int, size: tuple[int, int] = GQA_SIZE, seed: int = 0, workers: int = 1
 ) -> list[str]:
-    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`), in `workers` processes; returns the names."""
+    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`), in `workers` processes; returns names."""
     os.makedirs(image_dir, exist_ok=True)
     bounds = [n * k // workers for k in range(workers + 1)]
     jobs = [(image_dir, a, b, size, seed) for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -165,8 +165,8 @@ def build_model(config: CLIPConfig, attn: str, seed: int = 0) -> CLIPModel:
 
 
 class FlopCounter:
-    """FLOPs of one training step (forward + backward) for U images and T captions of length L: U·f_image + T·f_text(L),
-    each counted once on the meta device (a tower's FLOPs are linear in its batch) and memoised. U and T are what
+    """FLOPs of one training step (forward + backward) for U images and T captions of length L:
+    U·f_image + T·f_text(L), each counted once on the meta device (a tower's FLOPs are linear in its batch) and memoised. U and T are what
     the step really encodes: the collator encodes each distinct image and caption of a batch once, so U ≤ B pairs
     and T ≤ 2B. The U×T logit matmul (< 0.01 % of a step) is left out."""
 
@@ -230,7 +230,8 @@ class PerPairCollator(PaddedCollator):
             batch["pixel_values"] = batch["pixel_values"][batch.pop("image_index")]
         if "text_index" in batch:
             text_index = batch.pop("text_index")
-            batch["input_ids"], batch["attention_mask"] = batch["input_ids"][text_index], batch["attention_mask"][text_index]
+            batch["input_ids"] = batch["input_ids"][text_index]
+            batch["attention_mask"] = batch["attention_mask"][text_index]
         return batch
 
 
@@ -441,7 +442,8 @@ def prepare_data(args, work_dir: str) -> dict:
     n_images = max(2, math.ceil(n_pairs / args.pairs_per_image), args.images or 0)
     t0 = time.perf_counter()
     image_dir = os.path.join(work_dir, "images")
-    names = write_jpegs(image_dir, n_images, seed=args.seed, workers=max(1, min(args.num_workers, os.cpu_count() or 1)))
+    workers = max(1, min(args.num_workers, os.cpu_count() or 1))
+    names = write_jpegs(image_dir, n_images, seed=args.seed, workers=workers)
     texts = write_hnc_json(os.path.join(work_dir, "hnc.json"), names, args.pairs_per_image, args.seed)
     pairs = load_hnc_pairs(os.path.join(work_dir, "hnc.json"), cache_dir=os.path.join(work_dir, "hf_cache"))
     tokenizer = build_word_tokenizer(words_of(texts), model_max_length=MAX_TEXT_LENGTH)
@@ -487,8 +489,8 @@ def print_table(rows: list[dict]) -> None:
     base = next((r for r in ok if r["name"] == "hf_default"), ok[0] if ok else None)
     print(f"speedup: vs {base['name'] if base else '-'}")
     print(
-        f"{'variant':<26} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>6} {'TFLOP/step':>10} "
-        f"{'tokens':>6} {'img/pair':>8} {'peak GB':>7}"
+        f"{'variant':<26} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'TFLOP/step':>10} {'tokens':>6} {'img/pair':>8} {'peak GB':>7}"
     )
     for r in rows:
         if "error" in r:
@@ -498,7 +500,8 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{r['name']:<26} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x {r['step_ms_median']:>8.1f} "
             f"{r['tflops_per_s']:>8.3f} {r.get('mfu', float('nan')):>6.1%} {r['tflop_per_step']:>10.4f} "
-            f"{r['caption_tokens_mean']:>6.1f} {r['images_per_pair']:>8.2f} {r.get('peak_memory_gb', float('nan')):>7.2f}"
+            f"{r['caption_tokens_mean']:>6.1f} {r['images_per_pair']:>8.2f} "
+            f"{r.get('peak_memory_gb', float('nan')):>7.2f}"
         )
 
 

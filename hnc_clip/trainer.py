@@ -102,10 +102,11 @@ def check_parallelism(trainer) -> None:
     """Refuse FSDP up front, naming what works, instead of a stack trace from inside `accelerator.prepare`."""
     if getattr(trainer, "is_fsdp_enabled", False):
         raise UnsupportedParallelismError(
-            "FSDP is not supported: FSDP2's fully_shard refuses CLIP's 0-dim `logit_scale` parameter (\"fully_shard "
-            "doesn't support scalar parameters\"; seen with torch 2.11 on an H100), and changing its shape would break "
-            "loading the checkpoint as a CLIPModel. Use DDP (accelerate_configs/multi_gpu.yaml) or DeepSpeed ZeRO-2/3 "
-            "(accelerate_configs/zero2.yaml, zero3.yaml), which shard optimizer state and parameters too."
+            "FSDP is not supported: FSDP2's fully_shard refuses CLIP's 0-dim `logit_scale` parameter "
+            "(\"fully_shard doesn't support scalar parameters\"; seen with torch 2.11 on an H200), and changing its "
+            "shape would break loading the checkpoint as a CLIPModel. Use DDP (accelerate_configs/multi_gpu.yaml) or "
+            "DeepSpeed ZeRO-2/3 (accelerate_configs/zero2.yaml, zero3.yaml), which shard optimizer state and "
+            "parameters too."
         )
 
 
