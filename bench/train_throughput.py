@@ -166,9 +166,9 @@ def build_model(config: CLIPConfig, attn: str, seed: int = 0) -> CLIPModel:
 
 class FlopCounter:
     """FLOPs of one training step (forward + backward) for U images and T captions of length L:
-    U·f_image + T·f_text(L), each counted once on the meta device (a tower's FLOPs are linear in its batch) and memoised. U and T are what
-    the step really encodes: the collator encodes each distinct image and caption of a batch once, so U ≤ B pairs
-    and T ≤ 2B. The U×T logit matmul (< 0.01 % of a step) is left out."""
+    U·f_image + T·f_text(L), each counted once on the meta device (a tower's FLOPs are linear in its batch) and
+    memoised. U and T are what the step really encodes: the collator encodes each distinct image and caption of a
+    batch once, so U ≤ B pairs and T ≤ 2B. The U×T logit matmul (< 0.01 % of a step) is left out."""
 
     def __init__(self, config: CLIPConfig):
         self.config = config
