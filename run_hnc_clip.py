@@ -19,7 +19,7 @@ import transformers
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hnc_clip.args import DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.args import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.data import HncCollator, build_split, with_images
 from hnc_clip.image_cache import pixel_affine, with_cached_images
 from hnc_clip.losses import LOSSES
@@ -30,7 +30,13 @@ logger = logging.getLogger("hnc_clip")
 
 
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments))
+    # Tri-state flags (unset = decided from the machine, see `hnc_clip.args.fast_defaults`): HfArgumentParser wants
+    # a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
+    for action in parser._actions:
+        if action.dest in TRI_STATE_FLAGS:
+            action.nargs, action.const = "?", True
+    return parser
 
 
 def parse_args(argv: list[str] | None = None):

@@ -161,8 +161,24 @@ class HncTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the caption and image columns."}
     )
+    # Fast defaults (issue: "a user gets them without thinking"): unset means decided in __post_init__ from the
+    # machine (`fast_defaults`); any explicit value wins.
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Unset: on where the GPU supports it (and not --fp16/--use_cpu)."},
+    )
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader worker processes. Unset: with a GPU, min(8, CPUs per process - 1); else 0."},
+    )
+    dataloader_persistent_workers: bool | None = field(
+        default=None, metadata={"help": "Keep DataLoader workers between epochs. Unset: on when there are workers."}
+    )
 
     def __post_init__(self):
+        for name, value in fast_defaults(self).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.
         from .losses import LOSSES
         from .modeling import FINETUNE_MODES
@@ -191,3 +207,33 @@ class HncTrainingArguments(TrainingArguments):
             # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
             os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
             os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"
+
+
+# `bool | None` fields that `--flag` alone sets to true (`run_hnc_clip.make_parser` makes the value optional).
+TRI_STATE_FLAGS = ("bf16", "dataloader_persistent_workers")
+
+
+def fast_defaults(
+    args, cuda_bf16: bool | None = None, cpus: int | None = None, local_world_size: int | None = None
+) -> dict:
+    """The machine-dependent defaults of `HncTrainingArguments` (`bf16`, `dataloader_num_workers`,
+    `dataloader_persistent_workers`) for the fields left unset. Workers only help when a GPU computes: on a
+    CPU-only run they would take cores from the model. One core per process is left to the training loop, which
+    launches the kernels. The keyword arguments stand in for the machine in tests."""
+    import torch
+
+    gpu = not args.use_cpu and torch.cuda.is_available()
+    if cuda_bf16 is None:
+        cuda_bf16 = gpu and torch.cuda.is_bf16_supported()
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    workers = args.dataloader_num_workers
+    if workers is None:
+        workers = max(0, min(8, cpus // max(1, local_world_size) - 1)) if gpu or cuda_bf16 else 0
+    return {
+        "bf16": bool(cuda_bf16 and not args.fp16),
+        "dataloader_num_workers": workers,
+        "dataloader_persistent_workers": workers > 0,
+    }

@@ -237,3 +237,29 @@ def test_a_training_step_syncs_with_the_device_once(tmp_path, tiny_clip_dir, sam
     assert per_step == [1, 1, 1]
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     assert 0 <= history[0]["hard_negative_accuracy"] <= 1 and history[0]["logit_scale"] > 0  # still logged, as floats
+
+
+def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
+    from types import SimpleNamespace
+
+    from hnc_clip.args import HncTrainingArguments, fast_defaults
+
+    unset = SimpleNamespace(use_cpu=False, fp16=False, dataloader_num_workers=None)
+    gpu = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=1)
+    assert gpu == {"bf16": True, "dataloader_num_workers": 8, "dataloader_persistent_workers": True}
+    per_rank = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=4)  # 4 CPUs per process
+    assert per_rank["dataloader_num_workers"] == 3
+    fp16 = SimpleNamespace(use_cpu=False, fp16=True, dataloader_num_workers=2)
+    assert fast_defaults(fp16, cuda_bf16=True, cpus=16, local_world_size=1) == {
+        "bf16": False, "dataloader_num_workers": 2, "dataloader_persistent_workers": True}
+    # This machine (no GPU): full precision, data loading in the training process.
+    args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert (args.bf16, args.dataloader_num_workers, args.dataloader_persistent_workers) == (False, 0, False)
+    explicit = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=1)
+    assert (explicit.dataloader_num_workers, explicit.dataloader_persistent_workers) == (1, True)
+    def parsed(*flags):
+        return run_hnc_clip.parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu",
+                                        *flags])[2]
+
+    assert parsed("--bf16").bf16 is True and parsed("--bf16", "false").bf16 is False and parsed().bf16 is False
+    assert parsed("--dataloader_num_workers", "2").dataloader_persistent_workers is True
