@@ -257,6 +257,33 @@ class StepTimer(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
+class StepProfiler(TrainerCallback):
+    """`torch.profiler` over steps [start, start + n) (after the measured ones, so they are not slowed): writes the
+    op table (by self device time on CUDA, self CPU time otherwise; `aten::_local_scalar_dense` rows are host
+    syncs) and a Chrome trace to `out_dir`."""
+
+    def __init__(self, start: int, n: int, out_dir: str, name: str):
+        self.start, self.n, self.out_dir, self.name, self.prof = start, n, out_dir, name, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.start and self.prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=activities, record_shapes=False)
+            self.prof.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.prof is not None and state.global_step >= self.start + self.n:
+            self.prof.__exit__(None, None, None)
+            os.makedirs(self.out_dir, exist_ok=True)
+            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            with open(os.path.join(self.out_dir, f"{self.name}_ops.txt"), "w") as f:
+                f.write(self.prof.key_averages().table(sort_by=sort, row_limit=40))
+            self.prof.export_chrome_trace(os.path.join(self.out_dir, f"{self.name}_trace.json"))
+            self.prof = None
+
+
 class TimedHncTrainer(HncTrainer):
     """`HncTrainer`, recording each step's (pairs B, images encoded U, captions encoded T, caption length L);
     the step itself is the parent's."""
@@ -339,9 +366,11 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         processor.tokenizer, max_length=MAX_TEXT_LENGTH, pixel_affine=affine,
         pad_to_max_length=recipe.pad_to_max_length,
     )
+    measured_end = args.warmup_steps + args.steps
+    profiled = recipe.name in (args.profile or [])
     training_args = HncTrainingArguments(
         output_dir=os.path.join(data["work_dir"], f"out_{recipe.name}"),
-        max_steps=args.warmup_steps + args.steps,
+        max_steps=measured_end + (args.profile_steps if profiled else 0),
         per_device_train_batch_size=args.batch_size,
         learning_rate=1e-5,
         bf16=recipe.bf16,
@@ -367,7 +396,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         train_dataset=dataset,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[timer],
+        callbacks=[timer]
+        + ([StepProfiler(measured_end, args.profile_steps, args.profile_dir, recipe.name)] if profiled else []),
     )
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -376,8 +406,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     total_s = time.perf_counter() - t0
 
     w = args.warmup_steps
-    ends, shapes = timer.ends, trainer.shapes
-    measured = shapes[w : len(ends)]
+    ends = timer.ends[:measured_end]  # profiled steps, if any, come after and are not counted
+    measured = trainer.shapes[w : len(ends)]
     seconds = ends[-1] - ends[w - 1] if w > 0 else ends[-1] - t0
     samples = sum(b for b, _, _, _ in measured)
     step_flops = [flops(u, t, length) for _, u, t, length in measured]
@@ -421,6 +451,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of *_compile variants.")
     parser.add_argument("--variants", nargs="+", default=None, help="Run exactly these variants, in this order.")
     parser.add_argument("--pairs_per_image", type=int, default=8, help="≥ 8 for the *_group8 variants.")
+    parser.add_argument("--profile", nargs="+", default=None, help="Variants to profile (after their measured steps).")
+    parser.add_argument("--profile_steps", type=int, default=3)
+    parser.add_argument("--profile_dir", default=os.path.join(REPO, "bench", "results", "profile"))
     parser.add_argument(
         "--images", type=int, default=None,
         help="JPEGs to write (default: enough for the steps; 4096 on CUDA). Real HNC draws a random batch from 67k "

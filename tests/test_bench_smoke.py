@@ -48,10 +48,19 @@ def test_train_throughput_smoke(tmp_path):
         str(tmp_path),
         "--output",
         str(out),
+        "--profile",
+        "ours",
+        "--profile_steps",
+        "1",
+        "--profile_dir",
+        str(tmp_path / "prof"),
     )
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["variants"]}
     assert list(rows) == ["hf_default", "ours", "ours_cache"]
+    # The profiled step runs after the measured ones and is not counted in them.
+    assert "aten::" in (tmp_path / "prof" / "ours_ops.txt").read_text()
+    assert (tmp_path / "prof" / "ours_trace.json").stat().st_size > 0
     for name, row in rows.items():
         assert "error" not in row, (name, row.get("error"))
         assert row["steps_measured"] == 2 and row["samples_per_s"] > 0 and row["tflops_per_s"] > 0, name
@@ -60,7 +69,7 @@ def test_train_throughput_smoke(tmp_path):
     assert rows["hf_default"]["caption_tokens_mean"] == 77 > rows["ours"]["caption_tokens_mean"]
     assert rows["hf_default"]["tflop_per_step"] > rows["ours"]["tflop_per_step"]
     assert "samples/s" in stdout and "TFLOP/s" in stdout
-    assert os.listdir(tmp_path) == ["train.json"]  # the synthetic data are cleaned up
+    assert sorted(os.listdir(tmp_path)) == ["prof", "train.json"]  # the synthetic data are cleaned up
 
 
 def test_convert_hnc_smoke(tmp_path):
