@@ -33,9 +33,11 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
         rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
         needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
         ids, mask = ids[needed], mask[needed]
-    # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.
-    dtype = unwrap_clip(model).vision_model.embeddings.patch_embedding.weight.dtype
-    pixels = normalize_pixels(inputs["pixel_values"], inputs.get("pixel_affine"), dtype)
+    pixels = inputs["pixel_values"]
+    if not torch.is_floating_point(pixels):  # uint8 rows from the image cache
+        # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.
+        dtype = unwrap_clip(model).vision_model.embeddings.patch_embedding.weight.dtype
+        pixels = normalize_pixels(pixels, inputs.get("pixel_affine"), dtype)
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
     image = out.image_embeds  # [U, D]: each distinct image once
     if inputs.get("image_index") is not None:

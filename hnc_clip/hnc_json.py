@@ -111,20 +111,26 @@ def _parse_member(buf: str, pos: int) -> tuple[str, object, int]:
 class MemberReader:
     """Reads the members of a file's top-level JSON object one at a time, through a window of decoded text.
 
-    Each value is parsed by the C decoder as a whole. A parse that fails because the window ends mid-value is
-    retried with one more chunk; a failure that stays at the same place with more text is the real error,
-    raised as `HncFormatError` with its byte offset. The window keeps the byte offset of its start, so any
+    Each value is parsed by the C decoder as a whole. A parse that fails where the window's end could have cut
+    it (`_maybe_cut`) is retried with one more chunk; any other failure is the file's, raised as `HncFormatError`
+    with its byte offset. The window keeps the byte offset of its start, so any
     member's byte position is known (needed to split a file between processes, `hnc_clip/convert.py`).
     """
 
     def __init__(self, path: str, f, chunk_bytes: int = CHUNK_BYTES, max_entry_bytes: int = MAX_ENTRY_BYTES):
         self.path, self.f, self.chunk_bytes, self.max_entry_bytes = path, f, chunk_bytes, max_entry_bytes
         self.utf8 = codecs.getincrementaldecoder("utf-8")()
-        self.buf, self.start_byte, self.eof, self.ascii = "", f.tell(), False, True
-        self._mark = (0, self.start_byte)  # (index, byte offset) of a known point: byte_at() counts from it
-        self.pos, self.done = 0, False
+        self._start_at(f.tell())
 
     # -- the window ------------------------------------------------------------------------------------------
+    def _start_at(self, byte: int) -> None:
+        """An empty window whose next read is the file's byte `byte`."""
+        self.f.seek(byte)
+        self.utf8.reset()
+        self.buf, self.start_byte, self.eof, self.ascii = "", byte, False, True
+        self._mark = (0, byte)  # (index, byte offset) of a known point: byte_at() counts from it
+        self.pos, self.done = 0, False
+
     def _more(self) -> bool:
         """Append the next chunk to the window; False at the end of the file."""
         if self.eof:
@@ -243,12 +249,8 @@ class MemberReader:
         process reading the previous range stopped exactly here (`hnc_clip/convert.py` does). False: none found.
         """
         self.f.seek(byte)
-        self.buf, self.start_byte, self.eof, self.ascii, self.pos = "", byte, False, True, 0
-        self.utf8.reset()
         lead = self.f.read(4)  # we may land inside a multi-byte character: skip its continuation bytes
-        skip = next((i for i, b in enumerate(lead) if b & 0xC0 != 0x80), len(lead))
-        self.f.seek(byte + skip)
-        self.start_byte, self._mark = byte + skip, (0, byte + skip)
+        self._start_at(byte + next((i for i, b in enumerate(lead) if b & 0xC0 != 0x80), len(lead)))
         self._more()
         search = 0
         while len(self.buf) <= self.max_entry_bytes + self.chunk_bytes:

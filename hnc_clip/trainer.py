@@ -218,9 +218,9 @@ class HncTrainer(Trainer):
             loss = self._gradcache_step(model, inputs)
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
-        return self._settle(model, loss)
+        return self._settle(loss)
 
-    def _settle(self, model, step_loss: torch.Tensor) -> torch.Tensor:
+    def _settle(self, step_loss: torch.Tensor) -> torch.Tensor:
         """Commit this micro-step's metrics if its loss was finite on every process; else mark the optimizer step
         skipped (`SkipNonFiniteSteps` drops its gradients) and count it. Runs after the backward is launched, so
         its one host sync (`.item()`) does not hold the GPU idle while the CPU queues the backward."""
