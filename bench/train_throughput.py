@@ -222,7 +222,10 @@ class PaddedCollator(HncCollator):
 
 @dataclass
 class PerPairCollator(PaddedCollator):
-    """Every pair's image and captions encoded, shared or not (as run_clip.py): undoes the collator's dedup."""
+    """Every pair's image and captions encoded, shared or not, with the padding mask (as run_clip.py): undoes the
+    collator's dedup."""
+
+    omit_padding_mask: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__(features)

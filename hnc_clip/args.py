@@ -175,7 +175,18 @@ class HncTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Keep DataLoader workers between epochs. Unset: on when there are workers."}
     )
 
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Kept False: HncTrainer already skips non-finite steps, whose loss never reaches the log; the "
+            "Trainer's filter would add a host sync per step."
+        },
+    )
+
     def __post_init__(self):
+        # Unset: batches go to the GPU with non-blocking copies from pinned memory. A blocking copy waits for the
+        # previous step's kernels to drain before the CPU may queue this step's, leaving the GPU idle meanwhile.
+        default_accelerator_config = self.accelerator_config is None
         for name, value in fast_defaults(self).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -203,6 +214,8 @@ class HncTrainingArguments(TrainingArguments):
         if self.max_logit_scale <= 0:
             raise ValueError("--max_logit_scale must be > 0")
         super().__post_init__()
+        if default_accelerator_config and self.dataloader_pin_memory:
+            self.accelerator_config.non_blocking = True
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
             os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"

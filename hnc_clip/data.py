@@ -231,7 +231,8 @@ class HncCollator:
           "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
           "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,
           "text_index":     [2·B'] int64  rows 0..B'-1 positives, B'..2B'-1 their hard negatives, as input_ids rows,
-          "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64}
+          "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
+          "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
     where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
     HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute; pairs
     of one image (`--group_by_image`, or chance) share one image encoding, and a repeated caption one text encoding.
@@ -242,6 +243,12 @@ class HncCollator:
     # uint8 pixels (`CachedImageJoin(as_uint8=True)`) are normalised on the device: this [2, 3] (a; b) travels
     # with the batch as "pixel_affine" (`hnc_clip.image_cache.pixel_affine`).
     pixel_affine: object = None
+    # CLIP's text tower is causal and pools at the EOS token, so with right padding no real token ever attends to a
+    # pad: the padding mask changes nothing the loss sees (OpenAI's CLIP has none). Captions are then padded right
+    # and the batch says so ("right_padded"); `hnc_clip.forward.embed` leaves the mask out, which lets SDPA take
+    # its causal flash kernel and skips transformers' mask building (with host syncs that stall the GPU queue).
+    # False: pad on the tokenizer's side and pass the mask (what HF's run_clip.py does).
+    omit_padding_mask: bool = True
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -253,11 +260,14 @@ class HncCollator:
         texts = list(dict.fromkeys(rows))  # each distinct caption once (positives repeat across an image's pairs)
         # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
         # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
-        tok = self.tokenizer(texts, padding=True, return_tensors="pt")
+        side = {"padding_side": "right"} if self.omit_padding_mask else {}
+        tok = self.tokenizer(texts, padding=True, return_tensors="pt", **side)
         lengths = tok["attention_mask"].sum(-1)  # [T]
         truncated = int((lengths > self.max_length).sum())
         if truncated:
-            tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tok = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
+            )
         pixels: dict[str, torch.Tensor] = {}  # image_id -> pixels, in order of first appearance
         for f in kept:
             pixels.setdefault(f["image_id"], f["pixel_values"])
@@ -269,6 +279,8 @@ class HncCollator:
             if self.pixel_affine is None:
                 raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")
             extra["pixel_affine"] = torch.as_tensor(np.stack(self.pixel_affine), dtype=torch.float32)  # [2, 3]
+        if self.omit_padding_mask:
+            extra["right_padded"] = True
         return {
             **extra,
             "pixel_values": stacked,

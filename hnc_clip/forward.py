@@ -28,11 +28,15 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
     """
     ids, mask, text_index = inputs["input_ids"], inputs["attention_mask"], inputs.get("text_index")
+    if inputs.get("right_padded"):
+        # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask).
+        mask = None
     if not with_negatives:
         b = (text_index.shape[0] if text_index is not None else ids.shape[0]) // 2
         rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
         needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
-        ids, mask = ids[needed], mask[needed]
+        ids = ids[needed]
+        mask = mask[needed] if mask is not None else None
     pixels = inputs["pixel_values"]
     if not torch.is_floating_point(pixels):  # uint8 rows from the image cache
         # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.

@@ -44,6 +44,7 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
                 "input_ids": torch.cat([pos_ids[rows], neg_ids[rows]]),
                 "attention_mask": torch.cat([pos_am[rows], neg_am[rows]]),
                 "pixel_affine": inputs.get("pixel_affine"),  # uint8 pixels are normalised per chunk
+                "right_padded": inputs.get("right_padded", False),
             }
         )
     return chunks

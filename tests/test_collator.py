@@ -70,3 +70,45 @@ def test_truncates_to_max_length_keeping_eos():
 
 def test_image_group_id_is_stable():
     assert image_group_id("2386621") == image_group_id("2386621") != image_group_id("2386622")
+
+
+def _captions_batch(padding_side: str, omit_padding_mask: bool = True):
+    words = "the cup is left right of plate a small red blue mug on under table".split()
+    tok = build_word_tokenizer(words, model_max_length=32)
+    tok.padding_side = padding_side
+    px = torch.rand(3, 32, 32)
+    features = [
+        {"pixel_values": px, "positive": "a cup", "negative": "the small red cup is left of the blue plate",
+         "image_id": "a"},
+        {"pixel_values": px, "positive": "the mug is on the table", "negative": "the table is on the mug",
+         "image_id": "a"},
+    ]
+    return tok, HncCollator(tok, max_length=32, omit_padding_mask=omit_padding_mask)(features)
+
+
+def test_captions_are_right_padded_whatever_the_tokenizer_default():
+    tok, batch = _captions_batch("left")
+    assert batch["right_padded"] is True
+    assert batch["attention_mask"][0].tolist()[:5] == [1, 1, 1, 1, 0]  # "a cup" = BOS a cup EOS, then pads
+    # Asked to keep the mask (HF's way), the collator pads on the tokenizer's side and does not vouch for it.
+    tok, batch = _captions_batch("left", omit_padding_mask=False)
+    assert "right_padded" not in batch
+    assert batch["attention_mask"][0].tolist()[-4:] == [1, 1, 1, 1] and batch["attention_mask"][0, 0] == 0
+
+
+def test_the_omitted_padding_mask_changes_no_embedding():
+    """Causal text tower pooled at EOS + right padding: embeddings without the mask equal those with it. The same
+    omission on left-padded captions changes them (so the check would catch a collator that padded left)."""
+    from hnc_clip.forward import embed
+    from hnc_clip.tiny import build_tiny_clip
+
+    tok, batch = _captions_batch("left")
+    model = build_tiny_clip(len(tok), image_size=32, num_layers=2).eval()
+    with torch.no_grad():
+        fast = embed(model, batch)
+        masked = embed(model, {**batch, "right_padded": False})
+        for name in ("image", "positive", "negative"):
+            torch.testing.assert_close(getattr(fast, name), getattr(masked, name), rtol=0, atol=1e-6)
+        _, left = _captions_batch("left", omit_padding_mask=False)
+        left_masked, left_unmasked = embed(model, left), embed(model, {**left, "right_padded": True})
+        assert (left_unmasked.positive - left_masked.positive).abs().max() > 1e-3

@@ -212,30 +212,47 @@ def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
         CLIPModel.from_pretrained(tiny_clip_dir).get_input_embeddings()  # what load_model works around
 
 
-def test_a_training_step_syncs_with_the_device_once(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
-    """Metrics are recorded as device tensors; the only `.item()` in a step is the finite-loss check, made after the
-    backward is queued. (Each `.item()` on CUDA stalls the CPU until the GPU is done, so the next kernels queue late:
-    a step full of them is launch-bound.)"""
-    from hnc_clip.trainer import HncTrainer
+def test_a_training_step_syncs_with_the_device_once(tmp_path, tiny_clip_dir, sample_image_dir):
+    """From step begin to step end (forward, loss, backward, clipping, optimizer, callbacks) the CPU waits for the
+    device once: the finite-loss check, made after the backward is queued. Every host read of a tensor value
+    (`.item()`, `bool(t)`, `if t:`) runs `aten::_local_scalar_dense`, so the profiler counts them all. (Each one
+    on CUDA stalls the CPU until the GPU is done, so the next kernels queue late: a step full of them is
+    launch-bound. Metrics are summed as device tensors; the Trainer's nan filter is off; captions are right-padded
+    so transformers builds no padding mask, which would read the mask on the host.)"""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
 
-    items, per_step = [0], []
-    real_item, real_step = torch.Tensor.item, HncTrainer.training_step
+    class CountSyncs(TrainerCallback):
+        def __init__(self):
+            self.per_step, self.prof = [], None
 
-    def counting_item(self):
-        items[0] += 1
-        return real_item(self)
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.prof = profile(activities=[ProfilerActivity.CPU])
+            self.prof.__enter__()
 
-    def counted_step(self, *args, **kwargs):
-        items[0] = 0
-        out = real_step(self, *args, **kwargs)
-        per_step.append(items[0])
-        return out
+        def on_step_end(self, args, state, control, **kwargs):
+            self.prof.__exit__(None, None, None)
+            self.per_step.append(sum(1 for e in self.prof.events() if e.name == "aten::_local_scalar_dense"
+                                     and not within(e, "aten::_fused_adamw_")))
 
-    monkeypatch.setattr(torch.Tensor, "item", counting_item)
-    monkeypatch.setattr(HncTrainer, "training_step", counted_step)
-    results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--logging_steps", "2")
-    assert per_step == [1, 1, 1]
-    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    def within(event, name):
+        # The CPU fused-AdamW kernel reads each parameter's step counter on the host (CPU tensors: no device to
+        # wait for); the CUDA kernel reads them on the device.
+        while event is not None and event.name != name:
+            event = event.cpu_parent
+        return event is not None
+
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
+        str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
+        "--max_steps", "3", "--per_device_train_batch_size", "8", "--logging_steps", "2", "--save_strategy", "no",
+        "--use_cpu", "--dataloader_num_workers", "0",
+    ]
+    counter = CountSyncs()
+    run_hnc_clip.main(*run_hnc_clip.parse_args(argv), callbacks=[counter])
+    assert counter.per_step == [1, 1, 1]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert 0 <= history[0]["hard_negative_accuracy"] <= 1 and history[0]["logit_scale"] > 0  # still logged, as floats
 
 
@@ -263,3 +280,11 @@ def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
 
     assert parsed("--bf16").bf16 is True and parsed("--bf16", "false").bf16 is False and parsed().bf16 is False
     assert parsed("--dataloader_num_workers", "2").dataloader_persistent_workers is True
+    # Non-blocking host-to-device copies from pinned memory (none on --use_cpu, where the Trainer pins nothing);
+    # the Trainer's per-step nan filter (a host sync) off.
+    def blocking(**kw):
+        return not HncTrainingArguments(output_dir=str(tmp_path), **kw).accelerator_config.non_blocking
+
+    assert not blocking() and blocking(dataloader_pin_memory=False) and blocking(use_cpu=True)
+    assert blocking(accelerator_config={"non_blocking": False})
+    assert parsed().logging_nan_inf_filter is False
