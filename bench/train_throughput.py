@@ -30,6 +30,7 @@ step's padded length). TFLOP/s therefore counts padding tokens as work: `hf_defa
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import logging
@@ -41,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,42 +251,111 @@ class _PadToMax:
 
 
 class StepTimer(TrainerCallback):
-    """Wall time at each optimizer-step end, after the device has finished the step's work."""
+    """Each optimizer step's end as a device event (CUDA) and a wall time. The device is synchronised only at
+    `sync_at` steps (the measured window's two ends), not at every step: a per-step sync would stop the CPU
+    from queueing the next step while the GPU finishes this one, which training never does."""
 
-    def __init__(self):
-        self.ends: list[float] = []
+    def __init__(self, sync_at: set[int]):
+        self.sync_at, self.ends, self.events = sync_at, {}, []
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available() and args.device.type == "cuda":
+        cuda = torch.cuda.is_available() and args.device.type == "cuda"
+        if cuda:
+            self.events.append(torch.cuda.Event(enable_timing=True))
+            self.events[-1].record()
+        if state.global_step in self.sync_at or not cuda:
+            if cuda:
+                torch.cuda.synchronize()
+            self.ends[state.global_step] = time.perf_counter()
+
+    def step_ms(self, first: int, last: int) -> list[float]:
+        """Durations of steps first+1..last (1-based global steps), from device events on CUDA."""
+        if self.events:
             torch.cuda.synchronize()
-        self.ends.append(time.perf_counter())
+            return [self.events[i - 1].elapsed_time(self.events[i]) for i in range(first, last)]
+        return []
 
 
 class StepProfiler(TrainerCallback):
-    """`torch.profiler` over steps [start, start + n) (after the measured ones, so they are not slowed): writes the
-    op table (by self device time on CUDA, self CPU time otherwise; `aten::_local_scalar_dense` rows are host
-    syncs) and a Chrome trace to `out_dir`."""
+    """`torch.profiler` over steps [start, start + n) (after the measured ones, so they are not slowed): writes
+    the op table (by self device time on CUDA, self CPU time otherwise), a gzipped Chrome trace and a summary of
+    where a step's time goes (`summarize_profile`). On CUDA it also sets `torch.cuda.set_sync_debug_mode("warn")`
+    for those steps and counts each host sync by the Python line that caused it."""
 
     def __init__(self, start: int, n: int, out_dir: str, name: str):
         self.start, self.n, self.out_dir, self.name, self.prof = start, n, out_dir, name, None
+        self.summary: dict = {}
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == self.start and self.prof is None:
             from torch.profiler import ProfilerActivity, profile
 
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            cuda = torch.cuda.is_available()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            if cuda:
+                torch.cuda.synchronize()
             self.prof = profile(activities=activities, record_shapes=False)
             self.prof.__enter__()
+            self.t0 = time.perf_counter()
+            self.warnings = warnings.catch_warnings(record=True)
+            self.caught = self.warnings.__enter__()
+            warnings.simplefilter("always")
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.prof is not None and state.global_step >= self.start + self.n:
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.synchronize()
+            wall_ms = 1000 * (time.perf_counter() - self.t0)
+            self.warnings.__exit__(None, None, None)
             self.prof.__exit__(None, None, None)
             os.makedirs(self.out_dir, exist_ok=True)
-            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
             with open(os.path.join(self.out_dir, f"{self.name}_ops.txt"), "w") as f:
                 f.write(self.prof.key_averages().table(sort_by=sort, row_limit=40))
-            self.prof.export_chrome_trace(os.path.join(self.out_dir, f"{self.name}_trace.json"))
+            self.prof.export_chrome_trace(os.path.join(self.out_dir, f"{self.name}_trace.json.gz"))
+            syncs = collections.Counter(
+                f"{os.path.relpath(w.filename, REPO) if w.filename.startswith(REPO) else w.filename}:{w.lineno}"
+                for w in self.caught
+                if "synchroniz" in str(w.message)
+            )
+            self.summary = summarize_profile(self.prof, self.n, wall_ms, syncs)
+            with open(os.path.join(self.out_dir, f"{self.name}_summary.json"), "w") as f:
+                json.dump(self.summary, f, indent=1)
             self.prof = None
+
+
+def summarize_profile(prof, steps: int, wall_ms: float, syncs: collections.Counter) -> dict:
+    """Per step: wall time, GPU kernel time (sum of kernel durations: compute the GPU did), kernel launches, and
+    the CPU time spent waiting on the device (synchronise calls, blocking copies), in the data loader and in the
+    optimizer; plus the host syncs by source line. Wall ≫ GPU kernel time means the GPU waits for the CPU."""
+
+    from torch.autograd import DeviceType
+
+    def cpu_ms(match) -> float:
+        return sum(e.cpu_time_total for e in prof.key_averages() if match(e.key)) / 1000 / steps
+
+    averages = prof.key_averages()
+    launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall_ms / steps,
+        "gpu_kernel_ms_per_step": sum(
+            e.self_device_time_total
+            for e in averages  # device-side rows (kernels, copies), as the op table's own total counts them
+            if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ) / 1000 / steps,
+        "kernel_launches_per_step": launches / steps,
+        "cpu_wait_on_device_ms_per_step": cpu_ms(lambda k: k in waits),
+        "dataloader_next_ms_per_step": cpu_ms(lambda k: k.startswith("enumerate(DataLoader)")),
+        "optimizer_step_ms_per_step": cpu_ms(lambda k: k.startswith("Optimizer.step#")),
+        "host_syncs_per_step": sum(syncs.values()) / steps,
+        "host_syncs_by_line": dict(syncs.most_common(20)),
+    }
 
 
 class TimedHncTrainer(HncTrainer):
@@ -320,6 +391,7 @@ class Recipe:
     encode_shared_once: bool = True  # HncCollator's dedup; False: PerPairCollator (run_clip.py's way)
     image_cache: bool = False  # uint8 rows from `hnc_clip.image_cache`, normalised on the device (as training does)
     group_by_image: int = 0  # `--group_by_image k`: batches of k-pair groups sharing an image (HNC's structure)
+    batch_size: int | None = None  # pairs per step; None: --batch_size
 
 
 def recipes(args) -> list[Recipe]:
@@ -339,6 +411,10 @@ def recipes(args) -> list[Recipe]:
             replace(cached, name="ours_cache_compile", torch_compile=True),
             replace(cached, name="ours_cache_group8", group_by_image=8),
             replace(cached, name="ours_cache_group8_compile", group_by_image=8, torch_compile=True),
+            # CLIP trains on large batches (more in-batch negatives); per-step CPU work (Python, kernel launches)
+            # is the same at any batch, so a larger one spends a larger share of the step computing.
+            replace(cached, name="ours_cache_b1024", batch_size=1024),
+            replace(cached, name="ours_cache_b1024_compile", batch_size=1024, torch_compile=True),
         )
     }
     names = args.variants or (
@@ -371,10 +447,11 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     )
     measured_end = args.warmup_steps + args.steps
     profiled = recipe.name in (args.profile or [])
+    batch_size = recipe.batch_size or args.batch_size
     training_args = HncTrainingArguments(
         output_dir=os.path.join(data["work_dir"], f"out_{recipe.name}"),
         max_steps=measured_end + (args.profile_steps if profiled else 0),
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=batch_size,
         learning_rate=1e-5,
         bf16=recipe.bf16,
         optim=recipe.optim,
@@ -392,15 +469,16 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         disable_tqdm=True,
         seed=args.seed,
     )
-    timer = StepTimer()
+    w = args.warmup_steps
+    timer = StepTimer(sync_at={w, measured_end})
+    profiler = StepProfiler(measured_end, args.profile_steps, args.profile_dir, recipe.name) if profiled else None
     trainer = TimedHncTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=processor,
-        callbacks=[timer]
-        + ([StepProfiler(measured_end, args.profile_steps, args.profile_dir, recipe.name)] if profiled else []),
+        callbacks=[timer] + ([profiler] if profiler else []),
     )
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -408,17 +486,20 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     trainer.train()
     total_s = time.perf_counter() - t0
 
-    w = args.warmup_steps
-    ends = timer.ends[:measured_end]  # profiled steps, if any, come after and are not counted
-    measured = trainer.shapes[w : len(ends)]
-    seconds = ends[-1] - ends[w - 1] if w > 0 else ends[-1] - t0
+    measured = trainer.shapes[w:measured_end]  # profiled steps, if any, come after and are not counted
+    seconds = timer.ends[measured_end] - (timer.ends[w] if w > 0 else t0)
     samples = sum(b for b, _, _, _ in measured)
     step_flops = [flops(u, t, length) for _, u, t, length in measured]
+    if timer.events:  # CUDA: device-side step durations, no per-step sync
+        step_ms = timer.step_ms(max(w, 1), measured_end)
+    else:  # CPU: every step's end was timed
+        step_ms = 1000 * np.diff([timer.ends[i] for i in range(max(w, 1), measured_end + 1)])
     result = {
         **asdict(recipe),
+        "batch_size": batch_size,
         "steps_measured": len(measured),
         "samples_per_s": samples / seconds,
-        "step_ms_median": 1000 * statistics.median(np.diff(ends[max(w - 1, 0) :]).tolist() or [seconds]),
+        "step_ms_median": statistics.median(list(step_ms) or [1000 * seconds]),
         "tflops_per_s": sum(step_flops) / seconds / 1e12,
         "tflop_per_step": statistics.mean(step_flops) / 1e12,
         "caption_tokens_mean": statistics.mean(length for *_, length in measured),
@@ -430,6 +511,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     if args.peak_tflops:
         result["mfu"] = result["tflops_per_s"] / args.peak_tflops
+    if profiler is not None and profiler.summary:
+        result["profile"] = profiler.summary
     del trainer, model
     gc.collect()  # persistent workers exit with their DataLoader
     if args.device == "cuda":
@@ -473,8 +556,8 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_data(args, work_dir: str) -> dict:
-    n_pairs = args.batch_size * (args.warmup_steps + args.steps)
+def prepare_data(args, work_dir: str, batch_size: int) -> dict:
+    n_pairs = batch_size * (args.warmup_steps + args.steps)
     n_images = max(2, math.ceil(n_pairs / args.pairs_per_image), args.images or 0)
     t0 = time.perf_counter()
     image_dir = os.path.join(work_dir, "images")
@@ -525,7 +608,7 @@ def print_table(rows: list[dict]) -> None:
     base = next((r for r in ok if r["name"] == "hf_default"), ok[0] if ok else None)
     print(f"speedup: vs {base['name'] if base else '-'}")
     print(
-        f"{'variant':<26} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'variant':<26} {'batch':>5} {'samples/s':>10} {'speedup':>8} {'step ms':>8} {'TFLOP/s':>8} {'MFU':>6} "
         f"{'TFLOP/step':>10} {'tokens':>6} {'img/pair':>8} {'peak GB':>7}"
     )
     for r in rows:
@@ -534,11 +617,23 @@ def print_table(rows: list[dict]) -> None:
             continue
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         print(
-            f"{r['name']:<26} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x {r['step_ms_median']:>8.1f} "
+            f"{r['name']:<26} {r['batch_size']:>5} {r['samples_per_s']:>10.1f} {speedup:>7.2f}x "
+            f"{r['step_ms_median']:>8.1f} "
             f"{r['tflops_per_s']:>8.3f} {r.get('mfu', float('nan')):>6.1%} {r['tflop_per_step']:>10.4f} "
             f"{r['caption_tokens_mean']:>6.1f} {r['images_per_pair']:>8.2f} "
             f"{r.get('peak_memory_gb', float('nan')):>7.2f}"
         )
+    for r in ok:
+        if "profile" in r:
+            p = r["profile"]
+            print(
+                f"profile {r['name']}: per step {p['wall_ms_per_step']:.1f} ms wall, "
+                f"{p['gpu_kernel_ms_per_step']:.1f} ms GPU kernels, {p['kernel_launches_per_step']:.0f} launches, "
+                f"{p['cpu_wait_on_device_ms_per_step']:.1f} ms CPU waiting on the device, "
+                f"{p['dataloader_next_ms_per_step']:.1f} ms in the data loader, "
+                f"{p['optimizer_step_ms_per_step']:.1f} ms optimizer, {p['host_syncs_per_step']:.1f} host syncs "
+                f"{p['host_syncs_by_line']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -571,9 +666,9 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"machine": machine, "args": vars(args), "flops": "counted: FlopCounterMode, fwd+bwd, meta device"}
     rows: list[dict] = []
     try:
-        data = prepare_data(args, work_dir)
-        result["data"] = data["info"]
         todo = recipes(args)
+        data = prepare_data(args, work_dir, max(r.batch_size or args.batch_size for r in todo))
+        result["data"] = data["info"]
         if any(r.image_cache for r in todo):
             build_cache(args, data)
         flops = FlopCounter(data["config"])

@@ -60,7 +60,10 @@ def test_train_throughput_smoke(tmp_path):
     assert list(rows) == ["hf_default", "ours", "ours_cache"]
     # The profiled step runs after the measured ones and is not counted in them.
     assert "aten::" in (tmp_path / "prof" / "ours_ops.txt").read_text()
-    assert (tmp_path / "prof" / "ours_trace.json").stat().st_size > 0
+    assert (tmp_path / "prof" / "ours_trace.json.gz").stat().st_size > 0
+    summary = rows["ours"]["profile"]  # where the profiled step's time went (also in prof/ours_summary.json)
+    assert summary["steps"] == 1 and summary["wall_ms_per_step"] > 0 and summary["optimizer_step_ms_per_step"] > 0
+    assert json.loads((tmp_path / "prof" / "ours_summary.json").read_text()) == summary
     for name, row in rows.items():
         assert "error" not in row, (name, row.get("error"))
         assert row["steps_measured"] == 2 and row["samples_per_s"] > 0 and row["tflops_per_s"] > 0, name
