@@ -55,6 +55,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback  
 
 from hnc_clip.args import HncTrainingArguments  # noqa: E402
 from hnc_clip.data import HncCollator, load_hnc_pairs, with_images  # noqa: E402
+from hnc_clip.modeling import patch_embedding_as_matmul  # noqa: E402
 from hnc_clip.tiny import EOS_ID, build_image_processor, build_word_tokenizer, words_of  # noqa: E402
 from hnc_clip.trainer import HncTrainer  # noqa: E402
 
@@ -392,6 +393,8 @@ class Recipe:
     image_cache: bool = False  # uint8 rows from `hnc_clip.image_cache`, normalised on the device (as training does)
     group_by_image: int = 0  # `--group_by_image k`: batches of k-pair groups sharing an image (HNC's structure)
     batch_size: int | None = None  # pairs per step; None: --batch_size
+    patch_matmul: bool = True  # `--patch_embedding_as_matmul` (the default); False: cuDNN's 32x32 convolution
+    cudnn_attention: bool = False  # `--cudnn_attention`: SDPA may pick cuDNN (a plan per new shape)
 
 
 def recipes(args) -> list[Recipe]:
@@ -404,7 +407,10 @@ def recipes(args) -> list[Recipe]:
     known = {
         r.name: r
         for r in (
-            Recipe("hf_default", attn="eager", pad_to_max_length=True, optim="adamw_torch", encode_shared_once=False),
+            Recipe(
+                "hf_default", attn="eager", pad_to_max_length=True, optim="adamw_torch", encode_shared_once=False,
+                patch_matmul=False,
+            ),
             ours,
             replace(cached, name="ours_cache"),
             replace(ours, name="ours_compile", torch_compile=True),
@@ -415,6 +421,11 @@ def recipes(args) -> list[Recipe]:
             # is the same at any batch, so a larger one spends a larger share of the step computing.
             replace(cached, name="ours_cache_b1024", batch_size=1024),
             replace(cached, name="ours_cache_b1024_compile", batch_size=1024, torch_compile=True),
+            # Ablations: each undoes one default of ours.
+            replace(cached, name="ours_cache_b1024_compile_conv", batch_size=1024, torch_compile=True,
+                    patch_matmul=False),
+            replace(cached, name="ours_cache_b1024_compile_cudnn", batch_size=1024, torch_compile=True,
+                    cudnn_attention=True),
         )
     }
     names = args.variants or (
@@ -432,6 +443,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     # set for every variant, since it is process-wide and the variants share the process.
     torch.set_float32_matmul_precision("high" if recipe.tf32 else "highest")
     model = build_model(data["config"], recipe.attn, args.seed)
+    if recipe.patch_matmul:
+        patch_embedding_as_matmul(model)  # what load_model does for --patch_embedding_as_matmul (default)
     processor = data["processor"]
     affine = None
     if recipe.image_cache:
@@ -457,6 +470,7 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         optim=recipe.optim,
         torch_compile=recipe.torch_compile,
         group_by_image=recipe.group_by_image,
+        cudnn_attention=recipe.cudnn_attention,
         torch_compile_backend=args.compile_backend if recipe.torch_compile else None,
         dataloader_num_workers=recipe.num_workers,
         dataloader_pin_memory=recipe.pin_memory,

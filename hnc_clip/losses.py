@@ -123,8 +123,10 @@ def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogi
     i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·B]
     p2i = s * loc.positive @ glob.image.T  # [B, W·B]
     if mask_same_image and loc.image_ids is not None and glob.image_ids is not None:
-        same = loc.image_ids[:, None] == glob.image_ids[None, :]  # [B, W·B]
-        same[torch.arange(b, device=same.device), labels] = False  # the true pair stays
+        columns = torch.arange(glob.image_ids.shape[0], device=labels.device)  # [W·B]
+        # Same image, except the true pair. (Not `same[rows, labels] = False`: assigning a Python scalar copies it
+        # to the device, a blocking copy that stalls the CPU every step.)
+        same = (loc.image_ids[:, None] == glob.image_ids[None, :]) & (columns[None, :] != labels[:, None])  # [B, W·B]
         i2p = i2p.masked_fill(same, float("-inf"))
         p2i = p2i.masked_fill(same, float("-inf"))
     return ContrastiveLogits(i2p, i2n, p2i, labels)

@@ -12,6 +12,8 @@ import types
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import AutoProcessor, CLIPModel
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,44 @@ def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
         use_safetensors=True,
         dtype=dtype,
     )
+    if getattr(model_args, "patch_embedding_as_matmul", False):
+        patch_embedding_as_matmul(model)
     return with_input_embeddings(model)
+
+
+class PatchEmbeddingAsMatmul(nn.Conv2d):
+    """A ViT patch embedding (`nn.Conv2d` with stride = kernel, no padding) computed as one matrix product over the
+    image's non-overlapping patches: the same parameters, state dict and function as the convolution.
+
+    Why: cuDNN's kernels for CLIP's 32×32 filters are slow. ViT-B/32 at batch 1,024 on an H100 (profiled): 6.4 ms
+    forward + 8.7 ms weight gradient per step, 7 % of the GPU time, for 0.24 TFLOP each way that a bf16 matrix
+    product does in well under a millisecond.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, C, H, W]
+        n, c, h, w = x.shape
+        (p, q), d = self.kernel_size, self.out_channels
+        gh, gw = h // p, w // q  # the convolution drops a remainder row/column of pixels too
+        patches = x[:, :, : gh * p, : gw * q].reshape(n, c, gh, p, gw, q)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * p * q)  # [N, L, C·p·q], (c, i, j) order
+        out = F.linear(patches, self.weight.reshape(d, c * p * q), self.bias)  # [N, L, D]
+        return out.transpose(1, 2).reshape(n, d, gh, gw)  # [N, D, gh, gw], as the convolution returns it
+
+
+def patch_embedding_as_matmul(model: CLIPModel) -> CLIPModel:
+    """Switch the vision tower's patch embedding to `PatchEmbeddingAsMatmul` in place (class swap: parameters,
+    hooks and saved checkpoints unchanged) when it is a plain patchifying convolution; else leave it."""
+    conv = getattr(getattr(getattr(model, "vision_model", None), "embeddings", None), "patch_embedding", None)
+    if (
+        type(conv) is nn.Conv2d
+        and conv.stride == conv.kernel_size
+        and conv.padding in ((0, 0), "valid")
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    ):
+        conv.__class__ = PatchEmbeddingAsMatmul
+    return model
 
 
 def with_input_embeddings(model: CLIPModel) -> CLIPModel:

@@ -10,12 +10,14 @@ The model is built in the entry script, not here (as trl's trainers take a ready
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
 
 from .forward import build_loss_inputs, embed  # noqa: F401  (re-exported: `from hnc_clip.trainer import embed`)
@@ -27,6 +29,7 @@ from .schedules import SCHEDULES
 
 # Counted per log period (summed), where every other recorded value is averaged.
 COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
+SDPA_WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 logger = logging.getLogger(__name__)
@@ -212,6 +215,12 @@ class HncTrainer(Trainer):
         else:
             self._add_all("eval", metrics)
         return (loss, components) if return_outputs else loss
+
+    def compute_loss_context_manager(self) -> contextlib.ExitStack:
+        stack = super().compute_loss_context_manager()
+        if not self.args.cudnn_attention:  # see HncTrainingArguments.cudnn_attention
+            stack.enter_context(sdpa_kernel(SDPA_WITHOUT_CUDNN))
+        return stack
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.args.gradcache_chunk_size:

@@ -288,3 +288,57 @@ def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
     assert not blocking() and blocking(dataloader_pin_memory=False) and blocking(use_cpu=True)
     assert blocking(accelerator_config={"non_blocking": False})
     assert parsed().logging_nan_inf_filter is False
+
+
+def test_attention_avoids_cudnn_unless_asked(tmp_path):
+    """cuDNN's SDPA builds a plan per new shape (~50 ms on an H100), and every batch here has a new shape: the
+    loss runs with flash / memory-efficient / math attention only, unless --cudnn_attention."""
+    from hnc_clip.args import HncTrainingArguments
+    from hnc_clip.tiny import build_tiny_clip
+    from hnc_clip.trainer import HncTrainer
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    seen = {}
+    for flag in (False, True):
+        args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, cudnn_attention=flag, report_to="none")
+        trainer = HncTrainer(model=build_tiny_clip(16), args=args)
+        with trainer.compute_loss_context_manager():
+            seen[flag] = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards: nothing global changes
+    assert seen == {False: (False, True), True: (True, True)}
+
+
+def test_patch_embedding_as_matmul_is_the_convolution(tmp_path, tiny_clip_dir):
+    """Same function (values and weight gradients, also when the image is not a whole number of patches), same
+    parameters, and a checkpoint saved from the swapped model loads as a plain CLIPModel with equal weights."""
+    from transformers import CLIPModel
+
+    from hnc_clip.args import ModelArguments
+    from hnc_clip.modeling import PatchEmbeddingAsMatmul, load_model
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 12, kernel_size=8, stride=8, bias=False)
+    fast = torch.nn.Conv2d(3, 12, kernel_size=8, stride=8, bias=False)
+    fast.load_state_dict(conv.state_dict())
+    fast.__class__ = PatchEmbeddingAsMatmul
+    for size in ((32, 32), (35, 41)):
+        x = torch.randn(5, 3, *size, dtype=torch.float64)
+        want, got = conv.double()(x), fast.double()(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(want)
+        (dw_want,) = torch.autograd.grad((want * g).sum(), conv.weight)
+        (dw_got,) = torch.autograd.grad((got * g).sum(), fast.weight)
+        torch.testing.assert_close(dw_got, dw_want, rtol=1e-12, atol=1e-12)
+
+    model = load_model(ModelArguments(model_name_or_path=str(tiny_clip_dir)))
+    assert type(model.vision_model.embeddings.patch_embedding) is PatchEmbeddingAsMatmul
+    plain = load_model(ModelArguments(model_name_or_path=str(tiny_clip_dir), patch_embedding_as_matmul=False))
+    assert type(plain.vision_model.embeddings.patch_embedding) is torch.nn.Conv2d
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.get_image_features(pixel_values=pixels).pooler_output,
+                               plain.get_image_features(pixel_values=pixels).pooler_output, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = CLIPModel.from_pretrained(tmp_path / "saved")
+    assert type(reloaded.vision_model.embeddings.patch_embedding) is torch.nn.Conv2d
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in plain.state_dict().items())
