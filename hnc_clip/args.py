@@ -182,13 +182,13 @@ class HncTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Keep DataLoader workers between epochs. Unset: on when there are workers."}
     )
 
-    cudnn_attention: bool = field(
-        default=False,
+    sdpa_backends: list[str] = field(
+        default_factory=lambda: ["flash", "efficient", "math"],
         metadata={
-            "help": "Let SDPA use cuDNN's attention kernels. Off by default: cuDNN builds an execution plan for each "
-            "new (batch, length) shape (40-66 ms each on an H100), and this recipe's batches change shape at every "
-            "step (dynamic padding, one encoding per distinct image and caption); flash/memory-efficient "
-            "attention has no such cost."
+            "help": "Attention kernels SDPA may choose from (`flash`, `efficient`, `math`, `cudnn`; PyTorch picks "
+            "among them). cuDNN is left out by default: it builds an execution plan for each new (batch, length) "
+            "shape (40-66 ms each on an H100), and this recipe's batches change shape at every step (dynamic "
+            "padding, one encoding per distinct image and caption)."
         },
     )
     logging_nan_inf_filter: bool = field(
@@ -227,6 +227,11 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError("--gradcache_chunk_size must be >= 0")
         if self.gradcache_chunk_size and (spec.needs_reference or spec.needs_initial_params):
             raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
+        from .trainer import SDPA_BACKENDS
+
+        unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
+        if unknown or not self.sdpa_backends:
+            raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
         if self.max_logit_scale <= 0:
             raise ValueError("--max_logit_scale must be > 0")
         super().__post_init__()

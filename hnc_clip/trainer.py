@@ -29,7 +29,13 @@ from .schedules import SCHEDULES
 
 # Counted per log period (summed), where every other recorded value is averaged.
 COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
-SDPA_WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# `--sdpa_backends` names → torch's SDPA backends.
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 
 
 logger = logging.getLogger(__name__)
@@ -218,8 +224,8 @@ class HncTrainer(Trainer):
 
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
-        if not self.args.cudnn_attention:  # see HncTrainingArguments.cudnn_attention
-            stack.enter_context(sdpa_kernel(SDPA_WITHOUT_CUDNN))
+        # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
+        stack.enter_context(sdpa_kernel([SDPA_BACKENDS[name] for name in self.args.sdpa_backends]))
         return stack
 
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -292,20 +292,32 @@ def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
 
 def test_attention_avoids_cudnn_unless_asked(tmp_path):
     """cuDNN's SDPA builds a plan per new shape (~50 ms on an H100), and every batch here has a new shape: the
-    loss runs with flash / memory-efficient / math attention only, unless --cudnn_attention."""
+    loss runs with flash / memory-efficient / math attention only, unless --sdpa_backends names cudnn."""
+    import pytest
+
     from hnc_clip.args import HncTrainingArguments
     from hnc_clip.tiny import build_tiny_clip
     from hnc_clip.trainer import HncTrainer
 
-    assert torch.backends.cuda.cudnn_sdp_enabled()
+    def enabled():
+        b = torch.backends.cuda
+        return {"flash": b.flash_sdp_enabled(), "efficient": b.mem_efficient_sdp_enabled(),
+                "math": b.math_sdp_enabled(), "cudnn": b.cudnn_sdp_enabled()}
+
+    before = enabled()
+    assert all(before.values())
     seen = {}
-    for flag in (False, True):
-        args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, cudnn_attention=flag, report_to="none")
+    for backends in (None, ["math"], ["cudnn", "flash"]):
+        kw = {} if backends is None else {"sdpa_backends": backends}
+        args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
         trainer = HncTrainer(model=build_tiny_clip(16), args=args)
         with trainer.compute_loss_context_manager():
-            seen[flag] = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())
-        assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards: nothing global changes
-    assert seen == {False: (False, True), True: (True, True)}
+            seen[str(backends)] = sorted(k for k, v in enabled().items() if v)
+        assert enabled() == before  # restored afterwards: nothing global changes
+    assert seen == {
+        "None": ["efficient", "flash", "math"], "['math']": ["math"], "['cudnn', 'flash']": ["cudnn", "flash"]}
+    with pytest.raises(ValueError, match="--sdpa_backends must name some of"):
+        HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, sdpa_backends=["fast"])
 
 
 def test_patch_embedding_as_matmul_is_the_convolution(tmp_path, tiny_clip_dir):
