@@ -45,7 +45,7 @@ class DemoArguments:
     num_recognition_per_class: int = field(default=20, metadata={"help": "Zero-shot images per colour×shape."})
     pretrain_steps: int = field(default=800, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
-    finetune_steps: int = field(default=1000, metadata={"help": "Steps of each fine-tuning run (both losses)."})
+    finetune_steps: int = field(default=1300, metadata={"help": "Steps of each fine-tuning run (both losses)."})
     finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
     finetune_batch_size: int = field(default=512, metadata={"help": "Pairs per fine-tuning batch (both losses)."})
