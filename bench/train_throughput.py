@@ -395,6 +395,7 @@ class Recipe:
     batch_size: int | None = None  # pairs per step; None: --batch_size
     patch_matmul: bool = True  # `--patch_embedding_as_matmul` (the default); False: cuDNN's 32x32 convolution
     sdpa_backends: tuple[str, ...] = ("flash", "efficient", "math")  # `--sdpa_backends` (the default)
+    compile_regions: bool = True  # `--compile_regions` (the default); False: the whole model as one graph
 
 
 def recipes(args) -> list[Recipe]:
@@ -422,6 +423,9 @@ def recipes(args) -> list[Recipe]:
             replace(cached, name="ours_cache_b1024", batch_size=1024),
             replace(cached, name="ours_cache_b1024_compile", batch_size=1024, torch_compile=True),
             replace(cached, name="ours_cache_b2048_compile", batch_size=2048, torch_compile=True),
+            # The whole model as one graph: embeddings, layer norms and projections fused too, fewer launches.
+            replace(cached, name="ours_cache_b1024_compile_full", batch_size=1024, torch_compile=True,
+                    compile_regions=False),
             # Ablations: each undoes one default of ours.
             replace(cached, name="ours_cache_b1024_compile_conv", batch_size=1024, torch_compile=True,
                     patch_matmul=False),
@@ -448,6 +452,10 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     # TF32 matmuls through torch's own switch (not TrainingArguments.tf32, whose spelling moves between versions);
     # set for every variant, since it is process-wide and the variants share the process.
     torch.set_float32_matmul_precision("high" if recipe.tf32 else "highest")
+    if recipe.torch_compile:
+        # Each variant compiles afresh: graphs and recompile budgets (cache_size_limit) left by an earlier variant's
+        # model could otherwise make a later one fall back to eager without a word.
+        torch._dynamo.reset()
     model = build_model(data["config"], recipe.attn, args.seed)
     if recipe.patch_matmul:
         patch_embedding_as_matmul(model)  # what load_model does for --patch_embedding_as_matmul (default)
@@ -477,6 +485,7 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         torch_compile=recipe.torch_compile,
         group_by_image=recipe.group_by_image,
         sdpa_backends=list(recipe.sdpa_backends),
+        compile_regions=recipe.compile_regions,
         torch_compile_backend=args.compile_backend if recipe.torch_compile else None,
         dataloader_num_workers=recipe.num_workers,
         dataloader_pin_memory=recipe.pin_memory,
