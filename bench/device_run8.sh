@@ -4,16 +4,7 @@
 # here, baseline in the same process: SDPA's math backend (batched matmuls + softmax, fused by inductor) and the
 # memory-efficient one against the default, batch 2,048, the whole model compiled as one graph; a profile of
 # the math variant.
-set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; lscpu | grep -m1 "Model name"; } | tee $OUT/status.txt
-timeout -k 5 ${TT_TIMEOUT:-400} python3 bench/train_throughput.py --device cuda --model vitb32 --batch_size 256 \
-  --steps 20 --warmup_steps 5 --images 16384 --profile ours_cache_b1024_compile_math --profile_dir $OUT/profile \
+# Setup, run and packing of the results: bench/device_throughput.sh.
+exec bash bench/device_throughput.sh 400 --profile ours_cache_b1024_compile_math \
   --variants ours_cache_b1024_compile hf_default ours_cache_b1024_compile_math ours_cache_b1024_compile_efficient \
-  ours_cache_b2048_compile ours_cache_b1024_compile_full ours_cache \
-  --output $OUT/train_throughput.json > $OUT/train_throughput.log 2>&1
-echo "train_throughput rc=$?" | tee -a $OUT/status.txt
-tar czf $OUT/profile.tgz -C $OUT profile 2>/dev/null && rm -rf $OUT/profile
-grep -A12 "^speedup" $OUT/train_throughput.log | cut -c1-1200
+  ours_cache_b2048_compile ours_cache_b1024_compile_full ours_cache
