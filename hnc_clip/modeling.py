@@ -30,7 +30,7 @@ def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
         use_safetensors=True,
         dtype=dtype,
     )
-    if getattr(model_args, "patch_embedding_as_matmul", False):
+    if model_args.patch_embedding_as_matmul:
         patch_embedding_as_matmul(model)
     return with_input_embeddings(model)
 

@@ -205,7 +205,7 @@ def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
     from hnc_clip.modeling import load_model
 
     args = SimpleNamespace(model_name_or_path=str(tiny_clip_dir), cache_dir=None, model_revision="main", token=None,
-                           trust_remote_code=False, attn_implementation=None)
+                           trust_remote_code=False, attn_implementation=None, patch_embedding_as_matmul=True)
     model = load_model(args)
     assert model.get_input_embeddings() is model.text_model.embeddings.token_embedding
     with pytest.raises(NotImplementedError):
