@@ -54,6 +54,13 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
 
 
+def clamped_logit_scale(model, max_logit_scale: float, tap: LogitScaleTap | None = None) -> torch.Tensor:
+    """exp(logit_scale) clamped at `max_logit_scale` (0-dim). `tap`: a `LogitScaleTap` on the model, whose value
+    is read instead of the parameter (under ZeRO-3 the parameter is a shard outside the forward)."""
+    value = tap.value if tap is not None else unwrap_clip(model).logit_scale.exp()
+    return value.clamp(max=max_logit_scale)
+
+
 def build_loss_inputs(
     model,
     inputs: dict,
@@ -71,18 +78,15 @@ def build_loss_inputs(
     `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
     """
 
-    def logit_scale(m, tap):
-        return (tap.value if tap is not None else unwrap_clip(m).logit_scale.exp()).clamp(max=max_logit_scale)
-
     local = embed(model, inputs, with_negatives)
     everywhere = gather_features(local, rank, world_size)
     rank = rank if world_size > 1 else 0
-    scale = logit_scale(model, taps[0])
+    scale = clamped_logit_scale(model, max_logit_scale, taps[0])
     reference = None
     if reference_model is not None:
         with torch.no_grad():
             ref_local = embed(reference_model, inputs, with_negatives)
-            ref_scale = logit_scale(reference_model, taps[1])
+            ref_scale = clamped_logit_scale(reference_model, max_logit_scale, taps[1])
             reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
     sq_dist = None
     if theta0 is not None:

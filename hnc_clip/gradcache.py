@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .forward import embed
+from .forward import clamped_logit_scale, embed
 from .losses import Embeddings, LossConfig, LossInputs, gather_features
 from .modeling import unwrap_clip
 
@@ -62,32 +62,34 @@ def gradcache_backward(
     max_logit_scale: float = 100.0,
     loss_scale: float = 1.0,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings]:
+    with_negatives: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings, torch.Tensor]:
     """Run steps 1–3 above; parameter `.grad`s are accumulated (scaled by `loss_scale`). Returns the loss
-    (detached), its components and the local embeddings (for statistics).
+    (detached), its components, the local embeddings and the clamped logit scale used (for statistics).
 
     `no_sync`: under DDP, `lambda: model.no_sync()`, so gradients are all-reduced once, after the last chunk.
+    `with_negatives=False`: the hard negatives are not encoded (for losses that use none, such as `clip`).
     """
     chunks = split_batch(inputs, chunk_size)
     no_sync = no_sync or contextlib.nullcontext
 
     # 1. embeddings without activations
     with torch.no_grad():
-        parts = [embed(model, c) for c in chunks]
-    leaves = [  # 3 × [B, D]
-        torch.cat([getattr(p, k) for p in parts]).detach().requires_grad_() for k in ("image", "positive", "negative")
-    ]
-    local = Embeddings(*leaves, inputs.get("image_ids"))
+        parts = [embed(model, c, with_negatives) for c in chunks]
+    kinds = ("image", "positive", "negative") if with_negatives else ("image", "positive")
+    leaves = [torch.cat([getattr(p, k) for p in parts]).detach().requires_grad_() for k in kinds]  # [B, D] each
+    image_ids = inputs.get("image_ids")
+    local = Embeddings(leaves[0], leaves[1], leaves[2] if with_negatives else None, image_ids)
 
     # 2. loss over the whole (gathered) batch; backward stops at the embedding leaves (and logit_scale)
     clip = unwrap_clip(model)
     with no_sync():
-        scale = clip.logit_scale.exp().clamp(max=max_logit_scale)
+        scale = clamped_logit_scale(clip, max_logit_scale)
         inp = LossInputs(local, gather_features(local, rank, world_size), scale, rank if world_size > 1 else 0)
         components = loss_fn(inp, cfg)
         loss = torch.stack(list(components.values())).sum()
         (loss * loss_scale).backward()
-    grads = [leaf.grad for leaf in leaves]  # 3 × [B, D]; None for an unused set (negatives under `clip`)
+    grads = [leaf.grad for leaf in leaves]  # [B, D] each
 
     # 3. re-embed chunk by chunk with activations; backprop the cached embedding gradients
     start = 0
@@ -95,14 +97,14 @@ def gradcache_backward(
         n = chunk["pixel_values"].shape[0]
         last = i == len(chunks) - 1
         with contextlib.nullcontext() if last else no_sync():
-            e = embed(model, chunk)
-            embs = (e.image, e.positive, e.negative)
-            surrogate = sum((e * g[start : start + n]).sum() for e, g in zip(embs, grads) if g is not None)
+            e = embed(model, chunk, with_negatives)
+            embs = (e.image, e.positive, e.negative)[: len(grads)]
+            surrogate = sum((x * g[start : start + n]).sum() for x, g in zip(embs, grads) if g is not None)
             # logit_scale took its gradient in step 2; the zero term marks it used in this graph too, so DDP
             # (without find_unused_parameters) reduces it with the rest on the last chunk.
             surrogate = surrogate + 0.0 * clip.logit_scale
             surrogate.backward()
         start += n
-    return loss.detach(), {k: v.detach() for k, v in components.items()}, Embeddings(
-        *[leaf.detach() for leaf in leaves], inputs.get("image_ids")
-    )
+    image, positive, *negative = [leaf.detach() for leaf in leaves]
+    local = Embeddings(image, positive, negative[0] if negative else None, image_ids)
+    return loss.detach(), {k: v.detach() for k, v in components.items()}, local, scale.detach()

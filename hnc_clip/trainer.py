@@ -315,7 +315,7 @@ class HncTrainer(Trainer):
         world = self.accelerator.num_processes if self.args.gather_negatives else 1
         cfg = self.loss_config()
         with self.compute_loss_context_manager():
-            loss, components, local = gradcache_backward(
+            loss, components, local, scale = gradcache_backward(
                 model,
                 inputs,
                 self.args.gradcache_chunk_size,
@@ -326,8 +326,8 @@ class HncTrainer(Trainer):
                 max_logit_scale=self.args.max_logit_scale,
                 loss_scale=1.0 / self.current_gradient_accumulation_steps,
                 no_sync=(lambda: self.accelerator.no_sync(model)) if self.accelerator.num_processes > 1 else None,
+                with_negatives=self.loss_spec.uses_negatives,
             )
-        scale = unwrap_clip(model).logit_scale.exp().clamp(max=self.args.max_logit_scale)
         self._pending = (loss, components, self._step_metrics(components, local, cfg, scale, skipped, truncated))
         return loss / self.current_gradient_accumulation_steps
 

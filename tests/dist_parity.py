@@ -94,7 +94,7 @@ def main(out_path: str) -> None:
     model = build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
     single = copy.deepcopy(model)
     ddp = acc.prepare_model(model)
-    loss, _, _ = gradcache_backward(
+    loss, *_ = gradcache_backward(
         ddp, local_slice(batch, rank, world), 2, LOSSES["hnc"].fn, LossConfig(hard_negative_weight=0.7),
         rank=rank, world_size=world, no_sync=lambda: acc.no_sync(ddp),
     )

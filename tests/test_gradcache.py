@@ -28,13 +28,18 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
     cfg = LossConfig(hard_negative_weight=0.7)
     full_model, cached_model = tiny(), tiny()
 
-    inp = build_loss_inputs(full_model, batch)
-    full = torch.stack(list(LOSSES[loss_type].fn(inp, cfg).values())).sum()
+    spec = LOSSES[loss_type]
+    inp = build_loss_inputs(full_model, batch, with_negatives=spec.uses_negatives)
+    full = torch.stack(list(spec.fn(inp, cfg).values())).sum()
     full.backward()
 
-    loss, components, local = gradcache_backward(cached_model, batch, chunk, LOSSES[loss_type].fn, cfg)
+    loss, components, local, scale = gradcache_backward(
+        cached_model, batch, chunk, spec.fn, cfg, with_negatives=spec.uses_negatives
+    )
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)
     assert len(local) == G
+    assert (local.negative is None) == (not spec.uses_negatives)  # `clip` never encodes the hard negatives
+    assert scale.item() == pytest.approx(inp.logit_scale.item(), rel=1e-12)
     for (name, p), q in zip(full_model.named_parameters(), cached_model.parameters()):
         if p.grad is None:
             assert q.grad is None or torch.count_nonzero(q.grad) == 0, name
@@ -105,5 +110,5 @@ def test_shared_image_and_caption_encodings_equal_per_row_encodings():
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12)
     # and GradCache expands the shared layout back to rows correctly
     c = tiny()
-    loss, _, _ = gradcache_backward(c, shared, 3, LOSSES["hnc"].fn, cfg)
+    loss, *_ = gradcache_backward(c, shared, 3, LOSSES["hnc"].fn, cfg)
     assert loss.item() == pytest.approx(la.item(), rel=1e-12)
