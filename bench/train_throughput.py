@@ -332,7 +332,8 @@ class StepProfiler(TrainerCallback):
 def summarize_profile(prof, steps: int, wall_ms: float, syncs: collections.Counter) -> dict:
     """Per step: wall time, GPU kernel time (sum of kernel durations: compute the GPU did), kernel launches, and
     the CPU time spent waiting on the device (synchronise calls, blocking copies), in the data loader and in the
-    optimizer; plus the host syncs by source line. Wall ≫ GPU kernel time means the GPU waits for the CPU."""
+    optimizer; plus the host syncs by source line and the 20 costliest GPU kernels (none on CPU). Wall ≫ GPU
+    kernel time means the GPU waits for the CPU."""
 
     from torch.autograd import DeviceType
 
@@ -340,22 +341,25 @@ def summarize_profile(prof, steps: int, wall_ms: float, syncs: collections.Count
         return sum(e.cpu_time_total for e in prof.key_averages() if match(e.key)) / 1000 / steps
 
     averages = prof.key_averages()
+    device_rows = [  # kernels and copies, as the op table's own total counts them
+        e for e in averages
+        if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
+    top = sorted(device_rows, key=lambda e: -e.self_device_time_total)[:20]
     launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
     return {
         "steps": steps,
         "wall_ms_per_step": wall_ms / steps,
-        "gpu_kernel_ms_per_step": sum(
-            e.self_device_time_total
-            for e in averages  # device-side rows (kernels, copies), as the op table's own total counts them
-            if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-        ) / 1000 / steps,
+        "gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in device_rows) / 1000 / steps,
         "kernel_launches_per_step": launches / steps,
         "cpu_wait_on_device_ms_per_step": cpu_ms(lambda k: k in waits),
         "dataloader_next_ms_per_step": cpu_ms(lambda k: k.startswith("enumerate(DataLoader)")),
         "optimizer_step_ms_per_step": cpu_ms(lambda k: k.startswith("Optimizer.step#")),
         "host_syncs_per_step": sum(syncs.values()) / steps,
         "host_syncs_by_line": dict(syncs.most_common(20)),
+        # name (cut at 120 characters) -> [ms per step, calls per step]
+        "top_gpu_kernels": {e.key[:120]: [e.self_device_time_total / 1000 / steps, e.count / steps] for e in top},
     }
 
 

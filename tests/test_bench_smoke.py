@@ -63,6 +63,7 @@ def test_train_throughput_smoke(tmp_path):
     assert (tmp_path / "prof" / "ours_trace.json.gz").stat().st_size > 0
     summary = rows["ours"]["profile"]  # where the profiled step's time went (also in prof/ours_summary.json)
     assert summary["steps"] == 1 and summary["wall_ms_per_step"] > 0 and summary["optimizer_step_ms_per_step"] > 0
+    assert summary["top_gpu_kernels"] == {} and summary["gpu_kernel_ms_per_step"] == 0  # no GPU, no kernels
     assert json.loads((tmp_path / "prof" / "ours_summary.json").read_text()) == summary
     for name, row in rows.items():
         assert "error" not in row, (name, row.get("error"))
