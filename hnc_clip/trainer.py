@@ -16,7 +16,6 @@ import math
 import signal
 
 import torch
-import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer, TrainerCallback
 
@@ -26,6 +25,7 @@ from .hnc_json import PAIR_COLUMNS
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, similarity_stats
 from .modeling import LogitScaleTap, unwrap_clip
 from .schedules import SCHEDULES
+from .step_guard import NonFiniteLossError, StepGuard  # noqa: F401  (re-exported: `from hnc_clip.trainer import ...`)
 
 # Counted per log period (summed), where every other recorded value is averaged.
 COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
@@ -41,10 +41,6 @@ SDPA_BACKENDS = {
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss was NaN/inf in more steps than `--max_nonfinite_steps` allows."""
-
-
 class ClampLogitScale(TrainerCallback):
     """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
 
@@ -55,24 +51,6 @@ class ClampLogitScale(TrainerCallback):
         if model is not None:
             with torch.no_grad():
                 unwrap_clip(model).logit_scale.clamp_(max=self.max_log)
-
-
-class SkipNonFiniteSteps(TrainerCallback):
-    """Drops the gradients of an optimizer step in which some micro-batch had a non-finite loss.
-
-    Setting `.grad = None` (not zero) makes AdamW leave those parameters *and their moments* untouched, so the
-    step is truly skipped. All processes agree on the flag (it is all-reduced in `compute_loss`), so DDP replicas
-    stay identical.
-    """
-
-    def __init__(self, trainer: HncTrainer):
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.trainer._skip_this_step:
-            for p in self.trainer.model.parameters():
-                p.grad = None
-            self.trainer._skip_this_step = False
 
 
 class SaveOnSigterm(TrainerCallback):
@@ -142,15 +120,14 @@ class HncTrainer(Trainer):
         self._theta0 = None
         if self.loss_spec.needs_initial_params:
             self._theta0 = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
-        # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU; the one
-        # host sync per step is the finite-loss check, placed after the backward is launched (`training_step`).
+        # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU (nor does
+        # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
         self._pending: tuple | None = None  # this micro-step's (loss, components, metrics), until checked
         self.card_info = card_info or {}
         self.add_callback(ClampLogitScale(self.args.max_logit_scale))
-        self._skip_this_step = False
-        self.nonfinite_steps = 0
-        self.add_callback(SkipNonFiniteSteps(self))
+        self.step_guard = StepGuard(self)  # skips non-finite steps, without a host sync where the optimizer can
+        self.add_callback(self.step_guard)
         self.sigterm = SaveOnSigterm() if self.args.save_on_sigterm else None
         if self.sigterm is not None:
             self.add_callback(self.sigterm)
@@ -209,7 +186,8 @@ class HncTrainer(Trainer):
         mode = "train" if model.training else "eval"
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
             self._add(mode, "skipped_images", skipped)
-            self._skip_this_step = model.training
+            if model.training:
+                self.step_guard.skip_this_step()
             return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
@@ -236,44 +214,28 @@ class HncTrainer(Trainer):
         return self._settle(loss)
 
     def _settle(self, step_loss: torch.Tensor) -> torch.Tensor:
-        """Commit this micro-step's metrics if its loss was finite on every process; else mark the optimizer step
-        skipped (`SkipNonFiniteSteps` drops its gradients) and count it. Runs after the backward is launched, so
-        its one host sync (`.item()`) does not hold the GPU idle while the CPU queues the backward."""
+        """Record this micro-step's metrics if its loss was finite on every process; else its optimizer step is
+        skipped (`StepGuard`) and counted. Runs after the backward is queued; on the device path nothing here waits
+        for the GPU (a skipped step's metrics are masked out on the device)."""
         if self._pending is None:  # unreadable batch: already handled in compute_loss
             return step_loss
         loss, components, metrics = self._pending
         self._pending = None
-        if self._all_finite(loss):
+        ok = self.step_guard.check(loss, components, self.state.global_step + 1)  # 1-based, as logged
+        if torch.is_tensor(ok):  # 0-dim bool on the device
+            self._add_all("train", metrics, weight=ok)
+            self._add("train", "nonfinite_steps", (~ok).float())
+            return torch.where(ok, step_loss, 0.0)
+        self._add("train", "nonfinite_steps", float(not ok))
+        if ok:
             self._add_all("train", metrics)
             return step_loss
-        self._skip_nonfinite(components)
         return torch.zeros_like(step_loss)
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self.accelerator.num_processes > 1 and dist.is_initialized():
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every process skips, or none
-        return bad.item() == 0
-
-    def _skip_nonfinite(self, components):
-        self.nonfinite_steps += 1
-        self._skip_this_step = True
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in components.items())
-        logger.warning(
-            f"non-finite loss at step {self.state.global_step} ({parts}): step skipped "
-            f"({self.nonfinite_steps}/{self.args.max_nonfinite_steps})"
-        )
-        if self.nonfinite_steps > self.args.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"the loss was non-finite in {self.nonfinite_steps} steps (last at step {self.state.global_step}); "
-                "lower --learning_rate, check --bf16/--fp16 and the data, or raise --max_nonfinite_steps"
-            )
-        self._add("train", "nonfinite_steps", 1.0)
 
     @staticmethod
     def _zero_loss(model) -> torch.Tensor:
         """A loss with zero gradient for every trainable parameter, for a step that is skipped: backward stays
-        cheap and harmless, DDP sees every parameter used, and SkipNonFiniteSteps then drops the update."""
+        cheap and harmless, DDP sees every parameter used, and StepGuard then drops the update."""
         return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
 
     @staticmethod
@@ -286,17 +248,22 @@ class HncTrainer(Trainer):
         metrics["logit_scale"] = logit_scale
         return {k: v for k, v in metrics.items() if v is not None}
 
-    def _add(self, mode: str, name: str, value) -> None:
+    def _add(self, mode: str, name: str, value, weight: torch.Tensor | float = 1.0) -> None:
+        """Add `value` to the running sum of `name`, and `weight` to its count. A device `weight` (0-dim bool) masks
+        a step without reading it: a skipped step's values, NaN included, count for nothing."""
         value = value.detach().float() if torch.is_tensor(value) else float(value)
+        if torch.is_tensor(weight):
+            value = torch.where(weight, value, 0.0) if torch.is_tensor(value) else weight * value
+            weight = weight.float()
         slot = self._metrics[mode].get(name)
         if slot is None:
-            self._metrics[mode][name] = [value, 1]
+            self._metrics[mode][name] = [value, weight]
         else:
-            slot[0], slot[1] = slot[0] + value, slot[1] + 1
+            slot[0], slot[1] = slot[0] + value, slot[1] + weight
 
-    def _add_all(self, mode: str, metrics: dict) -> None:
+    def _add_all(self, mode: str, metrics: dict, weight: torch.Tensor | float = 1.0) -> None:
         for name, value in metrics.items():
-            self._add(mode, name, value)
+            self._add(mode, name, value, weight)
 
     def _prepare_inputs(self, inputs):
         # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
@@ -351,8 +318,11 @@ class HncTrainer(Trainer):
         recorded = self._metrics[mode]
         out = {}
         for name, (total, n) in recorded.items():
-            value = float(total)  # the one host sync per logged value, at logging time
-            out[name] = value if name in COUNTS else value / n
+            value, n = float(total), float(n)  # the host syncs of a logged value, at logging time
+            if name in COUNTS:
+                out[name] = value
+            elif n > 0:  # else every step of the period was skipped
+                out[name] = value / n
         recorded.clear()
         return out
 

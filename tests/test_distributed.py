@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -60,26 +61,46 @@ def test_gradcache_under_ddp_equals_single_process(parity):
     assert r["max_grad_diff"] <= 1e-9
 
 
-def test_run_script_under_accelerate_launch(tmp_path, tiny_clip_dir, sample_image_dir):
-    """The entry script itself trains under `accelerate launch` with 2 processes and saves one loadable model."""
-    from transformers import CLIPModel
-
+def launch_training(script: str, tmp_path, tiny_clip_dir, sample_image_dir, *extra: str):
+    """`accelerate launch` 2 gloo processes of a training script on the real-format sample; returns the output dir."""
     from .conftest import TRAIN_SAMPLE
 
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     out = tmp_path / "out"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", free_port(), str(REPO / "run_hnc_clip.py"),
+           "no", "--dynamo_backend", "no", "--main_process_port", free_port(), str(REPO / script),
            "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
            str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
-           "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--save_strategy", "no",
-           "--report_to", "none", "--logging_steps", "1"]
+           "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--logging_steps", "1", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_run_script_under_accelerate_launch(tmp_path, tiny_clip_dir, sample_image_dir):
+    """The entry script itself trains under `accelerate launch` with 2 processes and saves one loadable model."""
+    from transformers import CLIPModel
+
+    out = launch_training("run_hnc_clip.py", tmp_path, tiny_clip_dir, sample_image_dir, "--max_steps", "2",
+                          "--save_strategy", "no")
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # 2 processes × 4 pairs: the logged loss is over the gathered batch of 8
     assert json.loads((out / "train_results.json").read_text())["train_samples"] == 594
     CLIPModel.from_pretrained(out, use_safetensors=True)
 
+
+def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path, tiny_clip_dir, sample_image_dir):
+    """NaN on rank 1 only (`tests/dist_nan.py`): rank 0, which saves, must not move either (the flag is
+    all-reduced before the fused optimizer sees it), and the next step trains."""
+    from safetensors.torch import load_file
+
+    out = launch_training("tests/dist_nan.py", tmp_path, tiny_clip_dir, sample_image_dir, "--max_steps", "2",
+                          "--loss_type", "nan_on_rank1_first", "--save_strategy", "steps", "--save_steps", "1")
+    before = load_file(tiny_clip_dir / "model.safetensors")
+    after_1, after_2 = (load_file(out / f"checkpoint-{i}" / "model.safetensors") for i in (1, 2))
+    assert all(torch.equal(before[k], after_1[k]) for k in before)
+    assert any(not torch.equal(before[k], after_2[k]) for k in before)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["nonfinite_steps"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from hnc_clip.tiny import build_word_tokenizer
 from hnc_clip.trainer import NonFiniteLossError
 
 from .conftest import REPO, TRAIN_SAMPLE
-from .test_trainer import run, weights
+from .test_trainer import changed, run, weights
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -71,7 +72,13 @@ def test_corrupt_image_during_training_is_skipped_and_counted(tmp_path, tiny_cli
     assert skipped > 0 and state["global_step"] == 6
 
 
-def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+# The fused optimizer (the default) skips on the device (`found_inf`); the other one drops the gradients.
+OPTIMIZERS = ["adamw_torch_fused", "adamw_torch"]
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS)
+def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, caplog,
+                                                  optim):
     calls = {"n": 0}
 
     def nan_first(inp, cfg):
@@ -82,21 +89,69 @@ def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sampl
         return out
 
     monkeypatch.setitem(LOSSES, "nan_first", LossSpec(nan_first))
-    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_first", "--max_steps", "1")
-    before, after = weights(tiny_clip_dir), weights(out)
+    with caplog.at_level("WARNING", logger="hnc_clip.step_guard"):
+        _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_first", "--max_steps", "2",
+                     "--optim", optim, "--save_strategy", "steps", "--save_steps", "1")
+    before, after = weights(tiny_clip_dir), weights(f"{out}/checkpoint-1")
     assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step must not move any weight"
-    state = json.loads((Path(out) / "trainer_state.json").read_text())
-    assert state["log_history"][0]["nonfinite_steps"] == 1
+    # nor any optimizer moment or step count (the fused kernel's state exists, untouched; the other has none)
+    state = torch.load(f"{out}/checkpoint-1/optimizer.pt", weights_only=True)["state"]
+    for s in state.values():
+        assert float(s["step"]) == 0 and not s["exp_avg"].any() and not s["exp_avg_sq"].any()
+    assert changed(before, weights(out)), "the next, finite step trains"
+    history = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"]
+    assert [h["nonfinite_steps"] for h in history[:2]] == [1, 0]
+    assert "contrastive_loss" not in history[0]  # the skipped step's NaN metrics are not averaged in
+    assert math.isfinite(history[1]["contrastive_loss"])
+    warnings = [r.message for r in caplog.records if "non-finite" in r.message]
+    assert len(warnings) == 1 and warnings[0].startswith("non-finite loss at step 1 (contrastive_loss=nan, ")
 
 
-def test_too_many_nonfinite_steps_stop_the_run(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+@pytest.mark.parametrize("optim", OPTIMIZERS)
+def test_a_nonfinite_micro_step_skips_its_whole_optimizer_step(tmp_path, tiny_clip_dir, sample_image_dir,
+                                                                monkeypatch, optim):
+    """Gradient accumulation: the flag is the max over the step's micro-steps, so a finite first micro-step does
+    not let the accumulated (NaN) gradient through."""
+    calls = {"n": 0}
+
+    def nan_second(inp, cfg):
+        calls["n"] += 1
+        out = hnc_loss(inp, cfg)
+        if calls["n"] == 2:
+            out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
+        return out
+
+    monkeypatch.setitem(LOSSES, "nan_second", LossSpec(nan_second))
+    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_second", "--max_steps", "1",
+                 "--gradient_accumulation_steps", "2", "--optim", optim)
+    before, after = weights(tiny_clip_dir), weights(out)
+    assert calls["n"] == 2 and all(torch.equal(before[k], after[k]) for k in before)
+    history = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["nonfinite_steps"] == 1 and math.isfinite(history[0]["contrastive_loss"])  # 1st micro-step's
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS)
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, optim):
     def always_nan(inp, cfg):
         return {"contrastive_loss": hnc_loss(inp, cfg)["contrastive_loss"] * float("nan")}
 
     monkeypatch.setitem(LOSSES, "always_nan", LossSpec(always_nan))
-    with pytest.raises(NonFiniteLossError, match="non-finite in 3 steps.*--max_nonfinite_steps"):
+    # Found on the 3rd non-finite step (on the host path) or read back during the 4th (on the device path).
+    with pytest.raises(NonFiniteLossError, match="non-finite in 3 steps \\(last at step 3\\).*--max_nonfinite_steps"):
         run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps", "2",
-            "--max_steps", "5")
+            "--max_steps", "5", "--optim", optim)
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS)
+def test_a_nonfinite_last_step_is_still_reported(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, optim):
+    """The device path reads a step's flag one step later: the last step's is read when training ends."""
+    def always_nan(inp, cfg):
+        return {"contrastive_loss": hnc_loss(inp, cfg)["contrastive_loss"] * float("nan")}
+
+    monkeypatch.setitem(LOSSES, "always_nan", LossSpec(always_nan))
+    with pytest.raises(NonFiniteLossError, match="non-finite in 2 steps \\(last at step 2\\)"):
+        run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps", "1",
+            "--max_steps", "2", "--optim", optim)
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_clip_dir, sample_image_dir):
