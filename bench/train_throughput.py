@@ -400,6 +400,7 @@ class Recipe:
     patch_matmul: bool = True  # `--patch_embedding_as_matmul` (the default); False: cuDNN's 32x32 convolution
     sdpa_backends: tuple[str, ...] = ("flash", "efficient", "math")  # `--sdpa_backends` (the default)
     compile_regions: bool = True  # `--compile_regions` (the default); False: the whole model as one graph
+    skip_on_device: bool = True  # StepGuard skips NaN steps on the device (fused AdamW); False: a sync per step
 
 
 def recipes(args) -> list[Recipe]:
@@ -440,6 +441,9 @@ def recipes(args) -> list[Recipe]:
                     sdpa_backends=("math",)),
             replace(cached, name="ours_cache_b1024_compile_efficient", batch_size=1024, torch_compile=True,
                     sdpa_backends=("efficient",)),
+            # The finite-loss check as a host sync after the backward (as before the fourth session).
+            replace(cached, name="ours_cache_b1024_compile_hostsync", batch_size=1024, torch_compile=True,
+                    skip_on_device=False),
         )
     }
     names = args.variants or (
@@ -513,6 +517,8 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
         processing_class=processor,
         callbacks=[timer] + ([profiler] if profiler else []),
     )
+    if not recipe.skip_on_device:
+        trainer.step_guard._on_device = False  # ablation: decided here instead of from the optimizer
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
