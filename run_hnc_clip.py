@@ -141,7 +141,9 @@ def main(
             )
             return {"preempted": True, "global_step": trainer.state.global_step}
         trainer.model = merged_for_save(trainer.model)
-        trainer.save_model()
+        # `_internal_call`: under --push_to_hub, save_model() would also upload (without the eval metrics and the
+        # card); the one push happens at the end.
+        trainer.save_model(_internal_call=True)
         trainer.save_state()
         metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
         trainer.log_metrics("train", metrics)

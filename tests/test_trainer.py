@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,40 @@ def test_save_reload_roundtrip(tmp_path, tiny_clip_dir, sample_image_dir):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "loss_type | hnc" in card and str(TRAIN_SAMPLE) in card
     assert math.isfinite(results["train_loss"]) and results["train_samples"] == 594
+
+
+def test_push_to_hub_uploads_model_processor_and_card(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    """`--push_to_hub` through the Trainer's own Hub calls, with the Hub client replaced by a recorder (no network):
+    one repo created, one upload of a folder that loads as CLIPModel + CLIPProcessor and carries the card with
+    this run's metrics."""
+    import transformers.trainer
+
+    calls = []
+
+    class RecordingHub:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs.get("exist_ok")))
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+            # what would be uploaded, read now (the folder is the output dir, which the run keeps writing to)
+            snapshot = tmp_path / f"upload{len(calls)}"
+            shutil.copytree(folder_path, snapshot, ignore=shutil.ignore_patterns(*kwargs.get("ignore_patterns", [])))
+            calls.append(("upload_folder", repo_id, commit_message, snapshot))
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda *a, **k: RecordingHub())
+    results, _ = run(tmp_path, tiny_clip_dir, sample_image_dir, "--push_to_hub", "--hub_model_id", "me/hnc-test",
+                     "--hub_token", "not-a-real-token", "--do_eval", "--validation_file", str(TEST_SAMPLE),
+                     "--max_eval_samples", "16")
+    assert [c[:3] for c in calls] == [("create_repo", "me/hnc-test", True),
+                                     ("upload_folder", "me/hnc-test", "hnc-clip: hnc fine-tune")]
+    pushed = calls[1][3]
+    CLIPModel.from_pretrained(pushed, use_safetensors=True)
+    CLIPProcessor.from_pretrained(pushed)
+    card = (pushed / "README.md").read_text()
+    assert "loss_type | hnc" in card and "me/hnc-test" in card
+    # the metrics of this run, evaluation included (pushed once, after it), not a placeholder
+    assert f"train_loss: {results['train_loss']:.4f}" in card and f"eval_loss: {results['eval_loss']:.4f}" in card
 
 
 @pytest.mark.parametrize("loss_type", sorted(LOSSES))
