@@ -116,6 +116,39 @@ def test_push_to_hub_uploads_model_processor_and_card(tmp_path, tiny_clip_dir, s
     assert f"train_loss: {results['train_loss']:.4f}" in card and f"eval_loss: {results['eval_loss']:.4f}" in card
 
 
+def test_wandb_run_gets_the_recipe_metrics_and_config(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch):
+    """`--report_to wandb` (a real offline run: no network) receives the loss components and similarity statistics
+    that `HncTrainer.log` adds, and the recipe's own flags in the run config. (wandb ≥ 0.2x writes offline runs in
+    its Go core's binary log, which Python no longer reads back, so what reaches `Run.log` is recorded on the way.)"""
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_PROJECT", "hnc-clip-test")
+    logged = []
+    real_log = Run.log
+
+    def recording_log(self, data, *args, **kwargs):
+        logged.append(dict(data))
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", recording_log)
+    try:
+        run(tmp_path, tiny_clip_dir, sample_image_dir, "--report_to", "wandb", "--run_name", "wandb-test")
+        config = dict(wandb.run.config)
+    finally:
+        wandb.finish()
+    steps = [d for d in logged if "train/contrastive_loss" in d]
+    assert len(steps) == 3  # --logging_steps 1, --max_steps 3
+    for key in ("train/contrastive_loss", "train/hard_negative_loss", "train/hard_negative_accuracy",
+                "train/margin", "train/logit_scale", "train/nonfinite_steps", "train/loss"):
+        assert all(math.isfinite(d[key]) for d in steps), key
+    assert config["loss_type"] == "hnc" and config["hard_negative_weight"] == 1.0
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # the real offline run was written
+
+
 @pytest.mark.parametrize("loss_type", sorted(LOSSES))
 def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_image_dir, loss_type):
     results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", loss_type, "--l2_reg_weight", "0.1",
