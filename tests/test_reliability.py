@@ -235,3 +235,26 @@ def test_fsdp_is_refused_with_what_works_instead():
     with pytest.raises(UnsupportedParallelismError, match="logit_scale.*zero2.yaml, zero3.yaml"):
         check_parallelism(SimpleNamespace(is_fsdp_enabled=True))
     check_parallelism(SimpleNamespace(is_fsdp_enabled=False))  # DDP / DeepSpeed / one process: fine
+
+
+def test_the_step_guard_skips_on_the_device_only_where_the_optimizer_can():
+    """found_inf is honoured by torch's fused optimizers only, and an fp16 GradScaler or DeepSpeed would overwrite
+    or ignore it: those keep the host check."""
+    from types import SimpleNamespace
+
+    from hnc_clip.step_guard import StepGuard
+
+    p = torch.nn.Parameter(torch.zeros(2))
+
+    def on_device(optimizer, scaler=None, deepspeed=False, wrapped=True):
+        opt = SimpleNamespace(optimizer=optimizer) if wrapped else optimizer  # accelerate's AcceleratedOptimizer
+        trainer = SimpleNamespace(optimizer=opt, accelerator=SimpleNamespace(scaler=scaler),
+                                  is_deepspeed_enabled=deepspeed)
+        return StepGuard(trainer).on_device
+
+    fused = torch.optim.AdamW([p], fused=True)
+    assert on_device(fused) and on_device(fused, wrapped=False)
+    assert not on_device(torch.optim.AdamW([p], fused=False))
+    assert not on_device(torch.optim.AdamW([p], foreach=True))
+    assert not on_device(fused, scaler=object())  # fp16: the GradScaler sets found_inf itself
+    assert not on_device(fused, deepspeed=True)
