@@ -12,6 +12,12 @@ batch 1,024 the CPU waited ~17 ms per step there, and the GPU was busy only ~82 
   has long passed it: the warning and the `--max_nonfinite_steps` stop come one step late, the skip itself is exact.
 - **on the host** (any other optimizer, DeepSpeed, fp16): read the flag after the backward is queued (one host sync
   per step) and drop the gradients (`.grad = None`: AdamW then leaves those parameters and their moments alone).
+
+DeepSpeed is a case apart: its engine steps inside `backward()` (accelerate's `DeepSpeedEngineWrapper`), before
+the trainer can look at the loss, so only DeepSpeed itself can skip the update — with fp16 (loss scaling) always,
+with bf16 only under ZeRO-1/2 and `"bf16": {"check_grad_overflow": true}` in its config. Without that protection a
+non-finite loss stops the run at once (`NonFiniteLossError`): the update it produced may have made the weights
+non-finite, and the honest next step is to resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss was NaN/inf in more steps than `--max_nonfinite_steps` allows."""
+
+
+def deepspeed_skips_nonfinite(trainer) -> bool:
+    """Whether the trainer's DeepSpeed engine skips a step with non-finite gradients by itself (see the module
+    docstring): ZeRO-1/2 set `check_grad_overflow` (fp16, or bf16 with it in the config); ZeRO-3 checks fp16 only."""
+    optimizer = getattr(getattr(trainer, "model_wrapped", None), "optimizer", None)  # the engine's ZeRO optimizer
+    return bool(getattr(optimizer, "check_grad_overflow", False)) or getattr(optimizer, "dtype", None) == torch.float16
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
 class StepGuard(TrainerCallback):
@@ -76,7 +93,16 @@ class StepGuard(TrainerCallback):
             if bad.item() == 0:  # the one host sync of a step
                 return True
             self._drop_grads = True
-            self._report(step, {k: v.item() for k, v in components.items()})
+            values = {k: v.item() for k, v in components.items()}
+            if self.trainer.is_deepspeed_enabled and not deepspeed_skips_nonfinite(self.trainer):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} ({_fmt(values)}) under DeepSpeed, which applies the update "
+                    "inside backward() and, with bf16 under ZeRO-3 or without \"bf16\": {\"check_grad_overflow\": "
+                    "true} in its config, does not skip it: the weights may no longer be finite. Resume from the "
+                    "last checkpoint (lower --learning_rate, check the data); under ZeRO-1/2, check_grad_overflow "
+                    "lets DeepSpeed skip such steps"
+                )
+            self._report(step, values)
             return False
         self.read_reports()  # earlier micro-steps': the GPU has passed them, so this does not wait in practice
         self._found_inf = bad if self._found_inf is None else torch.maximum(self._found_inf, bad)
@@ -102,8 +128,9 @@ class StepGuard(TrainerCallback):
     def _report(self, step: int, components: dict[str, float]) -> None:
         self.nonfinite_steps += 1
         limit = self.trainer.args.max_nonfinite_steps
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in components.items())
-        logger.warning(f"non-finite loss at step {step} ({parts}): step skipped ({self.nonfinite_steps}/{limit})")
+        logger.warning(
+            f"non-finite loss at step {step} ({_fmt(components)}): step skipped ({self.nonfinite_steps}/{limit})"
+        )
         if self.nonfinite_steps > limit:
             raise NonFiniteLossError(
                 f"the loss was non-finite in {self.nonfinite_steps} steps (last at step {step}); "

@@ -258,3 +258,30 @@ def test_the_step_guard_skips_on_the_device_only_where_the_optimizer_can():
     assert not on_device(torch.optim.AdamW([p], foreach=True))
     assert not on_device(fused, scaler=object())  # fp16: the GradScaler sets found_inf itself
     assert not on_device(fused, deepspeed=True)
+
+
+def test_under_deepspeed_a_nonfinite_loss_stops_at_once_unless_deepspeed_skips_it():
+    """DeepSpeed steps inside backward(), before the loss can be checked: only its own overflow check (fp16, or bf16
+    with check_grad_overflow under ZeRO-1/2) skips the update. Without it the run stops at the first NaN."""
+    from types import SimpleNamespace
+
+    from hnc_clip.step_guard import StepGuard
+
+    engine_optimizer = SimpleNamespace(check_grad_overflow=False, dtype=torch.bfloat16)  # ZeRO-1/2, bf16 default
+    trainer = SimpleNamespace(
+        optimizer=SimpleNamespace(optimizer=SimpleNamespace()),  # DeepSpeedOptimizerWrapper: no found_inf support
+        accelerator=SimpleNamespace(scaler=None, num_processes=1),
+        is_deepspeed_enabled=True,
+        model_wrapped=SimpleNamespace(optimizer=engine_optimizer),  # the DeepSpeedEngine
+        args=SimpleNamespace(max_nonfinite_steps=10),
+    )
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    assert StepGuard(trainer).check(one, {"contrastive_loss": one}, step=7) is True
+    stops = "step 7 \\(contrastive_loss=nan\\) under DeepSpeed.*check_grad_overflow"
+    with pytest.raises(NonFiniteLossError, match=stops):
+        StepGuard(trainer).check(nan, {"contrastive_loss": nan}, step=7)
+    engine_optimizer.check_grad_overflow = True  # DeepSpeed skipped the update: counted, the run goes on
+    guard = StepGuard(trainer)
+    assert guard.check(nan, {"contrastive_loss": nan}, step=7) is False and guard.nonfinite_steps == 1
+    trainer.model_wrapped.optimizer = SimpleNamespace(dtype=torch.float16)  # ZeRO-3 in fp16 checks overflow too
+    assert StepGuard(trainer).check(nan, {"contrastive_loss": nan}, step=7) is False
