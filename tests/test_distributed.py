@@ -27,16 +27,32 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+# Rendezvous failures of the two local processes (a port taken between `free_port` and the launch, a peer reset
+# while connecting): infrastructure, not the code under test, so the launch is retried once on a new port.
+RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError", "Connection reset by peer",
+                     "Connection refused")
+
+
+def accelerate_launch(*script_and_args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` two gloo processes on this CPU machine; asserts success and returns the process."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    for attempt in range(2):
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+               *script_and_args]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or attempt == 1 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
+            break
+        print(f"rendezvous failed, retrying on a new port:\n{proc.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "parity.json"
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
-           str(REPO / "tests" / "dist_parity.py"), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    accelerate_launch(str(REPO / "tests" / "dist_parity.py"), str(out))
     return json.loads(out.read_text())
 
 
@@ -62,19 +78,16 @@ def test_gradcache_under_ddp_equals_single_process(parity):
 
 
 def launch_training(script: str, tmp_path, tiny_clip_dir, sample_image_dir, *extra: str):
-    """`accelerate launch` 2 gloo processes of a training script on the real-format sample; returns the output dir."""
+    """A training script under `accelerate_launch` on the real-format sample; returns the output dir."""
     from .conftest import TRAIN_SAMPLE
 
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     out = tmp_path / "out"
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", free_port(), str(REPO / script),
-           "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
-           str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
-           "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--logging_steps", "1", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    accelerate_launch(
+        str(REPO / script), "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE),
+        "--image_dir", str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        "--do_train", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--logging_steps",
+        "1", *extra,
+    )
     return out
 
 
