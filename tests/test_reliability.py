@@ -76,19 +76,26 @@ def test_corrupt_image_during_training_is_skipped_and_counted(tmp_path, tiny_cli
 OPTIMIZERS = ["adamw_torch_fused", "adamw_torch"]
 
 
-@pytest.mark.parametrize("optim", OPTIMIZERS)
-def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, caplog,
-                                                  optim):
+def register_nan_loss(monkeypatch, name: str, on_calls=None) -> dict:
+    """Register `--loss_type name`: the `hnc` loss, with a NaN contrastive term on the given (1-based) calls, or on
+    every call. Returns the call counter."""
     calls = {"n": 0}
 
-    def nan_first(inp, cfg):
+    def loss(inp, cfg):
         calls["n"] += 1
         out = hnc_loss(inp, cfg)
-        if calls["n"] == 1:
+        if on_calls is None or calls["n"] in on_calls:
             out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
         return out
 
-    monkeypatch.setitem(LOSSES, "nan_first", LossSpec(nan_first))
+    monkeypatch.setitem(LOSSES, name, LossSpec(loss))
+    return calls
+
+
+@pytest.mark.parametrize("optim", OPTIMIZERS)
+def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, caplog,
+                                                  optim):
+    register_nan_loss(monkeypatch, "nan_first", on_calls={1})
     with caplog.at_level("WARNING", logger="hnc_clip.step_guard"):
         _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_first", "--max_steps", "2",
                      "--optim", optim, "--save_strategy", "steps", "--save_steps", "1")
@@ -112,16 +119,7 @@ def test_a_nonfinite_micro_step_skips_its_whole_optimizer_step(tmp_path, tiny_cl
                                                                 monkeypatch, optim):
     """Gradient accumulation: the flag is the max over the step's micro-steps, so a finite first micro-step does
     not let the accumulated (NaN) gradient through."""
-    calls = {"n": 0}
-
-    def nan_second(inp, cfg):
-        calls["n"] += 1
-        out = hnc_loss(inp, cfg)
-        if calls["n"] == 2:
-            out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
-        return out
-
-    monkeypatch.setitem(LOSSES, "nan_second", LossSpec(nan_second))
+    calls = register_nan_loss(monkeypatch, "nan_second", on_calls={2})
     _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_second", "--max_steps", "1",
                  "--gradient_accumulation_steps", "2", "--optim", optim)
     before, after = weights(tiny_clip_dir), weights(out)
@@ -131,27 +129,16 @@ def test_a_nonfinite_micro_step_skips_its_whole_optimizer_step(tmp_path, tiny_cl
 
 
 @pytest.mark.parametrize("optim", OPTIMIZERS)
-def test_too_many_nonfinite_steps_stop_the_run(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, optim):
-    def always_nan(inp, cfg):
-        return {"contrastive_loss": hnc_loss(inp, cfg)["contrastive_loss"] * float("nan")}
-
-    monkeypatch.setitem(LOSSES, "always_nan", LossSpec(always_nan))
-    # Found on the 3rd non-finite step (on the host path) or read back during the 4th (on the device path).
-    with pytest.raises(NonFiniteLossError, match="non-finite in 3 steps \\(last at step 3\\).*--max_nonfinite_steps"):
-        run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps", "2",
-            "--max_steps", "5", "--optim", optim)
-
-
-@pytest.mark.parametrize("optim", OPTIMIZERS)
-def test_a_nonfinite_last_step_is_still_reported(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, optim):
-    """The device path reads a step's flag one step later: the last step's is read when training ends."""
-    def always_nan(inp, cfg):
-        return {"contrastive_loss": hnc_loss(inp, cfg)["contrastive_loss"] * float("nan")}
-
-    monkeypatch.setitem(LOSSES, "always_nan", LossSpec(always_nan))
-    with pytest.raises(NonFiniteLossError, match="non-finite in 2 steps \\(last at step 2\\)"):
-        run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps", "1",
-            "--max_steps", "2", "--optim", optim)
+@pytest.mark.parametrize("limit, max_steps", [(2, 5), (1, 2)])
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, optim, limit,
+                                               max_steps):
+    """Stopped at the (limit + 1)-th non-finite step: found there on the host path, read back one step later on the
+    device path, or when training ends if that was the last step (limit 1, 2 steps)."""
+    register_nan_loss(monkeypatch, "always_nan")
+    stops = f"non-finite in {limit + 1} steps \\(last at step {limit + 1}\\).*--max_nonfinite_steps"
+    with pytest.raises(NonFiniteLossError, match=stops):
+        run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "always_nan", "--max_nonfinite_steps",
+            str(limit), "--max_steps", str(max_steps), "--optim", optim)
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_clip_dir, sample_image_dir):
