@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next GPU command (≤ ~8 min: timeout_s 480 leaves a minute for start-up and packing), carry .whl.
+# The next GPU command (≤ ~9.5 min: run it with timeout_s 590), carry .whl.
 # device_run7.sh left MFU at 21 % (ViT-B/32, batch 1,024, compiled: 166 ms per step, 136 ms of GPU kernels).
 # Two causes, each measured here against the default with the baseline in the same process:
 # 1. The GPU idled ~18 % of a step: the CPU waited ~17 ms per step for the finite-loss check (`.item()` after the
@@ -11,8 +11,9 @@
 #    seqlen_q_rounded), zeroed by flash_bwd_dot_do_o (5.2 ms/step) and converted by flash_bwd_convert_dq
 #    (4.9 ms/step): 2.6x the rows at 50 tokens, 5.8x at 22 (~0.4-0.5 GB per layer). `_math` (batched matmuls +
 #    softmax, fused by inductor) and `_efficient` (memory-efficient kernel) instead.
-# Also batch 2,048 and the whole model as one graph (`_full`). Profiles of the default and of `_math`.
+# Also batch 2,048 and the whole model as one graph (`_full`). Profiles of the default and of `_math`. First
+# (device_throughput.sh), bench/attention_backends.py: the backends alone on the step's attention shapes.
 # Setup, run and packing of the results: bench/device_throughput.sh.
-exec bash bench/device_throughput.sh 470 --profile ours_cache_b1024_compile ours_cache_b1024_compile_math \
+exec bash bench/device_throughput.sh 450 --profile ours_cache_b1024_compile ours_cache_b1024_compile_math \
   --variants ours_cache_b1024_compile hf_default ours_cache_b1024_compile_math ours_cache_b1024_compile_efficient \
   ours_cache_b1024_compile_hostsync ours_cache_b2048_compile ours_cache_b1024_compile_full

@@ -652,7 +652,7 @@ def print_table(rows: list[dict]) -> None:
     )
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<26} error: {r['error']}")
+            print(f"{r['name']:<26} error: {r['error'].splitlines()[0][:160]}")  # in full in the JSON
             continue
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         print(

@@ -91,3 +91,19 @@ def test_convert_hnc_smoke(tmp_path):
     assert rows[2]["pairs"] == rows[3]["pairs"] > 3 * rows[0]["pairs"]
     assert "pairs/s" in stdout and "peak MB" in stdout
     assert os.listdir(tmp_path) == ["convert.json"]  # generated JSON files deleted
+
+
+def test_attention_backends_smoke(tmp_path):
+    out = tmp_path / "attention.json"
+    stdout = _run("attention_backends.py", "--device", "cpu", "--pairs", "4", "--backends", "flash", "efficient",
+                  "math", "--compile_backend", "aot_eager", "--warmup", "1", "--iters", "2", "--output", str(out))
+    result = json.loads(out.read_text())
+    rows = {(r["tower"], r["mode"], r["backend"]): r for r in result["rows"]}
+    assert len(rows) == 2 * 2 * 3  # towers × modes × backends
+    # CLIP's shapes: vision 50 tokens, not causal; text causal; batches scale with the pairs
+    assert rows["vision", "eager", "math"]["length"] == 50 and not rows["vision", "eager", "math"]["causal"]
+    assert rows["text", "eager", "math"]["causal"] and rows["text", "eager", "math"]["batch"] == 8
+    for key in [("vision", "eager", "math"), ("text", "compiled", "math"), ("vision", "compiled", "flash")]:
+        assert rows[key]["forward_backward_ms"] > 0 and rows[key]["forward_ms"] > 0, key  # timed (no thresholds)
+    assert "error" in rows["vision", "eager", "efficient"]  # no memory-efficient kernel on the CPU: said, not hidden
+    assert "vs flash" in stdout and "unavailable" in stdout
