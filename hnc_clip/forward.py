@@ -27,7 +27,7 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     Called through the (possibly DDP/DeepSpeed-wrapped) model's `__call__`, so wrappers see a normal forward.
     `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
     """
-    ids, mask, text_index = inputs["input_ids"], inputs["attention_mask"], inputs.get("text_index")
+    ids, mask, text_index = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("text_index")
     if inputs.get("right_padded"):
         # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask).
         mask = None

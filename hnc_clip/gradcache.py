@@ -27,22 +27,27 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
     """Split a collated batch (texts laid out [positives; negatives]) into chunks of `chunk_size` pairs."""
     # Back to one image and two caption rows per pair (the collator stores each distinct one once): chunks are
     # encoded independently.
-    pixels, ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+    pixels, ids = inputs["pixel_values"], inputs["input_ids"]
+    # Right-padded captions reach the causal text tower without their mask (`embed`): no need to split it.
+    mask = None if inputs.get("right_padded") else inputs["attention_mask"]
     if inputs.get("image_index") is not None:
         pixels = pixels[inputs["image_index"]]
     if inputs.get("text_index") is not None:
-        ids, mask = ids[inputs["text_index"]], mask[inputs["text_index"]]
+        ids = ids[inputs["text_index"]]
+        mask = mask[inputs["text_index"]] if mask is not None else None
     b = ids.shape[0] // 2
-    pos_ids, neg_ids = ids[:b], ids[b:]
-    pos_am, neg_am = mask[:b], mask[b:]
+
+    def pair_rows(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:  # [positives; negatives] of `rows`
+        return None if t is None else torch.cat([t[:b][rows], t[b:][rows]])
+
     chunks = []
     for start in range(0, b, chunk_size):
         rows = slice(start, start + chunk_size)
         chunks.append(
             {
                 "pixel_values": pixels[rows],
-                "input_ids": torch.cat([pos_ids[rows], neg_ids[rows]]),
-                "attention_mask": torch.cat([pos_am[rows], neg_am[rows]]),
+                "input_ids": pair_rows(ids, rows),
+                "attention_mask": pair_rows(mask, rows),
                 "pixel_affine": inputs.get("pixel_affine"),  # uint8 pixels are normalised per chunk
                 "right_padded": inputs.get("right_padded", False),
             }
