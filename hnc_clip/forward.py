@@ -90,5 +90,9 @@ def build_loss_inputs(
             reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
     sq_dist = None
     if theta0 is not None:
-        sq_dist = sum(((p - p0.to(p.device)) ** 2).sum() for p, p0 in theta0)
+        # ‖θ−θ₀‖² = Σᵢ ‖θᵢ−θ₀ᵢ‖², with one multi-tensor kernel per op (as torch's optimizers and grad clipping do)
+        # instead of three kernels per parameter tensor; the norm's backward is 0 at θ = θ₀, as the square's.
+        params = [p for p, _ in theta0]
+        initial = [p0.to(p.device) for p, p0 in theta0]
+        sq_dist = torch.stack(torch._foreach_norm(torch._foreach_sub(params, initial))).pow(2).sum()
     return LossInputs(local, everywhere, scale, rank, reference, sq_dist)

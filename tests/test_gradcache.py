@@ -112,3 +112,4 @@ def test_shared_image_and_caption_encodings_equal_per_row_encodings():
     c = tiny()
     loss, *_ = gradcache_backward(c, shared, 3, LOSSES["hnc"].fn, cfg)
     assert loss.item() == pytest.approx(la.item(), rel=1e-12)
+
