@@ -236,6 +236,7 @@ class PerPairCollator(PaddedCollator):
             batch["pixel_values"] = batch["pixel_values"][batch.pop("image_index")]
         if "text_index" in batch:
             text_index = batch.pop("text_index")
+            batch.pop("positive_captions", None)  # rows are per pair now
             batch["input_ids"] = batch["input_ids"][text_index]
             batch["attention_mask"] = batch["attention_mask"][text_index]
         return batch

@@ -231,6 +231,7 @@ class HncCollator:
           "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
           "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,
           "text_index":     [2·B'] int64  rows 0..B'-1 positives, B'..2B'-1 their hard negatives, as input_ids rows,
+          "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
           "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
     where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
@@ -257,7 +258,10 @@ class HncCollator:
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
             return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
         rows = [f["positive"] for f in kept] + [f["negative"] for f in kept]  # [2B']
-        texts = list(dict.fromkeys(rows))  # each distinct caption once (positives repeat across an image's pairs)
+        # Each distinct caption once (positives repeat across an image's pairs), positives first: a positives-only
+        # forward (`clip` loss) then encodes rows 0..P-1 without working out which they are on the device.
+        texts = list(dict.fromkeys(rows))
+        num_positive = len(dict.fromkeys(rows[: len(kept)]))
         # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
         # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
         side = {"padding_side": "right"} if self.omit_padding_mask else {}
@@ -286,6 +290,7 @@ class HncCollator:
             "pixel_values": stacked,
             "image_index": torch.tensor([slot[f["image_id"]] for f in kept], dtype=torch.long),
             "text_index": torch.tensor([text_slot[t] for t in rows], dtype=torch.long),
+            "positive_captions": num_positive,
             "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),

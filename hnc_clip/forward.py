@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .losses import Embeddings, LossInputs, gather_features
@@ -21,6 +23,25 @@ def normalize_pixels(pixels: torch.Tensor, affine: torch.Tensor | None, dtype: t
     return (pixels.permute(0, 3, 1, 2).float() * a - b).to(dtype)
 
 
+class PositiveRows(NamedTuple):
+    rows: slice | torch.Tensor  # the input_ids rows of the distinct positive captions
+    index: torch.Tensor | None  # [B] pair i's positive among them (None: row i)
+
+
+def positive_caption_rows(inputs: dict) -> PositiveRows:
+    """Which caption rows a positives-only forward encodes. `HncCollator` numbers the distinct captions positives
+    first and says how many (`positive_captions`), so they are the first rows and `text_index[:B]` already points
+    into them; without that, a `torch.unique`, which on a GPU waits for it (the output size is data-dependent)."""
+    ids, text_index = inputs["input_ids"], inputs.get("text_index")
+    if text_index is None:  # one row per caption, [positives; negatives]
+        return PositiveRows(slice(0, ids.shape[0] // 2), None)
+    b = text_index.shape[0] // 2
+    if inputs.get("positive_captions") is not None:
+        return PositiveRows(slice(0, inputs["positive_captions"]), text_index[:b])
+    needed, index = torch.unique(text_index[:b], return_inverse=True)  # [T'], [B]
+    return PositiveRows(needed, index)
+
+
 def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     """One forward over the images and the captions ([positives; negatives]); returns L2-normalised embeddings.
 
@@ -32,11 +53,10 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
         # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask).
         mask = None
     if not with_negatives:
-        b = (text_index.shape[0] if text_index is not None else ids.shape[0]) // 2
-        rows = text_index[:b] if text_index is not None else torch.arange(b, device=ids.device)
-        needed, text_index = torch.unique(rows, return_inverse=True)  # [T'], [B]
-        ids = ids[needed]
-        mask = mask[needed] if mask is not None else None
+        positives = positive_caption_rows(inputs)
+        ids = ids[positives.rows]
+        mask = mask[positives.rows] if mask is not None else None
+        text_index = positives.index
     pixels = inputs["pixel_values"]
     if not torch.is_floating_point(pixels):  # uint8 rows from the image cache
         # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.

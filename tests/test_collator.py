@@ -112,3 +112,33 @@ def test_the_omitted_padding_mask_changes_no_embedding():
         _, left = _captions_batch("left", omit_padding_mask=False)
         left_masked, left_unmasked = embed(model, left), embed(model, {**left, "right_padded": True})
         assert (left_unmasked.positive - left_masked.positive).abs().max() > 1e-3
+
+
+def test_a_positives_only_forward_reads_the_first_caption_rows():
+    """The `clip` loss encodes the positives only. The collator numbers the distinct captions positives first and
+    says how many, so that forward takes rows 0..P-1 (no `torch.unique`, which waits for the GPU). It must equal
+    the unique-based fallback and the full forward's positives — also when a hard negative is another pair's
+    positive (pair 1's positive is pair 0's negative here)."""
+    from hnc_clip.forward import embed, positive_caption_rows
+    from hnc_clip.tiny import build_tiny_clip
+
+    tok = build_word_tokenizer("the cup is left right of plate a mug".split(), model_max_length=32)
+    left, right = "the cup is left of the plate", "the cup is right of the plate"
+    feats = [
+        {"pixel_values": torch.rand(3, 32, 32), "positive": left, "negative": right, "image_id": "a"},
+        {"pixel_values": torch.rand(3, 32, 32), "positive": right, "negative": "the mug is left of the plate",
+         "image_id": "b"},
+        {"pixel_values": torch.rand(3, 32, 32), "positive": left, "negative": "a mug", "image_id": "c"},
+    ]
+    batch = HncCollator(tok, max_length=32)(feats)
+    assert batch["positive_captions"] == 2
+    rows = positive_caption_rows(batch)
+    assert rows.rows == slice(0, 2) and rows.index.tolist() == [0, 1, 0]
+    model = build_tiny_clip(len(tok), image_size=32, num_layers=2).eval()
+    without_hint = {k: v for k, v in batch.items() if k != "positive_captions"}
+    with torch.no_grad():
+        fast, fallback, full = (embed(model, batch, with_negatives=False),
+                                embed(model, without_hint, with_negatives=False), embed(model, batch))
+    assert fast.negative is None and fallback.negative is None
+    torch.testing.assert_close(fast.positive, fallback.positive, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast.positive, full.positive, rtol=0, atol=1e-6)
