@@ -271,7 +271,10 @@ class HncTrainer(Trainer):
         affine = inputs.pop("pixel_affine", None) if isinstance(inputs, dict) else None
         inputs = super()._prepare_inputs(inputs)
         if affine is not None:
-            inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32)
+            # non_blocking, as the Trainer copies the rest of the batch: a blocking host-to-device copy may wait for
+            # the GPU queue. Safe: from pinned memory the caching host allocator keeps the source alive until the copy
+            # is done, and from pageable memory CUDA stages it before returning.
+            inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32, non_blocking=True)
         return inputs
 
     def _gradcache_step(self, model, inputs) -> torch.Tensor:
