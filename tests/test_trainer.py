@@ -280,16 +280,26 @@ def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
         CLIPModel.from_pretrained(tiny_clip_dir).get_input_embeddings()  # what load_model works around
 
 
-@pytest.mark.parametrize("optim, syncs", [("adamw_torch_fused", 0), ("adamw_torch", 1)])
-def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, sample_image_dir, optim, syncs):
+# Ops that make the CPU wait for the GPU: a host read of a value (`.item()`, `bool(t)`, `if t:` all run
+# `_local_scalar_dense`), or an output whose size depends on the data (`unique`, `nonzero` — also behind boolean-mask
+# indexing —, `masked_select`), which CUDA must copy back before the caller can go on. On the CPU they wait for
+# nothing, but the profiler records them by name all the same.
+SYNCING_OPS = {"aten::_local_scalar_dense", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
+               "aten::nonzero", "aten::masked_select"}
+
+
+@pytest.mark.parametrize("optim, loss_type, syncs", [
+    *[("adamw_torch_fused", loss, 0) for loss in sorted(LOSSES)], ("adamw_torch", "hnc", 1),
+])
+def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, sample_image_dir, optim, loss_type,
+                                                      syncs):
     """From step begin to step end (forward, loss, backward, clipping, optimizer, callbacks) the CPU never waits for
-    the device with a fused optimizer (the default): the finite-loss flag goes to the optimizer as `found_inf`
-    (`StepGuard`). With an optimizer that cannot skip a step by itself it waits once: the finite-loss check, made
-    after the backward is queued. Every host read of a tensor value
-    (`.item()`, `bool(t)`, `if t:`) runs `aten::_local_scalar_dense`, so the profiler counts them all. (Each one
-    on CUDA stalls the CPU until the GPU is done, so the next kernels queue late: a step full of them is
-    launch-bound. Metrics are summed as device tensors; the Trainer's nan filter is off; captions are right-padded
-    so transformers builds no padding mask, which would read the mask on the host.)"""
+    the device with a fused optimizer (the default), whatever the loss: the finite-loss flag goes to the optimizer
+    as `found_inf` (`StepGuard`). With an optimizer that cannot skip a step by itself it waits once: the
+    finite-loss check, made after the backward is queued. (Each wait on CUDA stalls the CPU until the GPU is done,
+    so the next kernels queue late: a step full of them is launch-bound. Metrics are summed as device tensors; the
+    Trainer's nan filter is off; captions are right-padded so transformers builds no padding mask, which would read
+    the mask on the host; the `clip` loss finds its positives' rows without `unique`.)"""
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -303,7 +313,7 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
 
         def on_step_end(self, args, state, control, **kwargs):
             self.prof.__exit__(None, None, None)
-            self.per_step.append(sum(1 for e in self.prof.events() if e.name == "aten::_local_scalar_dense"
+            self.per_step.append(sum(1 for e in self.prof.events() if e.name in SYNCING_OPS
                                      and not within(e, "Optimizer.step#")))
 
     def within(event, prefix):
@@ -319,13 +329,16 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
         "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir",
         str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train",
         "--max_steps", "3", "--per_device_train_batch_size", "8", "--logging_steps", "2", "--save_strategy", "no",
-        "--use_cpu", "--dataloader_num_workers", "0", "--optim", optim,
+        "--use_cpu", "--dataloader_num_workers", "0", "--optim", optim, "--loss_type", loss_type,
+        "--l2_reg_weight", "0.1",
     ]
     counter = CountSyncs()
     run_hnc_clip.main(*run_hnc_clip.parse_args(argv), callbacks=[counter])
     assert counter.per_step == [syncs] * 3
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    assert 0 <= history[0]["hard_negative_accuracy"] <= 1 and history[0]["logit_scale"] > 0  # still logged, as floats
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"][0]
+    assert logged["logit_scale"] > 0 and math.isfinite(logged["loss"])  # still logged, as floats
+    if LOSSES[loss_type].uses_negatives:
+        assert 0 <= logged["hard_negative_accuracy"] <= 1
 
 
 def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
