@@ -16,7 +16,9 @@
 # Setup, run and packing of the results: bench/device_throughput.sh.
 # Ordered by what the target needs first (a timeout keeps the finished rows): the run-7 trace says the compiled
 # batch-1,024 step is about as CPU-bound as GPU-bound (~148 ms of CPU work per step, 136 ms of GPU kernels), so
-# batch 2,048 (the same CPU work for twice the GPU work) comes right after the default and the baseline.
+# batch 2,048 (the same CPU work for twice the GPU work) comes right after the default and the baseline; last,
+# `_cppwrap` (inductor's C++ wrapper: less CPU per compiled call; ran on CPU with inductor here).
 exec bash bench/device_throughput.sh 450 --profile ours_cache_b1024_compile ours_cache_b1024_compile_math \
   --variants ours_cache_b1024_compile hf_default ours_cache_b2048_compile ours_cache_b1024_compile_math \
-  ours_cache_b1024_compile_hostsync ours_cache_b1024_compile_full ours_cache_b1024_compile_efficient
+  ours_cache_b1024_compile_hostsync ours_cache_b1024_compile_full ours_cache_b1024_compile_efficient \
+  ours_cache_b1024_compile_cppwrap
