@@ -163,6 +163,17 @@ def main(
     return results
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to static destruction, a gloo/NCCL worker
+    thread can still be joinable and the process aborts ("terminate called without an active exception") after a
+    run that succeeded (seen under `accelerate launch` with 2 gloo processes)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     results = main(*parse_args())
+    shutdown_distributed()
     sys.exit(143 if results.get("preempted") else 0)  # 128 + SIGTERM: schedulers read it as "requeue"

@@ -128,8 +128,10 @@ class StepGuard(TrainerCallback):
     def _report(self, step: int, components: dict[str, float]) -> None:
         self.nonfinite_steps += 1
         limit = self.trainer.args.max_nonfinite_steps
+        # The flag is all-reduced: with several processes the NaN may be another's, so say whose numbers these are.
+        where = " on some process (this one's: " if self.trainer.accelerator.num_processes > 1 else " ("
         logger.warning(
-            f"non-finite loss at step {step} ({_fmt(components)}): step skipped ({self.nonfinite_steps}/{limit})"
+            f"non-finite loss at step {step}{where}{_fmt(components)}): step skipped ({self.nonfinite_steps}/{limit})"
         )
         if self.nonfinite_steps > limit:
             raise NonFiniteLossError(

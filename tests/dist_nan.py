@@ -25,3 +25,4 @@ def nan_on_rank1_first(inp, cfg):
 if __name__ == "__main__":
     LOSSES["nan_on_rank1_first"] = LossSpec(nan_on_rank1_first)
     run_hnc_clip.main(*run_hnc_clip.parse_args(sys.argv[1:]))
+    run_hnc_clip.shutdown_distributed()

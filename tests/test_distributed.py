@@ -27,10 +27,13 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
-# Rendezvous failures of the two local processes (a port taken between `free_port` and the launch, a peer reset
-# while connecting): infrastructure, not the code under test, so the launch is retried once on a new port.
+# Failures of the two local processes' plumbing (a port taken between `free_port` and the launch, a peer reset while
+# connecting, a teardown abort): infrastructure, not the code under test, so the launch is retried once on a new port.
 RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError", "Connection reset by peer",
-                     "Connection refused")
+                     "Connection refused",
+                     # a process aborting at interpreter exit, after its work (seen once in a fresh-clone CI run,
+                     # before the scripts destroyed their process group; not reproduced in 10 runs since)
+                     "terminate called without an active exception")
 
 
 def accelerate_launch(*script_and_args: str) -> subprocess.CompletedProcess:
