@@ -316,32 +316,32 @@ class StepProfiler(TrainerCallback):
             self.prof.__exit__(None, None, None)
             os.makedirs(self.out_dir, exist_ok=True)
             sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            averages = self.prof.key_averages()  # built once: it walks every recorded event
             with open(os.path.join(self.out_dir, f"{self.name}_ops.txt"), "w") as f:
-                f.write(self.prof.key_averages().table(sort_by=sort, row_limit=40))
+                f.write(averages.table(sort_by=sort, row_limit=40))
             self.prof.export_chrome_trace(os.path.join(self.out_dir, f"{self.name}_trace.json.gz"))
             syncs = collections.Counter(
                 f"{os.path.relpath(w.filename, REPO) if w.filename.startswith(REPO) else w.filename}:{w.lineno}"
                 for w in self.caught
                 if "synchroniz" in str(w.message)
             )
-            self.summary = summarize_profile(self.prof, self.n, wall_ms, syncs)
+            self.summary = summarize_profile(averages, self.n, wall_ms, syncs)
             with open(os.path.join(self.out_dir, f"{self.name}_summary.json"), "w") as f:
                 json.dump(self.summary, f, indent=1)
             self.prof = None
 
 
-def summarize_profile(prof, steps: int, wall_ms: float, syncs: collections.Counter) -> dict:
+def summarize_profile(averages, steps: int, wall_ms: float, syncs: collections.Counter) -> dict:
     """Per step: wall time, GPU kernel time (sum of kernel durations: compute the GPU did), kernel launches, and
     the CPU time spent waiting on the device (synchronise calls, blocking copies), in the data loader and in the
     optimizer; plus the host syncs by source line and the 20 costliest GPU kernels (none on CPU). Wall ≫ GPU
-    kernel time means the GPU waits for the CPU."""
+    kernel time means the GPU waits for the CPU. `averages`: the profile's `key_averages()`."""
 
     from torch.autograd import DeviceType
 
     def cpu_ms(match) -> float:
-        return sum(e.cpu_time_total for e in prof.key_averages() if match(e.key)) / 1000 / steps
+        return sum(e.cpu_time_total for e in averages if match(e.key)) / 1000 / steps
 
-    averages = prof.key_averages()
     device_rows = [  # kernels and copies, as the op table's own total counts them
         e for e in averages
         if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
