@@ -83,8 +83,12 @@ def gradcache_backward(
         parts = [embed(model, c, with_negatives) for c in chunks]
     kinds = ("image", "positive", "negative") if with_negatives else ("image", "positive")
     leaves = [torch.cat([getattr(p, k) for p in parts]).detach().requires_grad_() for k in kinds]  # [B, D] each
-    image_ids = inputs.get("image_ids")
-    local = Embeddings(leaves[0], leaves[1], leaves[2] if with_negatives else None, image_ids)
+
+    def as_embeddings(tensors: list[torch.Tensor]) -> Embeddings:  # image, positive[, negative]
+        image, positive, *negative = tensors
+        return Embeddings(image, positive, negative[0] if negative else None, inputs.get("image_ids"))
+
+    local = as_embeddings(leaves)
 
     # 2. loss over the whole (gathered) batch; backward stops at the embedding leaves (and logit_scale)
     clip = unwrap_clip(model)
@@ -110,6 +114,5 @@ def gradcache_backward(
             surrogate = surrogate + 0.0 * clip.logit_scale
             surrogate.backward()
         start += n
-    image, positive, *negative = [leaf.detach() for leaf in leaves]
-    local = Embeddings(image, positive, negative[0] if negative else None, image_ids)
+    local = as_embeddings([leaf.detach() for leaf in leaves])
     return loss.detach(), {k: v.detach() for k, v in components.items()}, local, scale.detach()
