@@ -73,10 +73,12 @@ def patch_embedding_as_matmul(model: CLIPModel) -> CLIPModel:
 def with_input_embeddings(model: CLIPModel) -> CLIPModel:
     """Give this CLIPModel a `get_input_embeddings` (the text token embedding).
 
-    transformers' generic one raises NotImplementedError for CLIPModel (two towers, no `embed_tokens`), and
-    accelerate's FSDP2 preparation calls it to shard the input embedding as its own unit: without it
-    `accelerate launch --config_file accelerate_configs/fsdp.yaml` stops before the first step. Bound on the
-    instance, so the class and its saved checkpoints are unchanged.
+    transformers' generic one raises NotImplementedError for CLIPModel (two towers, no `embed_tokens`). It was added
+    for accelerate's FSDP2 preparation, which calls it; FSDP is now refused up front (`check_parallelism` in
+    `hnc_clip/trainer.py`) and no supported path needs it (without it the LoRA and other training tests pass, and
+    `gradient_checkpointing_enable` finds the towers' embeddings by itself). Kept so that generic tools asking a
+    loaded model for its input embedding get the text one instead of an exception. Bound on the instance, so the
+    class and its saved checkpoints are unchanged.
     """
     try:
         model.get_input_embeddings()

@@ -266,8 +266,9 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_loaded_model_has_input_embeddings_for_fsdp(tiny_clip_dir):
-    """accelerate's FSDP2 preparation calls `get_input_embeddings()`; transformers' raises for CLIPModel."""
+def test_loaded_model_has_input_embeddings(tiny_clip_dir):
+    """Generic tools (accelerate's FSDP2 preparation among them) call `get_input_embeddings()`; transformers'
+    raises for CLIPModel."""
     from types import SimpleNamespace
 
     from hnc_clip.modeling import load_model
