@@ -29,7 +29,7 @@ from torch.nn.attention import sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hnc_clip.trainer import SDPA_BACKENDS  # noqa: E402  (the `--sdpa_backends` registry)
+from hnc_clip.trainer import SDPA_BACKENDS, tag_compile_cache_with_sdpa_backends  # noqa: E402  (the registry)
 
 LAYERS = 12  # ViT-B/32 and its text tower both have 12
 
@@ -89,7 +89,10 @@ def time_backend(backend: str, s: dict, args, compiled: bool) -> dict:
         return scaled_dot_product_attention(q, k, v, is_causal=s["causal"])
 
     if compiled:
-        torch._dynamo.reset()  # the backend is chosen while tracing: each one gets its own graph
+        # The backend is chosen while tracing: each one gets its own graph, and its own compile-cache key (else
+        # the on-disk cache hands back the first backend's graph: run 8's compiled rows were all flash).
+        torch._dynamo.reset()
+        tag_compile_cache_with_sdpa_backends([backend])
         attend = torch.compile(attend, backend=args.compile_backend, dynamic=False)
 
     def forward():

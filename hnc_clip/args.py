@@ -182,13 +182,17 @@ class HncTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Keep DataLoader workers between epochs. Unset: on when there are workers."}
     )
 
-    sdpa_backends: list[str] = field(
-        default_factory=lambda: ["flash", "efficient", "math"],
+    sdpa_backends: list[str] | None = field(
+        default=None,
         metadata={
             "help": "Attention kernels SDPA may choose from (`flash`, `efficient`, `math`, `cudnn`; PyTorch picks "
-            "among them). cuDNN is left out by default: it builds an execution plan for each new (batch, length) "
-            "shape (40-66 ms each on an H100), and this recipe's batches change shape at every step (dynamic "
-            "padding, one encoding per distinct image and caption)."
+            "among them, flash first). Unset: `efficient math` on a GPU, `flash efficient math` on a CPU. At CLIP's "
+            "sequence lengths (50 image tokens for ViT-B/32, at most 77 text tokens) the memory-efficient kernel's "
+            "forward + backward ran 3x faster than flash on an H100 (bench/README.md, run 8); flash pads its "
+            "backward to 128 query rows. For long sequences (ViT-L/14 at 336 px: 577 tokens) measure with "
+            "bench/attention_backends.py and add `flash`. cuDNN is left out: it builds an execution plan for each "
+            "new (batch, length) shape (40-66 ms each on an H100), and this recipe's batches change shape at every "
+            "step (dynamic padding, one encoding per distinct image and caption)."
         },
     )
     logging_nan_inf_filter: bool = field(
@@ -251,9 +255,9 @@ def fast_defaults(
     args, cuda_bf16: bool | None = None, cpus: int | None = None, local_world_size: int | None = None
 ) -> dict:
     """The machine-dependent defaults of `HncTrainingArguments` (`bf16`, `dataloader_num_workers`,
-    `dataloader_persistent_workers`) for the fields left unset. Workers only help when a GPU computes: on a
-    CPU-only run they would take cores from the model. One core per process is left to the training loop, which
-    launches the kernels. The keyword arguments stand in for the machine in tests."""
+    `dataloader_persistent_workers`, `sdpa_backends`) for the fields left unset. Workers only help when a GPU
+    computes: on a CPU-only run they would take cores from the model. One core per process is left to the training
+    loop, which launches the kernels. The keyword arguments stand in for the machine in tests."""
     import torch
 
     gpu = not args.use_cpu and torch.cuda.is_available()
@@ -270,4 +274,6 @@ def fast_defaults(
         "bf16": bool(cuda_bf16 and not args.fp16),
         "dataloader_num_workers": workers,
         "dataloader_persistent_workers": workers > 0,
+        # Flash left out on a GPU: see the field's help (measured). A CPU keeps PyTorch's own choice.
+        "sdpa_backends": ["efficient", "math"] if gpu or cuda_bf16 else ["flash", "efficient", "math"],
     }

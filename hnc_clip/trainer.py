@@ -37,6 +37,23 @@ SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
 
+_SDPA_TAG = "|hnc-sdpa="
+
+
+def tag_compile_cache_with_sdpa_backends(backends) -> None:
+    """Make torch.compile's on-disk caches tell graphs traced under different `--sdpa_backends` apart.
+
+    The backend is chosen while a graph is traced, from the `sdpa_kernel` state around it; the FX-graph and
+    AOTAutograd caches key a graph by its code, not by that state. A graph cached by an earlier run (or an earlier
+    model in this process) under other backends would be reused without a word: on an H100 (bench run 8)
+    `--sdpa_backends math` ran flash kernels. torch.compiler.config.cache_key_tag enters every cache key, so it
+    carries the backends; a tag the user set is kept in front."""
+    config = torch.compiler.config
+    base = config.cache_key_tag.split(_SDPA_TAG)[0]
+    tag = f"{base}{_SDPA_TAG}{','.join(backends)}"
+    if config.cache_key_tag != tag:
+        config.cache_key_tag = tag
+
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +220,7 @@ class HncTrainer(Trainer):
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
         # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
+        tag_compile_cache_with_sdpa_backends(self.args.sdpa_backends)
         stack.enter_context(sdpa_kernel([SDPA_BACKENDS[name] for name in self.args.sdpa_backends]))
         return stack
 

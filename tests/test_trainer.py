@@ -342,6 +342,11 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
         assert 0 <= logged["hard_negative_accuracy"] <= 1
 
 
+def parsed_backends(tmp_path, *flags):
+    return run_hnc_clip.parse_args(
+        ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", *flags])[2].sdpa_backends
+
+
 def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
     from types import SimpleNamespace
 
@@ -349,15 +354,19 @@ def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
 
     unset = SimpleNamespace(use_cpu=False, fp16=False, dataloader_num_workers=None)
     gpu = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=1)
-    assert gpu == {"bf16": True, "dataloader_num_workers": 8, "dataloader_persistent_workers": True}
+    assert gpu == {"bf16": True, "dataloader_num_workers": 8, "dataloader_persistent_workers": True,
+                   "sdpa_backends": ["efficient", "math"]}
     per_rank = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=4)  # 4 CPUs per process
     assert per_rank["dataloader_num_workers"] == 3
     fp16 = SimpleNamespace(use_cpu=False, fp16=True, dataloader_num_workers=2)
     assert fast_defaults(fp16, cuda_bf16=True, cpus=16, local_world_size=1) == {
-        "bf16": False, "dataloader_num_workers": 2, "dataloader_persistent_workers": True}
+        "bf16": False, "dataloader_num_workers": 2, "dataloader_persistent_workers": True,
+        "sdpa_backends": ["efficient", "math"]}
     # This machine (no GPU): full precision, data loading in the training process.
     args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
     assert (args.bf16, args.dataloader_num_workers, args.dataloader_persistent_workers) == (False, 0, False)
+    assert args.sdpa_backends == ["flash", "efficient", "math"]  # PyTorch's own choice on a CPU
+    assert parsed_backends(tmp_path, "--sdpa_backends", "math") == ["math"]
     explicit = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=1)
     assert (explicit.dataloader_num_workers, explicit.dataloader_persistent_workers) == (1, True)
     def parsed(*flags):
@@ -404,6 +413,46 @@ def test_attention_avoids_cudnn_unless_asked(tmp_path):
         "None": ["efficient", "flash", "math"], "['math']": ["math"], "['cudnn', 'flash']": ["cudnn", "flash"]}
     with pytest.raises(ValueError, match="--sdpa_backends must name some of"):
         HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, sdpa_backends=["fast"])
+
+
+def test_compiled_attention_follows_sdpa_backends_across_the_compile_cache(tmp_path, monkeypatch):
+    """torch.compile's on-disk caches key a graph by its code, not by the SDPA backends enabled while it was traced
+    (`sdpa_kernel` wraps the compiled model from outside): without a tag, a graph cached under flash is reused when
+    `--sdpa_backends math` asks for math (seen on an H100, and here on CPU). The trainer's context tags the cache
+    key with the backends; inductor with its FX-graph and AOTAutograd caches on, in an empty cache folder."""
+    import torch._dynamo
+    import torch._functorch.config
+    import torch._inductor.config
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from hnc_clip.args import HncTrainingArguments
+    from hnc_clip.tiny import build_tiny_clip
+    from hnc_clip.trainer import HncTrainer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", True)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", True)
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "users-tag")  # restored afterwards
+
+    def attend(q):
+        return F.scaled_dot_product_attention(q, q, q)
+
+    q = torch.randn(4, 2, 16, 8, requires_grad=True)
+    ran = {}
+    for backends in (["flash"], ["math"], ["flash"]):
+        torch._dynamo.reset()  # a fresh trace: only the on-disk caches remember the previous one
+        args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", sdpa_backends=backends)
+        trainer = HncTrainer(model=build_tiny_clip(16), args=args)
+        compiled = torch.compile(attend, dynamic=False)
+        with trainer.compute_loss_context_manager():
+            compiled(q).sum().backward()
+            with profile() as prof:
+                compiled(q).sum().backward()
+        flash = any("flash_attention" in e.name for e in prof.events())
+        ran.setdefault(backends[0], []).append(flash)
+    assert ran == {"flash": [True, True], "math": [False]}
+    assert torch.compiler.config.cache_key_tag == "users-tag|hnc-sdpa=flash"  # the user's tag kept in front
 
 
 def test_patch_embedding_as_matmul_is_the_convolution(tmp_path, tiny_clip_dir):
