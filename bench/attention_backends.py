@@ -7,8 +7,9 @@ Why: in the compiled ViT-B/32 training step at batch 1,024 (`bench/README.md`, d
 backward took 34 ms of 136 ms of GPU time, for sequences of 50 (vision) and ~22 (text) tokens: its backward
 accumulates dQ in an fp32 buffer padded to 128 query rows per sequence. This times each backend that
 `--sdpa_backends` can allow on exactly those shapes, as transformers' CLIP calls SDPA (q, k, v as [B, H, L, D]
-views of [B, L, H, D]; vision not causal, text causal without a mask), with flash — the first choice of the
-default `flash efficient math` — as the baseline of the same run:
+views of [B, L, H, D]; vision not causal, text causal without a mask), with flash (SDPA's first choice when
+allowed, and the default before run 9; memory-efficient ran 3x faster here and is the GPU default since, see
+`bench/README.md`) as the baseline of the same run:
 
     vision  [U, 12, 50, 64]   U = images encoded per step (0.97 per pair for random HNC batches)
     text    [T, 8, L, 64]     T = captions encoded per step (1.98 per pair), L = the batch's longest (~22)

@@ -246,9 +246,9 @@ class HncCollator:
     pixel_affine: object = None
     # CLIP's text tower is causal and pools at the EOS token, so with right padding no real token ever attends to a
     # pad: the padding mask changes nothing the loss sees (OpenAI's CLIP has none). Captions are then padded right
-    # and the batch says so ("right_padded"); `hnc_clip.forward.embed` leaves the mask out, which lets SDPA take
-    # its causal flash kernel and skips transformers' mask building (with host syncs that stall the GPU queue).
-    # False: pad on the tokenizer's side and pass the mask (what HF's run_clip.py does).
+    # and the batch says so ("right_padded"); `hnc_clip.forward.embed` leaves the mask out, which lets SDPA take its
+    # fused causal kernels (memory-efficient or flash) and skips transformers' mask building (with host syncs that
+    # stall the GPU queue). False: pad on the tokenizer's side and pass the mask (what HF's run_clip.py does).
     omit_padding_mask: bool = True
 
     def __call__(self, features: list[dict]) -> dict:
