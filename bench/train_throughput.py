@@ -412,6 +412,7 @@ def recipes(args) -> list[Recipe]:
     # Reading cached rows costs a worker ~nothing: a few keep up, and the rest of the cores stay free for the
     # training process, whose Python launches the kernels (16 busy workers on 16 cores starve it).
     cached = replace(ours, image_cache=True, num_workers=args.cache_workers, persistent_workers=args.cache_workers > 0)
+    b1024_compiled = replace(cached, batch_size=1024, torch_compile=True)  # the GPU runs' main variant, its ablations
     known = {
         r.name: r
         for r in (
@@ -428,30 +429,24 @@ def recipes(args) -> list[Recipe]:
             # CLIP trains on large batches (more in-batch negatives); per-step CPU work (Python, kernel launches)
             # is the same at any batch, so a larger one spends a larger share of the step computing.
             replace(cached, name="ours_cache_b1024", batch_size=1024),
-            replace(cached, name="ours_cache_b1024_compile", batch_size=1024, torch_compile=True),
+            replace(b1024_compiled, name="ours_cache_b1024_compile"),
             replace(cached, name="ours_cache_b2048_compile", batch_size=2048, torch_compile=True),
             # The whole model as one graph: embeddings, layer norms and projections fused too, fewer launches.
-            replace(cached, name="ours_cache_b1024_compile_full", batch_size=1024, torch_compile=True,
-                    compile_regions=False),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_full", compile_regions=False),
             # Ablations: each undoes one default of ours.
-            replace(cached, name="ours_cache_b1024_compile_conv", batch_size=1024, torch_compile=True,
-                    patch_matmul=False),
-            replace(cached, name="ours_cache_b1024_compile_cudnn", batch_size=1024, torch_compile=True,
+            replace(b1024_compiled, name="ours_cache_b1024_compile_conv", patch_matmul=False),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_cudnn",
                     sdpa_backends=("flash", "efficient", "math", "cudnn")),
             # Attention for short sequences (50 and ~22 tokens): flash's backward was 25 % of the compiled step.
             # (Since run 9 the GPU default is efficient + math; `_flash` is the default before it.)
-            replace(cached, name="ours_cache_b1024_compile_flash", batch_size=1024, torch_compile=True,
+            replace(b1024_compiled, name="ours_cache_b1024_compile_flash",
                     sdpa_backends=("flash", "efficient", "math")),
-            replace(cached, name="ours_cache_b1024_compile_math", batch_size=1024, torch_compile=True,
-                    sdpa_backends=("math",)),
-            replace(cached, name="ours_cache_b1024_compile_efficient", batch_size=1024, torch_compile=True,
-                    sdpa_backends=("efficient",)),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_math", sdpa_backends=("math",)),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_efficient", sdpa_backends=("efficient",)),
             # The finite-loss check as a host sync after the backward (as before the fourth session).
-            replace(cached, name="ours_cache_b1024_compile_hostsync", batch_size=1024, torch_compile=True,
-                    skip_on_device=False),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_hostsync", skip_on_device=False),
             # Less CPU per compiled call: the run-7 trace spent ~2 ms of CPU per compiled layer call.
-            replace(cached, name="ours_cache_b1024_compile_cppwrap", batch_size=1024, torch_compile=True,
-                    cpp_wrapper=True),
+            replace(b1024_compiled, name="ours_cache_b1024_compile_cppwrap", cpp_wrapper=True),
         )
     }
     names = args.variants or (
