@@ -1,7 +1,8 @@
 """Contrastive and hard-negative losses for CLIP: pure tensor code.
 
 Nothing here knows about the Trainer, the CLI or datasets. Every loss takes a `LossInputs` and a `LossConfig`
-and returns a dict of named components; the training loss is their sum (as open_clip's `output_dict=True`).
+and returns a dict of named components (`loss_components` adds the regulariser any loss may carry); the training
+loss is their sum (as open_clip's `output_dict=True`).
 
 Layout, with B pairs per process, W processes, r this process's rank, all embeddings L2-normalised:
 
@@ -56,7 +57,7 @@ class LossInputs:
     rank: int = 0
     # Frozen starting model, for `kl_teacher` and `dpo`; no gradient flows into it.
     reference: LossInputs | None = None
-    # Σ‖θ−θ₀‖² over trainable parameters, for `thesis_l2`.
+    # Σ‖θ−θ₀‖² over trainable parameters, for `--l2_reg_weight` (any loss).
     param_sq_dist: torch.Tensor | None = None
 
 
@@ -187,22 +188,19 @@ def thesis_l2_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """The seed thesis's formulation, kept for comparison: the own hard negative's *logit* is scaled by λ.
 
     i2t = s·I [P_all; N_all]ᵀ with i2t[i, W·B + r·B + i] ← λ · i2t[i, W·B + r·B + i];
-    L = ½ [CE(i2t, y) + CE(s·P I_allᵀ, y)] + λ_reg · Σ‖θ−θ₀‖².
+    L = ½ [CE(i2t, y) + CE(s·P I_allᵀ, y)]   (+ λ_reg · Σ‖θ−θ₀‖² with `--l2_reg_weight`, as with every loss).
     Scaling a logit (rather than a loss term) makes λ's effect depend on the sign of the similarity, one reason
-    the `hnc` loss replaces it.
+    the `hnc` loss replaces it. The thesis multiplied the cosines by CLIP's `logit_scale` *parameter* (the log of the
+    temperature, ln 100 ≈ 4.6 for OpenAI CLIP); here s = exp(logit_scale), clamped at `--max_logit_scale`, as in
+    CLIP and open_clip, so its losses are not numerically those of the thesis.
     """
     lg = get_logits(inp, cfg.mask_same_image)
     weight = torch.ones_like(lg.image_to_negative)  # [B, W·B]
     weight[torch.arange(len(lg.labels)), lg.labels] = cfg.hard_negative_weight
     i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, 2·W·B]
-    out = {
+    return {
         "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
     }
-    if cfg.l2_reg_weight > 0:
-        if inp.param_sq_dist is None:
-            raise ValueError("thesis_l2 with l2_reg_weight > 0 needs LossInputs.param_sq_dist")
-        out["l2_reg_loss"] = cfg.l2_reg_weight * inp.param_sq_dist
-    return out
 
 
 def kl_teacher_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
@@ -258,17 +256,29 @@ class LossSpec:
     fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]
     uses_negatives: bool = True  # False: the trainer does not even encode the hard negatives
     needs_reference: bool = False  # a frozen copy of the starting model
-    needs_initial_params: bool = False  # θ₀ for ‖θ−θ₀‖²
 
 
 LOSSES: dict[str, LossSpec] = {
     "clip": LossSpec(clip_loss, uses_negatives=False),
     "hnc": LossSpec(hnc_loss),
     "pairwise": LossSpec(pairwise_loss),
-    "thesis_l2": LossSpec(thesis_l2_loss, needs_initial_params=True),
+    "thesis_l2": LossSpec(thesis_l2_loss),
     "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True),
     "dpo": LossSpec(dpo_loss, needs_reference=True),
 }
+
+
+def loss_components(
+    fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]], inp: LossInputs, cfg: LossConfig
+) -> dict[str, torch.Tensor]:
+    """`fn`'s components plus what every loss may carry: λ_reg · Σ‖θ−θ₀‖² (`l2_reg_loss`, `--l2_reg_weight`),
+    a pull towards the starting weights θ₀ that protects what the model already knew."""
+    out = fn(inp, cfg)
+    if cfg.l2_reg_weight > 0:
+        if inp.param_sq_dist is None:
+            raise ValueError("l2_reg_weight > 0 needs LossInputs.param_sq_dist (Σ‖θ−θ₀‖²)")
+        out["l2_reg_loss"] = cfg.l2_reg_weight * inp.param_sq_dist
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def with_input_embeddings(model: CLIPModel) -> CLIPModel:
     """Give this CLIPModel a `get_input_embeddings` (the text token embedding).
 
     transformers' generic one raises NotImplementedError for CLIPModel (two towers, no `embed_tokens`). It was added
-    for accelerate's FSDP2 preparation, which calls it; FSDP is now refused up front (`check_parallelism` in
+    for accelerate's FSDP2 preparation, which calls it; FSDP is refused up front (`check_parallelism` in
     `hnc_clip/trainer.py`) and no supported path needs it (without it the LoRA and other training tests pass, and
     `gradient_checkpointing_enable` finds the towers' embeddings by itself). Kept so that generic tools asking a
     loaded model for its input embedding get the text one instead of an exception. Bound on the instance, so the

@@ -1,6 +1,6 @@
 """Small CLIP models and word-level tokenizers that are built in code and run offline.
 
-Used by the tests and by the synthetic world (`hnc_clip.synthetic`): no machine here can download
+Used by the tests and by the synthetic world (`hnc_clip.demo.world`): no machine here can download
 `openai/clip-vit-base-patch32`, so we build a `CLIPModel` + `CLIPProcessor` from scratch and save them
 with `save_pretrained`. The result loads through exactly the same code path as a Hub checkpoint.
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import signal
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
-from .forward import build_loss_inputs, embed  # noqa: F401  (re-exported: `from hnc_clip.trainer import embed`)
+from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
+from .data.hnc import PAIR_COLUMNS
+from .forward import build_loss_inputs
 from .gradcache import gradcache_backward
-from .hnc_json import PAIR_COLUMNS
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, similarity_stats
-from .modeling import LogitScaleTap, unwrap_clip
+from .losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats
+from .modeling import LogitScaleTap
 from .schedules import SCHEDULES
-from .step_guard import NonFiniteLossError, StepGuard  # noqa: F401  (re-exported: `from hnc_clip.trainer import ...`)
 
 # Counted per log period (summed), where every other recorded value is averaged.
 COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
@@ -45,8 +43,8 @@ def tag_compile_cache_with_sdpa_backends(backends) -> None:
 
     The backend is chosen while a graph is traced, from the `sdpa_kernel` state around it; the FX-graph and
     AOTAutograd caches key a graph by its code, not by that state. A graph cached by an earlier run (or an earlier
-    model in this process) under other backends would be reused without a word: on an H100 (bench run 8)
-    `--sdpa_backends math` ran flash kernels. torch.compiler.config.cache_key_tag enters every cache key, so it
+    model in this process) under other backends would be reused without a word: on an H100 `--sdpa_backends math`
+    ran flash kernels (bench/RESULTS.md, run 8). torch.compiler.config.cache_key_tag enters every cache key, so it
     carries the backends; a tag the user set is kept in front."""
     config = torch.compiler.config
     base = config.cache_key_tag.split(_SDPA_TAG)[0]
@@ -56,46 +54,6 @@ def tag_compile_cache_with_sdpa_backends(backends) -> None:
 
 
 logger = logging.getLogger(__name__)
-
-
-class ClampLogitScale(TrainerCallback):
-    """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
-
-    def __init__(self, max_logit_scale: float):
-        self.max_log = math.log(max_logit_scale)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            with torch.no_grad():
-                unwrap_clip(model).logit_scale.clamp_(max=self.max_log)
-
-
-class SaveOnSigterm(TrainerCallback):
-    """Preemption: on SIGTERM, finish the current step, save a checkpoint and stop (resume with
-    `--resume_from_checkpoint`). The handler only sets a flag; the Trainer saves at a step boundary."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        logger.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
-        self.received = True
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (e.g. some notebook runners): nothing to install
-            self._previous = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class UnsupportedParallelismError(ValueError):
@@ -133,9 +91,9 @@ class HncTrainer(Trainer):
             LogitScaleTap(self.model),
             LogitScaleTap(self.reference_model) if self.reference_model is not None else None,
         )
-        # θ₀ for ‖θ−θ₀‖²: only the trainable tensors, which are the only ones that can move.
+        # θ₀ for ‖θ−θ₀‖² (`--l2_reg_weight`): only the trainable tensors, which are the only ones that can move.
         self._theta0 = None
-        if self.loss_spec.needs_initial_params:
+        if self.args.l2_reg_weight > 0:
             self._theta0 = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
         # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU (nor does
         # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
@@ -160,7 +118,7 @@ class HncTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
             return super()._get_train_sampler(train_dataset)
-        from .sampler import ImageGroupedSampler
+        from .data.sampler import ImageGroupedSampler
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # Read the column as Arrow: through the dataset's image transform it would decode every image first.
@@ -208,7 +166,7 @@ class HncTrainer(Trainer):
             return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
-        components = self.loss_spec.fn(inp, cfg)
+        components = loss_components(self.loss_spec.fn, inp, cfg)
         loss = torch.stack(list(components.values())).sum()
         metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale, skipped, truncated)
         if model.training:

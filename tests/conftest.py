@@ -19,9 +19,9 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-TRAIN_SAMPLE = SHARED_DATA / "hnc_train_sample.json"
-TEST_SAMPLE = SHARED_DATA / "hnc_test_sample.json"
+DATA = REPO / "tests" / "data"  # the real-format HNC samples (tests/data/README.md); nothing outside the repo
+TRAIN_SAMPLE = DATA / "hnc_train_sample.json"
+TEST_SAMPLE = DATA / "hnc_test_sample.json"
 
 
 def write_placeholder_images(image_dir: Path, files, size=(40, 30)) -> Path:
@@ -34,7 +34,7 @@ def write_placeholder_images(image_dir: Path, files, size=(40, 30)) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_pairs():
-    from hnc_clip.hnc_json import iter_hnc_pairs
+    from hnc_clip.data.hnc import iter_hnc_pairs
 
     return {"train": list(iter_hnc_pairs(str(TRAIN_SAMPLE))), "test": list(iter_hnc_pairs(str(TEST_SAMPLE)))}
 
@@ -70,9 +70,7 @@ def tiny_clip_dir(_tiny_clip_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_sample_files() -> dict[str, str]:
-    """{"test": hnc_test_sample.json, "train": hnc_train_sample.json} as strings; skips when shared/ is absent."""
-    if not (TEST_SAMPLE.is_file() and TRAIN_SAMPLE.is_file()):
-        pytest.skip(f"HNC samples not found under {SHARED_DATA}")
+    """{"test": hnc_test_sample.json, "train": hnc_train_sample.json} as strings."""
     return {"test": str(TEST_SAMPLE), "train": str(TRAIN_SAMPLE)}
 
 
@@ -103,7 +101,7 @@ def eval_sample_image_dir(tmp_path_factory, eval_sample_files) -> str:
 
 
 def _eval_tiny_clip(tmp_path_factory, texts: list[str], name: str, seed: int) -> str:
-    from eval.zeroshot_data import DEFAULT_TEMPLATES
+    from hnc_clip.evaluation.zeroshot_data import DEFAULT_TEMPLATES
     from hnc_clip.tiny import save_tiny_clip
 
     vocab_texts = texts + list(DEFAULT_TEMPLATES) + ["cat dog house"]

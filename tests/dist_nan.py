@@ -1,4 +1,4 @@
-"""Run under `accelerate launch --num_processes 2` (gloo) by `tests/test_distributed.py`: `run_hnc_clip.py`'s
+"""Run under `accelerate launch --num_processes 2` (gloo) by `tests/test_distributed.py`: the training app's
 `main()` with a loss that is NaN on rank 1 only, in the first step. Every process must skip that optimizer step
 (the non-finite flag is all-reduced), else the DDP replicas drift apart."""
 
@@ -8,8 +8,8 @@ import sys
 
 from accelerate import PartialState
 
-import run_hnc_clip
 from hnc_clip.losses import LOSSES, LossSpec, hnc_loss
+from hnc_clip.scripts import train as train_app
 
 calls = {"n": 0}
 
@@ -24,5 +24,5 @@ def nan_on_rank1_first(inp, cfg):
 
 if __name__ == "__main__":
     LOSSES["nan_on_rank1_first"] = LossSpec(nan_on_rank1_first)
-    run_hnc_clip.main(*run_hnc_clip.parse_args(sys.argv[1:]))
-    run_hnc_clip.shutdown_distributed()
+    train_app.main(*train_app.parse_args(sys.argv[1:]))
+    train_app.shutdown_distributed()

@@ -17,10 +17,10 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from hnc_clip.data import image_group_id
+from hnc_clip.forward import build_loss_inputs
 from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig
 from hnc_clip.tiny import EOS_ID, build_tiny_clip
-from hnc_clip.trainer import build_loss_inputs
 
 G, L, VOCAB = 8, 7, 40
 
@@ -114,7 +114,7 @@ def main(out_path: str) -> None:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
     acc.wait_for_everyone()
-    dist.destroy_process_group()  # before exit: see run_hnc_clip.shutdown_distributed
+    dist.destroy_process_group()  # before exit: see hnc_clip.scripts.train.shutdown_distributed
 
 
 if __name__ == "__main__":

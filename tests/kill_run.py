@@ -1,4 +1,4 @@
-"""Run `run_hnc_clip.main` and send this process a signal at the start of a given step (for reliability tests).
+"""Run the training app's `main` and send this process a signal at the start of a given step (for reliability tests).
 
     python tests/kill_run.py SIGNAL STEP -- <run_hnc_clip flags>
 """
@@ -11,7 +11,7 @@ import sys
 
 from transformers import TrainerCallback
 
-import run_hnc_clip
+from hnc_clip.scripts import train as train_app
 
 
 class SignalAtStep(TrainerCallback):
@@ -25,5 +25,5 @@ class SignalAtStep(TrainerCallback):
 
 if __name__ == "__main__":
     sig, step = getattr(signal, sys.argv[1]), int(sys.argv[2])
-    results = run_hnc_clip.main(*run_hnc_clip.parse_args(sys.argv[4:]), callbacks=[SignalAtStep(sig, step)])
+    results = train_app.main(*train_app.parse_args(sys.argv[4:]), callbacks=[SignalAtStep(sig, step)])
     sys.exit(143 if results.get("preempted") else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from hnc_clip import demo
+from hnc_clip.demo import run as demo
 
 
 def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
@@ -24,7 +24,7 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     # A rerun trains nothing: every stage is found in its folder with the same configuration.
     stamps = {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in ("base", "ft_clip")}
     trained = []
-    monkeypatch.setattr("run_hnc_clip.main", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("hnc_clip.scripts.train.main", lambda *a, **k: trained.append(a))
     assert demo.main(demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1)) == 0
     assert trained == []
     assert stamps == {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in stamps}

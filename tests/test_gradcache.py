@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hnc_clip.forward import build_loss_inputs
 from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig
-from hnc_clip.trainer import build_loss_inputs
 
 from .dist_parity import VOCAB as DIST_VOCAB
 from .dist_parity import G, global_batch
@@ -74,10 +74,10 @@ def test_trainer_with_gradcache_matches_plain_run(tmp_path, tiny_clip_dir, sampl
 
 
 def test_gradcache_rejects_reference_losses():
-    import run_hnc_clip
+    from hnc_clip.scripts import train as train_app
 
     with pytest.raises(ValueError, match="gradcache_chunk_size does not support --loss_type dpo"):
-        run_hnc_clip.parse_args(["--output_dir", "x", "--loss_type", "dpo", "--gradcache_chunk_size", "4"])
+        train_app.parse_args(["--output_dir", "x", "--loss_type", "dpo", "--gradcache_chunk_size", "4"])
 
 
 

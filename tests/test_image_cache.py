@@ -1,4 +1,4 @@
-"""`hnc_clip.image_cache`: the cache gives the on-the-fly pixels, commits atomically, and skips missing images."""
+"""`hnc_clip.data.image_cache`: the cache gives the on-the-fly pixels, commits atomically, and skips missing images."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hnc_clip import image_cache
-from hnc_clip.data import ImageJoin, ImageLoadError
-from hnc_clip.image_cache import INDEX_FILE, CachedImageJoin, prepare
+from hnc_clip.data import ImageJoin, ImageLoadError, image_cache
+from hnc_clip.data.image_cache import INDEX_FILE, CachedImageJoin, prepare
+from hnc_clip.scripts import build_image_cache
 from hnc_clip.tiny import build_image_processor
 
 # 1/255 in [0, 1] pixel space; compared after undoing the std, so the tolerance is the same in every channel.
@@ -142,7 +142,7 @@ def test_other_geometry_is_refused(image_dir, processor, tmp_path):
 
 def test_cli(image_dir, processor, tmp_path, capsys):
     processor.save_pretrained(tmp_path / "model")  # what a model directory holds for its image processor
-    index = image_cache.main(
+    index = build_image_cache.main(
         [
             "--image_dir",
             str(image_dir),
@@ -160,8 +160,8 @@ def test_cli(image_dir, processor, tmp_path, capsys):
 
 def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, processor, tmp_path):
     from hnc_clip.data import HncCollator
+    from hnc_clip.data.image_cache import pixel_affine
     from hnc_clip.forward import normalize_pixels
-    from hnc_clip.image_cache import pixel_affine
     from hnc_clip.tiny import build_word_tokenizer
 
     names = ["a.jpg", "b.jpg", "a.jpg", "e.png"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hnc_clip.losses import LOSSES, Embeddings, LossConfig, LossInputs, similarity_stats
+from hnc_clip.losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats
 from hnc_clip.schedules import SCHEDULES
 
 B, D = 5, 8
@@ -76,7 +76,7 @@ def ref_thesis(img, pos, neg, s, w):
 def check(loss_type, cfg, reference_fn, **extra):
     """Loss value and gradients w.r.t. all three embedding sets equal the reference's (autograd through it)."""
     leaves, emb = make_embeddings()
-    out = LOSSES[loss_type].fn(inputs(emb, **extra), cfg)
+    out = loss_components(LOSSES[loss_type].fn, inputs(emb, **extra), cfg)
     torch.stack(list(out.values())).sum().backward()
 
     ref_leaves, _ = make_embeddings()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hnc_clip.callbacks import NonFiniteLossError
 from hnc_clip.data import HncCollator, load_hnc_pairs
-from hnc_clip.hnc_json import HncFormatError
+from hnc_clip.data.hnc import HncFormatError
 from hnc_clip.losses import LOSSES, LossSpec, hnc_loss
 from hnc_clip.tiny import build_word_tokenizer
-from hnc_clip.trainer import NonFiniteLossError
 
 from .conftest import REPO, TRAIN_SAMPLE
 from .test_trainer import changed, run, weights
@@ -96,7 +96,7 @@ def register_nan_loss(monkeypatch, name: str, on_calls=None) -> dict:
 def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sample_image_dir, monkeypatch, caplog,
                                                   optim):
     register_nan_loss(monkeypatch, "nan_first", on_calls={1})
-    with caplog.at_level("WARNING", logger="hnc_clip.step_guard"):
+    with caplog.at_level("WARNING", logger="hnc_clip.callbacks"):
         _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_first", "--max_steps", "2",
                      "--optim", optim, "--save_strategy", "steps", "--save_steps", "1")
     before, after = weights(tiny_clip_dir), weights(f"{out}/checkpoint-1")
@@ -229,7 +229,7 @@ def test_the_step_guard_skips_on_the_device_only_where_the_optimizer_can():
     or ignore it: those keep the host check."""
     from types import SimpleNamespace
 
-    from hnc_clip.step_guard import StepGuard
+    from hnc_clip.callbacks import StepGuard
 
     p = torch.nn.Parameter(torch.zeros(2))
 
@@ -252,7 +252,7 @@ def test_under_deepspeed_a_nonfinite_loss_stops_at_once_unless_deepspeed_skips_i
     with check_grad_overflow under ZeRO-1/2) skips the update. Without it the run stops at the first NaN."""
     from types import SimpleNamespace
 
-    from hnc_clip.step_guard import StepGuard
+    from hnc_clip.callbacks import StepGuard
 
     engine_optimizer = SimpleNamespace(check_grad_overflow=False, dtype=torch.bfloat16)  # ZeRO-1/2, bf16 default
     trainer = SimpleNamespace(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hnc_clip.sampler import ImageGroupedSampler
+from hnc_clip.data.sampler import ImageGroupedSampler
 
 
 def image_ids():

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
-import run_hnc_clip
 from hnc_clip.losses import LOSSES
+from hnc_clip.scripts import train as train_app
 
 from .conftest import REPO, TEST_SAMPLE, TRAIN_SAMPLE
 
@@ -28,7 +28,7 @@ def run(tmp_path, model_dir, image_dir, *extra: str) -> tuple[dict, str]:
         "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
         "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--seed", "0", *extra,
     ]
-    return run_hnc_clip.main(*run_hnc_clip.parse_args(argv)), str(out)
+    return train_app.main(*train_app.parse_args(argv)), str(out)
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -189,11 +189,11 @@ def test_logit_scale_is_clamped(tmp_path, tiny_clip_dir, sample_image_dir):
 
 def test_bad_flags_name_the_flag():
     with pytest.raises(ValueError, match="--loss_type must be one of"):
-        run_hnc_clip.parse_args(["--output_dir", "x", "--loss_type", "nope"])
+        train_app.parse_args(["--output_dir", "x", "--loss_type", "nope"])
     with pytest.raises(ValueError, match="--finetune_mode must be one of"):
-        run_hnc_clip.parse_args(["--output_dir", "x", "--finetune_mode", "half"])
+        train_app.parse_args(["--output_dir", "x", "--finetune_mode", "half"])
     with pytest.raises(ValueError, match="--on_missing_image"):
-        run_hnc_clip.parse_args(["--output_dir", "x", "--on_missing_image", "ignore"])
+        train_app.parse_args(["--output_dir", "x", "--on_missing_image", "ignore"])
 
 
 def test_yaml_config_and_cli_script(tmp_path, tiny_clip_dir, sample_image_dir, sample_pairs):
@@ -204,7 +204,7 @@ def test_yaml_config_and_cli_script(tmp_path, tiny_clip_dir, sample_image_dir, s
         "per_device_train_batch_size: 4\nloss_type: pairwise\nhard_negative_weight: 0.5\nuse_cpu: true\n"
         "caption_types: [relation_subj, relation_obj]\nsave_strategy: 'no'\n"
     )
-    model_args, data_args, training_args = run_hnc_clip.parse_args([str(config)])
+    model_args, data_args, training_args = train_app.parse_args([str(config)])
     assert training_args.loss_type == "pairwise" and training_args.hard_negative_weight == 0.5
     assert data_args.caption_types == ["relation_subj", "relation_obj"]
     proc = subprocess.run([sys.executable, str(REPO / "run_hnc_clip.py"), str(config)], cwd=REPO,
@@ -217,7 +217,7 @@ def test_yaml_config_and_cli_script(tmp_path, tiny_clip_dir, sample_image_dir, s
 
 def test_training_from_the_uint8_image_cache_equals_decoding(tmp_path, tiny_clip_dir, sample_image_dir):
     """`--image_cache_dir` (uint8 rows, normalised in the forward) trains the same weights as decoding JPEGs."""
-    from hnc_clip.image_cache import prepare
+    from hnc_clip.data.image_cache import prepare
     from hnc_clip.tiny import build_image_processor
 
     processor = CLIPProcessor.from_pretrained(tiny_clip_dir).image_processor
@@ -334,7 +334,7 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
         "--l2_reg_weight", "0.1",
     ]
     counter = CountSyncs()
-    run_hnc_clip.main(*run_hnc_clip.parse_args(argv), callbacks=[counter])
+    train_app.main(*train_app.parse_args(argv), callbacks=[counter])
     assert counter.per_step == [syncs] * 3
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"][0]
     assert logged["logit_scale"] > 0 and math.isfinite(logged["loss"])  # still logged, as floats
@@ -345,7 +345,7 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
 def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
     from types import SimpleNamespace
 
-    from hnc_clip.args import HncTrainingArguments, fast_defaults
+    from hnc_clip.arguments import HncTrainingArguments, fast_defaults
 
     unset = SimpleNamespace(use_cpu=False, fp16=False, dataloader_num_workers=None)
     gpu = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=1)
@@ -364,7 +364,7 @@ def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
     explicit = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=1)
     assert (explicit.dataloader_num_workers, explicit.dataloader_persistent_workers) == (1, True)
     def parsed(*flags):
-        return run_hnc_clip.parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu",
+        return train_app.parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu",
                                         *flags])[2]
 
     assert parsed("--bf16").bf16 is True and parsed("--bf16", "false").bf16 is False and parsed().bf16 is False
@@ -385,7 +385,7 @@ def test_attention_avoids_cudnn_unless_asked(tmp_path):
     loss runs with flash / memory-efficient / math attention only, unless --sdpa_backends names cudnn."""
     import pytest
 
-    from hnc_clip.args import HncTrainingArguments
+    from hnc_clip.arguments import HncTrainingArguments
     from hnc_clip.tiny import build_tiny_clip
     from hnc_clip.trainer import HncTrainer
 
@@ -421,7 +421,7 @@ def test_compiled_attention_follows_sdpa_backends_across_the_compile_cache(tmp_p
     import torch.nn.functional as F
     from torch.profiler import profile
 
-    from hnc_clip.args import HncTrainingArguments
+    from hnc_clip.arguments import HncTrainingArguments
     from hnc_clip.tiny import build_tiny_clip
     from hnc_clip.trainer import HncTrainer
 
@@ -455,7 +455,7 @@ def test_patch_embedding_as_matmul_is_the_convolution(tmp_path, tiny_clip_dir):
     parameters, and a checkpoint saved from the swapped model loads as a plain CLIPModel with equal weights."""
     from transformers import CLIPModel
 
-    from hnc_clip.args import ModelArguments
+    from hnc_clip.arguments import ModelArguments
     from hnc_clip.modeling import PatchEmbeddingAsMatmul, load_model
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from eval.formats import (
+from hnc_clip.evaluation.formats import (
     ARO_ATTRIBUTION,
     ARO_RELATION,
     COCO_KARPATHY,
@@ -19,7 +19,7 @@ from eval.formats import (
     load_image_captions,
     load_pairs,
 )
-from eval.images import ImageRef, load_image, resolve_image
+from hnc_clip.evaluation.images import ImageRef, load_image, resolve_image
 
 
 def _write(path, data) -> str:
@@ -32,7 +32,7 @@ def test_hnc_samples_detected_and_parsed(eval_sample_files):
     assert detect_format(eval_sample_files["train"]) == "hnc_train"
     test_pairs = load_pairs(eval_sample_files["test"])
     train_pairs = load_pairs(eval_sample_files["train"])
-    assert (len(test_pairs), len(train_pairs)) == (872, 594)  # as documented in shared/data/README.md
+    assert (len(test_pairs), len(train_pairs)) == (872, 594)  # as documented in tests/data/README.md
     assert len({p["image_file"] for p in test_pairs}) == 100
     assert len({p["image_file"] for p in train_pairs}) == 5
     assert all(p["bbox"] is None and p["image_file"].endswith(".jpg") for p in test_pairs + train_pairs)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.formats import ImageCaptions, load_pairs
-from eval.images import ImageRef
-from eval.linear_probe import linear_probe_rankings, split_per_class
-from eval.tasks import (
+from hnc_clip.evaluation.formats import ImageCaptions, load_pairs
+from hnc_clip.evaluation.images import ImageRef
+from hnc_clip.evaluation.linear_probe import linear_probe_rankings, split_per_class
+from hnc_clip.evaluation.tasks import (
     evaluate_pairwise,
     evaluate_retrieval,
     evaluate_zeroshot,
@@ -192,7 +192,7 @@ def test_linear_probe_split_and_fit():
 def test_tiny_clip_encodes_unique_images_and_captions_once(
     eval_tiny_clip_dir, eval_sample_files, eval_sample_image_dir
 ):
-    from eval.encode import load_clip
+    from hnc_clip.evaluation.encode import load_clip
 
     model, processor = load_clip(eval_tiny_clip_dir, "cpu")
     rows: Counter = Counter()
@@ -220,9 +220,9 @@ def test_tiny_clip_encodes_unique_images_and_captions_once(
 def test_tiny_clip_retrieval_and_zeroshot(
     eval_tiny_clip_dir, eval_sample_files, eval_sample_image_dir, eval_zeroshot_dir, tmp_path
 ):
-    from eval.encode import load_clip
-    from eval.formats import load_image_captions
-    from eval.zeroshot_data import load_imagefolder
+    from hnc_clip.evaluation.encode import load_clip
+    from hnc_clip.evaluation.formats import load_image_captions
+    from hnc_clip.evaluation.zeroshot_data import load_imagefolder
 
     model, processor = load_clip(eval_tiny_clip_dir, "cpu")
     items = load_image_captions(eval_sample_files["train"])
@@ -271,7 +271,7 @@ def test_linear_probe_sklearn_branch(monkeypatch):
 
 
 def test_classnames_and_templates_files(tmp_path):
-    from eval.zeroshot_data import DEFAULT_TEMPLATES, read_classnames, read_templates
+    from hnc_clip.evaluation.zeroshot_data import DEFAULT_TEMPLATES, read_classnames, read_templates
 
     folders = ["golden_retriever", "tabby_cat"]
     assert read_classnames(None, folders) == ["golden retriever", "tabby cat"]

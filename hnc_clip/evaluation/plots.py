@@ -37,7 +37,8 @@ def plot_accuracy_by_type(results: Mapping[str, dict], path: str) -> str | None:
 def plot_similarity_histograms(scores: Mapping[str, object], path: str, bins: int = 40) -> str | None:
     """Per model, histograms of sim(image, positive), sim(image, hard negative) and sim(image, random negative).
 
-    `scores` maps model name -> `eval.tasks.PairwiseScores`; all panels share one bin range so they compare.
+    `scores` maps model name -> `hnc_clip.evaluation.tasks.PairwiseScores`; all panels share one bin range so they
+    compare.
     """
     if not scores:
         return None

@@ -56,7 +56,7 @@ class DataArguments:
     )
     image_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Pre-resized image cache from `python -m hnc_clip.image_cache`, read instead of decoding."},
+        metadata={"help": "Pre-resized image cache from `hnc-clip-image-cache`, read instead of decoding."},
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training pairs (after filtering), for quick runs."}
@@ -98,7 +98,8 @@ class HncTrainingArguments(TrainingArguments):
     hard_negative_step_size: float = field(default=0.1, metadata={"help": "`step`: λ increase per stair."})
     hard_negative_step_every: int = field(default=100, metadata={"help": "`step`: optimizer steps per stair."})
     l2_reg_weight: float = field(
-        default=0.0, metadata={"help": "λ_reg of ‖θ−θ₀‖² over trainable parameters (`thesis_l2`; any loss)."}
+        default=0.0,
+        metadata={"help": "λ_reg of λ_reg·‖θ−θ₀‖², a pull of the trainable parameters towards the start (any loss)."},
     )
     kl_weight: float = field(default=1.0, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."})
     kl_temperature: float = field(default=1.0, metadata={"help": "`kl_teacher`: softmax temperature of the KL."})
@@ -188,7 +189,7 @@ class HncTrainingArguments(TrainingArguments):
             "help": "Attention kernels SDPA may choose from (`flash`, `efficient`, `math`, `cudnn`; PyTorch picks "
             "among them, flash first). Unset: `efficient math` on a GPU, `flash efficient math` on a CPU. At CLIP's "
             "sequence lengths (50 image tokens for ViT-B/32, at most 77 text tokens) the memory-efficient kernel's "
-            "forward + backward ran 3x faster than flash on an H100 (bench/README.md, run 8); flash pads its "
+            "forward + backward ran 3x faster than flash on an H100 (bench/RESULTS.md); flash pads its "
             "backward to 128 query rows. For long sequences (ViT-L/14 at 336 px: 577 tokens) measure with "
             "bench/attention_backends.py and add `flash`. cuDNN is left out: it builds an execution plan for each "
             "new (batch, length) shape (40-66 ms each on an H100), and this recipe's batches change shape at every "
@@ -207,9 +208,12 @@ class HncTrainingArguments(TrainingArguments):
         # Unset: batches go to the GPU with non-blocking copies from pinned memory. A blocking copy waits for the
         # previous step's kernels to drain before the CPU may queue this step's, leaving the GPU idle meanwhile.
         default_accelerator_config = self.accelerator_config is None
+        # What was decided from this machine rather than given: logged at start, recorded in the card and results.
+        self.machine_defaults = {}
         for name, value in fast_defaults(self).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+                self.machine_defaults[name] = value
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.
         from .losses import LOSSES
         from .modeling import FINETUNE_MODES
@@ -224,13 +228,17 @@ class HncTrainingArguments(TrainingArguments):
                 raise ValueError(f"{flag} must be one of {sorted(registry)}, got {value!r}")
         if self.hard_negative_weight < 0 or self.hard_negative_weight_min < 0:
             raise ValueError("--hard_negative_weight and --hard_negative_weight_min must be >= 0")
+        if self.l2_reg_weight < 0:
+            raise ValueError(f"--l2_reg_weight must be >= 0, got {self.l2_reg_weight}")
         spec = LOSSES[self.loss_type]
         if self.group_by_image < 0:
             raise ValueError("--group_by_image must be >= 0")
         if self.gradcache_chunk_size < 0:
             raise ValueError("--gradcache_chunk_size must be >= 0")
-        if self.gradcache_chunk_size and (spec.needs_reference or spec.needs_initial_params):
+        if self.gradcache_chunk_size and spec.needs_reference:
             raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
+        if self.gradcache_chunk_size and self.l2_reg_weight > 0:
+            raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
         from .trainer import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
@@ -245,6 +253,15 @@ class HncTrainingArguments(TrainingArguments):
             # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
             os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
             os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"
+
+
+def describe_machine_defaults(args) -> str:
+    """One line: the settings this machine decided (flags left unset), for the log at start."""
+    chosen = getattr(args, "machine_defaults", {})
+    if not chosen:
+        return "machine-dependent defaults: none (every such flag was given)"
+    values = ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in chosen.items())
+    return f"machine-dependent defaults (flags left unset, decided on this machine; give a flag to fix it): {values}"
 
 
 # `bool | None` fields that `--flag` alone sets to true (`run_hnc_clip.make_parser` makes the value optional).

@@ -3,9 +3,9 @@
     python -m hnc_clip.demo --output_dir demo_output          # what `make demo` runs
     python -m hnc_clip.demo --output_dir /tmp/d --quick       # a smoke version (seconds; numbers meaningless)
 
-Every stage runs the project's real code: the world is written in the HNC schemas (`hnc_clip.synthetic`), models are
-trained by `run_hnc_clip.main` (the same `HncTrainer`, `datasets` pipeline and collator as on HNC + GQA), and
-evaluated by `eval.run_eval.run`. Stages:
+Every stage runs the project's real code: the world is written in the HNC schemas (`hnc_clip.demo.world`), models
+are trained by the training application's `main` (`hnc_clip.scripts.train`: the same `HncTrainer`, `datasets`
+pipeline and collator as on HNC + GQA), and evaluated by the evaluation application's `run`. Stages:
 
 1. a synthetic world of two coloured shapes in a spatial relation, with relation/swap/attribute/object negatives;
 2. "pre-train" a small CLIP from scratch with the standard CLIP loss: the stand-in for OpenAI CLIP;
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
-# Not a child of "hnc_clip": run_hnc_clip.main() sets that logger's level to the Trainer's log level (warning).
+# Not a child of "hnc_clip": the training app sets that logger's level to the Trainer's log level (warning).
 logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
@@ -102,8 +102,8 @@ def train(
     batch_size: int | None = None,
     group_by_image: int = 0,
 ) -> str:
-    """One `run_hnc_clip.main` run from `init`; skipped when its folder already holds the same run."""
-    import run_hnc_clip
+    """One training run (`hnc_clip.scripts.train.main`) from `init`; skipped when its folder holds the same run."""
+    from hnc_clip.scripts import train as train_app
 
     world = os.path.join(args.output_dir, "world")
     out = os.path.join(args.output_dir, "models", name)
@@ -122,7 +122,7 @@ def train(
         return out
     logger.info(f"[demo] {name}: {loss} loss, λ={weight}, {steps} steps from {os.path.basename(init)}")
     t0 = time.time()
-    run_hnc_clip.main(*run_hnc_clip.parse_args(flags))
+    train_app.main(*train_app.parse_args(flags))
     with open(os.path.join(out, "demo_stage.json"), "w") as f:
         json.dump({"key": key, "seconds": round(time.time() - t0, 1), "flags": flags}, f, indent=1)
     return out
@@ -236,8 +236,8 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
 def main(args: DemoArguments) -> int:
     import torch
 
-    from eval.run_eval import run as run_eval
-    from hnc_clip.synthetic import make_world, save_world_model
+    from hnc_clip.demo.world import make_world, save_world_model
+    from hnc_clip.scripts.evaluate import run as run_eval
 
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     torch.set_num_threads(args.num_threads or os.cpu_count() or 1)
@@ -297,7 +297,7 @@ def main(args: DemoArguments) -> int:
     ]
 
     # 5. Report, results, plots
-    from eval.plots import plot_accuracy_by_type
+    from hnc_clip.evaluation.plots import plot_accuracy_by_type
 
     plot_accuracy_by_type({role: results[n] for role, n in roles.items()}, os.path.join(out, "accuracy_by_type.png"))
     plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
@@ -313,6 +313,11 @@ def main(args: DemoArguments) -> int:
     return 0 if better or not args.enforce_targets or args.quick else 1
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`hnc-clip-demo` and `python -m hnc_clip.demo`."""
+    (demo_args,) = HfArgumentParser(DemoArguments, prog="hnc-clip-demo").parse_args_into_dataclasses(args=argv)
+    return main(demo_args)
+
+
 if __name__ == "__main__":
-    (demo_args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
-    sys.exit(main(demo_args))
+    sys.exit(cli())

@@ -1,4 +1,5 @@
-"""The `eval/run_eval.py` entry point end to end, WiSE-FT interpolation, model cards and argument checks."""
+"""The evaluation application (`hnc_clip.scripts.evaluate`, `eval/run_eval.py`) end to end, WiSE-FT interpolation,
+model cards and argument checks."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from eval.run_eval import EvalArguments, main, model_names, run
-from eval.wise import check_wise_configs, parse_alphas, wise_interpolate, wise_name
+from hnc_clip.evaluation.wise import check_wise_configs, parse_alphas, wise_interpolate, wise_name
+from hnc_clip.scripts.evaluate import EvalArguments, main, model_names, run
 
 pytestmark = pytest.mark.usefixtures("eval_single_thread")
 
@@ -72,7 +73,7 @@ def test_end_to_end_on_real_samples(
 
 
 def test_script_runs_as_a_file(eval_tiny_clip_dir, eval_sample_files, eval_sample_image_dir, tmp_path):
-    # `python eval/run_eval.py` (not -m) must find the `eval` package from the repo root.
+    # `python eval/run_eval.py` from another directory: the thin entry point finds the installed package.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, os.path.join(REPO, "eval", "run_eval.py"),
@@ -109,7 +110,7 @@ def test_unknown_format_error_from_run(eval_tiny_clip_dir, tmp_path):
 
 
 def test_wise_interpolation_endpoints(eval_tiny_clip_dir, eval_tuned_clip_dir):
-    from eval.encode import load_clip
+    from hnc_clip.evaluation.encode import load_clip
 
     base, _ = load_clip(eval_tiny_clip_dir, "cpu")
     tuned, _ = load_clip(eval_tuned_clip_dir, "cpu")
@@ -127,7 +128,7 @@ def test_wise_interpolation_endpoints(eval_tiny_clip_dir, eval_tuned_clip_dir):
 
 
 def test_wise_rejects_other_architecture(eval_tiny_clip_dir, tmp_path):
-    from eval.encode import load_clip
+    from hnc_clip.evaluation.encode import load_clip
     from hnc_clip.tiny import save_tiny_clip
 
     other = save_tiny_clip(str(tmp_path / "wide"), ["a photo of a cat"], hidden_size=48, projection_dim=16)
@@ -150,7 +151,7 @@ def test_wise_helpers():
 def test_model_card_merges_and_replaces(tmp_path):
     from huggingface_hub import ModelCard
 
-    from eval.model_card import publish_results, write_local_model_card
+    from hnc_clip.card import publish_results, write_local_model_card
 
     model_dir = tmp_path / "ckpt"
     model_dir.mkdir()

@@ -1,5 +1,7 @@
-"""Skipping an optimizer step whose loss was NaN/inf (or whose batch had no readable image) without making the CPU
-wait for the GPU.
+"""The recipe's `TrainerCallback`s: the logit-scale clamp, save-on-SIGTERM, and `StepGuard`.
+
+`StepGuard` skips an optimizer step whose loss was NaN/inf (or whose batch had no readable image) without making the
+CPU wait for the GPU.
 
 A step's loss lives on the device. Reading it on the host (`.item()`) stalls the CPU until the GPU has finished
 the backward, and then the GPU idles while the CPU queues the optimizer step and the next forward: on an H100 at
@@ -23,12 +25,56 @@ non-finite, and the honest next step is to resume from the last checkpoint.
 from __future__ import annotations
 
 import logging
+import math
+import signal
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from .modeling import unwrap_clip
+
 logger = logging.getLogger(__name__)
+
+
+class ClampLogitScale(TrainerCallback):
+    """Clamp `logit_scale` to ln(max) after every optimizer step (open_clip, NegCLIP), so it can't run away."""
+
+    def __init__(self, max_logit_scale: float):
+        self.max_log = math.log(max_logit_scale)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            with torch.no_grad():
+                unwrap_clip(model).logit_scale.clamp_(max=self.max_log)
+
+
+class SaveOnSigterm(TrainerCallback):
+    """Preemption: on SIGTERM, finish the current step, save a checkpoint and stop (resume with
+    `--resume_from_checkpoint`). The handler only sets a flag; the Trainer saves at a step boundary."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        logger.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+        self.received = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. some notebook runners): nothing to install
+            self._previous = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class NonFiniteLossError(RuntimeError):

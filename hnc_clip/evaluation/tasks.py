@@ -2,7 +2,8 @@
 
 Each task comes in two layers:
 
-- `score_*(encoder, ...)` takes any `eval.encode.Encoder` (tests use a fake one with chosen similarities);
+- `score_*(encoder, ...)` takes any `hnc_clip.evaluation.encode.Encoder` (tests use a fake one with chosen
+  similarities);
 - `evaluate_*(model, processor, ...)` wraps a Hugging Face `CLIPModel` + `CLIPProcessor` in a `ClipEncoder`.
 
 Unique encoding: HNC test has ~9 pairs per image and train ~121, and every positive recurs once per negative, so
@@ -186,7 +187,7 @@ def evaluate_pairwise(
 ) -> dict:
     """Positive-vs-hard-negative accuracy (micro, macro, per type) and similarity statistics of a CLIP model.
 
-    `pairs` are records from `eval.formats.load_pairs` (or `hnc_clip.hnc_json.iter_hnc_pairs`).
+    `pairs` are records from `hnc_clip.evaluation.formats.load_pairs` (or `hnc_clip.data.hnc.iter_hnc_pairs`).
     """
     encoder = ClipEncoder(model, processor, batch_size=batch_size, device=device)
     return score_pairwise(encoder, pairs, image_dir, thresholds, seed)
@@ -262,7 +263,7 @@ def evaluate_retrieval(
     device: str | torch.device | None = None,
     k_values: Sequence[int] = DEFAULT_K,
 ) -> dict:
-    """Recall@K both ways of a CLIP model; `items` from `eval.formats.load_image_captions`."""
+    """Recall@K both ways of a CLIP model; `items` from `hnc_clip.evaluation.formats.load_image_captions`."""
     encoder = ClipEncoder(model, processor, batch_size=batch_size, device=device)
     return score_retrieval(encoder, items, image_dir, k_values)
 
@@ -348,8 +349,9 @@ def evaluate_zeroshot(
 ) -> dict:
     """Zero-shot classification of a CLIP model on an image-classification `datasets.Dataset` (image + label).
 
-    `dataset` may also be a path to an image folder (`eval.zeroshot_data.load_imagefolder`). Class names default to
-    the label names with `_` -> space, templates to `eval.zeroshot_data.DEFAULT_TEMPLATES`.
+    `dataset` may also be a path to an image folder (`hnc_clip.evaluation.zeroshot_data.load_imagefolder`). Class
+    names default to the label names with `_` -> space, templates to
+    `hnc_clip.evaluation.zeroshot_data.DEFAULT_TEMPLATES`.
     """
     from .zeroshot_data import DEFAULT_TEMPLATES, default_classname, load_imagefolder
 

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from hnc_clip.convert import convert_range
 from hnc_clip.data import FEATURES, load_hnc_pairs
-from hnc_clip.hnc_json import (
+from hnc_clip.data.arrow_cache import convert_range
+from hnc_clip.data.hnc import (
     TRAIN_SCHEMA,
     HncFormatError,
     iter_hnc_pairs,
@@ -111,7 +111,7 @@ def test_parallel_conversion_equals_sequential(tmp_path, num_proc, caplog):
     path = tmp_path / "train.json"
     awkward_train_file(path, images=60)
     expected = [tuple(p.values()) for p in iter_hnc_pairs(str(path))]
-    with caplog.at_level(logging.INFO, logger="hnc_clip.convert"):
+    with caplog.at_level(logging.INFO, logger="hnc_clip.data.arrow_cache"):
         ds = load_hnc_pairs(str(path), cache_dir=str(tmp_path / f"c{num_proc}"), num_proc=num_proc)
     assert f"converted in {num_proc} processes" in caplog.text  # the split was accepted, not the fallback
     assert len(ds.cache_files) > 1
@@ -122,7 +122,7 @@ def test_a_fooled_split_falls_back_to_one_process(tmp_path, caplog):
     path = tmp_path / "fool.json"
     awkward_train_file(path, images=60, fool=True)
     expected = [tuple(p.values()) for p in iter_hnc_pairs(str(path))]
-    with caplog.at_level(logging.WARNING, logger="hnc_clip.convert"):
+    with caplog.at_level(logging.WARNING, logger="hnc_clip.data.arrow_cache"):
         ds = load_hnc_pairs(str(path), cache_dir=str(tmp_path / "c"), num_proc=3)
     assert "could not split the file cleanly" in caplog.text
     assert _rows(ds) == expected

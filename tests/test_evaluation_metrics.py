@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from eval.metrics import METRIC_NAMES, load_metric, metric_path
+from hnc_clip.evaluation.metrics import METRIC_NAMES, load_metric, metric_path
 
 
 def _import_script(name: str):
@@ -21,7 +21,7 @@ def _import_script(name: str):
 
 @pytest.mark.parametrize("name", METRIC_NAMES)
 def test_metric_doctests(name):
-    # The same examples `pytest --doctest-modules eval/metrics` runs; here they also run in the normal test suite.
+    # The same examples `pytest --doctest-modules hnc_clip/evaluation/metrics` runs; here in the normal suite too.
     result = doctest.testmod(_import_script(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0

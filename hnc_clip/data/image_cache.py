@@ -1,6 +1,6 @@
 """A pre-resized image cache: decode and resize every image once, not once per caption pair.
 
-About 121 HNC pairs share each GQA image, so the on-the-fly path (`hnc_clip.data.ImageJoin`) decodes a ~500×375
+About 121 HNC pairs share each GQA image, so the on-the-fly path (`hnc_clip.data.images.ImageJoin`) decodes a
 JPEG and runs a bicubic resize 121 times per image per epoch. `prepare` does that work once per image and stores
 the result, resized and centre-cropped to the model's input size, as one uint8 array; `CachedImageJoin` then only
 copies a row and normalises it (no PIL, no resize).
@@ -21,7 +21,7 @@ Semantics equal the on-the-fly path: the resize and crop are done by the model's
 output rounded to uint8 (≤ 0.5/255 per pixel; the PIL backend already returns uint8, so there it is exact).
 Rescale and normalise are applied at load time with the processor's `rescale_factor`, `image_mean`, `image_std`.
 
-    python -m hnc_clip.image_cache --image_dir gqa/images --output_dir gqa/cache-224 \\
+    hnc-clip-image-cache --image_dir gqa/images --output_dir gqa/cache-224 \\
         --model_name_or_path openai/clip-vit-base-patch32 --hnc_file hnc_clean_strict_train.json --num_workers 16
 
 Size: 224×224×3 bytes = 147 KiB per image, so the 67,807 images of the HNC train split take 10.2 GB.
@@ -29,7 +29,6 @@ Size: 224×224×3 bytes = 147 KiB per image, so the 67,807 images of the HNC tra
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from .data import ImageLoadError, load_rgb
+from .images import ImageLoadError, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def list_image_dir(image_dir: str) -> list[str]:
 
 def list_hnc_images(hnc_file: str, cache_dir: str | None = None) -> list[str]:
     """The image files an HNC file references, via the same Arrow conversion (and cache) training uses."""
-    from .data import load_hnc_pairs
+    from .arrow_cache import load_hnc_pairs
 
     return sorted(load_hnc_pairs(hnc_file, cache_dir=cache_dir).unique("image_file"))
 
@@ -220,7 +219,7 @@ def read_index(cache_dir: str) -> dict:
     path = os.path.join(cache_dir, INDEX_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"no image cache at {cache_dir} ({INDEX_FILE} missing; build it with `python -m hnc_clip.image_cache`)"
+            f"no image cache at {cache_dir} ({INDEX_FILE} missing; build it with `hnc-clip-image-cache`)"
         )
     with open(path) as f:
         index = json.load(f)
@@ -235,7 +234,7 @@ def read_index(cache_dir: str) -> dict:
 
 @dataclass
 class CachedImageJoin:
-    """Drop-in for `hnc_clip.data.ImageJoin` that reads pre-resized pixels from a cache built by `prepare`.
+    """Drop-in for `hnc_clip.data.images.ImageJoin` that reads pre-resized pixels from a cache built by `prepare`.
 
     `__call__(batch)` adds `batch["pixel_values"]` per row, or None for an image that is not in the cache
     (missing or unreadable when the cache was built; with `on_missing="error"` that raises `ImageLoadError`):
@@ -332,38 +331,5 @@ def pixel_affine(image_processor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def with_cached_images(ds, cache_dir: str, image_processor, on_missing: str = "skip", as_uint8: bool = False):
-    """`hnc_clip.data.with_images`, reading from an image cache instead of decoding JPEGs."""
+    """`hnc_clip.data.images.with_images`, reading from an image cache instead of decoding JPEGs."""
     return ds.with_transform(CachedImageJoin(cache_dir, image_processor, on_missing, as_uint8))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image_dir", required=True, help="Folder of the images (GQA: `<image_id>.jpg`).")
-    parser.add_argument("--output_dir", required=True, help="Cache directory to write (index.json + pixels-*.npy).")
-    parser.add_argument(
-        "--model_name_or_path", required=True, help="Model or processor whose image processor sets size and crop."
-    )
-    parser.add_argument("--hnc_file", default=None, help="Cache only the images this HNC file uses (default: all).")
-    parser.add_argument("--cache_dir", default=None, help="`datasets` cache for the HNC conversion (as training).")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Worker processes.")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> dict:
-    from transformers import AutoImageProcessor
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
-    args = make_parser().parse_args(argv)
-    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
-    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers)
-    print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
-    return index
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Tests of the synthetic relational world (`hnc_clip.synthetic`): formats, determinism, and caption truth."""
+"""Tests of the synthetic relational world (`hnc_clip.demo.world`): formats, determinism, and caption truth."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from hnc_clip import synthetic
-from hnc_clip.hnc_json import TEST_SCHEMA, TRAIN_SCHEMA, detect_schema, iter_hnc_pairs
-from hnc_clip.synthetic import (
+from hnc_clip.data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, detect_schema, iter_hnc_pairs
+from hnc_clip.demo import world as synthetic
+from hnc_clip.demo.world import (
     COLOR_RGB,
     INVERSE_RELATION,
     NEGATIVE_TYPES,

@@ -1,6 +1,6 @@
 """Benchmark file formats -> one pair record shape (pairwise) or image-captions items (retrieval).
 
-Every pairwise reader yields the records of `hnc_clip.hnc_json` (`pair_id, image_id, image_file, positive, negative,
+Every pairwise reader yields the records of `hnc_clip.data.hnc` (`pair_id, image_id, image_file, positive, negative,
 type`) plus `bbox` (None, or ARO's crop box), so the scoring code never sees a format. Formats are detected from the
 first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
 """
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import ijson
 
-from hnc_clip.hnc_json import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
-
+from ..data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
 from .images import ImageRef
 
 STRUCTURE_CLIP = "structure_clip"

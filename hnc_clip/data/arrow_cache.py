@@ -1,11 +1,15 @@
-"""HNC JSON → Arrow files, in one process or in several reading byte ranges of the same file.
+"""HNC JSON → Arrow files, cached by a fingerprint of the file; in one process or several reading byte ranges.
+
+`load_hnc_pairs` streams a file into Arrow files under a cache directory named by a fingerprint of the file's path,
+size and mtime, so an edited file is converted again. The files are written into a temporary directory renamed into
+place when complete: an interrupted conversion never leaves a cache that a later run trusts.
 
 A range reader cannot know for sure where a top-level member starts in the middle of a JSON file (a nested
 member or a caption string can look the same), so it guesses (`MemberReader.seek`) and the guess is *checked*:
 the reader of the previous range goes on past its end to the first member it did not read and reports that
 member's byte offset; the two must be equal. If any check fails, the file is converted again in one process.
-So the parallel result is the sequential one, or it is not used (`tests/test_convert.py` builds files made to
-fool the guess).
+So the parallel result is the sequential one, or it is not used (`tests/test_arrow_cache.py` builds files made
+to fool the guess).
 
 The output is one Arrow file per range (`datasets.arrow_writer.ArrowWriter`, written in column batches: no Python
 dict per pair), read back with `datasets.Dataset.from_file`, memory-mapped.
@@ -13,18 +17,27 @@ dict per pair), read back with `datasets.Dataset.from_file`, memory-mapped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+import datasets
 from datasets.arrow_writer import ArrowWriter
 
-from .hnc_json import LOOKS_LIKE_ENTRY, PAIR_COLUMNS, HncFormatError, MemberReader, _open, pair_batches, paused_gc
+from .hnc import EXPECTED_SHAPES, LOOKS_LIKE_ENTRY, PAIR_COLUMNS, detect_schema, pair_batches
+from .json_stream import HncFormatError, MemberReader, _open, paused_gc
 
 logger = logging.getLogger(__name__)
+
+FEATURES = datasets.Features({name: datasets.Value("string") for name in PAIR_COLUMNS})
+SKIPS_FILE = "hnc_skips.json"
 
 # Below this many bytes per process, starting processes costs more than it saves.
 MIN_BYTES_PER_PROC = 64 << 20
@@ -53,7 +66,7 @@ def convert_range(path: str, schema: str, start: int, stop: int | None, shard: s
     writer = None
     try:
         with paused_gc(), _open(path) as f:
-            reader = MemberReader(path, f)
+            reader = MemberReader(path, f, expected=EXPECTED_SHAPES)
             if start == 0:
                 found = reader.open_object()
             else:
@@ -135,3 +148,57 @@ def _remove_shards(results: list[RangeResult]) -> None:
     for r in results:
         if r.shard and os.path.exists(r.shard):
             os.remove(r.shard)
+
+
+def _fingerprint(path: str, schema: str) -> str:
+    st = os.stat(path)
+    key = f"hnc-v2|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{schema}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def load_hnc_pairs(
+    path: str, cache_dir: str | None = None, overwrite_cache: bool = False, num_proc: int | None = None
+) -> datasets.Dataset:
+    """Stream an HNC file (either schema) into an Arrow-backed `Dataset` of pairs (`PAIR_COLUMNS`).
+
+    `cache_dir`: where converted files live (default: the `datasets` cache). `num_proc`: conversion processes
+    (default: one per 64 MiB of file, up to the CPU count).
+    """
+    schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
+    root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_pairs")
+    final = os.path.join(root, _fingerprint(path, schema))
+    if overwrite_cache and os.path.isdir(final):
+        shutil.rmtree(final)
+    if not os.path.isfile(os.path.join(final, SKIPS_FILE)):  # the skips file is written last: its presence = done
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
+        try:
+            files, skips = convert(path, schema, tmp, FEATURES, num_proc)
+            with open(os.path.join(tmp, SKIPS_FILE), "w") as f:
+                json.dump({"files": [os.path.basename(p) for p in files], "skips": skips}, f)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process (another rank) finished the same conversion first: use theirs
+                if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(final, SKIPS_FILE)) as f:
+        done = json.load(f)
+    files = [os.path.join(final, name) for name in done["files"]]
+    parts = [datasets.Dataset.from_file(p) for p in files]
+    ds = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict(
+        {name: [] for name in PAIR_COLUMNS}, features=FEATURES
+    )
+    report_skips(path, len(ds), done["skips"])
+    return ds
+
+
+def report_skips(what: str, kept: int, skips: dict[str, int]) -> None:
+    """One summary line per split (counts by reason), never one warning per item."""
+    total = sum(skips.values())
+    if total:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(skips.items()))
+        logger.warning(f"{what}: kept {kept:,} pairs, skipped {total:,} ({reasons})")
+    else:
+        logger.info(f"{what}: {kept:,} pairs, nothing skipped")

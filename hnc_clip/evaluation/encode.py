@@ -1,7 +1,8 @@
 """Batched, L2-normalised CLIP image and text embeddings (the only code here that runs the model).
 
 Scoring code talks to an `Encoder` (two methods), so tests can swap in a fake encoder whose similarities they
-choose, and the unique-encoding logic in `eval.tasks` can be checked by counting what reaches the encoder.
+choose, and the unique-encoding logic in `hnc_clip.evaluation.tasks` can be checked by counting what reaches the
+encoder.
 """
 
 from __future__ import annotations

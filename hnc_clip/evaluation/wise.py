@@ -1,7 +1,7 @@
 """WiSE-FT weight-space ensembles: (1 - alpha) * theta_base + alpha * theta_tuned (Wortsman et al., CVPR 2022).
 
 Sweeping alpha traces the trade-off between what fine-tuning adds (here: relational / hard-negative accuracy) and
-what it may cost (zero-shot recognition); `eval.plots.plot_wise_tradeoff` draws it.
+what it may cost (zero-shot recognition); `hnc_clip.evaluation.plots.plot_wise_tradeoff` draws it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,39 @@
+"""Data: HNC JSON (streamed) → Arrow pairs (cached) → a `datasets.Dataset` with images joined on the fly → batches.
+
+    json_stream   one top-level JSON member at a time, with byte positions (the 8 GB train file)
+    hnc           the two HNC schemas: the reader (pair records) and the writer
+    arrow_cache   JSON → Arrow files under a fingerprinted cache directory (several processes on a large file)
+    pairs         a split ready to train: filtered, images checked (`build_split`)
+    images        decoding in the DataLoader workers (`ImageJoin`)
+    image_cache   pre-resized uint8 pixels (`prepare`, `CachedImageJoin`)
+    collator      pairs → `HncBatch` (each distinct image and caption once, dynamic padding)
+    sampler       batches of groups of one image's pairs (`--group_by_image`)
+"""
+
+from .arrow_cache import FEATURES, load_hnc_pairs
+from .collator import HncBatch, HncCollator, image_group_id
+from .hnc import (
+    PAIR_COLUMNS,
+    TEST_SCHEMA,
+    TRAIN_SCHEMA,
+    HncPair,
+    HncWriter,
+    detect_schema,
+    hnc_test_entry,
+    hnc_train_entry,
+    iter_hnc_pairs,
+    write_hnc,
+)
+from .image_cache import CachedImageJoin, pixel_affine, with_cached_images
+from .images import ImageJoin, ImageLoadError, load_rgb, with_images
+from .json_stream import HncFormatError
+from .pairs import EmptySplitError, build_split, drop_missing_images, select_pairs
+from .sampler import ImageGroupedSampler
+
+__all__ = [
+    "FEATURES", "PAIR_COLUMNS", "TEST_SCHEMA", "TRAIN_SCHEMA", "CachedImageJoin", "EmptySplitError", "HncBatch",
+    "HncCollator", "HncFormatError", "HncPair", "HncWriter", "ImageGroupedSampler", "ImageJoin", "ImageLoadError",
+    "build_split", "detect_schema", "drop_missing_images", "image_group_id", "iter_hnc_pairs", "load_hnc_pairs",
+    "load_rgb", "pixel_affine", "select_pairs", "hnc_test_entry", "hnc_train_entry", "with_cached_images",
+    "with_images", "write_hnc",
+]  # fmt: skip

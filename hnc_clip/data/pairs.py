@@ -1,0 +1,90 @@
+"""A split ready for training: HNC pairs from the Arrow cache, filtered (`--caption_types`, `--max_*_samples`), with
+the pairs whose image file is missing dropped (counted) before the first step."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+
+from .arrow_cache import load_hnc_pairs
+from .images import ImageLoadError
+
+logger = logging.getLogger(__name__)
+
+
+class EmptySplitError(ValueError):
+    """A split has no pairs left (after parsing, filtering and dropping pairs with missing images)."""
+
+
+def select_pairs(
+    ds: datasets.Dataset,
+    caption_types: list[str] | None = None,
+    max_samples: int | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Apply `--caption_types` then `--max_*_samples`."""
+    if caption_types:
+        wanted = set(caption_types)
+        available = set(ds.unique("type"))
+        if unknown := wanted - available:
+            logger.warning(
+                f"--caption_types {sorted(unknown)} occur nowhere in this split; available: {sorted(available)}"
+            )
+        ds = ds.filter(
+            lambda types: [t in wanted for t in types],
+            input_columns="type",
+            batched=True,
+            num_proc=num_proc,
+            desc="Filtering caption types",
+        )
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    return ds
+
+
+def drop_missing_images(
+    ds: datasets.Dataset, image_dir: str, on_missing: str = "skip", num_proc: int | None = None
+) -> datasets.Dataset:
+    """Check once per unique image that its file exists; drop (and count) or raise for the missing ones.
+
+    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair.
+    """
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"--image_dir {image_dir!r} does not exist or is not a directory")
+    files = ds.unique("image_file")
+    missing = {f for f in files if not os.path.isfile(os.path.join(image_dir, f))}
+    if not missing:
+        return ds
+    example = ", ".join(sorted(missing)[:5])
+    if on_missing == "error":
+        raise ImageLoadError(f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example})")
+    before = len(ds)
+    ds = ds.filter(
+        lambda names: [n not in missing for n in names],
+        input_columns="image_file",
+        batched=True,
+        num_proc=num_proc,
+        desc="Dropping pairs with missing images",
+    )
+    logger.warning(
+        f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example}): "
+        f"skipped {before - len(ds):,} of {before:,} pairs"
+    )
+    return ds
+
+
+def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | None = None) -> datasets.Dataset:
+    """Everything a split needs before training: parse, filter, check images, join images lazily."""
+    ds = load_hnc_pairs(
+        path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
+        num_proc=data_args.preprocessing_num_workers,
+    )
+    ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
+    if data_args.image_dir is None:
+        raise ValueError("--image_dir is required: images are joined from it by file name")
+    ds = drop_missing_images(ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers)
+    if len(ds) == 0:
+        raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
+    return ds

@@ -1,0 +1,39 @@
+"""Evaluation library for CLIP models fine-tuned with Hard Negative Captions.
+
+Tasks (each a plain scoring function in `hnc_clip.evaluation.tasks`, with metrics as local `evaluate` modules in
+`hnc_clip/evaluation/metrics/`, shipped as package data):
+
+- pairwise: positive vs hard-negative caption selection (HNC, Structure-CLIP/COCO, SugarCrepe, ARO VG-R / VG-A);
+- retrieval: image->text and text->image Recall@1/5/10;
+- zeroshot: zero-shot classification on an image folder (+ optional linear probe).
+
+The application around it is `hnc_clip.scripts.evaluate` (`hnc-clip-eval`, `python eval/run_eval.py`). The public
+functions are re-exported here lazily so `import hnc_clip.evaluation.metrics` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "evaluate_pairwise": "tasks",
+    "evaluate_retrieval": "tasks",
+    "evaluate_zeroshot": "tasks",
+    "score_pairwise": "tasks",
+    "score_retrieval": "tasks",
+    "score_zeroshot": "tasks",
+    "load_pairs": "formats",
+    "load_image_captions": "formats",
+    "detect_format": "formats",
+    "ClipEncoder": "encode",
+    "load_clip": "encode",
+    "wise_interpolate": "wise",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

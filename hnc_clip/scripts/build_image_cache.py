@@ -1,0 +1,50 @@
+"""Build the pre-resized image cache (`hnc_clip.data.image_cache`) that training reads with `--image_cache_dir`.
+
+    hnc-clip-image-cache --image_dir gqa/images --output_dir gqa/cache-224 \
+        --model_name_or_path openai/clip-vit-base-patch32 --hnc_file hnc_clean_strict_train.json --num_workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from hnc_clip.data.image_cache import list_hnc_images, prepare
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hnc-clip-image-cache", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image_dir", required=True, help="Folder of the images (GQA: `<image_id>.jpg`).")
+    parser.add_argument("--output_dir", required=True, help="Cache directory to write (index.json + pixels-*.npy).")
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="Model or processor whose image processor sets size and crop."
+    )
+    parser.add_argument("--hnc_file", default=None, help="Cache only the images this HNC file uses (default: all).")
+    parser.add_argument("--cache_dir", default=None, help="`datasets` cache for the HNC conversion (as training).")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Worker processes.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import AutoImageProcessor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    args = make_parser().parse_args(argv)
+    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
+    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers)
+    print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
+    return index
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`hnc-clip-image-cache`: exit status 0 once the outputs are written (errors raise)."""
+    main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

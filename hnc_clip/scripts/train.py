@@ -1,0 +1,229 @@
+"""The training application: fine-tune CLIP with Hard Negative Captions (HNC).
+
+    hnc-clip-train --train_file hnc_train.json --image_dir gqa/images --output_dir out --do_train [Trainer flags]
+    hnc-clip-train config.yaml                  # or config.json: the same fields
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml run_hnc_clip.py ...   (the same `main`)
+
+`main()` is wiring: each numbered step is one call into the `hnc_clip` library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from hnc_clip.arguments import (
+    TRI_STATE_FLAGS,
+    DataArguments,
+    HncTrainingArguments,
+    ModelArguments,
+    describe_machine_defaults,
+)
+from hnc_clip.data import HncCollator, build_split, pixel_affine, with_cached_images, with_images
+from hnc_clip.losses import LOSSES
+from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
+from hnc_clip.trainer import HncTrainer
+
+logger = logging.getLogger("hnc_clip")
+
+
+class NothingToDoError(ValueError):
+    """Neither --do_train nor --do_eval: a run that would train nothing and exit as if it had."""
+
+
+def make_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments), prog="hnc-clip-train")
+    # Tri-state flags (unset = decided from the machine, see `hnc_clip.args.fast_defaults`): HfArgumentParser wants
+    # a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
+    for action in parser._actions:
+        if action.dest in TRI_STATE_FLAGS:
+            action.nargs, action.const = "?", True
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: HncTrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    logging.getLogger("hnc_clip").setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resolve_checkpoint(training_args: HncTrainingArguments) -> str | None:
+    """`--resume_from_checkpoint` as given, or `True` → the last checkpoint in `--output_dir`."""
+    ckpt = training_args.resume_from_checkpoint
+    if ckpt in (True, "True", "true", "last"):
+        ckpt = get_last_checkpoint(training_args.output_dir)
+        if ckpt is None:
+            raise ValueError(f"--resume_from_checkpoint: no checkpoint found in {training_args.output_dir}")
+    return ckpt
+
+
+def check_task(data_args: DataArguments, training_args: HncTrainingArguments) -> None:
+    """Refuse a run that would do nothing, or evaluate nothing, before any model is loaded. (`--eval_strategy` other
+    than `no` turns --do_eval on, as in the Trainer.)"""
+    if not (training_args.do_train or training_args.do_eval):
+        raise NothingToDoError(
+            "There is nothing to do: pass --do_train (with --train_file) and/or --do_eval (with --validation_file)"
+        )
+    if training_args.do_train and data_args.train_file is None:
+        raise ValueError("--train_file is required with --do_train")
+    if training_args.do_eval and data_args.validation_file is None:
+        raise ValueError("--do_eval (or --eval_strategy other than `no`) needs --validation_file")
+
+
+def record_settings(output_dir: str, settings: dict) -> None:
+    """Add the run's machine-decided settings to `all_results.json` (next to the metrics the Trainer wrote)."""
+    path = os.path.join(output_dir, "all_results.json")
+    results = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
+    results["machine_defaults"] = settings
+    with open(path, "w") as f:
+        json.dump(results, f, indent=4, sort_keys=True)
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: HncTrainingArguments,
+    callbacks: list | None = None,
+) -> dict:
+    # 1. Logging, seed, what this run does
+    setup_logging(training_args)
+    check_task(data_args, training_args)
+    logger.warning(describe_machine_defaults(training_args))
+    set_seed(training_args.seed)
+
+    # 2. Model and processor
+    processor = load_processor(model_args)
+    model = load_model(model_args)
+    reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
+    model = apply_finetune_mode(model, training_args)
+
+    # 3. Data: HNC JSON → Arrow pairs → images joined on the fly
+    def split(path: str | None, max_samples: int | None):
+        if path is None:
+            return None
+        with training_args.main_process_first(desc=f"converting {path}"):
+            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
+        if data_args.image_cache_dir:  # pre-resized pixels (`hnc-clip-image-cache`): no JPEG decoding
+            # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
+            return with_cached_images(
+                ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image, as_uint8=True
+            )
+        return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
+
+    train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
+    eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
+    max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
+    affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
+    collator = HncCollator(processor.tokenizer, max_length=max_length, pixel_affine=affine)
+
+    # 4. Trainer
+    trainer = HncTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        reference_model=reference,
+        callbacks=callbacks,
+        card_info={
+            "base_model": model_args.model_name_or_path,
+            "train_file": data_args.train_file,
+            "validation_file": data_args.validation_file,
+            "machine_defaults": training_args.machine_defaults,
+        },
+    )
+
+    # 5. Train, save (LoRA merged), evaluate, push
+    results: dict = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+        if trainer.sigterm is not None and trainer.sigterm.received:
+            # Preempted: the checkpoint is saved; the final model is not (the run is not finished).
+            step = trainer.state.global_step
+            logger.warning(
+                f"stopped by SIGTERM at step {step}; resume with "
+                f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{step}"
+            )
+            return {"preempted": True, "global_step": trainer.state.global_step}
+        trainer.model = merged_for_save(trainer.model)
+        # `_internal_call`: under --push_to_hub, save_model() would also upload (without the eval metrics and the
+        # card); the one push happens at the end.
+        trainer.save_model(_internal_call=True)
+        trainer.save_state()
+        metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        results.update(metrics)
+    if training_args.do_eval:
+        metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset)}
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.should_save:
+        record_settings(training_args.output_dir, training_args.machine_defaults)
+    # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
+    if training_args.do_train:
+        trainer.card_info["metrics"] = results
+        if training_args.push_to_hub:
+            trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
+        elif training_args.should_save:
+            trainer.create_model_card()
+    return results
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to static destruction, a gloo/NCCL worker
+    thread can still be joinable and the process aborts ("terminate called without an active exception") after a
+    run that succeeded (seen under `accelerate launch` with 2 gloo processes)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`hnc-clip-train` and `python run_hnc_clip.py`: parse, train, exit 143 when preempted (128 + SIGTERM: schedulers
+    read it as "requeue"), 2 with a one-line message when there is nothing to do."""
+    args = parse_args(argv)
+    try:
+        results = main(*args)
+    except NothingToDoError as err:
+        print(f"hnc-clip-train: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed()
+    return 143 if results.get("preempted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
