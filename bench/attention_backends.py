@@ -3,13 +3,13 @@
     python bench/attention_backends.py                         # CPU smoke run (small batch)
     python bench/attention_backends.py --device cuda           # ViT-B/32 shapes at a 1,024-pair batch
 
-Why: in the compiled ViT-B/32 training step at batch 1,024 (`bench/README.md`, device run 7) flash attention's
-backward took 34 ms of 136 ms of GPU time, for sequences of 50 (vision) and ~22 (text) tokens: its backward
+Why: in the compiled ViT-B/32 training step at batch 1,024 (`bench/RESULTS.md`) flash attention's backward took
+34 ms of 136 ms of GPU time, for sequences of 50 (vision) and ~22 (text) tokens: its backward
 accumulates dQ in an fp32 buffer padded to 128 query rows per sequence. This times each backend that
 `--sdpa_backends` can allow on exactly those shapes, as transformers' CLIP calls SDPA (q, k, v as [B, H, L, D]
 views of [B, L, H, D]; vision not causal, text causal without a mask), with flash (SDPA's first choice when
-allowed, and the default before run 9; memory-efficient ran 3x faster here and is the GPU default since, see
-`bench/README.md`) as the baseline of the same run:
+allowed; memory-efficient ran 3x faster here, hence the GPU default `efficient math`, see `bench/RESULTS.md`) as
+the baseline of the same run:
 
     vision  [U, 12, 50, 64]   U = images encoded per step (0.97 per pair for random HNC batches)
     text    [T, 8, L, 64]     T = captions encoded per step (1.98 per pair), L = the batch's longest (~22)
@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 from torch.nn.attention import sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hnc_clip.trainer import SDPA_BACKENDS, tag_compile_cache_with_sdpa_backends  # noqa: E402  (the registry)
+from hnc_clip.trainer import SDPA_BACKENDS, tag_compile_cache_with_sdpa_backends  # the registry training uses
 
 LAYERS = 12  # ViT-B/32 and its text tower both have 12
 
@@ -91,7 +89,7 @@ def time_backend(backend: str, s: dict, args, compiled: bool) -> dict:
 
     if compiled:
         # The backend is chosen while tracing: each one gets its own graph, and its own compile-cache key (else
-        # the on-disk cache hands back the first backend's graph: run 8's compiled rows were all flash).
+        # the on-disk cache hands back the first backend's graph: so every compiled row was flash until the tag).
         torch._dynamo.reset()
         tag_compile_cache_with_sdpa_backends([backend])
         attend = torch.compile(attend, backend=args.compile_backend, dynamic=False)

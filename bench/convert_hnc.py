@@ -28,8 +28,9 @@ import tempfile
 import threading
 import time
 
+from hnc_clip.data.hnc import HncPair, HncWriter, hnc_train_entry
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 OBJECTS = (
     "banana straw plate cup table chair man woman dog cat horse car tree building window door shirt hat sign bag "
@@ -43,11 +44,8 @@ TYPES = (
 ).split()
 
 
-def _record(rng: random.Random, caption_type: str, pos_id: int | None) -> tuple[dict, str, str]:
-    """One caption record shaped like the real file's (see shared/data/README.md)."""
-    a, b = rng.sample(OBJECTS, 2)
-    rel = rng.choice(RELATIONS)
-    caption = f"The {rng.choice(ATTRIBUTES)} {a} is {rel} the {rng.choice(ATTRIBUTES)} {b}."
+def _fields(rng: random.Random, a: str, rel: str, b: str, negative: bool) -> dict:
+    """The real file's further caption fields (see tests/data/README.md), ~480 bytes per caption in all."""
     bboxes = {
         str(rng.randrange(100_000, 4_000_000)): {
             "bbox": {
@@ -60,41 +58,36 @@ def _record(rng: random.Random, caption_type: str, pos_id: int | None) -> tuple[
         }
         for name in rng.sample(OBJECTS, rng.choice((1, 2, 2, 2, 3, 4)))
     }
-    negative = pos_id is not None
-    record = {
-        "caption": caption,
-        "label": 0 if negative else 1,
-        "type": caption_type,
+    return {
         "textual_label": b if negative else None,
         "bboxes": bboxes,
         "ambiguity": {"subgraph": [a, rel, b], "ambiguous": False, "count": 0},
         "noisy": False if not negative else None,
-        "replaced": [b, a] if negative else None,
-        "cpt_p_id": pos_id,
     }
-    return record, a, b
+
+
+def _pair(rng: random.Random) -> HncPair:
+    caption_type = rng.choice(TYPES)
+    texts, fields = [], []
+    for negative in (False, True):
+        a, b = rng.sample(OBJECTS, 2)
+        rel = rng.choice(RELATIONS)
+        texts.append(f"The {rng.choice(ATTRIBUTES)} {a} is {rel} the {rng.choice(ATTRIBUTES)} {b}.")
+        fields.append(_fields(rng, a, rel, b, negative))
+    return HncPair(texts[0], texts[1], caption_type, [b, a], fields[0], fields[1])
 
 
 def write_hnc_file(path: str, size_mb: float, pairs_per_image: int = 121, seed: int = 0) -> dict:
-    """Write a train-schema HNC file of at least `size_mb` MB, one image entry at a time; return its counts."""
+    """Write a train-schema HNC file of at least `size_mb` MB (the library's streaming writer); return its counts."""
     rng = random.Random(seed)
     target = int(size_mb * 1e6)
     images = pairs = written = 0
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("{")
+    with HncWriter(path) as writer:
         while written < target or images == 0:
-            captions = {}
-            for k in range(pairs_per_image):
-                caption_type = rng.choice(TYPES)
-                pos_id, neg_id = 2 * k, 2 * k + 1
-                captions[str(pos_id)], _, _ = _record(rng, caption_type, None)
-                captions[str(neg_id)], _, _ = _record(rng, caption_type, pos_id)  # int cpt_p_id, as the real file
-            chunk = ("" if images == 0 else ", ") + f'"{2_300_000 + images}": ' + json.dumps({"captions": captions})
-            f.write(chunk)
-            written += len(chunk)  # ASCII: characters = bytes
+            entry = hnc_train_entry([_pair(rng) for _ in range(pairs_per_image)])  # int cpt_p_id, as the real file
+            written += writer.add(str(2_300_000 + images), entry)  # ASCII: characters = bytes
             images += 1
             pairs += pairs_per_image
-        f.write("}")
     size = os.path.getsize(path)
     return {"bytes": size, "images": images, "pairs": pairs, "bytes_per_caption": size / (2 * pairs)}
 
@@ -150,9 +143,9 @@ def child(path: str, cache_dir: str, result_path: str, mode: str) -> None:
     """Run in a fresh process: convert `path` (or only parse it) and write timings and memory to `result_path`."""
     import datasets
 
-    from hnc_clip.convert import default_num_proc
     from hnc_clip.data import load_hnc_pairs
-    from hnc_clip.hnc_json import iter_pair_batches, paused_gc
+    from hnc_clip.data.arrow_cache import default_num_proc
+    from hnc_clip.data.hnc import iter_pair_batches, paused_gc
 
     datasets.disable_progress_bars()
     baseline = _status_mb()

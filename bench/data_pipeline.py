@@ -8,7 +8,7 @@ a training machine). Each path turns a batch of `image_file` names into normalis
 
     pil          `hnc_clip.data.ImageJoin`: PIL decode + the CLIP image processor (its backend: PIL here,
                  torchvision where installed), what training does per pair
-    cache        `hnc_clip.image_cache.CachedImageJoin`: a row of the pre-resized uint8 cache, normalised
+    cache        `hnc_clip.data.image_cache.CachedImageJoin`: a row of the pre-resized uint8 cache, normalised
     gpu_decode   `torchvision.io.decode_jpeg(device="cuda")` on a batch + resize/crop/normalise on the GPU
                  (only with --device cuda and torchvision); one process, the whole GPU — not per worker
 
@@ -23,14 +23,15 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from train_throughput import REPO, build_image_processor, write_jpegs  # noqa: E402
+import numpy as np
+import torch
+from profiling import REPO
+from synthetic_data import write_jpegs
+
+from hnc_clip.tiny import build_image_processor
 
 
 def _names(files: list[str], n: int) -> list[str]:
@@ -75,7 +76,7 @@ def gpu_decode_transform(image_dir: str, processor):
     import torchvision
     import torchvision.transforms.v2.functional as tvF
 
-    from hnc_clip.image_cache import crop_hw
+    from hnc_clip.data.image_cache import crop_hw
 
     h, w = crop_hw(processor)
     edge = processor.size["shortest_edge"] if isinstance(processor.size, dict) else processor.size.shortest_edge
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # what a DataLoader worker gets
 
     from hnc_clip.data import ImageJoin
-    from hnc_clip.image_cache import CachedImageJoin, prepare
+    from hnc_clip.data.image_cache import CachedImageJoin, prepare
 
     work_dir = tempfile.mkdtemp(prefix="data_pipeline_", dir=args.work_dir)
     rows: list[dict] = []

@@ -22,8 +22,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from hnc_clip.data.hnc import HncPair, hnc_train_entry, write_hnc
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
 OBJECTS = ["cup", "plate", "fork", "table", "chair", "dog", "cat", "car"]
@@ -39,19 +40,15 @@ def make_data(root: str, n_images: int = 64, pairs_per_image: int = 8, seed: int
         image_id = str(1000 + i)
         pixels = np.random.default_rng(i).integers(0, 255, (375, 500, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(os.path.join(image_dir, f"{image_id}.jpg"), quality=90)
-        caps = {}
-        for k in range(pairs_per_image):
+        pairs = []
+        for _ in range(pairs_per_image):
             a, b = rng.sample(OBJECTS, 2)
             col, rel = rng.choice(COLOURS), rng.choice(RELATIONS)
-            pos = f"the {col} {a} is {rel} the {b}."
-            neg = f"the {col} {b} is {rel} the {a}."
-            caps[str(2 * k)] = {"caption": pos, "label": 1, "type": "relation_subj", "cpt_p_id": None}
-            caps[str(2 * k + 1)] = {"caption": neg, "label": 0, "type": "relation_subj", "cpt_p_id": 2 * k}
-            texts += [pos, neg]
-        data[image_id] = {"captions": caps}
-    path = os.path.join(root, "train.json")
-    with open(path, "w") as f:
-        json.dump(data, f)
+            positive, negative = f"the {col} {a} is {rel} the {b}.", f"the {col} {b} is {rel} the {a}."
+            pairs.append(HncPair(positive, negative, "relation_subj"))
+            texts += [pairs[-1].positive, pairs[-1].negative]
+        data[image_id] = hnc_train_entry(pairs)
+    path = write_hnc(os.path.join(root, "train.json"), data)
     return path, image_dir, texts
 
 

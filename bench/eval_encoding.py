@@ -3,11 +3,12 @@
     python bench/eval_encoding.py                      # tiny CLIP built in code, CPU
     python bench/eval_encoding.py --device cuda --model /path/to/clip-vit-base-patch32 --images 500
 
-The unique path (`eval.tasks.pairwise_scores`) encodes every distinct image and caption once; the naive path encodes
-image + positive + negative for every pair (batched by pairs, so the difference is the redundant work only, not
-batch size). Synthetic data mimic HNC: `--positives` positives per image, `--negatives` hard negatives each (HNC
-test ~9 pairs per image, train ~121, every positive shared by its negatives). Prints pairs/s of both and asserts
-that they agree on every pair except near-ties (bf16 on CUDA changes the last digits), hence on the accuracy.
+The unique path (`hnc_clip.evaluation.tasks.pairwise_scores`) encodes every distinct image and caption once; the
+naive path encodes image + positive + negative for every pair (batched by pairs, so the difference is the redundant
+work only, not batch size). Synthetic data mimic HNC: `--positives` positives per image, `--negatives` hard
+negatives each (HNC test ~9 pairs per image, train ~121, every positive shared by its negatives). Prints pairs/s of
+both and asserts that they agree on every pair except near-ties (bf16 on CUDA changes the last digits), hence on the
+accuracy.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from eval.encode import ClipEncoder, load_clip  # noqa: E402
-from eval.images import ImageRef, resolve_image  # noqa: E402
-from eval.tasks import pairwise_scores  # noqa: E402
+from hnc_clip.evaluation.encode import ClipEncoder, load_clip
+from hnc_clip.evaluation.images import ImageRef, resolve_image
+from hnc_clip.evaluation.tasks import pairwise_scores
 
 WORDS = (
     "red blue green small large dog cat man woman table chair left right of on under behind the a two three".split()

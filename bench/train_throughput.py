@@ -17,7 +17,7 @@ Variants (one fresh model each, same data, same process, same machine):
                   torch >= 2.8 already defaults to adamw_torch_fused; the baseline pins the older default.
     ours          bf16 autocast + tf32 (CUDA only), SDPA, dynamic padding, adamw_torch_fused,
                   --num_workers workers, pin memory, persistent workers
-    ours_cache    ours + pre-resized image cache (`hnc_clip.image_cache`; its build time is reported apart)
+    ours_cache    ours + pre-resized image cache (`hnc_clip.data.image_cache`; its build time is reported apart)
     ours_compile  ours + --torch_compile (compile time falls in the warm-up steps)
 
 Throughput counts steps after `--warmup_steps`: samples/s = pairs trained / time between the end of the last
@@ -30,178 +30,29 @@ step's padded length). TFLOP/s therefore counts padding tokens as work: `hf_defa
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import numpy as np
+import torch
+from models import MAX_TEXT_LENGTH, FlopCounter, build_model, clip_config
+from profiling import REPO, StepProfiler, StepTimer
+from synthetic_data import GQA_SIZE, write_hnc_json, write_jpegs
+from transformers import CLIPProcessor
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback  # noqa: E402
-
-from hnc_clip.args import HncTrainingArguments  # noqa: E402
-from hnc_clip.data import HncCollator, load_hnc_pairs, with_images  # noqa: E402
-from hnc_clip.modeling import patch_embedding_as_matmul  # noqa: E402
-from hnc_clip.tiny import EOS_ID, build_image_processor, build_word_tokenizer, words_of  # noqa: E402
-from hnc_clip.trainer import HncTrainer  # noqa: E402
-
-GQA_SIZE = (500, 375)  # (width, height) of a typical GQA image
-MAX_TEXT_LENGTH = 77
-
-# -- synthetic data ------------------------------------------------------------------------------------------------
-
-OBJECTS = "banana straw plate cup table chair man woman dog cat horse car tree building window door shirt hat".split()
-ATTRIBUTES = "yellow red blue green white black brown small large wooden metal tall short open closed".split()
-RELATIONS = ("to the left of", "to the right of", "on top of", "under", "behind", "in front of", "next to")
-
-
-def caption(rng: random.Random) -> str:
-    """An HNC-like caption of 7–22 words (HNC's are ~10–20 tokens): a relation, optionally a second clause."""
-    text = f"the {rng.choice(ATTRIBUTES)} {rng.choice(OBJECTS)} is {rng.choice(RELATIONS)} the {rng.choice(OBJECTS)}"
-    if rng.random() < 0.4:
-        text += f" and the {rng.choice(OBJECTS)} is {rng.choice(RELATIONS)} the {rng.choice(OBJECTS)}"
-    return text + "."
-
-
-def photo_like(rng: np.random.Generator, size: tuple[int, int] = GQA_SIZE) -> Image.Image:
-    """Smooth colour fields + mild noise: decodes like a photo (a pure-noise JPEG is ~4× larger and slower)."""
-    w, h = size
-    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-    arr = np.asarray(base, dtype=np.int16) + rng.integers(-8, 9, (h, w, 3), dtype=np.int16)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def _write_jpeg_range(image_dir: str, start: int, stop: int, size: tuple[int, int], seed: int) -> None:
-    for i in range(start, stop):
-        rng = np.random.default_rng((seed, i))
-        photo_like(rng, size).save(os.path.join(image_dir, f"{2_300_000 + i}.jpg"), quality=90)
-
-
-def write_jpegs(
-    image_dir: str, n: int, size: tuple[int, int] = GQA_SIZE, seed: int = 0, workers: int = 1
-) -> list[str]:
-    """`n` JPEGs (quality 90, as GQA's) named like GQA (`<image_id>.jpg`), in `workers` processes; returns names."""
-    os.makedirs(image_dir, exist_ok=True)
-    bounds = [n * k // workers for k in range(workers + 1)]
-    jobs = [(image_dir, a, b, size, seed) for a, b in zip(bounds, bounds[1:]) if b > a]
-    if workers > 1:
-        from multiprocessing import get_context
-
-        with get_context("fork").Pool(workers) as pool:
-            pool.starmap(_write_jpeg_range, jobs)
-    else:
-        for job in jobs:
-            _write_jpeg_range(*job)
-    return [f"{2_300_000 + i}.jpg" for i in range(n)]
-
-
-def write_hnc_json(path: str, image_files: list[str], pairs_per_image: int, seed: int = 0) -> list[str]:
-    """A train-schema HNC file (`{image_id: {"captions": {id: {...}}}}`), one entry at a time; returns all texts."""
-    rng = random.Random(seed)
-    texts = []
-    with open(path, "w") as f:
-        f.write("{")
-        for i, name in enumerate(image_files):
-            captions = {}
-            for k in range(pairs_per_image):
-                pos, neg = caption(rng), caption(rng)
-                captions[str(2 * k)] = {"caption": pos, "label": 1, "type": "relation_subj", "cpt_p_id": None}
-                captions[str(2 * k + 1)] = {"caption": neg, "label": 0, "type": "relation_subj", "cpt_p_id": 2 * k}
-                texts += [pos, neg]
-            f.write(
-                ("," if i else "") + json.dumps(os.path.splitext(name)[0]) + ":" + json.dumps({"captions": captions})
-            )
-        f.write("}")
-    return texts
-
-
-# -- model ---------------------------------------------------------------------------------------------------------
-
-
-def clip_config(model: str, vocab_size: int) -> CLIPConfig:
-    """`vitb32`: `CLIPConfig()` defaults (ViT-B/32 sizes); `tiny`: a small CLIP with the same 224-pixel data path."""
-    # Our word tokenizer puts EOS at id 3; with eos_token_id == 2 CLIP would pool at argmax(input_ids) instead.
-    special = dict(eos_token_id=EOS_ID, bos_token_id=2, pad_token_id=0)
-    if model == "vitb32":
-        return CLIPConfig(text_config=dict(max_position_embeddings=MAX_TEXT_LENGTH, **special))
-    if model == "tiny":
-        return CLIPConfig(
-            text_config=dict(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                intermediate_size=256,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=MAX_TEXT_LENGTH,
-                **special,
-            ),
-            vision_config=dict(
-                image_size=224,
-                patch_size=32,
-                hidden_size=64,
-                intermediate_size=256,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-            ),
-            projection_dim=64,
-        )
-    raise ValueError(f"--model must be tiny or vitb32, got {model!r}")
-
-
-def build_model(config: CLIPConfig, attn: str, seed: int = 0) -> CLIPModel:
-    torch.manual_seed(seed)
-    return CLIPModel._from_config(config, attn_implementation=attn)
-
-
-class FlopCounter:
-    """FLOPs of one training step (forward + backward) for U images and T captions of length L:
-    U·f_image + T·f_text(L), each counted once on the meta device (a tower's FLOPs are linear in its batch) and
-    memoised. U and T are what the step really encodes: the collator encodes each distinct image and caption of a
-    batch once, so U ≤ B pairs and T ≤ 2B. The U×T logit matmul (< 0.01 % of a step) is left out."""
-
-    def __init__(self, config: CLIPConfig):
-        self.config = config
-        self.per_image: int | None = None
-        self.per_caption: dict[int, int] = {}
-        self.model = None
-
-    def _count(self, fn) -> int:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        if self.model is None:
-            with torch.device("meta"):
-                # eager: its bmm's count the attention FLOPs on meta; the kernel does not change the math.
-                self.model = CLIPModel._from_config(self.config, attn_implementation="eager")
-        counter = FlopCounterMode(display=False)
-        with counter:
-            fn(self.model).pooler_output.sum().backward()
-        return counter.get_total_flops()
-
-    def __call__(self, images: int, texts: int, length: int) -> int:
-        if self.per_image is None:
-            size = self.config.vision_config.image_size
-            pixels = torch.zeros(1, 3, size, size, device="meta")
-            self.per_image = self._count(lambda m: m.get_image_features(pixel_values=pixels))
-        if length not in self.per_caption:
-            # No attention_mask: masking adds no matmul FLOPs, and building it calls .item() (not on meta).
-            ids = torch.full((1, length), 5, dtype=torch.long, device="meta")
-            self.per_caption[length] = self._count(lambda m: m.get_text_features(input_ids=ids))
-        return images * self.per_image + texts * self.per_caption[length]
-
+from hnc_clip.arguments import HncTrainingArguments
+from hnc_clip.data import HncCollator, load_hnc_pairs, with_images
+from hnc_clip.modeling import patch_embedding_as_matmul
+from hnc_clip.tiny import build_image_processor, build_word_tokenizer, words_of
+from hnc_clip.trainer import HncTrainer
 
 # -- the measured trainer --------------------------------------------------------------------------------------------
 
@@ -252,118 +103,6 @@ class _PadToMax:
         return self.tokenizer(texts, **{**kwargs, "padding": "max_length", "max_length": self.max_length})
 
 
-class StepTimer(TrainerCallback):
-    """Each optimizer step's end as a device event (CUDA) and a wall time. The device is synchronised only at
-    `sync_at` steps (the measured window's two ends), not at every step: a per-step sync would stop the CPU
-    from queueing the next step while the GPU finishes this one, which training never does."""
-
-    def __init__(self, sync_at: set[int]):
-        self.sync_at, self.ends, self.events = sync_at, {}, []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        cuda = torch.cuda.is_available() and args.device.type == "cuda"
-        if cuda:
-            self.events.append(torch.cuda.Event(enable_timing=True))
-            self.events[-1].record()
-        if state.global_step in self.sync_at or not cuda:
-            if cuda:
-                torch.cuda.synchronize()
-            self.ends[state.global_step] = time.perf_counter()
-
-    def step_ms(self, first: int, last: int) -> list[float]:
-        """Durations of steps first+1..last (1-based global steps), from device events on CUDA."""
-        if self.events:
-            torch.cuda.synchronize()
-            return [self.events[i - 1].elapsed_time(self.events[i]) for i in range(first, last)]
-        return []
-
-
-class StepProfiler(TrainerCallback):
-    """`torch.profiler` over steps [start, start + n) (after the measured ones, so they are not slowed): writes
-    the op table (by self device time on CUDA, self CPU time otherwise), a gzipped Chrome trace and a summary of
-    where a step's time goes (`summarize_profile`). On CUDA it also sets `torch.cuda.set_sync_debug_mode("warn")`
-    for those steps and counts each host sync by the Python line that caused it."""
-
-    def __init__(self, start: int, n: int, out_dir: str, name: str):
-        self.start, self.n, self.out_dir, self.name, self.prof = start, n, out_dir, name, None
-        self.summary: dict = {}
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.start and self.prof is None:
-            from torch.profiler import ProfilerActivity, profile
-
-            cuda = torch.cuda.is_available()
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            if cuda:
-                torch.cuda.synchronize()
-            self.prof = profile(activities=activities, record_shapes=False)
-            self.prof.__enter__()
-            self.t0 = time.perf_counter()
-            self.warnings = warnings.catch_warnings(record=True)
-            self.caught = self.warnings.__enter__()
-            warnings.simplefilter("always")
-            if cuda:
-                torch.cuda.set_sync_debug_mode("warn")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.prof is not None and state.global_step >= self.start + self.n:
-            cuda = torch.cuda.is_available()
-            if cuda:
-                torch.cuda.set_sync_debug_mode("default")
-                torch.cuda.synchronize()
-            wall_ms = 1000 * (time.perf_counter() - self.t0)
-            self.warnings.__exit__(None, None, None)
-            self.prof.__exit__(None, None, None)
-            os.makedirs(self.out_dir, exist_ok=True)
-            sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-            averages = self.prof.key_averages()  # built once: it walks every recorded event
-            with open(os.path.join(self.out_dir, f"{self.name}_ops.txt"), "w") as f:
-                f.write(averages.table(sort_by=sort, row_limit=40))
-            self.prof.export_chrome_trace(os.path.join(self.out_dir, f"{self.name}_trace.json.gz"))
-            syncs = collections.Counter(
-                f"{os.path.relpath(w.filename, REPO) if w.filename.startswith(REPO) else w.filename}:{w.lineno}"
-                for w in self.caught
-                if "synchroniz" in str(w.message)
-            )
-            self.summary = summarize_profile(averages, self.n, wall_ms, syncs)
-            with open(os.path.join(self.out_dir, f"{self.name}_summary.json"), "w") as f:
-                json.dump(self.summary, f, indent=1)
-            self.prof = None
-
-
-def summarize_profile(averages, steps: int, wall_ms: float, syncs: collections.Counter) -> dict:
-    """Per step: wall time, GPU kernel time (sum of kernel durations: compute the GPU did), kernel launches, and
-    the CPU time spent waiting on the device (synchronise calls, blocking copies), in the data loader and in the
-    optimizer; plus the host syncs by source line and the 20 costliest GPU kernels (none on CPU). Wall ≫ GPU
-    kernel time means the GPU waits for the CPU. `averages`: the profile's `key_averages()`."""
-
-    from torch.autograd import DeviceType
-
-    def cpu_ms(match) -> float:
-        return sum(e.cpu_time_total for e in averages if match(e.key)) / 1000 / steps
-
-    device_rows = [  # kernels and copies, as the op table's own total counts them
-        e for e in averages
-        if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-    ]
-    top = sorted(device_rows, key=lambda e: -e.self_device_time_total)[:20]
-    launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
-    return {
-        "steps": steps,
-        "wall_ms_per_step": wall_ms / steps,
-        "gpu_kernel_ms_per_step": sum(e.self_device_time_total for e in device_rows) / 1000 / steps,
-        "kernel_launches_per_step": launches / steps,
-        "cpu_wait_on_device_ms_per_step": cpu_ms(lambda k: k in waits),
-        "dataloader_next_ms_per_step": cpu_ms(lambda k: k.startswith("enumerate(DataLoader)")),
-        "optimizer_step_ms_per_step": cpu_ms(lambda k: k.startswith("Optimizer.step#")),
-        "host_syncs_per_step": sum(syncs.values()) / steps,
-        "host_syncs_by_line": dict(syncs.most_common(20)),
-        # name (cut at 120 characters) -> [ms per step, calls per step]
-        "top_gpu_kernels": {e.key[:120]: [e.self_device_time_total / 1000 / steps, e.count / steps] for e in top},
-    }
-
-
 class TimedHncTrainer(HncTrainer):
     """`HncTrainer`, recording each step's (pairs B, images encoded U, captions encoded T, caption length L);
     the step itself is the parent's."""
@@ -395,7 +134,7 @@ class Recipe:
     persistent_workers: bool = False
     torch_compile: bool = False
     encode_shared_once: bool = True  # HncCollator's dedup; False: PerPairCollator (run_clip.py's way)
-    image_cache: bool = False  # uint8 rows from `hnc_clip.image_cache`, normalised on the device (as training does)
+    image_cache: bool = False  # uint8 rows from `hnc_clip.data.image_cache`, normalised on the device (as in training)
     group_by_image: int = 0  # `--group_by_image k`: batches of k-pair groups sharing an image (HNC's structure)
     batch_size: int | None = None  # pairs per step; None: --batch_size
     patch_matmul: bool = True  # `--patch_embedding_as_matmul` (the default); False: cuDNN's 32x32 convolution
@@ -438,14 +177,13 @@ def recipes(args) -> list[Recipe]:
             replace(b1024_compiled, name="ours_cache_b1024_compile_cudnn",
                     sdpa_backends=("flash", "efficient", "math", "cudnn")),
             # Attention for short sequences (50 and ~22 tokens): flash's backward was 25 % of the compiled step.
-            # (Since run 9 the GPU default is efficient + math; `_flash` is the default before it.)
             replace(b1024_compiled, name="ours_cache_b1024_compile_flash",
                     sdpa_backends=("flash", "efficient", "math")),
             replace(b1024_compiled, name="ours_cache_b1024_compile_math", sdpa_backends=("math",)),
             replace(b1024_compiled, name="ours_cache_b1024_compile_efficient", sdpa_backends=("efficient",)),
-            # The finite-loss check as a host sync after the backward (as before the fourth session).
+            # The finite-loss check as a host sync after the backward (`StepGuard`'s fallback path).
             replace(b1024_compiled, name="ours_cache_b1024_compile_hostsync", skip_on_device=False),
-            # Less CPU per compiled call: the run-7 trace spent ~2 ms of CPU per compiled layer call.
+            # Less CPU per compiled call (a profiled step spent ~2 ms of CPU per compiled layer call).
             replace(b1024_compiled, name="ours_cache_b1024_compile_cppwrap", cpp_wrapper=True),
         )
     }
@@ -473,7 +211,7 @@ def run_variant(recipe: Recipe, args, data: dict, flops: FlopCounter) -> dict:
     processor = data["processor"]
     affine = None
     if recipe.image_cache:
-        from hnc_clip.image_cache import pixel_affine, with_cached_images
+        from hnc_clip.data import pixel_affine, with_cached_images
 
         dataset = with_cached_images(data["pairs"], data["cache_dir"], processor.image_processor, as_uint8=True)
         affine = pixel_affine(processor.image_processor)
@@ -634,7 +372,7 @@ def prepare_data(args, work_dir: str, batch_size: int) -> dict:
 
 
 def build_cache(args, data: dict) -> None:
-    from hnc_clip.image_cache import prepare
+    from hnc_clip.data.image_cache import prepare
 
     t0 = time.perf_counter()
     data["cache_dir"] = os.path.join(data["work_dir"], "image_cache")
