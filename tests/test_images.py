@@ -28,3 +28,27 @@ def test_corrupt_and_empty_images_become_none_or_error(tmp_path):
     assert [p is None for p in out["pixel_values"]] == [True, False, True, True]
     with pytest.raises(ImageLoadError, match="cannot read image .*zero.jpg"):
         ImageJoin(str(tmp_path), build_image_processor(32), on_missing="error")({"image_file": ["zero.jpg"]})
+
+
+@pytest.mark.parametrize(
+    "name, inside",
+    [("a.jpg", True), ("sub/a.jpg", True), ("./a.jpg", True), ("sub/../a.jpg", True), ("../a.jpg", False),
+     ("sub/../../a.jpg", False), ("/etc/passwd", False), ("", False), (".", False), ("..", False)],
+)  # fmt: skip
+def test_data_file_paths_stay_inside_their_root(tmp_path, name, inside):
+    from hnc_clip.data.images import resolve_in_root
+
+    root = tmp_path / "images"
+    got = resolve_in_root(str(root), name)
+    assert (got is not None) == inside
+    if inside:
+        assert got.startswith(str(root) + "/")
+
+
+def test_absolute_paths_only_when_allowed(tmp_path):
+    from hnc_clip.data.images import resolve_in_root
+
+    assert resolve_in_root(str(tmp_path), "/data/x.jpg") is None
+    assert resolve_in_root(str(tmp_path), "/data/x.jpg", allow_absolute=True) == "/data/x.jpg"
+    # a root given with a trailing slash or relative still compares by its normalised absolute form
+    assert resolve_in_root(str(tmp_path) + "/", "a.jpg") == str(tmp_path / "a.jpg")

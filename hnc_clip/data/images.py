@@ -16,6 +16,23 @@ class ImageLoadError(RuntimeError):
     """An image is missing or unreadable and `--on_missing_image error` was given."""
 
 
+# What decoding an untrusted image file may raise; every reader (training, the image cache, evaluation) catches these
+# and counts a skip instead of dying in a worker.
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def resolve_in_root(root: str, name: str, allow_absolute: bool = False) -> str | None:
+    """`root/name`, or None when a data file's `name` would leave `root`: an absolute path (unless
+    `allow_absolute`) or `..` components climbing out. Lexical, so a symlink farm the user built under `root` keeps
+    working; what a data file *names* cannot reach outside it (an untrusted annotation file could otherwise make a
+    model absorb any readable image)."""
+    if os.path.isabs(name) or (os.path.splitdrive(name)[0]):
+        return os.path.normpath(name) if allow_absolute else None
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, name))
+    return path if path.startswith(base + os.sep) else None
+
+
 def load_rgb(path: str) -> Image.Image:
     """Open an image as RGB: grayscale, palette, RGBA and CMYK files all become 3-channel."""
     with Image.open(path) as img:
