@@ -27,7 +27,7 @@ from .hnc import (
 from .image_cache import CachedImageJoin, pixel_affine, with_cached_images
 from .images import ImageJoin, ImageLoadError, load_rgb, with_images
 from .json_stream import HncFormatError
-from .pairs import EmptySplitError, build_split, drop_missing_images, select_pairs
+from .pairs import EmptySplitError, build_split, drop_missing_images, make_collator, select_pairs, with_pixels
 from .sampler import ImageGroupedSampler
 
 __all__ = [
@@ -35,5 +35,5 @@ __all__ = [
     "HncCollator", "HncFormatError", "HncPair", "HncWriter", "ImageGroupedSampler", "ImageJoin", "ImageLoadError",
     "build_split", "detect_schema", "drop_missing_images", "image_group_id", "iter_hnc_pairs", "load_hnc_pairs",
     "load_rgb", "pixel_affine", "select_pairs", "hnc_test_entry", "hnc_train_entry", "with_cached_images",
-    "with_images", "write_hnc",
+    "with_images", "write_hnc", "with_pixels", "make_collator",
 ]  # fmt: skip

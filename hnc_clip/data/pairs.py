@@ -9,7 +9,9 @@ import os
 import datasets
 
 from .arrow_cache import load_hnc_pairs
-from .images import ImageLoadError
+from .collator import HncCollator
+from .image_cache import pixel_affine, with_cached_images
+from .images import ImageLoadError, with_images
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +90,21 @@ def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | 
     if len(ds) == 0:
         raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
     return ds
+
+
+def with_pixels(ds: datasets.Dataset, data_args, image_processor) -> datasets.Dataset:
+    """Join each pair's image on the fly: rows of the pre-resized cache (`--image_cache_dir`, `hnc-clip-image-cache`:
+    no JPEG decoding; uint8 to the device, a quarter of the bytes, normalised there) or files decoded from
+    `--image_dir`."""
+    if data_args.image_cache_dir:
+        return with_cached_images(
+            ds, data_args.image_cache_dir, image_processor, data_args.on_missing_image, as_uint8=True
+        )
+    return with_images(ds, data_args.image_dir, image_processor, data_args.on_missing_image)
+
+
+def make_collator(data_args, processor, max_positions: int) -> HncCollator:
+    """The collator for `with_pixels` rows: captions cut at `--max_text_length` (default: the text tower's
+    positions), and with the image cache the affine that normalises its uint8 rows on the device."""
+    affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
+    return HncCollator(processor.tokenizer, max_length=data_args.max_text_length or max_positions, pixel_affine=affine)

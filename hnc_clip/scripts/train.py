@@ -26,7 +26,7 @@ from hnc_clip.arguments import (
     ModelArguments,
     describe_machine_defaults,
 )
-from hnc_clip.data import HncCollator, build_split, pixel_affine, with_cached_images, with_images
+from hnc_clip.data import build_split, make_collator, with_pixels
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.trainer import HncTrainer
@@ -132,18 +132,11 @@ def main(
             return None
         with training_args.main_process_first(desc=f"converting {path}"):
             ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
-        if data_args.image_cache_dir:  # pre-resized pixels (`hnc-clip-image-cache`): no JPEG decoding
-            # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
-            return with_cached_images(
-                ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image, as_uint8=True
-            )
-        return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
+        return with_pixels(ds, data_args, processor.image_processor)
 
     train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
     eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
-    max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
-    affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
-    collator = HncCollator(processor.tokenizer, max_length=max_length, pixel_affine=affine)
+    collator = make_collator(data_args, processor, model.config.text_config.max_position_embeddings)
 
     # 4. Trainer
     trainer = HncTrainer(
