@@ -14,8 +14,6 @@ from hnc_clip.scripts import search
 from hnc_clip.scripts import train as train_app
 
 
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("search_world")
