@@ -30,7 +30,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Encoder(Protocol):
-    """Anything that maps images and texts to L2-normalised embeddings `[N, D]` (float32, CPU; NaN rows = unreadable)."""
+    """Maps images and texts to L2-normalised embeddings `[N, D]` (float32, CPU; NaN rows = unreadable images)."""
 
     def encode_images(self, images: Sequence[ImageRef | Image.Image]) -> torch.Tensor: ...
 
