@@ -210,10 +210,13 @@ def test_tiny_clip_encodes_unique_images_and_captions_once(
     model.get_image_features, model.get_text_features = count_images, count_texts
     pairs = load_pairs(eval_sample_files["test"])
     out = evaluate_pairwise(model, processor, pairs, eval_sample_image_dir, batch_size=64)
-    unique_texts = {p["positive"] for p in pairs} | {p["negative"] for p in pairs}
+    scored = [p for p in pairs if p["positive"] != p["negative"]]  # the sample has one identical pair
+    unique_texts = {p["positive"] for p in scored} | {p["negative"] for p in scored}
     assert rows["images"] == 100 and rows["image_calls"] == 2  # 100 images in batches of 64
     assert rows["texts"] == len(unique_texts) < 2 * len(pairs)
-    assert out["num_pairs"] == 872 and 0.0 <= out["accuracy"] <= 1.0
+    assert out["num_pairs"] == 871 and out["identical_pairs"] == 1 and out["num_input_pairs"] == 872
+    assert out["skipped_examples"]["identical_pairs"] == ["n65230/2/3"]
+    assert 0.0 <= out["accuracy"] <= 1.0
     assert set(out["accuracy_by_type"]) == {p["type"] for p in pairs}
 
 

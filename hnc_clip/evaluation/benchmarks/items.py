@@ -74,15 +74,19 @@ class EncodedItems:
     num_input_items: int
 
     def sims(self, i: int) -> np.ndarray:
-        """`[n_images, n_captions]` cosine similarities of item i."""
-        img = self.image_table[torch.from_numpy(self.image_index[i])]
-        txt = self.text_table[torch.from_numpy(self.text_index[i])]
-        return (img @ txt.T).double().numpy()
+        """`[n_images, n_captions]` cosine similarities of item i.
+
+        Each entry is its own float64 dot product: a matmul may round columns differently (SIMD blocks), and then
+        two identical captions would not tie, while the tie rules below depend on exactly that.
+        """
+        img = self.image_table[torch.from_numpy(self.image_index[i])].double()
+        txt = self.text_table[torch.from_numpy(self.text_index[i])].double()
+        return (img[:, None, :] * txt[None, :, :]).sum(-1).numpy()
 
     def text_sims(self, i: int) -> np.ndarray:
         """`[n_captions, n_captions]` caption-caption cosines of item i (SugarCrepe++'s text-only task)."""
-        txt = self.text_table[torch.from_numpy(self.text_index[i])]
-        return (txt @ txt.T).double().numpy()
+        txt = self.text_table[torch.from_numpy(self.text_index[i])].double()
+        return (txt[:, None, :] * txt[None, :, :]).sum(-1).numpy()
 
     def bookkeeping(self) -> dict:
         """The counts every benchmark reports: scored items, the denominator, each skip reason, named examples."""
