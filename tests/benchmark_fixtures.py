@@ -34,7 +34,9 @@ def text_vec(text: str) -> np.ndarray:
 
 def image_vec(image: Image.Image) -> np.ndarray:
     arr = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    feats = np.array([arr[..., 0].mean(), arr[..., 1].mean(), arr[..., 2].mean(), image.width / 50, image.height / 50, 1])
+    feats = np.array(
+        [arr[..., 0].mean(), arr[..., 1].mean(), arr[..., 2].mean(), image.width / 50, image.height / 50, 1]
+    )
     v = _PROJ @ feats
     return v / np.linalg.norm(v)
 
@@ -145,8 +147,15 @@ def build_sugarcrepe_pp(root: Path) -> Path:
             fname = f"{s * 10 + i:012d}.jpg"
             save_image(root / "val2017" / fname, s * 10 + i)
             p1 = caption(rng)
-            rows.append({"id": i, "filename": fname, "caption": p1, "caption2": p1 + " " + str(rng.choice(WORDS)),
-                         "negative_caption": caption(rng)})  # fmt: skip
+            rows.append(
+                {
+                    "id": i,
+                    "filename": fname,
+                    "caption": p1,
+                    "caption2": p1 + " " + str(rng.choice(WORDS)),
+                    "negative_caption": caption(rng),
+                }
+            )
         write_json(root / "data" / f"{subset}.json", rows)
     return root
 
@@ -170,12 +179,16 @@ def build_aro_vg(root: Path, kind: str) -> Path:
         }
         if kind == "relation":
             a, b, rel = str(rng.choice(WORDS)), str(rng.choice(WORDS)), ARO_RELATIONS[j % 4]
-            rec.update(true_caption=f"the {a} is {rel} the {b}", false_caption=f"the {b} is {rel} the {a}",
-                       relation_name=rel)  # fmt: skip
+            rec.update(
+                true_caption=f"the {a} is {rel} the {b}", false_caption=f"the {b} is {rel} the {a}", relation_name=rel
+            )
         else:
             attrs = [["red", "blue"], ["big", "small"]][0 if j < 30 else 1]  # 30 and 18 cases: one pair below 25
-            rec.update(true_caption=f"the {attrs[0]} cup and the {attrs[1]} dog",
-                       false_caption=f"the {attrs[1]} cup and the {attrs[0]} dog", attributes=attrs)  # fmt: skip
+            rec.update(
+                true_caption=f"the {attrs[0]} cup and the {attrs[1]} dog",
+                false_caption=f"the {attrs[1]} cup and the {attrs[0]} dog",
+                attributes=attrs,
+            )
         records.append(rec)
     write_json(root / f"visual_genome_{'relation' if kind == 'relation' else 'attribution'}.json", records)
     return root
@@ -183,15 +196,37 @@ def build_aro_vg(root: Path, kind: str) -> Path:
 
 # Hand-tagged captions (Penn tags as spaCy's en_core_web_sm gives them) for the Order perturbations.
 ORDER_CAPTIONS = {
-    "A man riding a brown horse.": [("A", "DT"), ("man", "NN"), ("riding", "VBG"), ("a", "DT"), ("brown", "JJ"),
-                                    ("horse", "NN"), (".", ".")],
-    "Two small dogs on a red table": [("Two", "CD"), ("small", "JJ"), ("dogs", "NNS"), ("on", "IN"), ("a", "DT"),
-                                      ("red", "JJ"), ("table", "NN")],
+    "A man riding a brown horse.": [
+        ("A", "DT"),
+        ("man", "NN"),
+        ("riding", "VBG"),
+        ("a", "DT"),
+        ("brown", "JJ"),
+        ("horse", "NN"),
+        (".", "."),
+    ],
+    "Two small dogs on a red table": [
+        ("Two", "CD"),
+        ("small", "JJ"),
+        ("dogs", "NNS"),
+        ("on", "IN"),
+        ("a", "DT"),
+        ("red", "JJ"),
+        ("table", "NN"),
+    ],
     "A cat.": [("A", "DT"), ("cat", "NN"), (".", ".")],
-    "The blue cup is left of the big plate": [("The", "DT"), ("blue", "JJ"), ("cup", "NN"), ("is", "VBZ"),
-                                              ("left", "JJ"), ("of", "IN"), ("the", "DT"), ("big", "JJ"),
-                                              ("plate", "NN")],
-}  # fmt: skip
+    "The blue cup is left of the big plate": [
+        ("The", "DT"),
+        ("blue", "JJ"),
+        ("cup", "NN"),
+        ("is", "VBZ"),
+        ("left", "JJ"),
+        ("of", "IN"),
+        ("the", "DT"),
+        ("big", "JJ"),
+        ("plate", "NN"),
+    ],
+}
 
 
 def hand_tagger(text: str):
@@ -226,9 +261,22 @@ def build_winoground(root: Path) -> Path:
             save_image(root / "data" / "images" / f"ex_{i}_{k}.png", 2 * i + k, fmt="PNG")
         c0 = caption(rng, 4)
         c1 = " ".join(reversed(c0.split())) if i % 3 == 0 else caption(rng, 4)  # some groups tie text-wise
-        lines.append(json.dumps({"id": i, "image": f"ex_{i}", "caption_0": c0, "caption_1": c1, "image_0": f"ex_{i}_0",
-                                 "image_1": f"ex_{i}_1", "tag": "t", "secondary_tag": "", "num_main_preds": 1,
-                                 "collapsed_tag": ["Object", "Relation", "Both"][i % 3]}))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "id": i,
+                    "image": f"ex_{i}",
+                    "caption_0": c0,
+                    "caption_1": c1,
+                    "image_0": f"ex_{i}_0",
+                    "image_1": f"ex_{i}_1",
+                    "tag": "t",
+                    "secondary_tag": "",
+                    "num_main_preds": 1,
+                    "collapsed_tag": ["Object", "Relation", "Both"][i % 3],
+                }
+            )
+        )
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "data" / "examples.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -244,8 +292,13 @@ def build_valse(root: Path) -> Path:
         for i in range(6):
             name = f"{piece}_{i}.jpg"
             save_image(root / image_dir / name, p * 10 + i)
-            data[f"{piece}_{i}"] = {"dataset": "x", "image_file": name, "caption": caption(rng), "foil": caption(rng),
-                                    "mturk": {"foil": 0, "caption": [3, 2, 1, 0, 3, 2][i], "other": 0}}  # fmt: skip
+            data[f"{piece}_{i}"] = {
+                "dataset": "x",
+                "image_file": name,
+                "caption": caption(rng),
+                "foil": caption(rng),
+                "mturk": {"foil": 0, "caption": [3, 2, 1, 0, 3, 2][i], "other": 0},
+            }
         write_json(root / annotation, data)
     return root
 
@@ -264,15 +317,26 @@ def build_whatsup(root: Path) -> Path:
     qa = []
     for i in range(5):
         save_image(root / "data" / "val2017" / f"{i + 1:012d}.jpg", 20 + i)
-        qa.append([i + 1, f"A photo of a dog to the left of a cat {WORDS[i]}", f"A photo of a dog to the right of a cat {WORDS[i]}"])
-    write_json(root / "data" / "coco_qa_two_obj.json", qa)  # fmt: skip
+        qa.append(
+            [
+                i + 1,
+                f"A photo of a dog to the left of a cat {WORDS[i]}",
+                f"A photo of a dog to the right of a cat {WORDS[i]}",
+            ]
+        )
+    write_json(root / "data" / "coco_qa_two_obj.json", qa)
     return root
 
 
 def build_vl_checklist(root: Path) -> Path:
     rng = np.random.default_rng(8)
-    for f, (rel, src) in enumerate((("Attribute/vg/color.json", "vg"), ("Object/Location/hake_location/hake_obj_center.json",
-                                    "hake"), ("Relation/swig_action.json", "swig"))):  # fmt: skip
+    for f, (rel, src) in enumerate(
+        (
+            ("Attribute/vg/color.json", "vg"),
+            ("Object/Location/hake_location/hake_obj_center.json", "hake"),
+            ("Relation/swig_action.json", "swig"),
+        )
+    ):
         rows = []
         for i in range(6):
             name = f"img_{f}_{i}.jpg"
@@ -289,8 +353,14 @@ def build_eqben(root: Path) -> Path:
         sub = ["eqbenkubric_loc", "eqbensd"][i % 2]
         for k in (0, 1):
             save_image(root / "images" / sub / f"{i}_{k}.png", 3 * i + k, fmt="PNG")
-        rows.append({"image0": f"{sub}/{i}_0.png", "caption0": caption(rng), "image1": f"{sub}/{i}_1.png",
-                     "caption1": caption(rng)})  # fmt: skip
+        rows.append(
+            {
+                "image0": f"{sub}/{i}_0.png",
+                "caption0": caption(rng),
+                "image1": f"{sub}/{i}_1.png",
+                "caption1": caption(rng),
+            }
+        )
     write_json(root / "ann.json", rows)
     return root
 

@@ -34,9 +34,26 @@ def rgb(path) -> Image.Image:
 
 
 def test_registry_covers_the_issue_and_every_entry_is_documented():
-    required = {"hnc_test", "sugarcrepe", "sugarcrepe_pp", "aro_vg_relation", "aro_vg_attribution", "aro_coco_order",
-                "aro_flickr30k_order", "winoground", "valse", "whatsup", "vl_checklist", "eqben", "mmvp_vlm",
-                "imagenet1k", "cifar10", "cifar100", "coco_5k", "flickr30k_1k"}  # fmt: skip
+    required = {
+        "hnc_test",
+        "sugarcrepe",
+        "sugarcrepe_pp",
+        "aro_vg_relation",
+        "aro_vg_attribution",
+        "aro_coco_order",
+        "aro_flickr30k_order",
+        "winoground",
+        "valse",
+        "whatsup",
+        "vl_checklist",
+        "eqben",
+        "mmvp_vlm",
+        "imagenet1k",
+        "cifar10",
+        "cifar100",
+        "coco_5k",
+        "flickr30k_1k",
+    }
     assert required <= set(REGISTRY)
     assert set(SUITES["compositionality"]) == set(fx.BUILDERS)
     readme = (Path(__file__).resolve().parent.parent / "eval" / "README.md").read_text()
@@ -53,7 +70,9 @@ def test_expand_names_and_suites():
     assert len(expand("all")) == len(REGISTRY)
     with pytest.raises(BenchmarkError) as err:
         expand(["sugarcrepe", "winogrande"])
-    assert "winogrande" in str(err.value) and "aro_vg_relation" in str(err.value) and "compositionality" in str(err.value)
+    assert (
+        "winogrande" in str(err.value) and "aro_vg_relation" in str(err.value) and "compositionality" in str(err.value)
+    )
 
 
 def test_missing_benchmark_says_how_to_fetch_it(tmp_path, monkeypatch):
@@ -147,11 +166,14 @@ def _aro_reference(root: Path, annotation: str, kind: str) -> dict[str, tuple[fl
     scores = []
     for case in data:
         img = rgb(root / "images" / case["image_path"])
-        img = img.crop((case["bbox_x"], case["bbox_y"], case["bbox_x"] + case["bbox_w"], case["bbox_y"] + case["bbox_h"]))
+        img = img.crop(
+            (case["bbox_x"], case["bbox_y"], case["bbox_x"] + case["bbox_w"], case["bbox_y"] + case["bbox_h"])
+        )
         scores.append([[fx.sim(img, case["false_caption"]), fx.sim(img, case["true_caption"])]])
     correct = np.argmax(np.squeeze(np.array(scores), axis=1), axis=-1) == 1
-    keys = np.array([c["relation_name"] if kind == "relation" else f"{c['attributes'][0]}_{c['attributes'][1]}"
-                     for c in data])  # fmt: skip
+    keys = np.array(
+        [c["relation_name"] if kind == "relation" else f"{c['attributes'][0]}_{c['attributes'][1]}" for c in data]
+    )
     return {k: (correct[keys == k].mean(), int((keys == k).sum())) for k in np.unique(keys)}
 
 
@@ -231,8 +253,9 @@ def _pre_caption(caption, max_words=50):  # ARO dataset_zoo/retrieval.py
     return caption
 
 
-@pytest.mark.parametrize("name,annotation", [("aro_coco_order", "coco_karpathy_test.json"),
-                                             ("aro_flickr30k_order", "flickr30k_test.json")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,annotation", [("aro_coco_order", "coco_karpathy_test.json"), ("aro_flickr30k_order", "flickr30k_test.json")]
+)
 def test_aro_order_matches_the_official_perturbations_and_ties_count_right(tmp_path, name, annotation):
     from hnc_clip.evaluation.benchmarks import readers
     from hnc_clip.evaluation.benchmarks.aro_order import OrderPerturber
@@ -242,13 +265,21 @@ def test_aro_order_matches_the_official_perturbations_and_ties_count_right(tmp_p
     random.seed(1)
     np.random.seed(1)
     shuffler = _OfficialShuffler()
-    fns = [shuffler.shuffle_nouns_and_adj, shuffler.shuffle_allbut_nouns_and_adj, shuffler.shuffle_within_trigrams,
-           shuffler.shuffle_trigrams]  # fmt: skip
+    fns = [
+        shuffler.shuffle_nouns_and_adj,
+        shuffler.shuffle_allbut_nouns_and_adj,
+        shuffler.shuffle_within_trigrams,
+        shuffler.shuffle_trigrams,
+    ]
     official = []
     for ann in json.loads((root / annotation).read_text()):
         for cap in ann["caption"]:
-            official.append({"image": ann["image"],
-                             "caption_options": [_pre_caption(cap, 30)] + [_pre_caption(f(cap), 30) for f in fns]})  # fmt: skip
+            official.append(
+                {
+                    "image": ann["image"],
+                    "caption_options": [_pre_caption(cap, 30)] + [_pre_caption(f(cap), 30) for f in fns],
+                }
+            )
     read = readers.read_coco_order if annotation.startswith("coco") else readers.read_flickr_order
     data = read(str(root), OrderPerturber(fx.hand_tagger, fx.hand_tokenizer, seed=1))
     assert json.loads(Path(data.meta["test_cases"]).read_text()) == official
@@ -397,7 +428,6 @@ def test_mmvp_vlm_as_evaluate_vlm(tmp_path):
 
 
 def _cb_accuracy(output, target, topk=(1,)):  # clip_benchmark/metrics/zeroshot_classification.py
-    import torch
 
     pred = output.topk(max(topk), 1, True, True)[1].t()
     correct = pred.eq(target.view(1, -1).expand_as(pred))
@@ -423,8 +453,9 @@ def test_zeroshot_cifar10_as_clip_benchmark(tmp_path):
         w = F.normalize(emb, dim=-1).mean(dim=0)
         weights.append(w / w.norm())
     classifier = torch.stack(weights, dim=1)
-    images = torch.tensor(np.array([fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]),
-                          dtype=torch.float32)  # fmt: skip
+    images = torch.tensor(
+        np.array([fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]), dtype=torch.float32
+    )
     logits = 100.0 * F.normalize(images, dim=-1) @ classifier
     target = torch.tensor([t for _, t in samples])
     acc1, acc5 = _cb_accuracy(logits, target, topk=(1, 5))
@@ -458,8 +489,9 @@ def test_retrieval_keeps_duplicate_captions_as_clip_benchmark(tmp_path):
     out = run("coco_5k", root)
     # zeroshot_retrieval.evaluate: every caption a row of `scores`, positives by owner, recall_at_k > 0
     texts = [(t, i) for i, (_, caps) in enumerate(samples) for t in caps]
-    img = torch.tensor(np.array([fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]),
-                       dtype=torch.float32)  # fmt: skip
+    img = torch.tensor(
+        np.array([fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]), dtype=torch.float32
+    )
     txt = torch.tensor(np.array([fx.text_vec(t) for t, _ in texts]), dtype=torch.float32)
     scores = txt @ img.t()
     positive = torch.zeros_like(scores, dtype=bool)
@@ -468,11 +500,17 @@ def test_retrieval_keeps_duplicate_captions_as_clip_benchmark(tmp_path):
     def recall_at_k(scores, positive_pairs, k):
         topk = torch.topk(scores, k, dim=1)[1]
         onehot = torch.nn.functional.one_hot(topk, num_classes=scores.shape[1])
-        return (onehot * positive_pairs.view(scores.shape[0], 1, scores.shape[1])).sum(dim=(1, 2)) / positive_pairs.sum(1)
+        return (onehot * positive_pairs.view(scores.shape[0], 1, scores.shape[1])).sum(
+            dim=(1, 2)
+        ) / positive_pairs.sum(1)
 
     for k in (1, 5):
-        assert out[f"text_to_image_R@{k}"] == pytest.approx((recall_at_k(scores, positive, k) > 0).float().mean().item())
-        assert out[f"image_to_text_R@{k}"] == pytest.approx((recall_at_k(scores.T, positive.T, k) > 0).float().mean().item())
+        assert out[f"text_to_image_R@{k}"] == pytest.approx(
+            (recall_at_k(scores, positive, k) > 0).float().mean().item()
+        )
+        assert out[f"image_to_text_R@{k}"] == pytest.approx(
+            (recall_at_k(scores.T, positive.T, k) > 0).float().mean().item()
+        )
     assert out["num_captions"] == 30  # duplicates kept
 
 
@@ -508,6 +546,8 @@ def _only_replace_att(root):
     from hnc_clip.evaluation.images import ImageRef
 
     data = json.loads((Path(root) / "data" / "replace_att.json").read_text())
-    items = [ChoiceItem(k, ImageRef(f"val2017/{r['filename']}"), [r["caption"], r["negative_caption"]], 0, "replace_att")
-             for k, r in data.items()]  # fmt: skip
+    items = [
+        ChoiceItem(k, ImageRef(f"val2017/{r['filename']}"), [r["caption"], r["negative_caption"]], 0, "replace_att")
+        for k, r in data.items()
+    ]
     return BenchmarkData(root, items, Counter())

@@ -17,6 +17,7 @@ packages): `clip_tokenizer(bpe_path)` builds a `CLIPTokenizer` from it that toke
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -214,6 +215,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+@functools.lru_cache(maxsize=4)
 def clip_tokenizer(bpe_path: str, model_max_length: int = 77):
     """A `CLIPTokenizer` from OpenAI's `bpe_simple_vocab_16e6.txt.gz`: the vocabulary OpenAI's SimpleTokenizer
     builds (bytes, bytes + `</w>`, the first 48,894 merges, the two special tokens) and the same merges."""
