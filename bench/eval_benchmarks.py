@@ -5,10 +5,10 @@
     python bench/eval_benchmarks.py --device cuda --model /path/to/clip-vit-base-patch32 --scale 20
 
 Writes the 13 compositionality benchmarks in their official layouts (the same builders as the tests,
-`tests/benchmark_fixtures.py`; `--scale` repeats each folder's items) and runs `hnc_clip.scripts.evaluate.run` on
-them, as `--benchmark compositionality` does: image decoding in DataLoader workers, each distinct image and caption
-encoded once. Reports CPU time (this process and its DataLoader workers) and wall time per 1,000 items (an item = one scored question: a pair, an
-n-way choice, a Winoground group), the items and distinct images/captions encoded, and writes a JSON line.
+`tests/benchmark_fixtures.py`; `--scale` repeats each list-shaped annotation file) and runs
+`hnc_clip.scripts.evaluate.run` on them, as `--benchmark compositionality` does: image decoding in DataLoader
+workers, each distinct image and caption encoded once. Reports CPU time (this process and its DataLoader workers)
+and wall time per 1,000 items (an item = one scored question: a pair, an n-way choice, a Winoground group).
 """
 
 from __future__ import annotations
@@ -37,16 +37,21 @@ def cpu_seconds() -> float:
 
 def build_model(kind: str, out: str) -> str:
     """A random-init CLIP saved with a word tokenizer over the fixtures' words (`tiny` or `vitb32` sizes)."""
-    from transformers import CLIPProcessor
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
 
     from hnc_clip.tiny import build_image_processor, build_tiny_clip, build_word_tokenizer
 
     words = sorted(set(fx.WORDS) | set(" ".join(fx.ORDER_CAPTIONS).lower().replace(".", " ").split()))
     tokenizer = build_word_tokenizer(words + ["photo", "of", "to", "the", "a", "is", "and"], model_max_length=77)
-    sizes = dict(hidden_size=768, num_layers=12, num_heads=12, projection_dim=512, patch_size=32, text_hidden_size=512)
     if kind == "tiny":
         sizes = dict(hidden_size=64, num_layers=2, num_heads=2, projection_dim=64, patch_size=32)
-    model = build_tiny_clip(vocab_size=len(tokenizer), image_size=224, max_position_embeddings=77, **sizes)
+        model = build_tiny_clip(vocab_size=len(tokenizer), image_size=224, max_position_embeddings=77, **sizes)
+    else:  # CLIPConfig's defaults are ViT-B/32's sizes (vision 768 x 12, text 512 x 12, projection 512)
+        from models import clip_config  # bench/models.py
+
+        torch.manual_seed(0)
+        model = CLIPModel(clip_config("vitb32", len(tokenizer)))
     CLIPProcessor(image_processor=build_image_processor(224), tokenizer=tokenizer).save_pretrained(out)
     model.save_pretrained(out)
     return out

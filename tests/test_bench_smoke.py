@@ -107,3 +107,12 @@ def test_attention_backends_smoke(tmp_path):
         assert rows[key]["forward_backward_ms"] > 0 and rows[key]["forward_ms"] > 0, key  # timed (no thresholds)
     assert "error" in rows["vision", "eager", "efficient"]  # no memory-efficient kernel on the CPU: said, not hidden
     assert "vs flash" in stdout and "unavailable" in stdout
+
+
+def test_eval_benchmarks_smoke(tmp_path):
+    out = tmp_path / "suite.jsonl"
+    stdout = _run("eval_benchmarks.py", "--model", "tiny", "--repeat", "1", "--num_workers", "0", "--output", str(out))
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["benchmarks"] == 13 and record["items"] > 200
+    assert record["cpu_s_per_1000_items"] > 0 and record["wall_s_per_1000_items"] > 0
+    assert json.dumps(record) in stdout

@@ -551,3 +551,25 @@ def _only_replace_att(root):
         for k, r in data.items()
     ]
     return BenchmarkData(root, items, Counter())
+
+
+def test_winoground_hub_parquet_is_written_out_in_the_official_layout(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = {"id": [0, 1], "caption_0": ["a dog on a cat", "a red cup"], "caption_1": ["a cat on a dog", "a cup red"],
+            "image_0": [Image.new("RGB", (20, 20), fx.colour(i)) for i in (1, 2)],
+            "image_1": [Image.new("RGB", (20, 20), fx.colour(i)) for i in (3, 4)],
+            "tag": ["t", "t"], "secondary_tag": ["", ""], "num_main_preds": [1, 1],
+            "collapsed_tag": ["Relation", "Object"]}  # fmt: skip
+    features = datasets.Features({k: datasets.Image() if k.startswith("image") else None for k in rows} | {
+        "id": datasets.Value("int64"), "num_main_preds": datasets.Value("int64")})  # fmt: skip
+    features = datasets.Features({k: v if v is not None else datasets.Value("string") for k, v in features.items()})
+    (tmp_path / "winoground" / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(tmp_path / "winoground" / "data" / "test.parquet")
+    )
+    root = locate(REGISTRY["winoground"], str(tmp_path))
+    out = run("winoground", Path(root))
+    assert out["num_items"] == 2 and set(out["count_by_type"]) == {"Relation", "Object"}
+    assert (Path(root) / "data" / "images" / "1_1.png").is_file()

@@ -282,6 +282,36 @@ def read_winoground(root: str) -> BenchmarkData:
     return BenchmarkData(root, items, skips)
 
 
+def materialize_winoground(root: str) -> None:
+    """The Hub repository's other forms -> the examples.jsonl + images/ layout: `data/images.zip` is unpacked;
+    parquet shards (`image_0`/`image_1` as images, the converted form of the repository) are written out as
+    `data/images/<id>_<k>.png` with an `examples.jsonl` naming them."""
+    import zipfile
+
+    data_dir = os.path.join(root, "data")
+    archive = os.path.join(data_dir, "images.zip")
+    if not os.path.isdir(os.path.join(data_dir, "images")) and os.path.isfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(data_dir)
+    if os.path.isfile(os.path.join(data_dir, "examples.jsonl")):
+        return
+    shards = sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True))
+    if not shards:
+        return
+    import datasets
+
+    rows = datasets.load_dataset("parquet", data_files=shards, split="train")
+    os.makedirs(os.path.join(data_dir, "images"), exist_ok=True)
+    with open(os.path.join(data_dir, "examples.jsonl"), "w", encoding="utf-8") as f:
+        for row in rows:
+            record = {k: v for k, v in row.items() if k not in ("image_0", "image_1")}
+            for k in (0, 1):
+                name = f"{row['id']}_{k}"
+                row[f"image_{k}"].save(os.path.join(data_dir, "images", f"{name}.png"))
+                record[f"image_{k}"] = name
+            f.write(json.dumps(record) + "\n")
+
+
 def read_eqben(root: str) -> BenchmarkData:
     """EqBen's labelled release as its 2x2 readers take it: `ann.json` = `[{image0, caption0, image1, caption1}]`,
     images under `images/`; the sub-dataset (first path part of `image0`) is the type."""

@@ -41,6 +41,7 @@ class Benchmark:
     exclude_identical: bool = False  # drop (and count) items whose true caption equals a distractor
     headline: str = "accuracy"  # what the table's cell is
     alt_layout: tuple[str, ...] = ()  # another complete layout the reader also takes (annotation files + images)
+    materialize: Callable | None = None  # turns a downloaded Hub snapshot into `layout` (root -> None)
     meta: dict = field(default_factory=dict, hash=False, compare=False)
 
 
@@ -271,6 +272,7 @@ _ENTRIES = [
         verified="Hub page facebook/winoground; formulas as EqBen's cal_wino_score and the Winoground paper",
         read=readers.read_winoground,
         score=protocols.winoground,
+        materialize=readers.materialize_winoground,
         hub_repo="facebook/winoground",
         fetch=("hf download facebook/winoground --repo-type dataset --local-dir {root}  # after accepting the terms",),
         headline="group_score",
@@ -512,6 +514,9 @@ def locate(bench: Benchmark, benchmark_dir: str, cache_dir: str | None = None, d
             _snapshot(bench, root, cache_dir)
         except Exception as err:  # any hub failure (gated repo, no network) becomes the same clear message
             raise not_found(bench, root, missing, f" (download from {bench.hub_repo} failed: {err})") from err
+        missing = _missing(bench, root)
+    if missing and bench.materialize is not None and os.path.isdir(root):
+        bench.materialize(root)
         missing = _missing(bench, root)
     if missing:
         raise not_found(bench, root, missing, " (offline: HF_HUB_OFFLINE is set)" if _offline() else "")
