@@ -136,3 +136,19 @@ def test_convert_cli_and_eval_accepts_the_pt_directly(oc_model, tmp_path, eval_s
     # the .pt converted in memory and the converted folder are the same model
     assert results["negclip"]["pairwise"]["accuracy"] == results["out"]["pairwise"]["accuracy"]
     assert results["negclip"]["pairwise"]["mean_margin"] == pytest.approx(results["out"]["pairwise"]["mean_margin"])
+
+
+class Arbitrary:  # any class a pickle could name: the weights-only loader refuses it, and so do we
+    pass
+
+
+def test_training_checkpoint_with_args_loads_weights_only(oc_model, tmp_path):
+    import argparse
+
+    path = tmp_path / "ce_clip.pt"
+    torch.save({"state_dict": oc_model.state_dict(), "args": argparse.Namespace(lr=1e-5, model="ViT-B-32")}, path)
+    assert set(load_checkpoint(str(path), allow_pickle=True)) == set(oc_model.state_dict())
+
+    torch.save({"state_dict": oc_model.state_dict(), "extra": Arbitrary()}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="weights-only loader refuses"):
+        load_checkpoint(str(tmp_path / "odd.pt"), allow_pickle=True)

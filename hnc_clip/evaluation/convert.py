@@ -3,8 +3,9 @@
 The published compositionality baselines (NegCLIP, CE-CLIP, FSC-CLIP, DAC, ...) ship `.pt` files: an OpenAI JIT
 archive, a bare OpenAI/open_clip state dict (`visual.conv1.weight`, `transformer.resblocks.N...`), or an open_clip
 training checkpoint `{"epoch", "state_dict": {"module.visual...": ...}, ...}`. All three are pickles, which can run
-code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and even then tries
-`torch.load(weights_only=True)` first. `open_clip_model.safetensors` files need no such permission.
+code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and even then reads
+them with `torch.jit.load` (OpenAI's archives) or torch's weights-only unpickler, never a full `pickle.load`.
+`open_clip_model.safetensors` files need no such permission.
 
 The architecture is read off the tensors as OpenAI's `build_model` does (widths, layer counts, patch size, context
 length); heads are width / 64 as in OpenAI's and open_clip's ViT configs. Only ViT image towers exist in HF CLIP, so
@@ -17,6 +18,7 @@ packages): `clip_tokenizer(bpe_path)` builds a `CLIPTokenizer` from it that toke
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gzip
 import importlib.util
@@ -68,10 +70,15 @@ def load_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, torch.Te
         return _unwrap(torch.jit.load(path, map_location="cpu"))  # OpenAI's released JIT archives
     except RuntimeError:
         pass
-    try:
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception:  # weights_only refuses other pickled objects (argparse Namespaces in some training checkpoints)
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=False))
+    # torch's restricted unpickler only; argparse Namespaces (the `args` some training checkpoints keep) allowed too
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # the weights-only unpickler's refusal (UnpicklingError) or a broken file
+            raise ValueError(
+                f"{path} holds objects beyond tensors that torch's weights-only loader refuses ({err}); load it in a "
+                "trusted session and re-save `checkpoint['state_dict']` with torch.save"
+            ) from err
 
 
 def _count_layers(sd: dict, prefix: str) -> int:
