@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs; the fastest is reported (the first warms up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", default=None, help="append the JSON line to this file")
+    parser.add_argument("--benchmarks", nargs="+", default=["compositionality"], help="registry names or suites")
     args = parser.parse_args()
 
     import torch
@@ -100,7 +101,7 @@ def main() -> None:
             results = run(
                 {
                     "model_name_or_path": [model],
-                    "benchmark": ["compositionality"],
+                    "benchmark": args.benchmarks,
                     "benchmark_dir": str(bench_dir),
                     "download": False,
                     "output_dir": str(tmp / f"out{r}"),
@@ -123,6 +124,7 @@ def main() -> None:
         "precision": args.precision,
         "scale": args.scale,
         "benchmarks": len(per_model),
+        "names": list(per_model),
         "items": items,
         "cpu_s": round(cpu, 2),
         "wall_s": round(wall, 2),

@@ -473,11 +473,43 @@ def test_imagenet_metadata_are_openais():
     assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}." and IMAGENET_CLASSNAMES[:2] == ("tench", "goldfish")
     assert len(set(IMAGENET_CLASSNAMES)) == 998  # OpenAI's names repeat "missile" and "sunglasses"
     assert IMAGENET_CLASSNAMES.count("missile") == 2 and IMAGENET_CLASSNAMES.count("sunglasses") == 2
+    from hnc_clip.evaluation.benchmarks.items import BenchmarkData
+    from hnc_clip.evaluation.benchmarks.runner import zeroshot_prompts
+
+    names, templates = zeroshot_prompts(REGISTRY["imagenet1k"], BenchmarkData("x", [], meta={"classnames": ["a"]}))
+    assert names == list(IMAGENET_CLASSNAMES) and templates == list(IMAGENET_TEMPLATES)  # not the shards' files
+    with pytest.raises(FileNotFoundError, match="zeroshot_classification_templates"):
+        zeroshot_prompts(REGISTRY["sun397"], BenchmarkData("x", [], meta={"classnames": ["a"]}))
 
 
-def test_retrieval_keeps_duplicate_captions_as_clip_benchmark(tmp_path):
+def _clip_benchmark_recalls(image_vecs, captions_per_image, ks=(1, 5)) -> dict:
+    """clip_benchmark/metrics/zeroshot_retrieval.py: every caption a row of `scores`, recall_at_k > 0."""
     import torch
 
+    texts = [(t, i) for i, caps in enumerate(captions_per_image) for t in caps]
+    img = torch.tensor(np.array(image_vecs), dtype=torch.float32)
+    txt = torch.tensor(np.array([fx.text_vec(t) for t, _ in texts]), dtype=torch.float32)
+    scores = txt @ img.t()
+    positive_pairs = torch.zeros_like(scores, dtype=bool)
+    positive_pairs[torch.arange(len(scores)), [i for _, i in texts]] = True
+
+    def recall_at_k(scores, positive_pairs, k):
+        nb_texts, nb_images = scores.shape
+        topk_indices = torch.topk(scores, k, dim=1)[1]
+        nb_positive = positive_pairs.sum(dim=1)
+        topk_indices_onehot = torch.nn.functional.one_hot(topk_indices, num_classes=nb_images)
+        positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
+        nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
+        return nb_true_positive / nb_positive
+
+    out = {}
+    for k in ks:
+        out[f"text_to_image_R@{k}"] = (recall_at_k(scores, positive_pairs, k) > 0).float().mean().item()
+        out[f"image_to_text_R@{k}"] = (recall_at_k(scores.T, positive_pairs.T, k) > 0).float().mean().item()
+    return out
+
+
+def _retrieval_samples():
     rng = np.random.default_rng(11)
     samples = []
     for i in range(6):
@@ -485,33 +517,40 @@ def test_retrieval_keeps_duplicate_captions_as_clip_benchmark(tmp_path):
         if i in (2, 3):
             caps[0] = "a dog on a table"  # the same sentence on two images: two gallery entries in CLIP_benchmark
         samples.append((i, caps))
+    return samples
+
+
+def test_retrieval_keeps_duplicate_captions_as_clip_benchmark(tmp_path):
+    samples = _retrieval_samples()
     root = fx.build_wds(tmp_path / "coco_5k", samples, shards=2)
     out = run("coco_5k", root)
-    # zeroshot_retrieval.evaluate: every caption a row of `scores`, positives by owner, recall_at_k > 0
-    texts = [(t, i) for i, (_, caps) in enumerate(samples) for t in caps]
-    img = torch.tensor(
-        np.array([fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]), dtype=torch.float32
-    )
-    txt = torch.tensor(np.array([fx.text_vec(t) for t, _ in texts]), dtype=torch.float32)
-    scores = txt @ img.t()
-    positive = torch.zeros_like(scores, dtype=bool)
-    positive[torch.arange(len(scores)), [i for _, i in texts]] = True
-
-    def recall_at_k(scores, positive_pairs, k):
-        topk = torch.topk(scores, k, dim=1)[1]
-        onehot = torch.nn.functional.one_hot(topk, num_classes=scores.shape[1])
-        return (onehot * positive_pairs.view(scores.shape[0], 1, scores.shape[1])).sum(
-            dim=(1, 2)
-        ) / positive_pairs.sum(1)
-
-    for k in (1, 5):
-        assert out[f"text_to_image_R@{k}"] == pytest.approx(
-            (recall_at_k(scores, positive, k) > 0).float().mean().item()
-        )
-        assert out[f"image_to_text_R@{k}"] == pytest.approx(
-            (recall_at_k(scores.T, positive.T, k) > 0).float().mean().item()
-        )
+    images = [fx.image_vec(Image.new("RGB", (24, 24), fx.colour(c))) for c, _ in samples]
+    ref = _clip_benchmark_recalls(images, [caps for _, caps in samples])
+    assert {k: out[k] for k in ref} == pytest.approx(ref)
     assert out["num_captions"] == 30  # duplicates kept
+    assert out["headline"] == pytest.approx((out["image_to_text_R@1"] + out["text_to_image_R@1"]) / 2)
+
+
+def test_retrieval_annotation_file_layouts(tmp_path):
+    samples = _retrieval_samples()
+    flickr = tmp_path / "flickr30k_1k"
+    lines = ["image,caption"]
+    for c, caps in samples:
+        fx.save_image(flickr / "flickr30k-images" / f"{1000 + c}.jpg", c)
+        lines += [f"{1000 + c}.jpg,{cap}" for cap in caps]  # CLIP_benchmark's Flickr reader splits on ".jpg,"
+    (flickr / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+    coco = tmp_path / "coco_5k"
+    ann = []
+    for c, caps in samples:
+        fx.save_image(coco / "val2014" / f"COCO_val2014_{c:012d}.jpg", c)
+        ann.append({"image": f"val2014/COCO_val2014_{c:012d}.jpg", "caption": caps})
+    fx.write_json(coco / "coco_karpathy_test.json", ann)
+    images = [fx.image_vec(rgb(flickr / "flickr30k-images" / f"{1000 + c}.jpg")) for c, _ in samples]
+    ref = _clip_benchmark_recalls(images, [caps for _, caps in samples])
+    for name, root in (("flickr30k_1k", flickr), ("coco_5k", coco)):
+        assert locate(REGISTRY[name], str(tmp_path), download=False) == str(root)
+        out = run(name, root)
+        assert {k: out[k] for k in ref} == pytest.approx(ref), name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
