@@ -1,4 +1,4 @@
-"""Batched, L2-normalised CLIP image and text embeddings (the only code here that runs the model).
+"""Batched, L2-normalised image and text embeddings of a CLIP or SigLIP model (the only code here that runs it).
 
 Scoring code talks to an `Encoder` (two methods), so tests can swap in a fake encoder whose similarities they
 choose, and the unique-encoding logic in `hnc_clip.evaluation.tasks` can be checked by counting what reaches the
@@ -32,11 +32,15 @@ def default_device() -> torch.device:
 
 
 def load_clip(model_name_or_path: str, device: str | torch.device | None = None):
-    """`(CLIPModel, CLIPProcessor)` in eval mode on `device`: safetensors only and never remote code."""
-    from transformers import CLIPModel, CLIPProcessor
+    """`(model, processor)` in eval mode on `device`, the model as its family's class (`CLIPModel`, `SiglipModel`,
+    ...: `hnc_clip.families`): safetensors only and never remote code."""
+    from transformers import AutoConfig, AutoProcessor
 
-    model = CLIPModel.from_pretrained(model_name_or_path, use_safetensors=True)
-    processor = CLIPProcessor.from_pretrained(model_name_or_path)
+    from ..families import family_of
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    model = family_of(config).cls.from_pretrained(model_name_or_path, config=config, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(model_name_or_path)
     return model.to(torch.device(device) if device else default_device()).eval(), processor
 
 
@@ -62,6 +66,11 @@ class ClipEncoder:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.progress = progress
         self.max_text_length = model.config.text_config.max_position_embeddings
+        from ..families import family_of
+
+        # SigLIP: captions padded to the tower's length and no mask, as it was trained (`hnc_clip.families`).
+        self.family = family_of(model)
+        self.dim = self.family.embedding_dim(model.config)
 
     def _autocast(self):
         # bf16 on CUDA roughly halves encoding time; on CPU autocast is slower than fp32, so it stays off there.
@@ -78,11 +87,12 @@ class ClipEncoder:
         out = []
         for start in self._batches(len(images), "encode images"):
             batch = [load_image(images[i]) for i in range(start, min(start + self.batch_size, len(images)))]
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            inputs = self.processor(images=batch, return_tensors="pt").to(self.device)  # NaFlex: + patch mask, grid
+            extra = {k: inputs[k] for k in self.family.pixel_inputs}
             with self._autocast():
-                feats = self.model.get_image_features(pixel_values=pixels).pooler_output  # [B, D]
-            out.append(F.normalize(feats.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.config.projection_dim)
+                feats = self.model.get_image_features(pixel_values=inputs["pixel_values"], **extra).pooler_output
+            out.append(F.normalize(feats.float(), dim=-1).cpu())  # [B, D]
+        return torch.cat(out) if out else torch.empty(0, self.dim)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -90,11 +100,10 @@ class ClipEncoder:
         for start in self._batches(len(texts), "encode texts"):
             batch = list(texts[start : start + self.batch_size])
             tokens = self.processor(
-                text=batch, padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+                text=batch, **self.family.text_kwargs(self.max_text_length), return_tensors="pt"
             ).to(self.device)
+            mask = tokens.get("attention_mask") if self.family.text_attention_mask else None
             with self._autocast():
-                feats = self.model.get_text_features(
-                    input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")
-                ).pooler_output  # [B, D]
-            out.append(F.normalize(feats.float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.model.config.projection_dim)
+                feats = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask).pooler_output
+            out.append(F.normalize(feats.float(), dim=-1).cpu())  # [B, D]
+        return torch.cat(out) if out else torch.empty(0, self.dim)
