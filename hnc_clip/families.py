@@ -72,8 +72,6 @@ class ModelFamily:
     last_block: Callable[[object], tuple[str, ...]]  # `--finetune_mode last_block`, from the model's config
     # Per-image inputs the image processor returns beside `pixel_values` (NaFlex: patch mask and grid shape).
     pixel_inputs: tuple[str, ...] = ()
-    # Every image becomes one fixed [H, W] array (resize, maybe crop): what the image cache stores.
-    fixed_image_size: bool = True
 
     @property
     def cls(self) -> type:
@@ -113,10 +111,12 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "metaclip_2": ModelFamily("metaclip_2", "MetaClip2Model", **_CLIP),
     "siglip": ModelFamily("siglip", "SiglipModel", **_SIGLIP),
     "siglip2": ModelFamily(
-        "siglip2", "Siglip2Model", **_SIGLIP, pixel_inputs=("pixel_attention_mask", "spatial_shapes"),
-        fixed_image_size=False,
+        "siglip2", "Siglip2Model", **_SIGLIP, pixel_inputs=("pixel_attention_mask", "spatial_shapes")
     ),
 }  # fmt: skip
+
+# Per-image inputs beside pixel_values of any family (the collator stacks them, GradCache splits them).
+PIXEL_INPUTS = tuple(dict.fromkeys(k for f in MODEL_FAMILIES.values() for k in f.pixel_inputs))
 
 
 class UnsupportedModelError(ValueError):

@@ -18,13 +18,10 @@ from collections.abc import Callable
 
 import torch
 
-from .families import MODEL_FAMILIES
+from .families import PIXEL_INPUTS
 from .forward import clamped_logit_scale, embed, model_logit_bias
 from .losses import Embeddings, LossConfig, LossInputs, gather_features
 from .modeling import unwrap_clip
-
-# Per-image inputs beside pixel_values of any family (SigLIP 2 NaFlex: patch mask and grid).
-PIXEL_INPUTS = tuple(dict.fromkeys(k for f in MODEL_FAMILIES.values() for k in f.pixel_inputs))
 
 
 def split_batch(inputs: dict, chunk_size: int) -> list[dict]:

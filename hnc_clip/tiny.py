@@ -25,6 +25,11 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     PreTrainedTokenizerFast,
+    Siglip2Config,
+    Siglip2ImageProcessor,
+    Siglip2Model,
+    Siglip2Processor,
+    Siglip2Tokenizer,
     SiglipConfig,
     SiglipImageProcessor,
     SiglipModel,
@@ -203,5 +208,43 @@ def save_tiny_siglip(output_dir: str, texts: Iterable[str], image_size: int = 32
     return output_dir
 
 
-# `config.model_type` → the tiny model saver (tests, demo).
-TINY_MODELS = {"clip": save_tiny_clip, "siglip": save_tiny_siglip}
+def build_siglip2_char_tokenizer(model_max_length: int = 64) -> Siglip2Tokenizer:
+    """SigLIP 2's own tokenizer class (Gemma BPE + lower-casing; transformers loads a `Siglip2Processor` with no
+    other) with a character vocabulary and no merges: every lower-case letter and digit a token, `▁` the space."""
+    import string
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in "\u2581" + string.ascii_lowercase + string.digits:
+        vocab.setdefault(ch, len(vocab))
+    return Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def save_tiny_siglip2(
+    output_dir: str, patch_size: int = 8, max_num_patches: int = 16, hidden_size: int = 32, num_layers: int = 2,
+    num_heads: int = 2, max_position_embeddings: int = 64, seed: int = 0,
+) -> str:
+    """A tiny SigLIP 2 NaFlex (`Siglip2Model`: each image resized to at most `max_num_patches` patches, keeping its
+    aspect ratio) + `Siglip2Processor` with a character-level tokenizer, saved with `save_pretrained`."""
+    import math
+
+    import torch
+
+    tokenizer = build_siglip2_char_tokenizer(max_position_embeddings)
+    tower = dict(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+    )  # fmt: skip
+    config = Siglip2Config(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings, pad_token_id=0,
+                         eos_token_id=1, **tower),
+        vision_config=dict(patch_size=patch_size, num_patches=max_num_patches, **tower),
+    )
+    torch.manual_seed(seed)
+    model = Siglip2Model(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=max_num_patches)
+    model.save_pretrained(output_dir)
+    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir

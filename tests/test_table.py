@@ -187,7 +187,8 @@ def test_a_table_with_three_negatives_per_row_trains(tmp_path, rows, tiny_clip_d
                                                     sample_image_dir):
     path = write_jsonl(tmp_path / "t.jsonl", [{k: v for k, v in r.items() if k != "hard_images"} for r in rows])
     for name, model in (("clip", tiny_clip_dir), ("siglip", tiny_siglip_dir)):
-        results, out = run(tmp_path / name, model, sample_image_dir, "--train_file", str(path), "--loss_type", "hnc")
+        results, out = run(tmp_path / name, model, sample_image_dir, "--train_file", str(path), "--loss_type", "hnc",
+                           "--max_steps", "2")
         assert math.isfinite(results["train_loss"]) and results["train_samples"] == len(rows)
         assert changed(weights(model), weights(out))
 

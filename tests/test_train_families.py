@@ -19,10 +19,10 @@ from .test_trainer import changed, run, weights
 
 @pytest.mark.parametrize("loss_type", losses_for("sigmoid"))
 def test_tiny_siglip_trains_every_applicable_loss(tmp_path, tiny_siglip_dir, sample_image_dir, loss_type):
-    results, out = run(tmp_path, tiny_siglip_dir, sample_image_dir, "--loss_type", loss_type, "--do_eval",
-                       "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "16",
-                       "--per_device_eval_batch_size", "8")
-    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    evaluate = ("--do_eval", "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "16",
+                "--per_device_eval_batch_size", "8") if loss_type == "hnc" else ()  # the same loss code either way
+    results, out = run(tmp_path, tiny_siglip_dir, sample_image_dir, "--loss_type", loss_type, *evaluate)
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results.get("eval_loss", 0.0))
     logged = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"][0]
     components = {k for k in logged if k.endswith("_loss")}
     assert sum(logged[k] for k in components) == pytest.approx(logged["loss"], rel=1e-4)
@@ -39,14 +39,13 @@ def test_trained_siglip_and_clip_evaluate_through_the_suite(tmp_path, tiny_sigli
     _, clip_out = run(tmp_path / "c", tiny_clip_dir, sample_image_dir, "--loss_type", "negclip")
     for base, tuned in ((tiny_siglip_dir, siglip_out), (tiny_clip_dir, clip_out)):
         results = eval_app.run(eval_app.EvalArguments(
-            model_name_or_path=[str(base), tuned], task=["pairwise", "retrieval"], data_file=[str(TEST_SAMPLE)],
+            model_name_or_path=[str(base), tuned], task=["pairwise"], data_file=[str(TEST_SAMPLE)],
             image_dir=str(sample_image_dir), output_dir=str(tmp_path / "eval" / base.name), device="cpu",
-            plots=False, max_pairs=64,
+            plots=False, max_pairs=32,
         ))
         assert len(results) == 2
         for r in results.values():
-            assert r["pairwise"]["num_pairs"] == 64 and 0.0 <= r["pairwise"]["accuracy"] <= 1.0
-            assert 0.0 <= r["retrieval"]["image_to_text_R@1"] <= 1.0
+            assert r["pairwise"]["num_pairs"] == 32 and 0.0 <= r["pairwise"]["accuracy"] <= 1.0
 
 
 def siglip_expected_trainable(names, mode: str) -> set[str]:
@@ -107,3 +106,39 @@ def test_siglip_from_the_uint8_image_cache_equals_decoding(tmp_path, tiny_siglip
     assert changed(weights(tiny_siglip_dir), b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_tiny_siglip2_naflex_trains_and_embeds_as_its_image_processor(tmp_path, sample_image_dir, sample_pairs):
+    """SigLIP 2 NaFlex: each image its own patch grid (`pixel_attention_mask`, `spatial_shapes` travel with the
+    pixels, through GradCache's chunks too); the batch's image embeddings are the model's own on its processor's
+    output."""
+    import torch.nn.functional as F
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from hnc_clip.data import HncCollator, ImageJoin
+    from hnc_clip.forward import embed
+    from hnc_clip.tiny import save_tiny_siglip2
+
+    model_dir = save_tiny_siglip2(str(tmp_path / "siglip2"))
+    _, out = run(tmp_path, model_dir, sample_image_dir, "--loss_type", "hnc", "--gradcache_chunk_size", "3")
+    model = AutoModel.from_pretrained(out, use_safetensors=True).eval()
+    assert type(model).__name__ == "Siglip2Model" and changed(weights(model_dir), weights(out))
+    processor = AutoProcessor.from_pretrained(out)
+    rows = sample_pairs["train"][:6]
+    batch = ImageJoin(str(sample_image_dir), processor.image_processor)({k: [r[k] for r in rows] for k in rows[0]})
+    features = [{k: batch[k][i] for k in batch} for i in range(len(rows))]
+    collated = HncCollator(processor.tokenizer, max_length=64, padding="max_length", omit_padding_mask=False)(features)
+    files = list(dict.fromkeys(r["image_file"] for r in rows))
+    images = [Image.open(sample_image_dir / f).convert("RGB") for f in files]
+    with torch.no_grad():
+        got = embed(model, collated).image
+        want = F.normalize(model.get_image_features(**processor.image_processor(images, return_tensors="pt"))
+                           .pooler_output, dim=-1)[[files.index(r["image_file"]) for r in rows]]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    from hnc_clip.evaluation.encode import ClipEncoder
+
+    encoder = ClipEncoder(model, processor, progress=False)
+    torch.testing.assert_close(encoder.encode_images(images)[[files.index(r["image_file"]) for r in rows]], want,
+                               rtol=1e-5, atol=1e-6)
+    assert encoder.encode_texts(["a red cube"]).shape == (1, 32)

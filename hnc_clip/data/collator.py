@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
+from ..families import PIXEL_INPUTS
+
 if TYPE_CHECKING:
     import torch
 
@@ -20,6 +22,8 @@ class HncBatch(TypedDict, total=False):
 
     pixel_values: torch.Tensor  # [U, 3, H, W] float, or uint8 [U, H, W, 3] from the image cache
     pixel_affine: torch.Tensor  # [2, 3] (a; b): uint8 pixels x are normalised as x·a − b on the device
+    pixel_attention_mask: torch.Tensor  # [U, N] SigLIP 2 NaFlex: which of the N patch rows are real
+    spatial_shapes: torch.Tensor  # [U, 2] SigLIP 2 NaFlex: each image's patch grid
     image_index: torch.Tensor  # [B] pair i's image row
     input_ids: torch.Tensor  # [T, L] each distinct caption once
     attention_mask: torch.Tensor  # [T, L]
@@ -41,6 +45,18 @@ def expand_hard_image_pairs(features: list[dict]) -> list[dict]:
     """Pairs, then the hard-image pairs they bring (`hnc_clip.data.table.HardImagePairs`): NegCLIP's [I; I']."""
     extra = [f["hard_image_pair"] for f in features if f.get("hard_image_pair") is not None]
     return features + extra if extra else features
+
+
+def per_image_inputs(kept: list[dict], slot: dict[str, int]) -> dict:
+    """What the image processor returned beside pixel_values (SigLIP 2 NaFlex: `pixel_attention_mask` [U, N],
+    `spatial_shapes` [U, 2]), stacked in pixel_values' row order; {} for fixed-size families."""
+    import torch
+
+    first = {}
+    for f in kept:
+        first.setdefault(f["image_id"], f)
+    keys = [k for k in PIXEL_INPUTS if kept[0].get(k) is not None]
+    return {k: torch.stack([first[i][k] for i in sorted(first, key=slot.get)]) for k in keys}
 
 
 def image_group_id(image_id: str) -> int:
@@ -123,7 +139,7 @@ class HncCollator:
         slot = {image_id: i for i, image_id in enumerate(pixels)}
         text_slot = {text: i for i, text in enumerate(texts)}
         stacked = torch.stack(list(pixels.values()))
-        extra = {}
+        extra = per_image_inputs(kept, slot)
         if not torch.is_floating_point(stacked):
             if self.pixel_affine is None:
                 raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")

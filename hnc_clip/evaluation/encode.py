@@ -87,7 +87,8 @@ class ClipEncoder:
         out = []
         for start in self._batches(len(images), "encode images"):
             batch = [load_image(images[i]) for i in range(start, min(start + self.batch_size, len(images)))]
-            inputs = self.processor(images=batch, return_tensors="pt").to(self.device)  # NaFlex: + patch mask, grid
+            # The image processor's own settings, as in training (a Siglip2Processor call would apply its defaults)
+            inputs = self.processor.image_processor(images=batch, return_tensors="pt").to(self.device)
             extra = {k: inputs[k] for k in self.family.pixel_inputs}
             with self._autocast():
                 feats = self.model.get_image_features(pixel_values=inputs["pixel_values"], **extra).pooler_output
