@@ -56,7 +56,7 @@ def per_image_inputs(kept: list[dict], slot: dict[str, int]) -> dict:
     for f in kept:
         first.setdefault(f["image_id"], f)
     keys = [k for k in PIXEL_INPUTS if kept[0].get(k) is not None]
-    return {k: torch.stack([first[i][k] for i in sorted(first, key=slot.get)]) for k in keys}
+    return {k: torch.stack([first[image_id][k] for image_id in slot]) for k in keys}
 
 
 def image_group_id(image_id: str) -> int:
