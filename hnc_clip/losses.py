@@ -313,20 +313,18 @@ def sigmoid_terms(inp: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, torch
     Their sum is SigLIP's loss over the texts [P_all; N_all], hard negatives being extra negative pairs."""
     if inp.logit_bias is None:
         raise ValueError("sigmoid losses need LossInputs.logit_bias (a SigLIP model's logit_bias)")
-    loc, glob, s, bias = inp.local, inp.everywhere, inp.logit_scale, inp.logit_bias
-    b = len(loc)
-    labels = torch.arange(b, device=loc.image.device) + inp.rank * b  # [B]
-    columns = torch.arange(glob.positive.shape[0], device=labels.device)  # [W·B]
-    z = s * loc.image @ glob.positive.T + bias  # [B, W·B]
-    sign = torch.where(columns[None, :] == labels[:, None], 1.0, -1.0).to(z.dtype)  # [B, W·B]
+    lg = get_logits(inp, mask_same_image=False)  # the softmax losses' logits and labels, without the bias
+    z = lg.image_to_positive + inp.logit_bias  # [B, W·B]  s·I P_allᵀ + b
+    columns = torch.arange(z.shape[1], device=z.device)  # [W·B]
+    sign = torch.where(columns[None, :] == lg.labels[:, None], 1.0, -1.0).to(z.dtype)  # [B, W·B]
     loglik = F.logsigmoid(sign * z)  # [B, W·B]
-    same = same_image_mask(inp, labels) if cfg.mask_same_image else None
+    same = same_image_mask(inp, lg.labels) if cfg.mask_same_image else None
     if same is not None:
         loglik = loglik.masked_fill(same, 0.0)  # a true pair of another row: neither positive nor negative
     contrastive = -loglik.sum(1).mean()
     hard = None
-    if glob.negative is not None:
-        z_neg = s * loc.image @ glob.negative.T + bias  # [B, W·K·B]
+    if lg.image_to_negative is not None:
+        z_neg = lg.image_to_negative + inp.logit_bias  # [B, W·K·B]
         hard = -F.logsigmoid(-z_neg).sum(1).mean()
     return contrastive, hard
 

@@ -37,6 +37,7 @@ def test_trained_siglip_and_clip_evaluate_through_the_suite(tmp_path, tiny_sigli
     """Base and tuned, side by side, for each family (CLIP tuned with `negclip`)."""
     _, siglip_out = run(tmp_path / "s", tiny_siglip_dir, sample_image_dir, "--loss_type", "hnc")
     _, clip_out = run(tmp_path / "c", tiny_clip_dir, sample_image_dir, "--loss_type", "negclip")
+    assert type(AutoModel.from_pretrained(clip_out, use_safetensors=True)).__name__ == "CLIPModel"
     for base, tuned in ((tiny_siglip_dir, siglip_out), (tiny_clip_dir, clip_out)):
         results = eval_app.run(eval_app.EvalArguments(
             model_name_or_path=[str(base), tuned], task=["pairwise"], data_file=[str(TEST_SAMPLE)],
