@@ -17,9 +17,10 @@ the NaFlex ones (e.g. `google/siglip2-base-patch16-naflex`) are `siglip2` / `Sig
 Text: a causal tower pooled at EOS never lets a real token see a pad, so right padding without the mask changes
 nothing (`HncCollator.omit_padding_mask`). SigLIP's tower is bidirectional and reads the *last position*: it was
 trained on text padded to 64 tokens (`padding="max_length"`, as transformers' SigLIP docs and processors say) with no
-attention mask (open_clip passes none; its pad token is EOS), so the pooled position is a pad that attended to
-everything. Feeding it dynamically padded or masked text would give embeddings it never saw; the family therefore
-pads to the text tower's length and passes no mask.
+attention mask (open_clip passes none; its pad token is EOS), so what the pooled position holds, and what it
+attends to, depends on the padding. Feeding it dynamically padded or masked text would give embeddings it never
+saw; the family therefore pads to the text tower's length on the checkpoint tokenizer's own side (as its processor
+does) and passes no mask.
 """
 
 from __future__ import annotations

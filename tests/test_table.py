@@ -116,6 +116,12 @@ def test_bad_input_is_named_with_file_and_position(tmp_path, rows):
     uneven[4]["negative_captions"] = uneven[4]["negative_captions"][:2]
     with pytest.raises(TableFormatError, match=r"line 5: 2 hard negatives, earlier rows 3: set --negatives_per_row"):
         load_table_pairs(str(write_jsonl(tmp_path / "e.jsonl", uneven)), args(), cache_dir=cache)
+    single = [{**r, "hard_images": n} for n, r in enumerate(rows[:3])]  # a plain cell: one row number
+    ds = load_table_pairs(str(write_delimited(tmp_path / "f.csv", single, ",")), args(), cache_dir=cache)
+    assert [list(r["negative_rows"]) for r in ds] == [[0], [1], [2]]
+    single[1]["hard_images"] = "near"
+    with pytest.raises(TableFormatError, match=r"g\.csv: line 3: column 'hard_images' holds 'near'; expected row"):
+        load_table_pairs(str(write_delimited(tmp_path / "g.csv", single, ",")), args(), cache_dir=cache)
     with pytest.raises(FileNotFoundError, match="table file not found"):
         load_table_pairs(str(tmp_path / "missing.csv"), args(), cache_dir=cache)
 

@@ -175,6 +175,8 @@ class _RowReader:
         rows = []
         if c["negative_image_column"] is not None:
             for v in _list_cell(row[c["negative_image_column"]], self.source, where, c["negative_image_column"]):
+                if isinstance(v, str) and v.strip().isdigit():  # one row number in a CSV cell
+                    v = int(v)
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise TableFormatError(
                         f"{self.source}: {where}: column {c['negative_image_column']!r} holds {v!r}; expected row "
