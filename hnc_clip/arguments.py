@@ -19,7 +19,10 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 class ModelArguments:
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "Hub id or local `save_pretrained` directory of the CLIP model to fine-tune."},
+        metadata={
+            "help": "Hub id or local `save_pretrained` directory of the model to fine-tune: CLIP (OpenAI, MetaCLIP), "
+            "MetaCLIP 2, SigLIP or SigLIP 2, picked from its config (hnc_clip/families.py)."
+        },
     )
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor (tokenizer + image processor) to use; defaults to the model's."}
@@ -46,10 +49,44 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_file: str | None = field(
-        default=None, metadata={"help": "HNC JSON for training (train/val or test schema, detected)."}
+        default=None,
+        metadata={
+            "help": "Training data: HNC JSON (train/val or test schema, detected); or a hard-negative table (.jsonl, "
+            ".csv, .tsv, .parquet, a dataset folder, or a Hub dataset name: docs/models_and_data.md)."
+        },
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "HNC JSON for evaluation during training (either schema)."}
+        default=None, metadata={"help": "Evaluation data during training, as --train_file (HNC JSON or a table)."}
+    )
+    image_column: str = field(
+        default="image_path", metadata={"help": "Table: the column with each row's image file (under --image_dir)."}
+    )
+    caption_column: str = field(default="caption", metadata={"help": "Table: the column with the positive caption."})
+    negative_caption_column: str = field(
+        default="negative_captions",
+        metadata={"help": "Table: the column with the hard-negative caption(s): a string or a list of strings."},
+    )
+    negative_image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Table (optional): the column listing, per row, the rows (0-based, file order) whose images are "
+            "hard negatives, as NegCLIP's `neg_image`. Each pair then brings one of them, drawn at random, with its "
+            "caption and negatives, as a further pair of the batch."
+        },
+    )
+    negatives_per_row: int | None = field(
+        default=None,
+        metadata={
+            "help": "Table: hard negatives per pair in the loss (K). Rows with more give K drawn at random each time "
+            "(NegCLIP: 1), rows with fewer are skipped (counted). Unset: every negative, all rows equally many."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset as --train_file: its configuration name."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Hub dataset / dataset folder: the training split."})
+    validation_split: str = field(
+        default="validation", metadata={"help": "Hub dataset / dataset folder: the evaluation split."}
     )
     image_dir: str | None = field(
         default=None, metadata={"help": "Folder of the images (GQA-style `<image_id>.jpg`), joined on the fly."}
@@ -78,13 +115,18 @@ class DataArguments:
     def __post_init__(self):
         if self.on_missing_image not in ("skip", "error"):
             raise ValueError(f"--on_missing_image must be `skip` or `error`, got {self.on_missing_image!r}")
+        if self.negatives_per_row is not None and self.negatives_per_row < 1:
+            raise ValueError(f"--negatives_per_row must be >= 1, got {self.negatives_per_row}")
 
 
 @dataclass
 class HncTrainingArguments(TrainingArguments):
     loss_type: str = field(
         default="hnc",
-        metadata={"help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`."},
+        metadata={
+            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`. A SigLIP "
+            "model trains `clip`, `hnc`, `pairwise`, `dpo` in their sigmoid form (hnc_clip/losses.py)."
+        },
     )
     hard_negative_weight: float = field(
         default=1.0, metadata={"help": "λ: weight of the hard-negative term (its maximum under a schedule)."}
@@ -107,8 +149,12 @@ class HncTrainingArguments(TrainingArguments):
     dpo_contrastive_weight: float = field(
         default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
     )
-    max_logit_scale: float = field(
-        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this (open_clip/NegCLIP clamp at 100)."}
+    max_logit_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clamp exp(logit_scale) to this. Unset: the model family's (100 for CLIP, as open_clip and "
+            "NegCLIP; none for SigLIP, as big_vision)."
+        },
     )
     gather_negatives: bool = field(
         default=True,
@@ -161,9 +207,12 @@ class HncTrainingArguments(TrainingArguments):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
-        metadata={"help": "Module names LoRA adapts (both towers)."},
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names LoRA adapts (both towers). Unset: the family's attention projections (q_proj, "
+            "k_proj, v_proj, out_proj; for SigLIP those of the transformer blocks, hnc_clip/families.py)."
+        },
     )
     # Trainer defaults that suit this recipe (still overridable on the command line).
     remove_unused_columns: bool = field(
@@ -244,8 +293,14 @@ class HncTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
-        if self.max_logit_scale <= 0:
+        if self.max_logit_scale is not None and self.max_logit_scale <= 0:
             raise ValueError("--max_logit_scale must be > 0")
+        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
+        if self.loss_type == "negclip" and weighted:
+            raise ValueError(
+                "--loss_type negclip has no λ: NegCLIP puts the hard negatives in its image→text softmax unweighted "
+                "(leave --hard_negative_weight 1 and --hard_negative_schedule constant)"
+            )
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True

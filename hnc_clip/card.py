@@ -66,9 +66,9 @@ Settings decided from the training machine (flags left unset): {machine_defaults
 ## Use
 
 ```python
-from transformers import CLIPModel, CLIPProcessor
-model = CLIPModel.from_pretrained("{repo}")
-processor = CLIPProcessor.from_pretrained("{repo}")
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained("{repo}")  # CLIPModel, SiglipModel, ...: the base model's class
+processor = AutoProcessor.from_pretrained("{repo}")
 ```
 """
 

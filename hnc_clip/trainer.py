@@ -19,6 +19,8 @@ from transformers import Trainer
 
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
 from .data.hnc import PAIR_COLUMNS
+from .data.table import TABLE_COLUMNS
+from .families import ModelFamily, family_of
 from .forward import build_loss_inputs
 from .gradcache import gradcache_backward
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats
@@ -56,6 +58,14 @@ def tag_compile_cache_with_sdpa_backends(backends) -> None:
 logger = logging.getLogger(__name__)
 
 
+def loss_for_family(loss_type: str, family: ModelFamily):
+    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
+    try:
+        return LOSSES[loss_type].for_contrastive(family.contrastive)
+    except ValueError as err:
+        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
+
+
 class UnsupportedParallelismError(ValueError):
     """A distributed engine this recipe does not support (yet)."""
 
@@ -78,7 +88,10 @@ class HncTrainer(Trainer):
 
     def __init__(self, *args, reference_model=None, card_info: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_spec = LOSSES[self.args.loss_type]
+        self.family = family_of(self.model)
+        self.loss_spec = loss_for_family(self.args.loss_type, self.family)
+        if self.args.max_logit_scale is None:  # unset: the family's clamp (100 for CLIP; none for SigLIP)
+            self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
             raise ValueError(f"--loss_type {self.args.loss_type} needs a reference_model (the frozen start)")
         self.reference_model = reference_model
@@ -100,7 +113,8 @@ class HncTrainer(Trainer):
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
         self._pending: tuple | None = None  # this micro-step's (loss, components, metrics), until checked
         self.card_info = card_info or {}
-        self.add_callback(ClampLogitScale(self.args.max_logit_scale))
+        if self.args.max_logit_scale is not None:
+            self.add_callback(ClampLogitScale(self.args.max_logit_scale))
         self.step_guard = StepGuard(self)  # skips non-finite steps, without a host sync where the optimizer can
         self.add_callback(self.step_guard)
         self.sigterm = SaveOnSigterm() if self.args.save_on_sigterm else None
@@ -113,7 +127,7 @@ class HncTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, "pixel_values"]
+            self._signature_columns = [*PAIR_COLUMNS, *TABLE_COLUMNS, "pixel_values"]
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:

@@ -20,7 +20,7 @@ from hnc_clip.data import image_group_id
 from hnc_clip.forward import build_loss_inputs
 from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig
-from hnc_clip.tiny import EOS_ID, build_tiny_clip
+from hnc_clip.tiny import EOS_ID, build_tiny_clip, build_tiny_siglip
 
 G, L, VOCAB = 8, 7, 40
 
@@ -41,23 +41,82 @@ def global_batch() -> dict:
     }
 
 
+def k_negative_batch(k: int = 3) -> dict:
+    """`global_batch` with k hard negatives per pair: caption rows [positives; k blocks of G negatives]."""
+    batch = global_batch()
+    g = torch.Generator().manual_seed(321)
+    extra = torch.randint(4, VOCAB, ((k - 1) * G, L), generator=g)
+    extra[:, 0], extra[:, -1] = 2, EOS_ID
+    batch["input_ids"] = torch.cat([batch["input_ids"], extra])
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    return batch
+
+
 def local_slice(batch: dict, rank: int, world: int) -> dict:
     b = G // world
     rows = slice(rank * b, (rank + 1) * b)
-    pos, neg = batch["input_ids"][:G], batch["input_ids"][G:]
-    am_pos, am_neg = batch["attention_mask"][:G], batch["attention_mask"][G:]
+    blocks = batch["input_ids"].shape[0] // G  # positives, then the K blocks of negatives
+
+    def per_block(t):
+        return torch.cat([t[k * G : (k + 1) * G][rows] for k in range(blocks)])
+
     return {
         "pixel_values": batch["pixel_values"][rows],
-        "input_ids": torch.cat([pos[rows], neg[rows]]),
-        "attention_mask": torch.cat([am_pos[rows], am_neg[rows]]),
+        "input_ids": per_block(batch["input_ids"]),
+        "attention_mask": per_block(batch["attention_mask"]),
         "image_ids": batch["image_ids"][rows],
     }
 
 
-def loss_of(model, inputs, loss_type, rank, world, gather=True):
+def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax"):
     inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1)
-    out = LOSSES[loss_type].fn(inp, LossConfig(hard_negative_weight=0.7))
+    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7))
     return torch.stack(list(out.values())).sum()
+
+
+def tiny_clip():
+    return build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
+
+
+def tiny_siglip():
+    model = build_tiny_siglip(VOCAB, image_size=32, patch_size=8, hidden_size=32, seed=0).double()
+    with torch.no_grad():  # from b = -10 every negative pair's term is ~e^-10: too small to tell the layouts apart
+        model.logit_bias.fill_(-1.0)
+    return model
+
+
+# name → (model, global batch, loss type, contrastive form): the other families and layouts, same checks.
+FAMILY_CASES = {
+    "negclip": (tiny_clip, global_batch, "negclip", "softmax"),
+    "hnc_k3": (tiny_clip, k_negative_batch, "hnc", "softmax"),
+    "siglip_clip": (tiny_siglip, global_batch, "clip", "sigmoid"),
+    "siglip_hnc": (tiny_siglip, global_batch, "hnc", "sigmoid"),
+    "siglip_hnc_k3": (tiny_siglip, k_negative_batch, "hnc", "sigmoid"),
+}
+
+
+def compare(acc, build, batch, loss_type, contrastive, gather) -> dict | None:
+    """One DDP backward of the local slices vs one process holding `batch`; the numbers on rank 0."""
+    rank, world = acc.process_index, acc.num_processes
+    model = build()
+    single = copy.deepcopy(model)
+    ddp = acc.prepare_model(model)
+    loss = loss_of(ddp, local_slice(batch, rank, world), loss_type, rank, world, gather, contrastive)
+    loss.backward()  # DDP averages the gradients over the processes
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    if rank != 0:
+        return None
+    full = loss_of(single, batch, loss_type, 0, 1, contrastive=contrastive)
+    full.backward()
+    pairs = [(p, q) for p, q in zip(ddp.module.parameters(), single.parameters()) if q.grad is not None]
+    return {
+        "distributed_loss": mean_loss.item(),
+        "single_process_loss": full.item(),
+        "max_grad_diff": max((p.grad - q.grad).abs().max().item() for p, q in pairs),
+        "max_grad": max(q.grad.abs().max().item() for _, q in pairs),
+    }
 
 
 def main(out_path: str) -> None:
@@ -90,6 +149,11 @@ def main(out_path: str) -> None:
                     "max_grad_diff": max(diffs),
                     "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
                 }
+    for name, (build, make_batch, loss_type, contrastive) in FAMILY_CASES.items():
+        for gather in (True, False):
+            r = compare(acc, build, make_batch(), loss_type, contrastive, gather)
+            if r is not None:
+                results[f"{name}/{'gather' if gather else 'local'}"] = r
     # GradCache under DDP: each process splits its 4 pairs into chunks of 2; still the global-batch gradient.
     model = build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
     single = copy.deepcopy(model)

@@ -74,6 +74,18 @@ def test_per_device_loss_differs(parity, loss_type):
     assert r["max_grad_diff"] > 1e-3
 
 
+@pytest.mark.parametrize("case", ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3"])
+def test_other_losses_and_layouts_equal_single_process_when_gathered(parity, case):
+    """NegCLIP, K = 3 negatives per pair, and SigLIP's sigmoid (all pairs of the global batch, each once, scored
+    on the process of its image): the one-process loss and gradients, and not without gathering."""
+    r = parity[f"{case}/gather"]
+    assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
+    assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+    r = parity[f"{case}/local"]
+    assert r["distributed_loss"] != pytest.approx(r["single_process_loss"], rel=1e-3)
+    assert r["max_grad_diff"] > 1e-3
+
+
 def test_gradcache_under_ddp_equals_single_process(parity):
     r = parity["hnc/gradcache"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)

@@ -52,8 +52,15 @@ GEOMETRY_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size",
 
 
 def crop_hw(image_processor) -> tuple[int, int]:
-    """The model's input (height, width): the processor's `crop_size` (a dict in v4, a `SizeDict` in v5)."""
-    crop = image_processor.crop_size
+    """The model's input (height, width): the processor's `crop_size` (a dict in v4, a `SizeDict` in v5), or its
+    resize target when it does not crop (SigLIP resizes to a fixed size). SigLIP 2 NaFlex keeps each image's aspect
+    ratio, so it has no one size to cache: ValueError."""
+    if getattr(image_processor, "max_num_patches", None) is not None:
+        raise ValueError(
+            f"{type(image_processor).__name__} sizes each image by its aspect ratio (NaFlex): the image cache holds "
+            "one fixed size; decode from --image_dir instead"
+        )
+    crop = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
     if isinstance(crop, dict):
         return int(crop["height"]), int(crop["width"])
     return int(crop.height), int(crop.width)

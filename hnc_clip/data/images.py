@@ -66,9 +66,10 @@ class ImageJoin:
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 if self.on_missing == "error":
                     raise ImageLoadError(f"cannot read image {path}: {err}") from err
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"] if images else []
-        by_name = dict(zip(readable, pixels))
-        batch["pixel_values"] = [by_name.get(name) for name in batch["image_file"]]
+        out = self.image_processor(images=images, return_tensors="pt") if images else {"pixel_values": []}
+        for key, values in out.items():  # pixel_values; SigLIP 2 NaFlex adds pixel_attention_mask, spatial_shapes
+            by_name = dict(zip(readable, values))
+            batch[key] = [by_name.get(name) for name in batch["image_file"]]
         return batch
 
 

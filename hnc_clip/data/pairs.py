@@ -1,5 +1,6 @@
-"""A split ready for training: HNC pairs from the Arrow cache, filtered (`--caption_types`, `--max_*_samples`), with
-the pairs whose image file is missing dropped (counted) before the first step."""
+"""A split ready for training: HNC pairs (or a table's, `hnc_clip.data.table`) from the Arrow cache, filtered
+(`--caption_types`, `--max_*_samples`), with the pairs whose image file is missing dropped (counted) before the
+first step."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import datasets
 
 from .arrow_cache import load_hnc_pairs
 from .images import ImageLoadError
+from .table import is_table, load_table_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +77,18 @@ def drop_missing_images(
     return ds
 
 
-def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | None = None) -> datasets.Dataset:
-    """Everything a split needs before training: parse, filter, check images, join images lazily."""
-    ds = load_hnc_pairs(
-        path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
-        num_proc=data_args.preprocessing_num_workers,
-    )
+def build_split(
+    path: str, data_args, max_samples: int | None, cache_dir: str | None = None, split: str = "train"
+) -> datasets.Dataset:
+    """Everything a split needs before training: parse (HNC JSON, or a hard-negative table: `hnc_clip.data.table`;
+    `split` names a dataset folder's or Hub dataset's split), filter, check images, join images lazily."""
+    if is_table(path):
+        ds = load_table_pairs(path, data_args, split, cache_dir=cache_dir)
+    else:
+        ds = load_hnc_pairs(
+            path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
+            num_proc=data_args.preprocessing_num_workers,
+        )
     ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
     if data_args.image_dir is None:
         raise ValueError("--image_dir is required: images are joined from it by file name")

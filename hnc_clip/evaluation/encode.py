@@ -1,4 +1,4 @@
-"""Batched, L2-normalised CLIP image and text embeddings (the only code here that runs the model).
+"""Batched, L2-normalised image and text embeddings of a CLIP or SigLIP model (the only code here that runs it).
 
 Scoring code talks to an `Encoder` (two methods), so tests can swap in a fake encoder whose similarities they
 choose, and the unique-encoding logic in `hnc_clip.evaluation.tasks` can be checked by counting what reaches the
@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.images import IMAGE_ERRORS
+from ..families import family_of
 from .images import ImageRef, load_image
 
 logger = logging.getLogger(__name__)
@@ -42,27 +43,30 @@ def default_device() -> torch.device:
 
 
 def load_clip(model_name_or_path: str, device: str | torch.device | None = None):
-    """`(CLIPModel, CLIPProcessor)` in eval mode on `device`: safetensors only and never remote code."""
-    from transformers import CLIPModel, CLIPProcessor
+    """`(model, processor)` in eval mode on `device`, the model as its family's class (`CLIPModel`, `SiglipModel`,
+    ...: `hnc_clip.families`): safetensors only and never remote code."""
+    from transformers import AutoConfig, AutoProcessor
 
-    model = CLIPModel.from_pretrained(model_name_or_path, use_safetensors=True)
-    processor = CLIPProcessor.from_pretrained(model_name_or_path)
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    model = family_of(config).cls.from_pretrained(model_name_or_path, config=config, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(model_name_or_path)
     return model.to(torch.device(device) if device else default_device()).eval(), processor
 
 
 class _DecodedImages(torch.utils.data.Dataset):
-    """Decodes and preprocesses one image per item inside a DataLoader worker: (pixels [3, H, W] or None, error)."""
+    """Decodes and preprocesses one image per item inside a DataLoader worker: ({key: tensor} or None, error), the
+    keys being the model family's image inputs (`pixel_values` [3, H, W], and SigLIP 2's mask and shapes)."""
 
-    def __init__(self, images: Sequence, image_processor):
-        self.images, self.image_processor = images, image_processor
+    def __init__(self, images: Sequence, image_processor, keys: Sequence[str] = ("pixel_values",)):
+        self.images, self.image_processor, self.keys = images, image_processor, keys
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
         try:
-            image = load_image(self.images[i])
-            return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0], None
+            out = self.image_processor(images=[load_image(self.images[i])], return_tensors="pt")
+            return {k: out[k][0] for k in self.keys}, None
         except IMAGE_ERRORS as err:
             return None, f"{type(err).__name__}: {err}"
 
@@ -103,6 +107,9 @@ class ClipEncoder:
         self.num_workers = num_workers
         self.max_text_length = model.config.text_config.max_position_embeddings
         self.unreadable: dict[str, str] = {}  # file -> decode error, across all calls
+        # SigLIP: captions padded to the tower's length and no mask, as it was trained (`hnc_clip.families`).
+        self.family = family_of(model)
+        self.dim = self.family.embedding_dim(model.config)
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -111,35 +118,36 @@ class ClipEncoder:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _empty(self) -> torch.Tensor:
-        return torch.empty(0, self.model.config.projection_dim)
+        return torch.empty(0, self.dim)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageRef | Image.Image]) -> torch.Tensor:
         if len(images) == 0:
             return self._empty()
         loader = torch.utils.data.DataLoader(
-            _DecodedImages(images, self.processor.image_processor),
+            _DecodedImages(images, self.processor.image_processor, ("pixel_values", *self.family.pixel_inputs)),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
         )
         out, start = [], 0
         bar = tqdm(total=len(images), desc="encode images", disable=not self.progress, leave=False)
-        for pixels, errors in loader:
-            ok = [i for i, p in enumerate(pixels) if p is not None]
-            rows = torch.full((len(pixels), self.model.config.projection_dim), float("nan"))
+        for inputs, errors in loader:
+            ok = [i for i, x in enumerate(inputs) if x is not None]
+            rows = torch.full((len(inputs), self.dim), float("nan"))
             if ok:
-                batch = torch.stack([pixels[i] for i in ok]).to(self.device)  # [B_ok, 3, H, W]
+                # The image processor's own settings, as in training (a Siglip2Processor call would apply defaults)
+                batch = {k: torch.stack([inputs[i][k] for i in ok]).to(self.device) for k in inputs[ok[0]]}
                 with self._autocast():
-                    feats = self.model.get_image_features(pixel_values=batch).pooler_output  # [B_ok, D]
+                    feats = self.model.get_image_features(**batch).pooler_output  # [B_ok, D]
                 rows[ok] = F.normalize(feats.float(), dim=-1).cpu()
             for i, error in enumerate(errors):
                 if error is not None:
                     ref = images[start + i]
                     self.unreadable[getattr(ref, "file", repr(ref))] = error
             out.append(rows)
-            start += len(pixels)
-            bar.update(len(pixels))
+            start += len(inputs)
+            bar.update(len(inputs))
         bar.close()
         return torch.cat(out)
 
@@ -150,12 +158,11 @@ class ClipEncoder:
         for start in tqdm(starts, desc="encode texts", disable=not self.progress or not texts, leave=False):
             batch = list(texts[start : start + self.batch_size])
             tokens = self.processor(
-                text=batch, padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+                text=batch, **self.family.text_kwargs(self.max_text_length), return_tensors="pt"
             ).to(self.device)
+            mask = tokens.get("attention_mask") if self.family.text_attention_mask else None
             with self._autocast():
-                feats = self.model.get_text_features(
-                    input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")
-                ).pooler_output  # [B, D]
+                feats = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask).pooler_output
             out.append(F.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out) if out else self._empty()
 

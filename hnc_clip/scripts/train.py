@@ -26,7 +26,15 @@ from hnc_clip.arguments import (
     ModelArguments,
     describe_machine_defaults,
 )
-from hnc_clip.data import HncCollator, build_split, pixel_affine, with_cached_images, with_images
+from hnc_clip.data import (
+    HncCollator,
+    build_split,
+    pixel_affine,
+    with_cached_images,
+    with_hard_image_pairs,
+    with_images,
+)
+from hnc_clip.families import family_of
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.trainer import HncTrainer
@@ -127,11 +135,11 @@ def main(
     model = apply_finetune_mode(model, training_args)
 
     # 3. Data: HNC JSON → Arrow pairs → images joined on the fly
-    def split(path: str | None, max_samples: int | None):
+    def split(path: str | None, max_samples: int | None, name: str):
         if path is None:
             return None
         with training_args.main_process_first(desc=f"converting {path}"):
-            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
+            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir, split=name)
         if data_args.image_cache_dir:  # pre-resized pixels (`hnc-clip-image-cache`): no JPEG decoding
             # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
             return with_cached_images(
@@ -139,11 +147,20 @@ def main(
             )
         return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
 
-    train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
-    eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
+    # A table's hard-image negatives ride along as further pairs (`with_hard_image_pairs`; HNC: unchanged).
+    train_dataset = with_hard_image_pairs(
+        split(data_args.train_file, data_args.max_train_samples, data_args.train_split) if training_args.do_train
+        else None
+    )
+    eval_dataset = with_hard_image_pairs(
+        split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
+    )
     max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
     affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
-    collator = HncCollator(processor.tokenizer, max_length=max_length, pixel_affine=affine)
+    collator = HncCollator(
+        processor.tokenizer, max_length=max_length, pixel_affine=affine, negatives_per_row=data_args.negatives_per_row,
+        **family_of(model).collator_kwargs(),
+    )
 
     # 4. Trainer
     trainer = HncTrainer(
