@@ -131,13 +131,17 @@ def main(
         if path is None:
             return None
         with training_args.main_process_first(desc=f"converting {path}"):
-            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
+            ds = build_split(
+                path, data_args, max_samples, model_args.cache_dir, training_args.max_skipped_fraction
+            )
         if data_args.image_cache_dir:  # pre-resized pixels (`hnc-clip-image-cache`): no JPEG decoding
             # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
             return with_cached_images(
                 ds, data_args.image_cache_dir, processor.image_processor, data_args.on_missing_image, as_uint8=True
             )
-        return with_images(ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image)
+        return with_images(
+            ds, data_args.image_dir, processor.image_processor, data_args.on_missing_image, data_args.max_image_pixels
+        )
 
     train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
     eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
