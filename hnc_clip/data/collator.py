@@ -30,6 +30,12 @@ class HncBatch(TypedDict, total=False):
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
 
 
+# A caption longer than this many characters per allowed token is cut at the character level before tokenizing:
+# no tokenizer of CLIP's kind packs more into one token, so the cut never removes words the model could have seen,
+# and an adversarially long caption (100,000 characters) costs no more than a long one.
+MAX_CHARS_PER_TOKEN = 32
+
+
 def image_group_id(image_id: str) -> int:
     """A stable int64 id per image (for same-image masking across processes; Python's hash() is salted)."""
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little", signed=True)
@@ -77,16 +83,25 @@ class HncCollator:
         # forward (`clip` loss) then encodes rows 0..P-1 without working out which they are on the device.
         texts = list(dict.fromkeys(rows))
         num_positive = len(dict.fromkeys(rows[: len(kept)]))
-        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
-        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
+        # Count the captions that truncation cuts (a caption cut before its distinguishing word makes a pair
+        # unlearnable) while keeping every tensor bounded: one token more than allowed tells a cut caption, and
+        # padding never exceeds max_length + 1 (untruncated, one 100,000-character caption padded the whole batch).
         side = {"padding_side": "right"} if self.omit_padding_mask else {}
-        tok = self.tokenizer(texts, padding=True, return_tensors="pt", **side)
+        limit = MAX_CHARS_PER_TOKEN * self.max_length
+        cut = sum(len(t) > limit for t in texts)
+        texts_in = [t[:limit] for t in texts] if cut else texts
+        tok = self.tokenizer(
+            texts_in, padding=True, truncation=True, max_length=self.max_length + 1, return_tensors="pt", **side
+        )
         lengths = tok["attention_mask"].sum(-1)  # [T]
-        truncated = int((lengths > self.max_length).sum())
+        over = lengths > self.max_length  # [T]
+        truncated = int(over.sum())
         if truncated:
             tok = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
+                texts_in, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
             )
+        if cut:  # cut at the character level but within max_length tokens: cut all the same
+            truncated += sum(len(t) > limit and not o for t, o in zip(texts, over.tolist()))
         pixels: dict[str, torch.Tensor] = {}  # image_id -> pixels, in order of first appearance
         for f in kept:
             pixels.setdefault(f["image_id"], f["pixel_values"])
