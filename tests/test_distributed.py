@@ -120,3 +120,14 @@ def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path, tiny_cl
     assert any(not torch.equal(before[k], after_2[k]) for k in before)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert history[0]["nonfinite_steps"] == 1
+
+
+@pytest.mark.parametrize("loss_type", [*LOSS_TYPES, "thesis_l2", "gradcache"])
+@pytest.mark.parametrize("split", ["uneven", "empty"])
+def test_uneven_and_empty_local_batches_give_the_loss_of_their_union(parity, loss_type, split):
+    """3 + 5 pairs (blocks of 6, padding masked), and 8 + none (rank 1's images all unreadable: it runs the
+    placeholder pair, weighted 0): the same collectives on both processes (gloo aborted on unequal sizes), and the
+    loss and gradients of one process holding the real rows — the per-process weights make DDP's average exact."""
+    r = parity[f"hnc/gradcache_{split}" if loss_type == "gradcache" else f"{loss_type}/{split}"]
+    assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
+    assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])

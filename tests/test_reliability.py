@@ -118,12 +118,13 @@ def test_nonfinite_step_is_skipped_without_update(tmp_path, tiny_clip_dir, sampl
 def test_a_nonfinite_micro_step_skips_its_whole_optimizer_step(tmp_path, tiny_clip_dir, sample_image_dir,
                                                                 monkeypatch, optim):
     """Gradient accumulation: the flag is the max over the step's micro-steps, so a finite first micro-step does
-    not let the accumulated (NaN) gradient through."""
+    not let the accumulated (NaN) gradient through. (Two steps: a run whose only step is skipped trained nothing.)"""
     calls = register_nan_loss(monkeypatch, "nan_second", on_calls={2})
-    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_second", "--max_steps", "1",
-                 "--gradient_accumulation_steps", "2", "--optim", optim)
-    before, after = weights(tiny_clip_dir), weights(out)
-    assert calls["n"] == 2 and all(torch.equal(before[k], after[k]) for k in before)
+    _, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", "nan_second", "--max_steps", "2",
+                 "--gradient_accumulation_steps", "2", "--optim", optim, "--save_strategy", "steps", "--save_steps",
+                 "1")  # fmt: skip
+    before, after = weights(tiny_clip_dir), weights(f"{out}/checkpoint-1")
+    assert calls["n"] == 4 and all(torch.equal(before[k], after[k]) for k in before)
     history = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"]
     assert history[0]["nonfinite_steps"] == 1 and math.isfinite(history[0]["contrastive_loss"])  # 1st micro-step's
 
