@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import shutil
 
 import torch
 import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
 from .data.hnc import PAIR_COLUMNS
@@ -34,6 +37,7 @@ from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats, total_loss
 from .modeling import LogitScaleTap
+from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .schedules import SCHEDULES
 
 # Per-process counts: summed per log period, and over processes.
@@ -463,6 +467,23 @@ class HncTrainer(Trainer):
         super().log({**logs, **metrics}, start_time)
         if mode == "train" and "loss" in logs:  # a log of training progress, made on every process at this step
             self.check_skips(final=False)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            if not is_disk_full(err, folder):
+                raise  # the folder stays unmarked: `last_complete_checkpoint` passes over it
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)  # frees the space it took
+            raise disk_full_error(f"checkpoint {os.path.basename(folder)}", folder, self.args.output_dir,
+                                  removed=self.args.should_save) from err  # fmt: skip
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, ZeRO shards)
+        if self.args.should_save:
+            mark_complete(folder)
 
     # -- model card ---------------------------------------------------------------------------------------------
 
