@@ -5,6 +5,7 @@ of one image on both ranks, and with GradCache chunks — while the per-device l
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -131,3 +132,31 @@ def test_uneven_and_empty_local_batches_give_the_loss_of_their_union(parity, los
     r = parity[f"hnc/gradcache_{split}" if loss_type == "gradcache" else f"{loss_type}/{split}"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
     assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+
+
+def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_save(tmp_path, tiny_clip_dir,
+                                                                                     sample_image_dir):
+    """A third of the images are git-lfs pointers, and rank 1's first batch has no readable image at all: every step
+    still puts both processes through the same collectives (gloo used to abort on the unequal sizes; NCCL would hang),
+    step 1 trains on rank 0's pairs (not skipped), the skipped pairs of both processes are counted, evaluation
+    scores only readable pairs, and the saved model loads."""
+    from transformers import CLIPModel
+
+    from .conftest import TEST_SAMPLE
+    from .test_reliability import copy_images
+
+    names = sorted(p.name for p in sample_image_dir.iterdir())
+    images = copy_images(sample_image_dir, tmp_path / "images", corrupt=set(names[::3]))
+    out = launch_training("tests/dist_corrupt.py", tmp_path, tiny_clip_dir, images, "--train_file", str(TEST_SAMPLE),
+                          "--per_device_train_batch_size", "8", "--max_steps", "6", "--save_strategy", "no",
+                          "--do_eval", "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "40",
+                          "--per_device_eval_batch_size", "8")  # fmt: skip
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["skipped_images"] >= 8 and history[0]["skipped_steps"] == 0  # rank 1's whole first batch
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_skipped_images"] == sum(h.get("skipped_images", 0) for h in history if "loss" in h) > 8
+    assert results["train_pairs"] + results["train_skipped_images"] == 6 * 2 * 8
+    assert 0 < results["eval_samples"] < 40 and math.isfinite(results["eval_loss"])
+    assert results["eval_samples"] + results["eval_skipped_images"] >= 40
+    CLIPModel.from_pretrained(out, use_safetensors=True)
