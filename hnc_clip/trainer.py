@@ -199,6 +199,8 @@ class HncTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
+        if mode == "eval":
+            inputs = self._without_repeats(inputs)
         self._add_counts(mode, inputs)
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
             inputs = self._empty_batch(model, inputs)
@@ -221,6 +223,30 @@ class HncTrainer(Trainer):
             self._add_all("eval", metrics, weight=weight)
             self._add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
         return (loss, components) if return_outputs else loss
+
+    def _without_repeats(self, inputs: dict) -> dict:
+        """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
+        (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
+        repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
+        the Trainer's own loss)."""
+        state = self.accelerator.gradient_state
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return inputs
+        b = self.args.eval_batch_size
+        real = min(b, max(0, state.remainder - self.accelerator.process_index * b))
+        kept = inputs.get("kept_rows")
+        keep = kept < real if kept is not None else None  # [B'] bool
+        readable = int(keep.sum()) if keep is not None else 0
+        inputs = dict(inputs, skipped_images=real - readable)
+        if readable == 0:
+            return {"pixel_values": inputs["pixel_values"][:0], "skipped_images": inputs["skipped_images"]}
+        if readable == len(kept):
+            return inputs
+        # The pair rows only: each distinct image and caption stays encoded once, indexed by the kept pairs.
+        both = torch.cat([keep, keep])  # [2B'] positives; negatives
+        inputs.update(image_index=inputs["image_index"][keep], text_index=inputs["text_index"][both],
+                      image_ids=inputs["image_ids"][keep], kept_rows=kept[keep])  # fmt: skip
+        return inputs
 
     def _add_counts(self, mode: str, inputs: dict) -> None:
         for name in ("skipped_images", "truncated_captions"):

@@ -26,6 +26,7 @@ class HncBatch(TypedDict, total=False):
     positive_captions: int  # input_ids rows 0..positive_captions-1 are the distinct positives
     image_ids: torch.Tensor  # [B] int64 per image (same-image masking)
     skipped_images: torch.Tensor  # [] pairs dropped for an unreadable image
+    kept_rows: torch.Tensor  # [B'] int64 the input position of each pair kept
     truncated_captions: torch.Tensor  # [] captions cut to max_length
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
 
@@ -54,6 +55,7 @@ class HncCollator:
           "text_index":     [2·B'] int64  rows 0..B'-1 positives, B'..2B'-1 their hard negatives, as input_ids rows,
           "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
+          "kept_rows":      [B'] int64    each kept pair's position in the input (to drop repeated ones later),
           "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
     where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
     HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute; pairs
@@ -75,7 +77,8 @@ class HncCollator:
     def __call__(self, features: list[dict]) -> HncBatch:
         import torch
 
-        kept = [f for f in features if f.get("pixel_values") is not None]
+        kept_rows = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
+        kept = [features[i] for i in kept_rows]
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
             return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
         rows = [f["positive"] for f in kept] + [f["negative"] for f in kept]  # [2B']
@@ -125,5 +128,6 @@ class HncCollator:
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),
             "skipped_images": torch.tensor(len(features) - len(kept)),
+            "kept_rows": torch.tensor(kept_rows, dtype=torch.long),
             "truncated_captions": torch.tensor(truncated),
         }
