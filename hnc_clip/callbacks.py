@@ -255,8 +255,7 @@ class StepGuard(TrainerCallback):
         if self.trainer.is_deepspeed_enabled:
             return
         if not torch.is_tensor(rows) and rows is not None and rows == 0:  # one process, every micro-step unreadable
-            for p in params:
-                p.grad = None
+            self._drop(params)
             add("train", "skipped_steps", 1.0)
             add("train", "nonfinite_steps", 0.0)
             return
@@ -278,9 +277,19 @@ class StepGuard(TrainerCallback):
             self._optimizer().found_inf = skip
             return
         if skip.item():  # the one host sync of a step, on this path
-            for p in params:
-                p.grad = None
+            self._drop(params)
         self.read_reports()  # free now: the device has been waited for
+
+    def _drop(self, params: list[torch.Tensor]) -> None:
+        """Make the coming optimizer step leave every parameter alone: no gradient (AdamW then skips the parameter
+        and its moments), or under an fp16 GradScaler, which refuses a step without gradients, infinite ones, which
+        it skips as an overflow."""
+        scaled = getattr(self.trainer.accelerator, "scaler", None) is not None
+        for p in params:
+            if scaled:
+                p.grad.fill_(float("inf"))
+            else:
+                p.grad = None
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if hasattr(self._optimizer(), "found_inf"):
