@@ -107,3 +107,16 @@ def test_attention_backends_smoke(tmp_path):
         assert rows[key]["forward_backward_ms"] > 0 and rows[key]["forward_ms"] > 0, key  # timed (no thresholds)
     assert "error" in rows["vision", "eager", "efficient"]  # no memory-efficient kernel on the CPU: said, not hidden
     assert "vs flash" in stdout and "unavailable" in stdout
+
+
+def test_soak_smoke(tmp_path):
+    out = tmp_path / "soak.json"
+    stdout = _run("soak.py", "--steps", "30", "--warmup_steps", "5", "--samples", "3", "--images", "24",
+                  "--batch_size", "8", "--corrupt_every", "6", "--num_workers", "1", "--work_dir", str(tmp_path),
+                  "--output", str(out))
+    result = json.loads(out.read_text())
+    assert [r["step"] for r in result["rows"]] == [5, 17, 30]
+    assert all(r["main_rss_mb"] > 0 and r["workers"] == 1 and r["workers_rss_mb"] > 0 for r in result["rows"])
+    assert result["train_skipped_images"] > 0 and result["train_pairs"] > 0  # the corrupt images were met
+    assert "main process:" in stdout and "MB per 1,000 steps" in stdout
+    assert os.listdir(tmp_path) == ["soak.json"]  # the synthetic data are cleaned up

@@ -32,22 +32,22 @@ def test_a_folder_holding_another_run_is_refused_unless_overwriting_or_resuming(
     `resume last`; now it is refused, naming what is there. --overwrite_output_dir deletes the old checkpoints
     first; resuming continues the run."""
     out = tmp_path / "out"
-    train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--max_steps", "3")
+    one = ("--max_steps", "1", "--save_steps", "1")
+    train(tmp_path, tiny_clip_dir, sample_image_dir, out, *one)
     first = weights(out)
-    with pytest.raises(OutputDirInUseError, match=r"holds another run \(checkpoint-3, model.safetensors.*"
+    with pytest.raises(OutputDirInUseError, match=r"holds another run \(checkpoint-1, model.safetensors.*"
                                                   r"--resume_from_checkpoint last.*--overwrite_output_dir"):
-        train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--max_steps", "3")
+        train(tmp_path, tiny_clip_dir, sample_image_dir, out, *one)
     assert all(torch.equal(first[k], v) for k, v in weights(out).items())  # untouched
-    (out / "checkpoint-3" / "marker-of-the-first-run").write_text("")
+    (out / "checkpoint-1" / "marker-of-the-first-run").write_text("")
     with caplog.at_level(logging.WARNING, logger="hnc_clip.output_dir"):
-        train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--max_steps", "3", "--overwrite_output_dir",
-              "--seed", "4")  # fmt: skip
+        train(tmp_path, tiny_clip_dir, sample_image_dir, out, *one, "--overwrite_output_dir", "--seed", "4")
     assert "deleted 1 checkpoints" in caplog.text
-    assert not (out / "checkpoint-3" / "marker-of-the-first-run").exists()  # the new run's checkpoint-3
+    assert not (out / "checkpoint-1" / "marker-of-the-first-run").exists()  # the new run's checkpoint-1
     assert any(not torch.equal(first[k], v) for k, v in weights(out).items())
-    results = train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--max_steps", "6", "--resume_from_checkpoint",
-                    "last")  # fmt: skip
-    assert results["train_loss"] > 0 and (out / "checkpoint-6" / COMPLETE_MARKER).exists()
+    results = train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--max_steps", "2", "--save_steps", "1",
+                    "--resume_from_checkpoint", "last")  # fmt: skip
+    assert results["train_loss"] > 0 and (out / "checkpoint-2" / COMPLETE_MARKER).exists()
 
 
 def test_a_concurrent_run_is_refused_and_a_stale_lock_is_not_a_lock(tmp_path, tiny_clip_dir, sample_image_dir):
@@ -98,14 +98,15 @@ def test_a_crash_while_checkpointing_leaves_a_checkpoint_resume_passes_over(tmp_
         return real(self, output_dir)
 
     monkeypatch.setattr(HncTrainer, "_save_optimizer_and_scheduler", dies_on_the_second)
+    steps = ("--max_steps", "2", "--save_steps", "1")
     with pytest.raises(RuntimeError, match="killed while saving"):
-        train(tmp_path, tiny_clip_dir, sample_image_dir, out)
-    partial = out / "checkpoint-6"
+        train(tmp_path, tiny_clip_dir, sample_image_dir, out, *steps)
+    partial = out / "checkpoint-2"
     assert (partial / "model.safetensors").exists() and not (partial / COMPLETE_MARKER).exists()
     monkeypatch.setattr(HncTrainer, "_save_optimizer_and_scheduler", real)
-    train(tmp_path, tiny_clip_dir, sample_image_dir, out, "--resume_from_checkpoint", "last")
+    train(tmp_path, tiny_clip_dir, sample_image_dir, out, *steps, "--resume_from_checkpoint", "last")
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 6 and (out / "checkpoint-6" / COMPLETE_MARKER).exists()
+    assert state["global_step"] == 2 and (partial / COMPLETE_MARKER).exists()
 
 
 def disk_fills_on_call(monkeypatch, fail_on: int) -> dict:
