@@ -16,7 +16,8 @@ batch 1,024 the CPU waited ~17 ms per step there, and the GPU was busy only ~82 
   has long passed it: the warning and the `--max_nonfinite_steps` stop come one step late, the skip itself is exact.
 - **on the host** (any other optimizer; fp16 with GradScaler, which checks the gradients itself): the same flag,
   read once per optimizer step before it (one host sync), and the gradients dropped (`.grad = None`: AdamW then
-  leaves those parameters and their moments alone).
+  leaves those parameters and their moments alone; under GradScaler, which refuses a step without gradients, they
+  are made infinite and it skips the step as an overflow).
 
 DeepSpeed is a case apart: its engine steps inside `backward()` (accelerate's `DeepSpeedEngineWrapper`), before
 the trainer can look at the loss, so only DeepSpeed itself can skip the update — with fp16 (loss scaling) always,
