@@ -384,7 +384,7 @@ class HncTrainer(Trainer):
         # recipe's own, over the pairs scored on every process (the Trainer's weighs each batch by a count that
         # includes the pairs whose image could not be read, and a batch of those by its zero loss).
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        metrics = self._pop_metrics("eval", over_processes=True)
+        metrics = self._pop_metrics("eval", over="all")
         pairs = int(metrics.pop("pairs", 0))
         loss = metrics.pop("loss", float("nan"))
         if pairs == 0:
@@ -394,14 +394,15 @@ class HncTrainer(Trainer):
         output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
         return output
 
-    def _pop_metrics(self, mode: str, over_processes: bool = False) -> dict[str, float]:
+    def _pop_metrics(self, mode: str, over: str = "counts") -> dict[str, float]:
         """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared. With several
-        processes the per-process counts are summed over them; `over_processes`: every value is (evaluation, where
-        each process recorded the same names: a placeholder batch records them too)."""
+        processes, `over`: "counts" sums the per-process counts over them (every process logs training at the same
+        steps), "all" every value (evaluation, where each process recorded the same names: a placeholder batch
+        records them too), "none" nothing (a call made on one process only would leave the others waiting)."""
         recorded = self._metrics[mode]
-        names = sorted(recorded) if over_processes else [n for n in PROCESS_COUNTS if n in recorded]
-        if self.accelerator.num_processes > 1 and dist.is_initialized():
-            self._reduce_over_processes(recorded, names if over_processes else list(PROCESS_COUNTS), over_processes)
+        if over != "none" and self.accelerator.num_processes > 1 and dist.is_initialized():
+            names = sorted(recorded) if over == "all" else list(PROCESS_COUNTS)
+            self._reduce_over_processes(recorded, names, check_names=over == "all")
         out = {}
         for name, (total, n) in recorded.items():
             value, n = float(total), float(n)  # the host syncs of a logged value, at logging time
@@ -485,12 +486,13 @@ class HncTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = self._pop_metrics(mode)
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        if mode == "eval":  # `evaluation_loop` took the evaluation's values (over processes) into `logs` already
+            metrics = {f"eval_{k}": v for k, v in self._pop_metrics(mode, over="none").items()}
+            super().log({**metrics, **logs}, start_time)
         else:
+            metrics = self._pop_metrics(mode)
             self._note_totals(metrics)
-        super().log({**logs, **metrics}, start_time)
+            super().log({**logs, **metrics}, start_time)
         if mode == "train" and "loss" in logs:  # a log of training progress, made on every process at this step
             self.check_skips(final=False)
 

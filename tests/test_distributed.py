@@ -150,7 +150,8 @@ def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_
     out = launch_training("tests/dist_corrupt.py", tmp_path, tiny_clip_dir, images, "--train_file", str(TEST_SAMPLE),
                           "--per_device_train_batch_size", "8", "--max_steps", "6", "--save_strategy", "no",
                           "--do_eval", "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "40",
-                          "--per_device_eval_batch_size", "8")  # fmt: skip
+                          "--per_device_eval_batch_size", "8", "--eval_strategy", "steps", "--eval_steps", "6",
+                          )  # fmt: skip
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert history[0]["skipped_images"] >= 8 and history[0]["skipped_steps"] == 0  # rank 1's whole first batch
     assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
@@ -159,4 +160,7 @@ def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_
     assert results["train_pairs"] + results["train_skipped_images"] == 6 * 2 * 8
     assert 0 < results["eval_samples"] < 40 and math.isfinite(results["eval_loss"])
     assert results["eval_samples"] + results["eval_skipped_images"] == 40  # each pair once (no even-out repeats)
+    logged = [h for h in history if "eval_loss" in h][-1]  # step 6's evaluation, logged: the same numbers
+    assert (logged["eval_samples"], logged["eval_skipped_images"]) == (results["eval_samples"],
+                                                                       results["eval_skipped_images"])
     CLIPModel.from_pretrained(out, use_safetensors=True)
