@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .families import family_of
-from .losses import Embeddings, LossInputs, gather_features
+from .losses import Embeddings, LossInputs, gather_features, gather_sizes, process_share
 from .modeling import LogitScaleTap, logit_bias, unwrap_clip
 
 
@@ -80,6 +80,32 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
 
 
+def placeholder_batch(model, device, negatives: int = 1) -> dict:
+    """One stand-in pair for a process whose batch has no readable image (`real_rows` 0), in `HncCollator`'s
+    layout. Under several processes every one must run what the others run — the forward (DDP), the gathers of the
+    loss and the finite check — or the collectives mismatch (gloo aborts, NCCL hangs). Its loss is weighted 0
+    (`process_share`) and the other processes mask its column (`get_logits`), so it changes nothing. `negatives`:
+    the K every pair of the run brings (the gathers need the same layout everywhere)."""
+    clip = unwrap_clip(model)
+    config = clip.config
+    size = config.vision_config.image_size
+    dtype = clip.vision_model.embeddings.patch_embedding.weight.dtype  # float pixels reach the model as they are
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    ids[0, 1].fill_(min(config.text_config.eos_token_id, config.text_config.vocab_size - 1))  # [BOS-ish, EOS]
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    return {
+        "pixel_values": torch.zeros(1, 3, size, size, dtype=dtype, device=device),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "image_index": zero,
+        "text_index": torch.zeros(1 + negatives, dtype=torch.long, device=device),  # [positive; K negatives]
+        "positive_captions": 1,
+        "image_ids": zero,
+        "right_padded": True,
+        "real_rows": 0,
+    }
+
+
 def clamped_logit_scale(model, max_logit_scale: float | None, tap: LogitScaleTap | None = None) -> torch.Tensor:
     """exp(logit_scale) clamped at `max_logit_scale` (0-dim; None: unclamped). `tap`: a `LogitScaleTap` on the
     model, whose value is read instead of the parameter (under ZeRO-3 the parameter is a shard outside the
@@ -99,20 +125,38 @@ def build_loss_inputs(
     *,
     rank: int = 0,
     world_size: int = 1,
+    gather: bool = True,
+    block: int | None = None,
     max_logit_scale: float | None = 100.0,
     reference_model=None,
     theta0: list | None = None,
     taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
     with_negatives: bool = True,
 ) -> LossInputs:
-    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss.
+    """Embed a batch, gather it across `world_size` processes and package it for a loss.
 
-    `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
+    `gather` False: each process's loss sees only its own rows (the per-device loss); with several processes the
+    real rows are still counted everywhere, for the weights. `block`: the rows every process pads to (see
+    `gather_features`). `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the
+    parameter is read). `inputs["real_rows"]` (a placeholder's 0) overrides the row count.
     """
 
     local = embed(model, inputs, with_negatives)
-    everywhere = gather_features(local, rank, world_size)
-    rank = rank if world_size > 1 else 0
+    real_rows = inputs.get("real_rows")
+    gathering = world_size > 1 and gather
+
+    def spread(emb: Embeddings) -> Embeddings:
+        return gather_features(emb, rank, world_size, block, real_rows) if gathering else emb
+
+    everywhere = spread(local)
+    rows = None
+    if gathering:
+        rows = everywhere.rows
+    elif world_size > 1:
+        rows = gather_sizes(len(local), len(local) if real_rows is None else real_rows, local.image.device,
+                            world_size)[:, 1]  # fmt: skip
+    share = process_share(rows, rank) if rows is not None else None
+    rank = rank if gathering else 0
     scale = clamped_logit_scale(model, max_logit_scale, taps[0])
     bias = model_logit_bias(model, taps[0])
     reference = None
@@ -120,8 +164,8 @@ def build_loss_inputs(
         with torch.no_grad():
             ref_local = embed(reference_model, inputs, with_negatives)
             ref_scale = clamped_logit_scale(reference_model, max_logit_scale, taps[1])
-            reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank,
-                                   logit_bias=model_logit_bias(reference_model, taps[1]))
+            reference = LossInputs(ref_local, spread(ref_local), ref_scale, rank,
+                                   logit_bias=model_logit_bias(reference_model, taps[1]))  # fmt: skip
     sq_dist = None
     if theta0 is not None:
         # ‖θ−θ₀‖² = Σᵢ ‖θᵢ−θ₀ᵢ‖², with one multi-tensor kernel per op (as torch's optimizers and grad clipping do)
@@ -129,4 +173,4 @@ def build_loss_inputs(
         params = [p for p, _ in theta0]
         initial = [p0.to(p.device) for p, p0 in theta0]
         sq_dist = torch.stack(torch._foreach_norm(torch._foreach_sub(params, initial))).pow(2).sum()
-    return LossInputs(local, everywhere, scale, rank, reference, sq_dist, logit_bias=bias)
+    return LossInputs(local, everywhere, scale, rank, reference, sq_dist, rows=rows, share=share, logit_bias=bias)

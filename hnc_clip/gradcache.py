@@ -20,7 +20,7 @@ import torch
 
 from .families import PIXEL_INPUTS
 from .forward import clamped_logit_scale, embed, model_logit_bias
-from .losses import Embeddings, LossConfig, LossInputs, gather_features
+from .losses import Embeddings, LossConfig, LossInputs, gather_features, gather_sizes, process_share, total_loss
 from .modeling import unwrap_clip
 
 
@@ -70,14 +70,20 @@ def gradcache_backward(
     *,
     rank: int = 0,
     world_size: int = 1,
+    gather: bool = True,
+    block: int | None = None,
+    real_rows: int | None = None,
     max_logit_scale: float | None = 100.0,
     loss_scale: float = 1.0,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     with_negatives: bool = True,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings, torch.Tensor, torch.Tensor | None]:
     """Run steps 1–3 above; parameter `.grad`s are accumulated (scaled by `loss_scale`). Returns the loss
-    (detached), its components, the local embeddings and the clamped logit scale used (for statistics).
+    (detached, weighted by this process's share: `hnc_clip.losses.total_loss`), its components, the local
+    embeddings, the clamped logit scale used (for statistics) and the real rows of every process ([W], or None
+    with one process).
 
+    `gather`, `block`, `real_rows`: as `hnc_clip.forward.build_loss_inputs` (uneven and placeholder batches).
     `no_sync`: under DDP, `lambda: model.no_sync()`, so gradients are all-reduced once, after the last chunk.
     `with_negatives=False`: the hard negatives are not encoded (for losses that use none, such as `clip`).
     """
@@ -103,12 +109,18 @@ def gradcache_backward(
     clip = unwrap_clip(model)
     with no_sync():
         scale = clamped_logit_scale(clip, max_logit_scale)
-        inp = LossInputs(
-            local, gather_features(local, rank, world_size), scale, rank if world_size > 1 else 0,
-            logit_bias=model_logit_bias(clip),
-        )
+        real = len(local) if real_rows is None else real_rows
+        if world_size > 1 and gather:
+            everywhere = gather_features(local, rank, world_size, block, real)
+            rows, label_rank = everywhere.rows, rank
+        else:
+            everywhere, label_rank = local, 0
+            rows = gather_sizes(len(local), real, local.image.device, world_size)[:, 1] if world_size > 1 else None
+        share = process_share(rows, rank) if rows is not None else None
+        bias = model_logit_bias(clip)
+        inp = LossInputs(local, everywhere, scale, label_rank, rows=rows, share=share, logit_bias=bias)
         components = loss_fn(inp, cfg)
-        loss = torch.stack(list(components.values())).sum()
+        loss = total_loss(components, inp)
         (loss * loss_scale).backward()
     grads = [leaf.grad for leaf in leaves]  # [B, D], [B, D], [K·B, D]
     b = leaves[0].shape[0]
@@ -121,11 +133,11 @@ def gradcache_backward(
         with contextlib.nullcontext() if last else no_sync():
             e = embed(model, chunk, with_negatives)
             embs = (e.image, e.positive, e.negative)[: len(grads)]
-            rows = [g[start : start + n] if g is not None else None for g in grads[:2]]  # [n, D]
+            parts = [g[start : start + n] if g is not None else None for g in grads[:2]]  # [n, D]
             if len(grads) == 3 and grads[2] is not None:  # this chunk's negatives of each block k: [K·n, D]
                 g = grads[2]
-                rows.append(g.view(-1, b, g.shape[-1])[:, start : start + n].reshape(-1, g.shape[-1]))
-            surrogate = sum((x * g).sum() for x, g in zip(embs, rows) if g is not None)
+                parts.append(g.view(-1, b, g.shape[-1])[:, start : start + n].reshape(-1, g.shape[-1]))
+            surrogate = sum((x * g).sum() for x, g in zip(embs, parts) if g is not None)
             # logit_scale (and SigLIP's logit_bias) took its gradient in step 2; the zero term marks it used in this
             # graph too, so DDP (without find_unused_parameters) reduces it with the rest on the last chunk.
             surrogate = surrogate + 0.0 * clip.logit_scale.sum()
@@ -134,4 +146,4 @@ def gradcache_backward(
             surrogate.backward()
         start += n
     local = as_embeddings([leaf.detach() for leaf in leaves])
-    return loss.detach(), {k: v.detach() for k, v in components.items()}, local, scale.detach()
+    return loss.detach(), {k: v.detach() for k, v in components.items()}, local, scale.detach(), rows

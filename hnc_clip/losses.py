@@ -21,6 +21,14 @@ Each process computes the loss of its *own* rows against the *global* columns ("
 all-gather, so gradients flow to the process that produced each embedding; averaging the per-process losses
 (DDP's gradient averaging) then equals the loss of one process holding the whole global batch.
 
+Uneven batches (a pair is dropped when its image cannot be read; a process may have none): process r holds
+n_r ≤ P real rows. Each pads its rows to a block of P (`gather_features`), so every process enters the same
+collectives with the same shapes; the gathered columns are W blocks of P, padding masked (-inf), and the labels are
+arange(B) + r·P. Each loss is a mean over the process's own rows, so the total is weighted by
+w_r = W·n_r / Σn (`process_share`): DDP's average Σ_r w_r·L_r / W is then the mean over all real rows, the loss of one
+process holding them. With equal batches w_r = 1 exactly and nothing is padded: the numbers are the same to the bit.
+A process without a readable pair encodes one placeholder row (`hnc_clip.forward.placeholder_batch`) weighted 0.
+
 Same-image false negatives: HNC has ~121 pairs per GQA image, so two pairs of one image can share a (global)
 batch. Their images are identical and each one's positive caption is true of the other's image, so with
 `mask_same_image` those off-diagonal image–positive logits are set to -inf (both directions). The other pair's
@@ -51,6 +59,10 @@ class Embeddings:
     positive: torch.Tensor  # [B, D]
     negative: torch.Tensor | None  # [K·B, D] k-major; None when the loss uses no negatives (not encoded, e.g. `clip`)
     image_ids: torch.Tensor | None = None  # [B] int64: equal ids = the same image
+    # Gathered embeddings only (`gather_features`): W blocks of `block` rows, the first rows[r] of block r real, the
+    # rest padding. None: every row is real.
+    rows: torch.Tensor | None = None  # [W] int64
+    block: int | None = None
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -74,6 +86,9 @@ class LossInputs:
     reference: LossInputs | None = None
     # Σ‖θ−θ₀‖² over trainable parameters, for `--l2_reg_weight` (any loss).
     param_sq_dist: torch.Tensor | None = None
+    # Several processes: the real rows of each ([W] int64) and this process's weight w_r (`process_share`).
+    rows: torch.Tensor | None = None
+    share: torch.Tensor | None = None
     # SigLIP's learned bias b of the sigmoid logits s·⟨i, t⟩ + b (0-dim); None for CLIP.
     logit_bias: torch.Tensor | None = None
 
@@ -93,31 +108,78 @@ class LossConfig:
 # Gathering
 
 
-def gather_features(local: Embeddings, rank: int, world_size: int) -> Embeddings:
+def gather_sizes(b: int, real: int, device, world_size: int) -> torch.Tensor:
+    """[W, 2]: every process's (rows, real rows). Built with fills, not from a Python list: copying host values to
+    the device would wait for the GPU queue."""
+    sizes = torch.full((2,), b, dtype=torch.long, device=device)  # [2]
+    if real != b:
+        sizes[1].fill_(real)
+    parts = [torch.empty_like(sizes) for _ in range(world_size)]
+    dist.all_gather(parts, sizes)
+    return torch.stack(parts)  # [W, 2]
+
+
+def gather_features(
+    local: Embeddings, rank: int, world_size: int, block: int | None = None, real_rows: int | None = None
+) -> Embeddings:
     """All-gather embeddings *with gradient* (`torch.distributed.nn.all_gather`), as open_clip `gather_with_grad`.
 
     The plain `torch.distributed.all_gather` returns tensors detached from the graph, which would silently drop
     the gradient of every other process's embeddings. The local tensors are put back in place so the local rows
     of the result are the very tensors of this process.
+
+    Processes may hold different numbers of rows. Each pads its B rows to `block` rows (at least every process's
+    B: the trainer passes the per-device batch size; None: the largest B, gathered and read on the host, one sync)
+    and the real rows of each (`real_rows`, default B; 0 for a placeholder) travel along (`Embeddings.rows`).
     """
     if world_size == 1:
         return local
     import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.functional)
 
-    def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+    b = len(local)
+    sizes = gather_sizes(b, b if real_rows is None else real_rows, local.image.device, world_size)  # [W, 2]
+    if block is None:
+        block = int(sizes[:, 0].max())
+    if b > block:
+        raise ValueError(f"this process holds {b} rows, more than the {block} every process pads its rows to")
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # [B, ...] → [block, ...]
+        return t if b == block else torch.cat([t, t.new_zeros(block - b, *t.shape[1:])])
+
+    def gather(t: torch.Tensor | None, k: int = 1) -> torch.Tensor | None:
         if t is None:
             return None
-        parts = list(torch.distributed.nn.functional.all_gather(t.contiguous()))
-        parts[rank] = t
-        return torch.cat(parts, dim=0)  # [W·B, ...]
+        # K blocks of B rows (the k-major negatives) each padded to `block`: [K·block, ...]
+        padded = torch.cat([pad(part) for part in t.chunk(k)]) if k > 1 else pad(t)
+        parts = list(torch.distributed.nn.functional.all_gather(padded.contiguous()))
+        parts[rank] = padded
+        return torch.cat(parts, dim=0)  # [W·K·block, ...]: process-major, then k, then row
 
     ids = None
     if local.image_ids is not None:
         # Ids carry no gradient: the plain collective is enough.
-        id_parts = [torch.empty_like(local.image_ids) for _ in range(world_size)]
-        dist.all_gather(id_parts, local.image_ids.contiguous())
-        ids = torch.cat(id_parts)  # [W·B]
-    return Embeddings(gather(local.image), gather(local.positive), gather(local.negative), ids)
+        padded_ids = pad(local.image_ids).contiguous()
+        id_parts = [torch.empty_like(padded_ids) for _ in range(world_size)]
+        dist.all_gather(id_parts, padded_ids)
+        ids = torch.cat(id_parts)  # [W·block]
+    k = local.negatives_per_pair() if local.negative is not None else 1
+    return Embeddings(
+        gather(local.image), gather(local.positive), gather(local.negative, k), ids, rows=sizes[:, 1], block=block
+    )
+
+
+def process_share(rows: torch.Tensor, rank: int) -> torch.Tensor:
+    """w_r = W·n_r / Σn (0-dim): this process's weight, so that DDP's average of the per-process mean losses is the
+    mean over all real rows (see the module docstring). Exactly 1 for equal batches; 0 for a process without a real
+    row, and for every process when there is none anywhere (that step is skipped, `StepGuard`)."""
+    world = rows.shape[0]
+    return rows[rank].float() * world / rows.sum().clamp(min=1).float()
+
+
+def total_loss(components: dict[str, torch.Tensor], inp: LossInputs) -> torch.Tensor:
+    """The training loss: the sum of the components, weighted by this process's share when there are several."""
+    loss = torch.stack(list(components.values())).sum()
+    return loss if inp.share is None else loss * inp.share
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,11 +198,28 @@ class ContrastiveLogits:
 def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogits:
     loc, glob, s = inp.local, inp.everywhere, inp.logit_scale
     b = len(loc)
-    labels = torch.arange(b, device=loc.image.device) + inp.rank * b  # [B]
-    i2p = s * loc.image @ glob.positive.T  # [B, W·B]
-    i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·B]
-    p2i = s * loc.positive @ glob.image.T  # [B, W·B]
-    same = same_image_mask(inp, labels) if mask_same_image else None  # [B, W·B]
+    block = glob.block if glob.block is not None else b  # P: rows per process in the gathered columns
+    labels = torch.arange(b, device=loc.image.device) + inp.rank * block  # [B]
+    i2p = s * loc.image @ glob.positive.T  # [B, W·P]
+    i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·K·P]
+    p2i = s * loc.positive @ glob.image.T  # [B, W·P]
+    if glob.rows is not None:
+        # Padding, and a placeholder row, are no one's candidate. A row's own column stays: the placeholder's
+        # loss must stay finite, as it is weighted 0 (`process_share`), not masked.
+        offsets = torch.arange(block, device=labels.device)  # [P]
+        real = offsets[None, :] < glob.rows[:, None]  # [W, P]
+        columns = torch.arange(real.numel(), device=labels.device)  # [W·P]
+        padding = ~real.reshape(-1)[None, :] & (columns[None, :] != labels[:, None])  # [B, W·P]
+        i2p, p2i = i2p.masked_fill(padding, float("-inf")), p2i.masked_fill(padding, float("-inf"))
+        if i2n is not None:
+            k = i2n.shape[1] // real.numel()
+            real_negative = real[:, None, :].expand(-1, k, -1).reshape(-1)  # [W·K·P], the gathered layout
+            neg_columns = torch.arange(real_negative.shape[0], device=labels.device)  # [W·K·P]
+            rows = torch.arange(b, device=labels.device)  # [B]
+            # A row's own negatives stay too (column r·K·P + k·P + i), as its own positive does.
+            own = (neg_columns[None, :] // (k * block) == inp.rank) & (neg_columns[None, :] % block == rows[:, None])
+            i2n = i2n.masked_fill(~real_negative[None, :] & ~own, float("-inf"))  # [B, W·K·P]
+    same = same_image_mask(inp, labels) if mask_same_image else None  # [B, W·P]
     if same is not None:
         i2p = i2p.masked_fill(same, float("-inf"))
         p2i = p2i.masked_fill(same, float("-inf"))
@@ -148,7 +227,7 @@ def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogi
 
 
 def same_image_mask(inp: LossInputs, labels: torch.Tensor) -> torch.Tensor | None:
-    """[B, W·B] True where local pair i and global pair j show the same image and j is not i (None: no ids)."""
+    """[B, W·P] True where local pair i and global pair j show the same image and j is not i (None: no ids)."""
     loc, glob = inp.local, inp.everywhere
     if loc.image_ids is None or glob.image_ids is None:
         return None
@@ -220,10 +299,12 @@ def thesis_l2_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     CLIP and open_clip, so its losses are not numerically those of the thesis.
     """
     lg = get_logits(inp, cfg.mask_same_image)
-    weight = torch.ones_like(lg.image_to_negative)  # [B, W·K·B]
-    b, kb = len(lg.labels), inp.local.negative.shape[0]
-    own = torch.arange(kb, device=weight.device)  # local negative m = k·B + i belongs to pair i = m mod B
-    weight[own % b, inp.rank * kb + own] = cfg.hard_negative_weight  # its column in N_all: r·K·B + m
+    weight = torch.ones_like(lg.image_to_negative)  # [B, W·K·P]
+    b, k = len(lg.labels), inp.local.negatives_per_pair()
+    block = inp.everywhere.block or b  # P: rows per process in the gathered columns (B when nothing is padded)
+    own = torch.arange(k * b, device=weight.device)  # local negative m = k·B + i belongs to pair i = m mod B
+    # its column in N_all: r·K·P + k·P + i (r·K·B + m without padding)
+    weight[own % b, inp.rank * k * block + (own // b) * block + own % b] = cfg.hard_negative_weight
     i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, (1+K)·W·B]
     return {
         "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))

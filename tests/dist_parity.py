@@ -4,6 +4,10 @@ A fixed global batch of 8 (image, positive, negative) triples, split 4 + 4 over 
 backward step through DDP with the recipe's gathered local loss. Rank 0 also computes the loss and gradients of
 one process holding the whole batch (an un-wrapped copy of the same model) and writes both to a JSON file.
 Pairs 1 (rank 0) and 5 (rank 1) show the same image, so same-image masking across ranks is exercised.
+
+Uneven splits too, as when pairs are dropped for unreadable images: 3 + 5 rows padded to blocks of 6, and 8 + none
+(rank 1 holds only the placeholder pair); the reference is one process holding the union of the real rows. The
+other families and layouts (NegCLIP, K = 3 negatives per pair, SigLIP's sigmoid) go through the same checks.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from hnc_clip.data import image_group_id
-from hnc_clip.forward import build_loss_inputs
+from hnc_clip.forward import build_loss_inputs, placeholder_batch
 from hnc_clip.gradcache import gradcache_backward
-from hnc_clip.losses import LOSSES, LossConfig
+from hnc_clip.losses import LOSSES, LossConfig, total_loss
 from hnc_clip.tiny import EOS_ID, build_tiny_clip, build_tiny_siglip
 
 G, L, VOCAB = 8, 7, 40
@@ -54,7 +58,13 @@ def k_negative_batch(k: int = 3) -> dict:
 
 def local_slice(batch: dict, rank: int, world: int) -> dict:
     b = G // world
-    rows = slice(rank * b, (rank + 1) * b)
+    return local_rows(batch, list(range(rank * b, (rank + 1) * b)))
+
+
+def local_rows(batch: dict, rows: list[int]) -> dict:
+    """The triples `rows` of the global batch (caption rows [positives; K blocks of G negatives]), as one process's
+    inputs in the same layout."""
+    rows = torch.tensor(rows, dtype=torch.long)
     blocks = batch["input_ids"].shape[0] // G  # positives, then the K blocks of negatives
 
     def per_block(t):
@@ -68,10 +78,10 @@ def local_slice(batch: dict, rank: int, world: int) -> dict:
     }
 
 
-def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax"):
-    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1)
+def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None):
+    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1, block=block)
     out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7))
-    return torch.stack(list(out.values())).sum()
+    return total_loss(out, inp)
 
 
 def tiny_clip():
@@ -117,6 +127,44 @@ def compare(acc, build, batch, loss_type, contrastive, gather) -> dict | None:
         "max_grad_diff": max((p.grad - q.grad).abs().max().item() for p, q in pairs),
         "max_grad": max(q.grad.abs().max().item() for _, q in pairs),
     }
+
+
+# rows of the global batch on (rank 0, rank 1); None: no readable pair (the placeholder)
+UNEVEN = {"uneven": ([0, 1, 2], [3, 4, 5, 6, 7]), "empty": (list(range(G)), None)}
+BLOCK = {"uneven": 6, "empty": G}
+
+
+def uneven_case(acc, batch, loss_type, split, gradcache=False, build=None, contrastive="softmax") -> dict | None:
+    rank, world = acc.process_index, acc.num_processes
+    model = (build or tiny_clip)()
+    single = copy.deepcopy(model)
+    ddp = acc.prepare_model(model)
+    mine = UNEVEN[split][rank]
+    k = batch["input_ids"].shape[0] // G - 1  # negatives per pair: the placeholder brings as many
+    inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", negatives=k)
+    if gradcache:
+        loss, *_ = gradcache_backward(
+            ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn, LossConfig(hard_negative_weight=0.7),
+            rank=rank, world_size=world, block=BLOCK[split], real_rows=inputs.get("real_rows"),
+            no_sync=lambda: acc.no_sync(ddp),
+        )
+    else:
+        loss = loss_of(ddp, inputs, loss_type, rank, world, contrastive=contrastive, block=BLOCK[split])
+        loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    if rank != 0:
+        return None
+    union = [r for part in UNEVEN[split] if part is not None for r in part]
+    full = loss_of(single, local_rows(batch, union), loss_type, 0, 1, contrastive=contrastive)
+    full.backward()
+    return {
+        "distributed_loss": mean_loss.item() / world,
+        "single_process_loss": full.item(),
+        "max_grad_diff": max((p.grad - q.grad).abs().max().item()
+                             for p, q in zip(ddp.module.parameters(), single.parameters()) if q.grad is not None),
+        "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
+    }  # fmt: skip
 
 
 def main(out_path: str) -> None:
@@ -174,6 +222,14 @@ def main(out_path: str) -> None:
                 (p.grad - q.grad).abs().max().item() for p, q in zip(ddp.module.parameters(), single.parameters())
             ),
         }
+    for split in UNEVEN:
+        for loss_type in ("clip", "hnc", "pairwise", "thesis_l2"):
+            results[f"{loss_type}/{split}"] = uneven_case(acc, batch, loss_type, split)
+        results[f"hnc/gradcache_{split}"] = uneven_case(acc, batch, "hnc", split, gradcache=True)
+        # the padded layouts of the other families: K blocks of negatives, SigLIP's sigmoid over padded columns
+        for name, (build, make_batch, loss_type, contrastive) in FAMILY_CASES.items():
+            results[f"{name}/{split}"] = uneven_case(acc, make_batch(), loss_type, split, build=build,
+                                                     contrastive=contrastive)  # fmt: skip
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

@@ -33,7 +33,7 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
     full = torch.stack(list(spec.fn(inp, cfg).values())).sum()
     full.backward()
 
-    loss, components, local, scale = gradcache_backward(
+    loss, components, local, scale, _ = gradcache_backward(
         cached_model, batch, chunk, spec.fn, cfg, with_negatives=spec.uses_negatives
     )
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)

@@ -31,8 +31,15 @@ class HncBatch(TypedDict, total=False):
     positive_captions: int  # input_ids rows 0..positive_captions-1 are the distinct positives
     image_ids: torch.Tensor  # [B] int64 per image (same-image masking)
     skipped_images: torch.Tensor  # [] pairs dropped for an unreadable image
+    kept_rows: torch.Tensor  # [B'] int64 the input position of each pair kept
     truncated_captions: torch.Tensor  # [] captions cut to max_length
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
+
+
+# A caption longer than this many characters per allowed token is cut at the character level before tokenizing:
+# no tokenizer of CLIP's kind packs more into one token, so the cut never removes words the model could have seen,
+# and an adversarially long caption (100,000 characters) costs no more than a long one.
+MAX_CHARS_PER_TOKEN = 32
 
 
 def negatives_of(feature: dict) -> list[str]:
@@ -79,6 +86,7 @@ class HncCollator:
                             each pair's k-th), as input_ids rows (K = 1 for HNC),
           "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
+          "kept_rows":      [B'] int64    each kept pair's position in the input (to drop repeated ones later),
           "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
     where B' = B plus the hard-image pairs rows bring, minus the pairs whose image could not be read (counted in
     `skipped_images`).
@@ -108,7 +116,8 @@ class HncCollator:
         import torch
 
         features = expand_hard_image_pairs(features)
-        kept = [f for f in features if f.get("pixel_values") is not None]
+        kept_rows = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
+        kept = [features[i] for i in kept_rows]
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
             return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
         negatives = [self._draw_negatives(f) for f in kept]  # [B'][K]
@@ -119,19 +128,28 @@ class HncCollator:
         # forward (`clip` loss) then encodes rows 0..P-1 without working out which they are on the device.
         texts = list(dict.fromkeys(rows))
         num_positive = len(dict.fromkeys(rows[: len(kept)]))
-        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
-        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
+        # Count the captions that truncation cuts (a caption cut before its distinguishing word makes a pair
+        # unlearnable) while keeping every tensor bounded: one token more than allowed tells a cut caption, and
+        # padding never exceeds max_length + 1 (untruncated, one 100,000-character caption padded the whole batch).
         side = {"padding_side": "right"} if self.omit_padding_mask else {}
-        tok = self.tokenizer(texts, padding=True, return_tensors="pt", **side)
+        limit = MAX_CHARS_PER_TOKEN * self.max_length
+        cut = sum(len(t) > limit for t in texts)
+        texts_in = [t[:limit] for t in texts] if cut else texts
+        tok = self.tokenizer(
+            texts_in, padding=True, truncation=True, max_length=self.max_length + 1, return_tensors="pt", **side
+        )
         lengths = tok["attention_mask"].sum(-1)  # [T]
-        truncated = int((lengths > self.max_length).sum())
+        over = lengths > self.max_length  # [T]
+        truncated = int(over.sum())
         if truncated:
             tok = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
+                texts_in, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
             )
-        if self.padding == "max_length":
+        if cut:  # cut at the character level but within max_length tokens: cut all the same
+            truncated += sum(len(t) > limit and not o for t, o in zip(texts, over.tolist()))
+        if self.padding == "max_length":  # SigLIP: every caption at the tower's length, as it was trained
             tok = self.tokenizer(
-                texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+                texts_in, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
             )
         pixels: dict[str, torch.Tensor] = {}  # image_id -> pixels, in order of first appearance
         for f in kept:
@@ -156,6 +174,7 @@ class HncCollator:
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),
             "skipped_images": torch.tensor(len(features) - len(kept)),
+            "kept_rows": torch.tensor(kept_rows, dtype=torch.long),
             "truncated_captions": torch.tensor(truncated),
         }
 

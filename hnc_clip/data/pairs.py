@@ -9,8 +9,9 @@ import os
 
 import datasets
 
+from ..errors import TooManySkippedError
 from .arrow_cache import load_hnc_pairs
-from .images import ImageLoadError
+from .images import ImageLoadError, resolve_in_root
 from .table import is_table, load_table_pairs
 
 logger = logging.getLogger(__name__)
@@ -47,38 +48,64 @@ def select_pairs(
 
 
 def drop_missing_images(
-    ds: datasets.Dataset, image_dir: str, on_missing: str = "skip", num_proc: int | None = None
+    ds: datasets.Dataset,
+    image_dir: str,
+    on_missing: str = "skip",
+    num_proc: int | None = None,
+    max_skipped_fraction: float | None = None,
 ) -> datasets.Dataset:
-    """Check once per unique image that its file exists; drop (and count) or raise for the missing ones.
+    """Check once per unique image that its file exists inside `image_dir`; drop (and count) or raise for the
+    missing ones and for names that leave `image_dir` (`resolve_in_root`: `../x`, `/abs/path`).
 
-    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair.
+    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair. More than `max_skipped_fraction`
+    of the pairs dropped raises `TooManySkippedError` now, before any training time is spent.
     """
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir {image_dir!r} does not exist or is not a directory")
     files = ds.unique("image_file")
-    missing = {f for f in files if not os.path.isfile(os.path.join(image_dir, f))}
-    if not missing:
+    outside, missing = set(), set()
+    for name in files:
+        path = resolve_in_root(image_dir, name)
+        if path is None:
+            outside.add(name)
+        elif not os.path.isfile(path):
+            missing.add(name)
+    if not missing and not outside:
         return ds
-    example = ", ".join(sorted(missing)[:5])
+    problems = []
+    for what, names in (("missing under", missing), ("named outside", outside)):
+        if names:
+            example = ", ".join(sorted(names)[:5])
+            problems.append(f"{len(names)} of {len(files)} images {what} {image_dir} (e.g. {example})")
+    problem = "; ".join(problems)
     if on_missing == "error":
-        raise ImageLoadError(f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example})")
+        raise ImageLoadError(problem)
+    dropped = missing | outside
     before = len(ds)
     ds = ds.filter(
-        lambda names: [n not in missing for n in names],
+        lambda names: [n not in dropped for n in names],
         input_columns="image_file",
         batched=True,
         num_proc=num_proc,
         desc="Dropping pairs with missing images",
     )
-    logger.warning(
-        f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example}): "
-        f"skipped {before - len(ds):,} of {before:,} pairs"
-    )
+    skipped = before - len(ds)
+    logger.warning(f"{problem}: skipped {skipped:,} of {before:,} pairs")
+    if max_skipped_fraction is not None and skipped > max_skipped_fraction * before:
+        raise TooManySkippedError(
+            f"{skipped:,} of {before:,} pairs ({skipped / before:.1%}) have no usable image ({problem}), more than "
+            f"--max_skipped_fraction {max_skipped_fraction}: check --image_dir, or raise the bound"
+        )
     return ds
 
 
 def build_split(
-    path: str, data_args, max_samples: int | None, cache_dir: str | None = None, split: str = "train"
+    path: str,
+    data_args,
+    max_samples: int | None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    max_skipped_fraction: float | None = None,
 ) -> datasets.Dataset:
     """Everything a split needs before training: parse (HNC JSON, or a hard-negative table: `hnc_clip.data.table`;
     `split` names a dataset folder's or Hub dataset's split), filter, check images, join images lazily."""
@@ -92,7 +119,9 @@ def build_split(
     ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
     if data_args.image_dir is None:
         raise ValueError("--image_dir is required: images are joined from it by file name")
-    ds = drop_missing_images(ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers)
+    ds = drop_missing_images(
+        ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers, max_skipped_fraction
+    )
     if len(ds) == 0:
         raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
     return ds
