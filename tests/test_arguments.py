@@ -16,7 +16,9 @@ def training_args(tmp_path, **kw) -> HncTrainingArguments:
 
 
 def float_fields(cls, instance) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if isinstance(getattr(instance, f.name, None), float)]
+    """The float flags: holding a float, or declared `float | None` (`--max_logit_scale`: None for SigLIP's family)."""
+    return [f.name for f in dataclasses.fields(cls)
+            if isinstance(getattr(instance, f.name, None), float) or str(f.type).startswith("float")]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
