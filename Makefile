@@ -13,6 +13,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	# open_clip's model code for the converter tests, without its torchvision requirement (see tests/open_clip_code.py)
+	$(PY) -m pip install -q --no-deps "open_clip_torch>=3.3"
 	touch $@
 
 install: $(VENV)/.installed

@@ -7,6 +7,8 @@ method's own knobs. Choices are checked against the registries in `__post_init__
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -15,11 +17,36 @@ from transformers import TrainingArguments
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
+def check_finite(args) -> None:
+    """Every float a dataclass of flags holds is finite: NaN passes every `<`/`>` range check (all comparisons with
+    it are false), so it is refused here, naming the flag, before any range check runs."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name} must be a finite number, got {value}")
+
+
+def check_range(flag: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
+    """`low <= value <= high` (`<` where open; None: unbounded), or a `ValueError` naming the flag and the bound."""
+    if value is None:
+        return
+    bounds = []
+    if low is not None:
+        bounds.append((f"> {low}", value > low) if low_open else (f">= {low}", value >= low))
+    if high is not None:
+        bounds.append((f"< {high}", value < high) if high_open else (f"<= {high}", value <= high))
+    if not all(ok for _, ok in bounds):
+        raise ValueError(f"--{flag} must be {' and '.join(text for text, _ in bounds)}, got {value}")
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "Hub id or local `save_pretrained` directory of the CLIP model to fine-tune."},
+        metadata={
+            "help": "Hub id or local `save_pretrained` directory of the model to fine-tune: CLIP (OpenAI, MetaCLIP), "
+            "MetaCLIP 2, SigLIP or SigLIP 2, picked from its config (hnc_clip/families.py)."
+        },
     )
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor (tokenizer + image processor) to use; defaults to the model's."}
@@ -46,10 +73,44 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_file: str | None = field(
-        default=None, metadata={"help": "HNC JSON for training (train/val or test schema, detected)."}
+        default=None,
+        metadata={
+            "help": "Training data: HNC JSON (train/val or test schema, detected); or a hard-negative table (.jsonl, "
+            ".csv, .tsv, .parquet, a dataset folder, or a Hub dataset name: docs/models_and_data.md)."
+        },
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "HNC JSON for evaluation during training (either schema)."}
+        default=None, metadata={"help": "Evaluation data during training, as --train_file (HNC JSON or a table)."}
+    )
+    image_column: str = field(
+        default="image_path", metadata={"help": "Table: the column with each row's image file (under --image_dir)."}
+    )
+    caption_column: str = field(default="caption", metadata={"help": "Table: the column with the positive caption."})
+    negative_caption_column: str = field(
+        default="negative_captions",
+        metadata={"help": "Table: the column with the hard-negative caption(s): a string or a list of strings."},
+    )
+    negative_image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Table (optional): the column listing, per row, the rows (0-based, file order) whose images are "
+            "hard negatives, as NegCLIP's `neg_image`. Each pair then brings one of them, drawn at random, with its "
+            "caption and negatives, as a further pair of the batch."
+        },
+    )
+    negatives_per_row: int | None = field(
+        default=None,
+        metadata={
+            "help": "Table: hard negatives per pair in the loss (K). Rows with more give K drawn at random each time "
+            "(NegCLIP: 1), rows with fewer are skipped (counted). Unset: every negative, all rows equally many."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset as --train_file: its configuration name."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Hub dataset / dataset folder: the training split."})
+    validation_split: str = field(
+        default="validation", metadata={"help": "Hub dataset / dataset folder: the evaluation split."}
     )
     image_dir: str | None = field(
         default=None, metadata={"help": "Folder of the images (GQA-style `<image_id>.jpg`), joined on the fly."}
@@ -72,19 +133,34 @@ class DataArguments:
     max_text_length: int | None = field(
         default=None, metadata={"help": "Truncate captions to this many tokens; default: the model's max positions."}
     )
+    max_image_pixels: int = field(
+        default=64 * 2**20,
+        metadata={
+            "help": "Skip (and count) an image whose decoded size passes this many pixels (64 Mi: a 9,000 x 7,000 "
+            "photo), checked from its header before decoding; decompression bombs are skipped the same way."
+        },
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset filtering."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the Arrow cache of the HNC files."})
 
     def __post_init__(self):
+        check_finite(self)
         if self.on_missing_image not in ("skip", "error"):
             raise ValueError(f"--on_missing_image must be `skip` or `error`, got {self.on_missing_image!r}")
+        for flag in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers", "max_image_pixels",
+                     "negatives_per_row"):  # fmt: skip
+            check_range(flag, getattr(self, flag), low=1)
+        check_range("max_text_length", self.max_text_length, low=2)  # BOS and EOS
 
 
 @dataclass
 class HncTrainingArguments(TrainingArguments):
     loss_type: str = field(
         default="hnc",
-        metadata={"help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`."},
+        metadata={
+            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`. A SigLIP "
+            "model trains `clip`, `hnc`, `pairwise`, `dpo` in their sigmoid form (hnc_clip/losses.py)."
+        },
     )
     hard_negative_weight: float = field(
         default=1.0, metadata={"help": "λ: weight of the hard-negative term (its maximum under a schedule)."}
@@ -107,8 +183,12 @@ class HncTrainingArguments(TrainingArguments):
     dpo_contrastive_weight: float = field(
         default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
     )
-    max_logit_scale: float = field(
-        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this (open_clip/NegCLIP clamp at 100)."}
+    max_logit_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clamp exp(logit_scale) to this. Unset: the model family's (100 for CLIP, as open_clip and "
+            "NegCLIP; none for SigLIP, as big_vision)."
+        },
     )
     gather_negatives: bool = field(
         default=True,
@@ -134,7 +214,26 @@ class HncTrainingArguments(TrainingArguments):
     )
     max_nonfinite_steps: int = field(
         default=10,
-        metadata={"help": "Steps with a NaN/inf loss are skipped (no update); after this many the run stops."},
+        metadata={
+            "help": "Steps with a NaN/inf loss or gradient are skipped (no update); after this many the run stops."
+        },
+    )
+    max_skipped_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Stop the run (non-zero exit, naming the count) when more than this share of the pairs is "
+            "skipped (missing, unreadable, oversized or outside --image_dir), or of the optimizer steps (no readable "
+            "pair anywhere, non-finite loss or gradient). Checked before training for the missing files, at every "
+            "log and at the end; a run in which no step was applied always fails."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an --output_dir that holds another run's model or checkpoints (its checkpoints are "
+            "deleted first, so that `--resume_from_checkpoint last` cannot pick them). Without it such a folder is "
+            "refused, unless resuming."
+        },
     )
     compile_regions: bool = field(
         default=True,
@@ -161,9 +260,12 @@ class HncTrainingArguments(TrainingArguments):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
-        metadata={"help": "Module names LoRA adapts (both towers)."},
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names LoRA adapts (both towers). Unset: the family's attention projections (q_proj, "
+            "k_proj, v_proj, out_proj; for SigLIP those of the transformer blocks, hnc_clip/families.py)."
+        },
     )
     # Trainer defaults that suit this recipe (still overridable on the command line).
     remove_unused_columns: bool = field(
@@ -214,6 +316,7 @@ class HncTrainingArguments(TrainingArguments):
             if getattr(self, name) is None:
                 setattr(self, name, value)
                 self.machine_defaults[name] = value
+        check_finite(self)
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.
         from .losses import LOSSES
         from .modeling import FINETUNE_MODES
@@ -226,15 +329,8 @@ class HncTrainingArguments(TrainingArguments):
         ):
             if value not in registry:
                 raise ValueError(f"{flag} must be one of {sorted(registry)}, got {value!r}")
-        if self.hard_negative_weight < 0 or self.hard_negative_weight_min < 0:
-            raise ValueError("--hard_negative_weight and --hard_negative_weight_min must be >= 0")
-        if self.l2_reg_weight < 0:
-            raise ValueError(f"--l2_reg_weight must be >= 0, got {self.l2_reg_weight}")
+        self._check_ranges()
         spec = LOSSES[self.loss_type]
-        if self.group_by_image < 0:
-            raise ValueError("--group_by_image must be >= 0")
-        if self.gradcache_chunk_size < 0:
-            raise ValueError("--gradcache_chunk_size must be >= 0")
         if self.gradcache_chunk_size and spec.needs_reference:
             raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
         if self.gradcache_chunk_size and self.l2_reg_weight > 0:
@@ -244,8 +340,12 @@ class HncTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
-        if self.max_logit_scale <= 0:
-            raise ValueError("--max_logit_scale must be > 0")
+        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
+        if self.loss_type == "negclip" and weighted:
+            raise ValueError(
+                "--loss_type negclip has no λ: NegCLIP puts the hard negatives in its image→text softmax unweighted "
+                "(leave --hard_negative_weight 1 and --hard_negative_schedule constant)"
+            )
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
@@ -253,6 +353,39 @@ class HncTrainingArguments(TrainingArguments):
             # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
             os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
             os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"
+
+    # (flag, low, high, low open, high open): the method's knobs, and the Trainer's that can poison weights.
+    RANGES = (
+        ("hard_negative_weight", 0, None, False, False),
+        ("hard_negative_weight_min", 0, None, False, False),
+        ("hard_negative_warmup_steps", 0, None, False, False),
+        ("hard_negative_step_size", 0, None, False, False),  # negative: λ falls below λ_min and then below 0
+        ("hard_negative_step_every", 1, None, False, False),
+        ("l2_reg_weight", 0, None, False, False),
+        ("kl_weight", 0, None, False, False),
+        ("kl_temperature", 0, None, True, False),  # 0: logits/0, a finite loss with NaN gradients
+        ("dpo_beta", 0, None, True, False),
+        ("dpo_contrastive_weight", 0, None, False, False),
+        ("max_logit_scale", 0, None, True, False),
+        ("group_by_image", 0, None, False, False),
+        ("gradcache_chunk_size", 0, None, False, False),
+        ("max_nonfinite_steps", 0, None, False, False),
+        ("max_skipped_fraction", 0, 1, False, False),
+        ("lora_r", 1, None, False, False),
+        ("lora_alpha", 0, None, True, False),
+        ("lora_dropout", 0, 1, False, True),
+        ("learning_rate", 0, None, False, False),
+        ("weight_decay", 0, None, False, False),
+        ("adam_beta1", 0, 1, False, True),
+        ("adam_beta2", 0, 1, False, True),
+        ("adam_epsilon", 0, None, True, False),
+        ("max_grad_norm", 0, None, False, False),
+        ("label_smoothing_factor", 0, 1, False, False),
+    )
+
+    def _check_ranges(self) -> None:
+        for flag, low, high, low_open, high_open in self.RANGES:
+            check_range(flag, getattr(self, flag), low, high, low_open, high_open)
 
 
 def describe_machine_defaults(args) -> str:

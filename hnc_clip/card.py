@@ -66,9 +66,9 @@ Settings decided from the training machine (flags left unset): {machine_defaults
 ## Use
 
 ```python
-from transformers import CLIPModel, CLIPProcessor
-model = CLIPModel.from_pretrained("{repo}")
-processor = CLIPProcessor.from_pretrained("{repo}")
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained("{repo}")  # CLIPModel, SiglipModel, ...: the base model's class
+processor = AutoProcessor.from_pretrained("{repo}")
 ```
 """
 
@@ -169,6 +169,39 @@ def eval_results_for(model_results: dict, datasets: dict[str, tuple[str, str]]) 
     return out
 
 
+# Registry benchmarks (`results["benchmarks"]`): model-index task type per task shape.
+BENCHMARK_TASK_TYPES = {
+    "2-way": "image-text-matching",
+    "n-way": "image-text-matching",
+    "winoground-2x2": "image-text-matching",
+    "retrieval": "image-text-retrieval",
+    "classification": "zero-shot-image-classification",
+}
+
+
+def benchmark_eval_results(model_results: dict) -> list[EvalResult]:
+    """One `EvalResult` per registry benchmark: its headline number under the benchmark's own name."""
+    from hnc_clip.evaluation.benchmarks import REGISTRY
+
+    out = []
+    for name, metrics in model_results.get("benchmarks", {}).items():
+        bench = REGISTRY.get(name)
+        if bench is None or metrics.get("headline") is None:
+            continue
+        out.append(
+            EvalResult(
+                task_type=BENCHMARK_TASK_TYPES.get(bench.shape, "image-text-matching"),
+                task_name=bench.title,
+                dataset_type=name,
+                dataset_name=bench.title,
+                metric_type=bench.headline,
+                metric_name=f"{bench.title}: {bench.headline}",
+                metric_value=round(float(metrics["headline"]), 6),
+            )
+        )
+    return out
+
+
 def _same_slot(a: EvalResult, b: EvalResult) -> bool:
     return (a.task_type, a.dataset_type, a.dataset_name, a.metric_type, a.metric_name) == (
         b.task_type,
@@ -187,6 +220,7 @@ def _results_section(model_results: dict) -> str:
         for key, _, name in CARD_METRICS[task][2]
         if key in metrics
     ]
+    rows += [f"| benchmark | {r.metric_name} | {r.metric_value:.4f} |" for r in benchmark_eval_results(model_results)]
     return "\n".join([_START, "## Evaluation results", "", "| task | metric | value |", "|---|---|---|", *rows, _END])
 
 
@@ -195,7 +229,7 @@ def update_model_card(card: ModelCard | None, model_name: str, model_results: di
 
     The human-readable table lives between marker comments so re-running replaces it instead of appending.
     """
-    new = eval_results_for(model_results, datasets)
+    new = eval_results_for(model_results, datasets) + benchmark_eval_results(model_results)
     if card is None:
         card = ModelCard(f"---\n{ModelCardData(model_name=model_name).to_yaml()}\n---\n\n# {model_name}\n")
     old = card.data.eval_results or []

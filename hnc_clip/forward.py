@@ -6,8 +6,9 @@ from typing import NamedTuple
 
 import torch
 
-from .losses import Embeddings, LossInputs, gather_features
-from .modeling import LogitScaleTap, unwrap_clip
+from .families import family_of
+from .losses import Embeddings, LossInputs, gather_features, gather_sizes, process_share
+from .modeling import LogitScaleTap, logit_bias, unwrap_clip
 
 
 def normalize_pixels(pixels: torch.Tensor, affine: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -32,10 +33,11 @@ def positive_caption_rows(inputs: dict) -> PositiveRows:
     """Which caption rows a positives-only forward encodes. `HncCollator` numbers the distinct captions positives
     first and says how many (`positive_captions`), so they are the first rows and `text_index[:B]` already points
     into them; without that, a `torch.unique`, which on a GPU waits for it (the output size is data-dependent)."""
-    ids, text_index = inputs["input_ids"], inputs.get("text_index")
-    if text_index is None:  # one row per caption, [positives; negatives]
-        return PositiveRows(slice(0, ids.shape[0] // 2), None)
-    b = text_index.shape[0] // 2
+    text_index = inputs.get("text_index")
+    if text_index is None:  # one image and one caption row per pair: [positives; negatives]
+        return PositiveRows(slice(0, inputs["pixel_values"].shape[0]), None)
+    # B pairs: one image row each (K negatives per pair make text_index [(1 + K)·B]).
+    b = inputs["image_index"].shape[0] if inputs.get("image_index") is not None else text_index.shape[0] // 2
     if inputs.get("positive_captions") is not None:
         return PositiveRows(slice(0, inputs["positive_captions"]), text_index[:b])
     needed, index = torch.unique(text_index[:b], return_inverse=True)  # [T'], [B]
@@ -49,8 +51,10 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
     """
     ids, mask, text_index = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("text_index")
-    if inputs.get("right_padded"):
-        # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask).
+    inner = unwrap_clip(model)
+    if inputs.get("right_padded") or not family_of(inner).text_attention_mask:
+        # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask);
+        # SigLIP was trained without one (`hnc_clip.families`).
         mask = None
     if not with_negatives:
         positives = positive_caption_rows(inputs)
@@ -60,25 +64,59 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
     pixels = inputs["pixel_values"]
     if not torch.is_floating_point(pixels):  # uint8 rows from the image cache
         # fp32 under autocast; the engine's dtype (bf16) when DeepSpeed holds the weights in it.
-        dtype = unwrap_clip(model).vision_model.embeddings.patch_embedding.weight.dtype
+        dtype = inner.vision_model.embeddings.patch_embedding.weight.dtype
         pixels = normalize_pixels(pixels, inputs.get("pixel_affine"), dtype)
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    extra = {k: inputs[k] for k in family_of(inner).pixel_inputs if k in inputs}  # NaFlex: patch mask and grid
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, **extra)
     image = out.image_embeds  # [U, D]: each distinct image once
     if inputs.get("image_index") is not None:
         image = image[inputs["image_index"]]  # [B, D]; the backward sums the rows of a shared image
     b = image.shape[0]
     text = out.text_embeds  # [T, D]: each distinct caption once
     if text_index is not None:
-        text = text[text_index]  # [2B, D] = [positives; negatives] (or [B, D], positives only)
+        # [(1 + K)·B, D] = [positives; negatives 1; ...; negatives K] (or [B, D], positives only)
+        text = text[text_index]
     negative = text[b:] if with_negatives else None
     return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
 
 
-def clamped_logit_scale(model, max_logit_scale: float, tap: LogitScaleTap | None = None) -> torch.Tensor:
-    """exp(logit_scale) clamped at `max_logit_scale` (0-dim). `tap`: a `LogitScaleTap` on the model, whose value
-    is read instead of the parameter (under ZeRO-3 the parameter is a shard outside the forward)."""
-    value = tap.value if tap is not None else unwrap_clip(model).logit_scale.exp()
-    return value.clamp(max=max_logit_scale)
+def placeholder_batch(model, device, negatives: int = 1) -> dict:
+    """One stand-in pair for a process whose batch has no readable image (`real_rows` 0), in `HncCollator`'s
+    layout. Under several processes every one must run what the others run — the forward (DDP), the gathers of the
+    loss and the finite check — or the collectives mismatch (gloo aborts, NCCL hangs). Its loss is weighted 0
+    (`process_share`) and the other processes mask its column (`get_logits`), so it changes nothing. `negatives`:
+    the K every pair of the run brings (the gathers need the same layout everywhere)."""
+    clip = unwrap_clip(model)
+    config = clip.config
+    size = config.vision_config.image_size
+    dtype = clip.vision_model.embeddings.patch_embedding.weight.dtype  # float pixels reach the model as they are
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    ids[0, 1].fill_(min(config.text_config.eos_token_id, config.text_config.vocab_size - 1))  # [BOS-ish, EOS]
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    return {
+        "pixel_values": torch.zeros(1, 3, size, size, dtype=dtype, device=device),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "image_index": zero,
+        "text_index": torch.zeros(1 + negatives, dtype=torch.long, device=device),  # [positive; K negatives]
+        "positive_captions": 1,
+        "image_ids": zero,
+        "right_padded": True,
+        "real_rows": 0,
+    }
+
+
+def clamped_logit_scale(model, max_logit_scale: float | None, tap: LogitScaleTap | None = None) -> torch.Tensor:
+    """exp(logit_scale) clamped at `max_logit_scale` (0-dim; None: unclamped). `tap`: a `LogitScaleTap` on the
+    model, whose value is read instead of the parameter (under ZeRO-3 the parameter is a shard outside the
+    forward)."""
+    value = tap.value if tap is not None else unwrap_clip(model).logit_scale.exp().reshape(())
+    return value if max_logit_scale is None else value.clamp(max=max_logit_scale)
+
+
+def model_logit_bias(model, tap: LogitScaleTap | None = None) -> torch.Tensor | None:
+    """The learned logit bias (0-dim; SigLIP) as the tap captured it, or None for a family without one."""
+    return tap.bias if tap is not None else logit_bias(model)
 
 
 def build_loss_inputs(
@@ -87,27 +125,47 @@ def build_loss_inputs(
     *,
     rank: int = 0,
     world_size: int = 1,
-    max_logit_scale: float = 100.0,
+    gather: bool = True,
+    block: int | None = None,
+    max_logit_scale: float | None = 100.0,
     reference_model=None,
     theta0: list | None = None,
     taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
     with_negatives: bool = True,
 ) -> LossInputs:
-    """Embed a batch, gather it across `world_size` processes (1: no gathering) and package it for a loss.
+    """Embed a batch, gather it across `world_size` processes and package it for a loss.
 
-    `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the parameter is read).
+    `gather` False: each process's loss sees only its own rows (the per-device loss); with several processes the
+    real rows are still counted everywhere, for the weights. `block`: the rows every process pads to (see
+    `gather_features`). `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the
+    parameter is read). `inputs["real_rows"]` (a placeholder's 0) overrides the row count.
     """
 
     local = embed(model, inputs, with_negatives)
-    everywhere = gather_features(local, rank, world_size)
-    rank = rank if world_size > 1 else 0
+    real_rows = inputs.get("real_rows")
+    gathering = world_size > 1 and gather
+
+    def spread(emb: Embeddings) -> Embeddings:
+        return gather_features(emb, rank, world_size, block, real_rows) if gathering else emb
+
+    everywhere = spread(local)
+    rows = None
+    if gathering:
+        rows = everywhere.rows
+    elif world_size > 1:
+        rows = gather_sizes(len(local), len(local) if real_rows is None else real_rows, local.image.device,
+                            world_size)[:, 1]  # fmt: skip
+    share = process_share(rows, rank) if rows is not None else None
+    rank = rank if gathering else 0
     scale = clamped_logit_scale(model, max_logit_scale, taps[0])
+    bias = model_logit_bias(model, taps[0])
     reference = None
     if reference_model is not None:
         with torch.no_grad():
             ref_local = embed(reference_model, inputs, with_negatives)
             ref_scale = clamped_logit_scale(reference_model, max_logit_scale, taps[1])
-            reference = LossInputs(ref_local, gather_features(ref_local, rank, world_size), ref_scale, rank)
+            reference = LossInputs(ref_local, spread(ref_local), ref_scale, rank,
+                                   logit_bias=model_logit_bias(reference_model, taps[1]))  # fmt: skip
     sq_dist = None
     if theta0 is not None:
         # ‖θ−θ₀‖² = Σᵢ ‖θᵢ−θ₀ᵢ‖², with one multi-tensor kernel per op (as torch's optimizers and grad clipping do)
@@ -115,4 +173,4 @@ def build_loss_inputs(
         params = [p for p, _ in theta0]
         initial = [p0.to(p.device) for p, p0 in theta0]
         sq_dist = torch.stack(torch._foreach_norm(torch._foreach_sub(params, initial))).pow(2).sum()
-    return LossInputs(local, everywhere, scale, rank, reference, sq_dist)
+    return LossInputs(local, everywhere, scale, rank, reference, sq_dist, rows=rows, share=share, logit_bias=bias)

@@ -1,4 +1,4 @@
-"""Contrastive and hard-negative losses for CLIP: pure tensor code.
+"""Contrastive and hard-negative losses for CLIP and SigLIP: pure tensor code.
 
 Nothing here knows about the Trainer, the CLI or datasets. Every loss takes a `LossInputs` and a `LossConfig`
 and returns a dict of named components (`loss_components` adds the regulariser any loss may carry); the training
@@ -8,25 +8,40 @@ Layout, with B pairs per process, W processes, r this process's rank, all embedd
 
     images I      [B, D]          local rows; I_all [W·B, D] gathered
     positives P   [B, D]          P_all [W·B, D]
-    negatives N   [B, D]          N_all [W·B, D]   (N[i] is the hard negative caption of image i)
-    texts         [P_all; N_all]  [2·W·B, D]       image→text candidates for the hard-negative terms
-    labels        arange(B) + r·B                  the positive of local image i sits at column r·B + i
+    negatives N   [K·B, D]        N_all [W·K·B, D]  K per pair, k-major: N[k·B + i] is image i's k-th hard negative
+    texts         [P_all; N_all]  [(1+K)·W·B, D]    image→text candidates for the hard-negative terms
+    labels        arange(B) + r·B                   the positive of local image i sits at column r·B + i
+
+HNC has K = 1; a hard-negative table may give K per pair (`hnc_clip.data.table`). Hard *image* negatives (NegCLIP's
+nearest-neighbour images) are not a tensor here: they arrive as further pairs of the batch (image, its caption, its
+negatives), so they are extra rows of image→text and extra columns of text→image, as in NegCLIP.
 
 Each process computes the loss of its *own* rows against the *global* columns ("local loss", open_clip
 `local_loss=True`), so memory is O(B · W·B), not O((W·B)²). Embeddings are gathered with a differentiable
 all-gather, so gradients flow to the process that produced each embedding; averaging the per-process losses
 (DDP's gradient averaging) then equals the loss of one process holding the whole global batch.
 
+Uneven batches (a pair is dropped when its image cannot be read; a process may have none): process r holds
+n_r ≤ P real rows. Each pads its rows to a block of P (`gather_features`), so every process enters the same
+collectives with the same shapes; the gathered columns are W blocks of P, padding masked (-inf), and the labels are
+arange(B) + r·P. Each loss is a mean over the process's own rows, so the total is weighted by
+w_r = W·n_r / Σn (`process_share`): DDP's average Σ_r w_r·L_r / W is then the mean over all real rows, the loss of one
+process holding them. With equal batches w_r = 1 exactly and nothing is padded: the numbers are the same to the bit.
+A process without a readable pair encodes one placeholder row (`hnc_clip.forward.placeholder_batch`) weighted 0.
+
 Same-image false negatives: HNC has ~121 pairs per GQA image, so two pairs of one image can share a (global)
 batch. Their images are identical and each one's positive caption is true of the other's image, so with
 `mask_same_image` those off-diagonal image–positive logits are set to -inf (both directions). The other pair's
 *hard negative* stays a candidate: it is false for that image too.
+
+Families (`hnc_clip.families`): each loss is written for CLIP's softmax (InfoNCE) term; the ones that make sense
+with SigLIP's pairwise sigmoid have a `sigmoid` variant (`LossSpec.variants`), picked from the model's family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -42,11 +57,23 @@ class Embeddings:
 
     image: torch.Tensor  # [B, D]
     positive: torch.Tensor  # [B, D]
-    negative: torch.Tensor | None  # [B, D]; None when the loss uses no negatives (not encoded, e.g. `clip`)
+    negative: torch.Tensor | None  # [K·B, D] k-major; None when the loss uses no negatives (not encoded, e.g. `clip`)
     image_ids: torch.Tensor | None = None  # [B] int64: equal ids = the same image
+    # Gathered embeddings only (`gather_features`): W blocks of `block` rows, the first rows[r] of block r real, the
+    # rest padding. None: every row is real.
+    rows: torch.Tensor | None = None  # [W] int64
+    block: int | None = None
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    def negatives_per_pair(self) -> int:
+        """K: the negatives each pair brings (1 for HNC)."""
+        return self.negative.shape[0] // self.image.shape[0]
+
+    def own_negatives(self) -> torch.Tensor:
+        """[K, B, D]: pair i's k-th hard negative at [k, i]."""
+        return self.negative.view(self.negatives_per_pair(), len(self), -1)
 
 
 @dataclass
@@ -59,6 +86,11 @@ class LossInputs:
     reference: LossInputs | None = None
     # Σ‖θ−θ₀‖² over trainable parameters, for `--l2_reg_weight` (any loss).
     param_sq_dist: torch.Tensor | None = None
+    # Several processes: the real rows of each ([W] int64) and this process's weight w_r (`process_share`).
+    rows: torch.Tensor | None = None
+    share: torch.Tensor | None = None
+    # SigLIP's learned bias b of the sigmoid logits s·⟨i, t⟩ + b (0-dim); None for CLIP.
+    logit_bias: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,31 +108,78 @@ class LossConfig:
 # Gathering
 
 
-def gather_features(local: Embeddings, rank: int, world_size: int) -> Embeddings:
+def gather_sizes(b: int, real: int, device, world_size: int) -> torch.Tensor:
+    """[W, 2]: every process's (rows, real rows). Built with fills, not from a Python list: copying host values to
+    the device would wait for the GPU queue."""
+    sizes = torch.full((2,), b, dtype=torch.long, device=device)  # [2]
+    if real != b:
+        sizes[1].fill_(real)
+    parts = [torch.empty_like(sizes) for _ in range(world_size)]
+    dist.all_gather(parts, sizes)
+    return torch.stack(parts)  # [W, 2]
+
+
+def gather_features(
+    local: Embeddings, rank: int, world_size: int, block: int | None = None, real_rows: int | None = None
+) -> Embeddings:
     """All-gather embeddings *with gradient* (`torch.distributed.nn.all_gather`), as open_clip `gather_with_grad`.
 
     The plain `torch.distributed.all_gather` returns tensors detached from the graph, which would silently drop
     the gradient of every other process's embeddings. The local tensors are put back in place so the local rows
     of the result are the very tensors of this process.
+
+    Processes may hold different numbers of rows. Each pads its B rows to `block` rows (at least every process's
+    B: the trainer passes the per-device batch size; None: the largest B, gathered and read on the host, one sync)
+    and the real rows of each (`real_rows`, default B; 0 for a placeholder) travel along (`Embeddings.rows`).
     """
     if world_size == 1:
         return local
     import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.functional)
 
-    def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+    b = len(local)
+    sizes = gather_sizes(b, b if real_rows is None else real_rows, local.image.device, world_size)  # [W, 2]
+    if block is None:
+        block = int(sizes[:, 0].max())
+    if b > block:
+        raise ValueError(f"this process holds {b} rows, more than the {block} every process pads its rows to")
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # [B, ...] → [block, ...]
+        return t if b == block else torch.cat([t, t.new_zeros(block - b, *t.shape[1:])])
+
+    def gather(t: torch.Tensor | None, k: int = 1) -> torch.Tensor | None:
         if t is None:
             return None
-        parts = list(torch.distributed.nn.functional.all_gather(t.contiguous()))
-        parts[rank] = t
-        return torch.cat(parts, dim=0)  # [W·B, ...]
+        # K blocks of B rows (the k-major negatives) each padded to `block`: [K·block, ...]
+        padded = torch.cat([pad(part) for part in t.chunk(k)]) if k > 1 else pad(t)
+        parts = list(torch.distributed.nn.functional.all_gather(padded.contiguous()))
+        parts[rank] = padded
+        return torch.cat(parts, dim=0)  # [W·K·block, ...]: process-major, then k, then row
 
     ids = None
     if local.image_ids is not None:
         # Ids carry no gradient: the plain collective is enough.
-        id_parts = [torch.empty_like(local.image_ids) for _ in range(world_size)]
-        dist.all_gather(id_parts, local.image_ids.contiguous())
-        ids = torch.cat(id_parts)  # [W·B]
-    return Embeddings(gather(local.image), gather(local.positive), gather(local.negative), ids)
+        padded_ids = pad(local.image_ids).contiguous()
+        id_parts = [torch.empty_like(padded_ids) for _ in range(world_size)]
+        dist.all_gather(id_parts, padded_ids)
+        ids = torch.cat(id_parts)  # [W·block]
+    k = local.negatives_per_pair() if local.negative is not None else 1
+    return Embeddings(
+        gather(local.image), gather(local.positive), gather(local.negative, k), ids, rows=sizes[:, 1], block=block
+    )
+
+
+def process_share(rows: torch.Tensor, rank: int) -> torch.Tensor:
+    """w_r = W·n_r / Σn (0-dim): this process's weight, so that DDP's average of the per-process mean losses is the
+    mean over all real rows (see the module docstring). Exactly 1 for equal batches; 0 for a process without a real
+    row, and for every process when there is none anywhere (that step is skipped, `StepGuard`)."""
+    world = rows.shape[0]
+    return rows[rank].float() * world / rows.sum().clamp(min=1).float()
+
+
+def total_loss(components: dict[str, torch.Tensor], inp: LossInputs) -> torch.Tensor:
+    """The training loss: the sum of the components, weighted by this process's share when there are several."""
+    loss = torch.stack(list(components.values())).sum()
+    return loss if inp.share is None else loss * inp.share
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,18 +198,43 @@ class ContrastiveLogits:
 def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogits:
     loc, glob, s = inp.local, inp.everywhere, inp.logit_scale
     b = len(loc)
-    labels = torch.arange(b, device=loc.image.device) + inp.rank * b  # [B]
-    i2p = s * loc.image @ glob.positive.T  # [B, W·B]
-    i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·B]
-    p2i = s * loc.positive @ glob.image.T  # [B, W·B]
-    if mask_same_image and loc.image_ids is not None and glob.image_ids is not None:
-        columns = torch.arange(glob.image_ids.shape[0], device=labels.device)  # [W·B]
-        # Same image, except the true pair. (Not `same[rows, labels] = False`: assigning a Python scalar copies it
-        # to the device, a blocking copy that stalls the CPU every step.)
-        same = (loc.image_ids[:, None] == glob.image_ids[None, :]) & (columns[None, :] != labels[:, None])  # [B, W·B]
+    block = glob.block if glob.block is not None else b  # P: rows per process in the gathered columns
+    labels = torch.arange(b, device=loc.image.device) + inp.rank * block  # [B]
+    i2p = s * loc.image @ glob.positive.T  # [B, W·P]
+    i2n = s * loc.image @ glob.negative.T if glob.negative is not None else None  # [B, W·K·P]
+    p2i = s * loc.positive @ glob.image.T  # [B, W·P]
+    if glob.rows is not None:
+        # Padding, and a placeholder row, are no one's candidate. A row's own column stays: the placeholder's
+        # loss must stay finite, as it is weighted 0 (`process_share`), not masked.
+        offsets = torch.arange(block, device=labels.device)  # [P]
+        real = offsets[None, :] < glob.rows[:, None]  # [W, P]
+        columns = torch.arange(real.numel(), device=labels.device)  # [W·P]
+        padding = ~real.reshape(-1)[None, :] & (columns[None, :] != labels[:, None])  # [B, W·P]
+        i2p, p2i = i2p.masked_fill(padding, float("-inf")), p2i.masked_fill(padding, float("-inf"))
+        if i2n is not None:
+            k = i2n.shape[1] // real.numel()
+            real_negative = real[:, None, :].expand(-1, k, -1).reshape(-1)  # [W·K·P], the gathered layout
+            neg_columns = torch.arange(real_negative.shape[0], device=labels.device)  # [W·K·P]
+            rows = torch.arange(b, device=labels.device)  # [B]
+            # A row's own negatives stay too (column r·K·P + k·P + i), as its own positive does.
+            own = (neg_columns[None, :] // (k * block) == inp.rank) & (neg_columns[None, :] % block == rows[:, None])
+            i2n = i2n.masked_fill(~real_negative[None, :] & ~own, float("-inf"))  # [B, W·K·P]
+    same = same_image_mask(inp, labels) if mask_same_image else None  # [B, W·P]
+    if same is not None:
         i2p = i2p.masked_fill(same, float("-inf"))
         p2i = p2i.masked_fill(same, float("-inf"))
     return ContrastiveLogits(i2p, i2n, p2i, labels)
+
+
+def same_image_mask(inp: LossInputs, labels: torch.Tensor) -> torch.Tensor | None:
+    """[B, W·P] True where local pair i and global pair j show the same image and j is not i (None: no ids)."""
+    loc, glob = inp.local, inp.everywhere
+    if loc.image_ids is None or glob.image_ids is None:
+        return None
+    columns = torch.arange(glob.image_ids.shape[0], device=labels.device)  # [W·B]
+    # Same image, except the true pair. (Not `same[rows, labels] = False`: assigning a Python scalar copies it
+    # to the device, a blocking copy that stalls the CPU every step.)
+    return (loc.image_ids[:, None] == glob.image_ids[None, :]) & (columns[None, :] != labels[:, None])  # [B, W·B]
 
 
 def _clip_term(lg: ContrastiveLogits) -> torch.Tensor:
@@ -138,11 +242,11 @@ def _clip_term(lg: ContrastiveLogits) -> torch.Tensor:
 
 
 def _own_pair_logits(inp: LossInputs) -> torch.Tensor:
-    """[B, 2] logits of each image against its own positive (col 0) and own hard negative (col 1)."""
+    """[B, 1+K] logits of each image against its own positive (col 0) and its own K hard negatives (cols 1..K)."""
     loc = inp.local
     pos = (loc.image * loc.positive).sum(-1)  # [B]
-    neg = (loc.image * loc.negative).sum(-1)  # [B]
-    return inp.logit_scale * torch.stack([pos, neg], dim=1)  # [B, 2]
+    neg = (loc.image[None] * loc.own_negatives()).sum(-1)  # [K, B]
+    return inp.logit_scale * torch.cat([pos[:, None], neg.T], dim=1)  # [B, 1+K]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,11 +276,11 @@ def hnc_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
 
 
 def pairwise_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """CLIP loss + λ · two-way CE of each image over its own [positive, hard negative].
+    """CLIP loss + λ · CE of each image over its own [positive, hard negative(s)].
 
-    L = L_clip + λ · mean_i −log( e^{s⟨i,p_i⟩} / (e^{s⟨i,p_i⟩} + e^{s⟨i,n_i⟩}) ).
+    L = L_clip + λ · mean_i −log( e^{s⟨i,p_i⟩} / (e^{s⟨i,p_i⟩} + Σ_k e^{s⟨i,n_ik⟩}) )   (two-way for K = 1).
     """
-    pair = _own_pair_logits(inp)  # [B, 2]
+    pair = _own_pair_logits(inp)  # [B, 1+K]
     target = torch.zeros(len(pair), dtype=torch.long, device=pair.device)  # [B] the positive is column 0
     return {
         "contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image)),
@@ -195,9 +299,13 @@ def thesis_l2_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     CLIP and open_clip, so its losses are not numerically those of the thesis.
     """
     lg = get_logits(inp, cfg.mask_same_image)
-    weight = torch.ones_like(lg.image_to_negative)  # [B, W·B]
-    weight[torch.arange(len(lg.labels)), lg.labels] = cfg.hard_negative_weight
-    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, 2·W·B]
+    weight = torch.ones_like(lg.image_to_negative)  # [B, W·K·P]
+    b, k = len(lg.labels), inp.local.negatives_per_pair()
+    block = inp.everywhere.block or b  # P: rows per process in the gathered columns (B when nothing is padded)
+    own = torch.arange(k * b, device=weight.device)  # local negative m = k·B + i belongs to pair i = m mod B
+    # its column in N_all: r·K·P + k·P + i (r·K·B + m without padding)
+    weight[own % b, inp.rank * k * block + (own // b) * block + own % b] = cfg.hard_negative_weight
+    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, (1+K)·W·B]
     return {
         "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
     }
@@ -237,35 +345,134 @@ def dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """DPO on (image, positive ≻ hard negative) against the frozen starting model (Rafailov et al. 2023, eq. 7).
 
     s± = logit_scale·⟨i, t±⟩ of the policy, s±_ref of the reference;
-    L = mean_i −log σ(β [(s⁺ − s⁺_ref) − (s⁻ − s⁻_ref)])  +  w_c · L_clip   (w_c = `dpo_contrastive_weight`).
+    L = mean_i −log σ(β [(s⁺ − s⁺_ref) − (s⁻ − s⁻_ref)])  +  w_c · L_clip   (w_c = `dpo_contrastive_weight`);
+    with K negatives per pair, the mean runs over the B·K (positive, negative) preferences.
     """
     if inp.reference is None:
         raise ValueError("dpo needs LossInputs.reference (the frozen starting model's embeddings)")
-    pol = _own_pair_logits(inp)  # [B, 2]
+    pol = _own_pair_logits(inp)  # [B, 1+K]
     with torch.no_grad():
-        ref = _own_pair_logits(inp.reference)  # [B, 2]
-    margin = (pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1])  # [B]
+        ref = _own_pair_logits(inp.reference)  # [B, 1+K]
+    margin = (pol[:, :1] - ref[:, :1]) - (pol[:, 1:] - ref[:, 1:])  # [B, K]: each (positive, negative k) pair
     out = {"dpo_loss": -F.logsigmoid(cfg.dpo_beta * margin).mean()}
     if cfg.dpo_contrastive_weight > 0:
         out["contrastive_loss"] = cfg.dpo_contrastive_weight * _clip_term(get_logits(inp, cfg.mask_same_image))
     return out
 
 
+def negclip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """NegCLIP (Yuksekgonul et al., ICLR 2023), exactly as vinid/neg_clip computes it (`src/training/train.py`,
+    `src/open_clip/loss.py: ClipLoss`): the hard negatives sit inside the image→text softmax, unweighted, and
+    text→image runs over the positives only.
+
+    L = ½ [CE(s·I [P_all; N_all]ᵀ, y) + CE(s·P I_allᵀ, y)]     (logits [B, (1+K)·W·B] and [B, W·B])
+
+    NegCLIP's batch is images [I; I'] and texts [T; T'; H; H'], I' the hard (nearest-neighbour) images with their
+    captions T' and hard captions H': here those are further pairs of the batch (`hnc_clip.data.table`), which
+    gives the same rows and columns. Under W processes this is the loss of one process holding the global batch
+    (NegCLIP's own multi-GPU path gathers texts rank by rank, so its labels there do not follow this layout). No λ:
+    `--hard_negative_weight` must stay 1. NegCLIP does not mask same-image pairs: `--mask_same_image false` for
+    its numbers on batches where an image repeats. It clamps logit_scale to [0, ln 100]; here to ln(max) only.
+    """
+    lg = get_logits(inp, cfg.mask_same_image)
+    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative], dim=1)  # [B, (1+K)·W·B]
+    return {
+        "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SigLIP's pairwise sigmoid (Zhai et al., ICCV 2023, eq. 1; big_vision `trainers/proj/image_text/siglip.py`):
+# every (image, text) pair is one binary problem, z = s·⟨i, t⟩ + b, label +1 for the image's own caption and −1
+# for every other, L = −(1/|B|) Σ_i Σ_j log σ(y_ij z_ij). Each process scores its own images against all gathered
+# texts, so every pair of the global batch appears once, and the mean over processes is the one-process loss.
+
+
+def sigmoid_terms(inp: LossInputs, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(contrastive, hard_negative): −(1/B) Σ_i of Σ over the positives P_all (labels ±1, same-image pairs left
+    out with `mask_same_image`) and of Σ over the hard negatives N_all (all labels −1; None without negatives).
+    Their sum is SigLIP's loss over the texts [P_all; N_all], hard negatives being extra negative pairs."""
+    if inp.logit_bias is None:
+        raise ValueError("sigmoid losses need LossInputs.logit_bias (a SigLIP model's logit_bias)")
+    lg = get_logits(inp, mask_same_image=False)  # the softmax losses' logits and labels, without the bias
+    z = lg.image_to_positive + inp.logit_bias  # [B, W·B]  s·I P_allᵀ + b
+    columns = torch.arange(z.shape[1], device=z.device)  # [W·B]
+    sign = torch.where(columns[None, :] == lg.labels[:, None], 1.0, -1.0).to(z.dtype)  # [B, W·B]
+    loglik = F.logsigmoid(sign * z)  # [B, W·B]
+    same = same_image_mask(inp, lg.labels) if cfg.mask_same_image else None
+    if same is not None:
+        loglik = loglik.masked_fill(same, 0.0)  # a true pair of another row: neither positive nor negative
+    contrastive = -loglik.sum(1).mean()
+    hard = None
+    if lg.image_to_negative is not None:
+        z_neg = lg.image_to_negative + inp.logit_bias  # [B, W·K·B]
+        hard = -F.logsigmoid(-z_neg).sum(1).mean()
+    return contrastive, hard
+
+
+def sigmoid_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """SigLIP's loss over the positives (the baseline for a SigLIP model, `--loss_type clip`)."""
+    return {"contrastive_loss": sigmoid_terms(inp, cfg)[0]}
+
+
+def sigmoid_hnc_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """SigLIP's loss with the hard negatives as extra negative pairs, those weighted by λ:
+
+    L = −(1/B) Σ_i [ Σ_{j ∈ P_all} log σ(y_ij z_ij) + λ Σ_{n ∈ N_all} log σ(−z_in) ]   (λ = 1: SigLIP over [P; N]).
+    """
+    contrastive, hard = sigmoid_terms(inp, cfg)
+    return {"contrastive_loss": contrastive, "hard_negative_loss": cfg.hard_negative_weight * hard}
+
+
+def sigmoid_pairwise_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """SigLIP's loss + λ · the `pairwise` term (CE over own [positive, negatives]; the bias cancels in it)."""
+    pair = _own_pair_logits(inp)  # [B, 1+K]
+    target = torch.zeros(len(pair), dtype=torch.long, device=pair.device)  # [B]
+    return {
+        "contrastive_loss": sigmoid_terms(inp, cfg)[0],
+        "hard_negative_loss": cfg.hard_negative_weight * F.cross_entropy(pair, target),
+    }
+
+
+def sigmoid_dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """`dpo` with SigLIP's loss as the contrastive term (the bias cancels in DPO's margin)."""
+    out = dpo_loss(inp, replace(cfg, dpo_contrastive_weight=0.0))
+    if cfg.dpo_contrastive_weight > 0:
+        out["contrastive_loss"] = cfg.dpo_contrastive_weight * sigmoid_terms(inp, cfg)[0]
+    return out
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]
+    fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]  # the softmax (CLIP) form
     uses_negatives: bool = True  # False: the trainer does not even encode the hard negatives
     needs_reference: bool = False  # a frozen copy of the starting model
+    # Forms for other contrastive terms, by `ModelFamily.contrastive` ("sigmoid": SigLIP).
+    variants: dict = field(default_factory=dict)
+
+    def for_contrastive(self, kind: str) -> LossSpec:
+        """This loss in the form for a family's contrastive term; ValueError if it has none."""
+        if kind == "softmax":
+            return self
+        if kind not in self.variants:
+            raise ValueError(f"no {kind} form of this loss (loss types with one: {losses_for(kind)})")
+        return replace(self, fn=self.variants[kind])
 
 
 LOSSES: dict[str, LossSpec] = {
-    "clip": LossSpec(clip_loss, uses_negatives=False),
-    "hnc": LossSpec(hnc_loss),
-    "pairwise": LossSpec(pairwise_loss),
+    "clip": LossSpec(clip_loss, uses_negatives=False, variants={"sigmoid": sigmoid_clip_loss}),
+    "hnc": LossSpec(hnc_loss, variants={"sigmoid": sigmoid_hnc_loss}),
+    "pairwise": LossSpec(pairwise_loss, variants={"sigmoid": sigmoid_pairwise_loss}),
     "thesis_l2": LossSpec(thesis_l2_loss),
     "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True),
-    "dpo": LossSpec(dpo_loss, needs_reference=True),
+    "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss}),
+    "negclip": LossSpec(negclip_loss),
 }
+
+
+def losses_for(kind: str) -> list[str]:
+    """The loss types that train a family with this contrastive term."""
+    return sorted(name for name, spec in LOSSES.items() if kind == "softmax" or kind in spec.variants)
 
 
 def loss_components(
@@ -304,10 +511,10 @@ def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
     rand = torch.where(count > 0, rand, torch.full_like(rand, float("nan")))
     stats = {"cos_positive": pos.mean(), "cos_random_negative": rand}
     if emb.negative is not None:
-        neg = (emb_image * emb.negative.detach()).sum(-1)  # [B]
+        neg = (emb_image[None] * emb.own_negatives().detach()).sum(-1)  # [K, B]
         stats.update(
             cos_hard_negative=neg.mean(),
-            margin=(pos - neg).mean(),
-            hard_negative_accuracy=(pos > neg).float().mean(),
+            margin=(pos[None] - neg).mean(),
+            hard_negative_accuracy=(pos[None] > neg).float().mean(),  # over the B·K (positive, negative) pairs
         )
     return stats

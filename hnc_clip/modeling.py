@@ -1,4 +1,4 @@
-"""Loading CLIP and choosing what trains (`--finetune_mode`).
+"""Loading a dual encoder (CLIP, SigLIP: `hnc_clip.families`) and choosing what trains (`--finetune_mode`).
 
 Models load from safetensors only (`use_safetensors=True`): a pickle checkpoint from an untrusted repo could run
 code on load. `trust_remote_code` is passed through and is off unless the user sets it.
@@ -14,14 +14,25 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoProcessor, CLIPModel
+from transformers import AutoConfig, AutoProcessor, CLIPModel
+
+from .families import MODEL_FAMILIES, family_of
 
 logger = logging.getLogger(__name__)
 
 
 def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
-    model = CLIPModel.from_pretrained(
+    """The checkpoint as its family's class (`hnc_clip.families`: CLIPModel, SiglipModel, ...), from its config."""
+    config = AutoConfig.from_pretrained(
         model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = family_of(config).cls.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
         token=model_args.token,
@@ -113,28 +124,22 @@ def _full(model: CLIPModel, args) -> CLIPModel:
 
 
 def _text(model: CLIPModel, args) -> CLIPModel:
-    return _train_only(model, ("text_model.", "text_projection."))
+    return _train_only(model, family_of(model).text_prefixes)
 
 
 def _vision(model: CLIPModel, args) -> CLIPModel:
-    return _train_only(model, ("vision_model.", "visual_projection."))
+    return _train_only(model, family_of(model).vision_prefixes)
 
 
 def _last_block(model: CLIPModel, args) -> CLIPModel:
-    """Last transformer block of each tower, the final layer norms and both projections."""
-    last_text = model.config.text_config.num_hidden_layers - 1
-    last_vision = model.config.vision_config.num_hidden_layers - 1
-    return _train_only(
-        model,
-        (
-            f"text_model.encoder.layers.{last_text}.",
-            "text_model.final_layer_norm.",
-            "text_projection.",
-            f"vision_model.encoder.layers.{last_vision}.",
-            "vision_model.post_layernorm.",
-            "visual_projection.",
-        ),
-    )
+    """Last transformer block of each tower, the final layer norms and both projections (heads)."""
+    return _train_only(model, family_of(model).last_block(model.config))
+
+
+def lora_targets(model, args) -> list[str] | str:
+    """`--lora_target_modules`, or the family's attention projections when unset (a peft regex is one string)."""
+    targets = list(args.lora_target_modules or family_of(model).lora_targets)
+    return targets[0] if len(targets) == 1 and not targets[0].isidentifier() else targets
 
 
 def _lora(model: CLIPModel, args):
@@ -145,7 +150,7 @@ def _lora(model: CLIPModel, args):
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=list(args.lora_target_modules),
+        target_modules=lora_targets(model, args),
         bias="none",
     )
     return get_peft_model(model, config)
@@ -199,9 +204,15 @@ def load_reference(model_args, model: CLIPModel) -> CLIPModel:
     return frozen_copy(reference)
 
 
-def unwrap_clip(model) -> CLIPModel:
-    """The `CLIPModel` under peft/DDP/DeepSpeed/torch.compile wrappers (for `logit_scale` and the config)."""
-    while not isinstance(model, CLIPModel):
+def _is_dual_encoder(model) -> bool:
+    family = MODEL_FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None))
+    return family is not None and isinstance(model, family.cls)
+
+
+def unwrap_dual_encoder(model) -> CLIPModel:
+    """The family's model (`CLIPModel`, `SiglipModel`, ...: `hnc_clip.families`) under peft/DDP/DeepSpeed/
+    torch.compile wrappers (for `logit_scale`, `logit_bias` and the config)."""
+    while not _is_dual_encoder(model):
         if hasattr(model, "get_base_model"):
             model = model.get_base_model()
         elif hasattr(model, "module"):
@@ -209,12 +220,25 @@ def unwrap_clip(model) -> CLIPModel:
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             model = model._orig_mod
         else:
-            raise TypeError(f"expected a CLIPModel (possibly wrapped), got {type(model).__name__}")
+            raise TypeError(
+                f"expected one of {sorted(f.model_class for f in MODEL_FAMILIES.values())} (possibly wrapped), "
+                f"got {type(model).__name__}"
+            )
     return model
 
 
+# The name the rest of the package (and other branches) import; any family's model, not only CLIP's.
+unwrap_clip = unwrap_dual_encoder
+
+
+def logit_bias(model) -> torch.Tensor | None:
+    """The learned logit bias as a 0-dim tensor (SigLIP), or None for a family without one (CLIP)."""
+    inner = unwrap_dual_encoder(model)
+    return inner.logit_bias.reshape(()) if family_of(inner).has_logit_bias else None
+
+
 class LogitScaleTap:
-    """Captures `exp(logit_scale)` at the end of each forward of a `CLIPModel`.
+    """Captures `exp(logit_scale)` (0-dim) and, for SigLIP, `logit_bias` at the end of each forward of the model.
 
     Under DeepSpeed ZeRO-3 a parameter holds its full value only while its module runs; read afterwards,
     `model.logit_scale` is an empty shard. This forward hook is prepended to every other hook, so it runs before
@@ -224,10 +248,12 @@ class LogitScaleTap:
 
     def __init__(self, model):
         self.value: torch.Tensor | None = None
-        self.handle = unwrap_clip(model).register_forward_hook(self._hook, prepend=True)
+        self.bias: torch.Tensor | None = None
+        self.handle = unwrap_dual_encoder(model).register_forward_hook(self._hook, prepend=True)
 
     def _hook(self, module, args, output):
-        self.value = module.logit_scale.exp()
+        self.value = module.logit_scale.exp().reshape(())  # SigLIP stores it as [1]
+        self.bias = module.logit_bias.reshape(()) if family_of(module).has_logit_bias else None
 
     def remove(self) -> None:
         self.handle.remove()

@@ -1,4 +1,4 @@
-"""Small CLIP models and word-level tokenizers that are built in code and run offline.
+"""Small CLIP and SigLIP models and word-level tokenizers that are built in code and run offline.
 
 Used by the tests and by the synthetic world (`hnc_clip.demo.world`): no machine here can download
 `openai/clip-vit-base-patch32`, so we build a `CLIPModel` + `CLIPProcessor` from scratch and save them
@@ -7,6 +7,10 @@ with `save_pretrained`. The result loads through exactly the same code path as a
 EOS pooling: transformers' CLIP text tower pools at `argmax(input_ids)` when `eos_token_id == 2` (a legacy
 of the original checkpoints) and at the first `eos_token_id` otherwise. Our vocabularies put EOS at id 3 and
 set `text_config.eos_token_id = 3`, so pooling reads the first EOS, whatever the vocabulary size.
+
+SigLIP (`save_tiny_siglip`): a `SiglipModel` + `SiglipProcessor` whose tokenizer is laid out as SigLIP's
+sentencepiece one — no BOS, `</s>` appended, and `</s>` also the pad token — but word-level (the `tokenizers`
+library; no sentencepiece model to train). Its logit scale and bias start at the paper's t' = log 10, b = −10.
 """
 
 from __future__ import annotations
@@ -15,7 +19,22 @@ import re
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    PreTrainedTokenizerFast,
+    Siglip2Config,
+    Siglip2ImageProcessor,
+    Siglip2Model,
+    Siglip2Processor,
+    Siglip2Tokenizer,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+    SiglipProcessor,
+)
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0..3
@@ -113,4 +132,119 @@ def save_tiny_clip(output_dir: str, texts: Iterable[str], image_size: int = 32, 
     processor = CLIPProcessor(image_processor=build_image_processor(image_size), tokenizer=tokenizer)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SigLIP
+
+SIGLIP_EOS, SIGLIP_UNK = "</s>", "<unk>"  # ids 0, 1; `</s>` pads too, as in SigLIP's tokenizer
+
+
+def build_siglip_word_tokenizer(words: Iterable[str], model_max_length: int = 32) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with SigLIP's layout: lower-cases, drops punctuation, `words </s>`, pad = `</s>`."""
+    vocab = {SIGLIP_EOS: 0, SIGLIP_UNK: 1}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SIGLIP_UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {SIGLIP_EOS}", special_tokens=[(SIGLIP_EOS, vocab[SIGLIP_EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=SIGLIP_EOS, eos_token=SIGLIP_EOS, unk_token=SIGLIP_UNK,
+        model_max_length=model_max_length,
+    )  # fmt: skip
+
+
+def build_tiny_siglip(
+    vocab_size: int,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 32,
+    seed: int = 0,
+) -> SiglipModel:
+    """A randomly initialised `SiglipModel` of the given size (deterministic for `seed`)."""
+    import math
+
+    import torch
+
+    tower = dict(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+    )  # fmt: skip
+    config = SiglipConfig(
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, pad_token_id=0,
+                         eos_token_id=0, **tower),
+        vision_config=dict(image_size=image_size, patch_size=patch_size, **tower),
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config)
+    with torch.no_grad():  # transformers initialises both to 0; SigLIP trains from t' = log 10, b = -10
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    return model
+
+
+def build_siglip_image_processor(image_size: int = 32) -> SiglipImageProcessor:
+    """SigLIP preprocessing: resize to image_size × image_size (no crop), mean = std = 0.5."""
+    return SiglipImageProcessor(size={"height": image_size, "width": image_size})
+
+
+def save_tiny_siglip(output_dir: str, texts: Iterable[str], image_size: int = 32, **model_kwargs) -> str:
+    """Build a SigLIP-layout tokenizer from the words of `texts`, a tiny SigLIP for it, and `save_pretrained`."""
+    max_len = model_kwargs.pop("max_position_embeddings", 32)
+    tokenizer = build_siglip_word_tokenizer(words_of(texts), model_max_length=max_len)
+    model = build_tiny_siglip(
+        vocab_size=len(tokenizer), image_size=image_size, max_position_embeddings=max_len, **model_kwargs
+    )
+    processor = SiglipProcessor(image_processor=build_siglip_image_processor(image_size), tokenizer=tokenizer)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def build_siglip2_char_tokenizer(model_max_length: int = 64) -> Siglip2Tokenizer:
+    """SigLIP 2's own tokenizer class (Gemma BPE + lower-casing; transformers loads a `Siglip2Processor` with no
+    other) with a character vocabulary and no merges: every lower-case letter and digit a token, `▁` the space."""
+    import string
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in "\u2581" + string.ascii_lowercase + string.digits:
+        vocab.setdefault(ch, len(vocab))
+    return Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def save_tiny_siglip2(
+    output_dir: str, patch_size: int = 8, max_num_patches: int = 16, hidden_size: int = 32, num_layers: int = 2,
+    num_heads: int = 2, max_position_embeddings: int = 64, seed: int = 0,
+) -> str:
+    """A tiny SigLIP 2 NaFlex (`Siglip2Model`: each image resized to at most `max_num_patches` patches, keeping its
+    aspect ratio) + `Siglip2Processor` with a character-level tokenizer, saved with `save_pretrained`."""
+    import math
+
+    import torch
+
+    tokenizer = build_siglip2_char_tokenizer(max_position_embeddings)
+    tower = dict(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+    )  # fmt: skip
+    config = Siglip2Config(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings, pad_token_id=0,
+                         eos_token_id=1, **tower),
+        vision_config=dict(patch_size=patch_size, num_patches=max_num_patches, **tower),
+    )
+    torch.manual_seed(seed)
+    model = Siglip2Model(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=max_num_patches)
+    model.save_pretrained(output_dir)
+    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
     return output_dir

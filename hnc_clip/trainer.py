@@ -1,9 +1,17 @@
 """`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It overrides little:
 
 - `compute_loss`: one forward of the model over images and [positives; hard negatives], gather across processes,
-  pick the loss from `LOSSES`, record its components and similarity statistics;
-- `prediction_step`: the same loss at evaluation (there are no labels for the default one to use);
-- `log`: averages the recorded values since the last log, so they reach wandb/tensorboard via `report_to`.
+  pick the loss from `LOSSES`, record its components and similarity statistics. A batch without a readable image
+  is skipped with one process; with several, a placeholder pair weighted 0 keeps every process in the same
+  collectives (`hnc_clip.forward.placeholder_batch`);
+- `evaluation_loop`: the same loss at evaluation, averaged over the pairs actually scored (`eval_samples` counts
+  them), over all processes;
+- `log`: averages the recorded values since the last log (each weighted by the rows it stands for), so they reach
+  wandb/tensorboard via `report_to`; counts are summed over processes, and the run stops when more than
+  `--max_skipped_fraction` of its pairs or steps were skipped (`TooManySkippedError`), or when it trained on nothing
+  (`NothingTrainedError`);
+- `_save_checkpoint`: marks a checkpoint complete only once every process has written it, and says so when the
+  disk is full (`hnc_clip.output_dir`).
 
 The model is built in the entry script, not here (as trl's trainers take a ready model).
 """
@@ -11,22 +19,37 @@ The model is built in the entry script, not here (as trl's trainers take a ready
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import shutil
 
 import torch
+import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
 from .data.hnc import PAIR_COLUMNS
-from .forward import build_loss_inputs
+from .data.table import TABLE_COLUMNS, HardImagePairs
+from .errors import NothingTrainedError, TooManySkippedError
+from .families import ModelFamily, family_of
+from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats
+from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
 from .modeling import LogitScaleTap
+from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .schedules import SCHEDULES
 
-# Counted per log period (summed), where every other recorded value is averaged.
-COUNTS = ("skipped_images", "truncated_captions", "nonfinite_steps")
+# Per-process counts: summed per log period, and over processes.
+PROCESS_COUNTS = ("skipped_images", "truncated_captions", "pairs")
+# Counted per log period (summed), where every other recorded value is averaged. The step counts are of flags that
+# every process shares (all-reduced), so they are not summed over processes.
+COUNTS = (*PROCESS_COUNTS, "nonfinite_steps", "skipped_steps")
+# As training goes, the share of skipped pairs is judged once this many pairs were seen (else only a count that
+# already exceeds the bound for the whole run stops it): a few unlucky early batches are not evidence.
+MIN_PAIRS_TO_JUDGE = 1000
 # `--sdpa_backends` names → torch's SDPA backends.
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -56,6 +79,14 @@ def tag_compile_cache_with_sdpa_backends(backends) -> None:
 logger = logging.getLogger(__name__)
 
 
+def loss_for_family(loss_type: str, family: ModelFamily):
+    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
+    try:
+        return LOSSES[loss_type].for_contrastive(family.contrastive)
+    except ValueError as err:
+        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
+
+
 class UnsupportedParallelismError(ValueError):
     """A distributed engine this recipe does not support (yet)."""
 
@@ -76,9 +107,16 @@ class HncTrainer(Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, reference_model=None, card_info: dict | None = None, **kwargs):
+    def __init__(
+        self, *args, reference_model=None, card_info: dict | None = None, sigterm: SaveOnSigterm | None = None,
+        **kwargs,
+    ):
         self._model_tap = None
         super().__init__(*args, **kwargs)
+        self.family = family_of(self.model)
+        loss_for_family(self.args.loss_type, self.family)  # refuses a loss the family has no form of, up front
+        if self.args.max_logit_scale is None:  # unset: the family's clamp (100 for CLIP; none for SigLIP)
+            self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
             raise ValueError(f"--loss_type {self.args.loss_type} needs a reference_model (the frozen start)")
         self.reference_model = reference_model
@@ -92,13 +130,18 @@ class HncTrainer(Trainer):
         # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU (nor does
         # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
-        self._pending: tuple | None = None  # this micro-step's (loss, components, metrics), until checked
+        self._pending: tuple | None = None  # this micro-step's (loss, components, metrics, rows), until checked
+        # This train() call's totals, from the logged counts (summed over processes), for --max_skipped_fraction.
+        self.run_totals = dict.fromkeys(("skipped_images", "pairs", "skipped_steps", "nonfinite_steps"), 0.0)
         self.card_info = card_info or {}
-        self.add_callback(ClampLogitScale(self.args.max_logit_scale))
+        if self.args.max_logit_scale is not None:
+            self.add_callback(ClampLogitScale(self.args.max_logit_scale))
         self.step_guard = StepGuard(self)  # skips non-finite steps, without a host sync where the optimizer can
         self.add_callback(self.step_guard)
-        self.sigterm = SaveOnSigterm() if self.args.save_on_sigterm else None
+        # The application installs the handler when the run starts (`sigterm`); alone, the trainer installs its own.
+        self.sigterm = sigterm if sigterm is not None else SaveOnSigterm() if self.args.save_on_sigterm else None
         if self.sigterm is not None:
+            self.sigterm.save = self.args.save_on_sigterm
             self.add_callback(self.sigterm)
         check_parallelism(self)
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
@@ -107,7 +150,7 @@ class HncTrainer(Trainer):
     @property
     def loss_spec(self) -> LossSpec:
         # Read from the arguments each time: a hyper-parameter search trial sets `args.loss_type` on this trainer.
-        return LOSSES[self.args.loss_type]
+        return loss_for_family(self.args.loss_type, self.family)
 
     @property
     def _taps(self) -> tuple[LogitScaleTap | None, LogitScaleTap | None]:
@@ -132,7 +175,7 @@ class HncTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, "pixel_values"]
+            self._signature_columns = [*PAIR_COLUMNS, *TABLE_COLUMNS, "pixel_values"]
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
@@ -154,13 +197,30 @@ class HncTrainer(Trainer):
             model,
             inputs,
             rank=self.accelerator.process_index,
-            world_size=self.accelerator.num_processes if self.args.gather_negatives else 1,
+            world_size=self.accelerator.num_processes,
+            gather=self.args.gather_negatives,
+            block=self._block(model.training),
             max_logit_scale=self.args.max_logit_scale,
             reference_model=self.reference_model,
             theta0=self._theta0,
             taps=self._taps,
             with_negatives=self.loss_spec.uses_negatives,
         )
+
+    def _block(self, training: bool) -> int:
+        """Pairs per process in a full batch: the rows every process pads to under several processes, and the
+        weight 1 of a batch's recorded values."""
+        size = self._train_batch_size if training else self.args.eval_batch_size
+        dataset = self.train_dataset if training else self.eval_dataset
+        # A table's hard-image negatives come as further pairs (`HardImagePairs`): a batch holds up to twice its rows.
+        return 2 * size if isinstance(dataset, HardImagePairs) else size
+
+    def _empty_batch(self, model, inputs: dict) -> dict | None:
+        """For a batch without a readable image: None with one process (the step is skipped), else the placeholder
+        pair that keeps this process in the collectives the others enter."""
+        if self.accelerator.num_processes == 1:
+            return None
+        return placeholder_batch(model, self.args.device, getattr(self.data_collator, "negatives_per_row", None) or 1)
 
     def loss_config(self) -> LossConfig:
         a = self.args
@@ -175,24 +235,60 @@ class HncTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        skipped = inputs.pop("skipped_images", None)
-        truncated = inputs.pop("truncated_captions", None)
         mode = "train" if model.training else "eval"
+        if mode == "eval":
+            inputs = self._without_repeats(inputs)
+        self._add_counts(mode, inputs)
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            self._add(mode, "skipped_images", skipped)
-            if model.training:
-                self.step_guard.skip_this_step()
-            return self._zero_loss(model)
+            inputs = self._empty_batch(model, inputs)
+            if inputs is None:
+                if model.training:
+                    self.step_guard.note_rows(0)
+                return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config()
         components = loss_components(self.loss_spec.fn, inp, cfg)
-        loss = torch.stack(list(components.values())).sum()
-        metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale, skipped, truncated)
+        loss = total_loss(components, inp)
+        rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
+        self._add(mode, "pairs", rows)
+        metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale)
         if model.training:
-            self._pending = (loss, components, metrics)  # checked in training_step, after the backward is launched
+            # checked in training_step, after the backward is launched
+            self._pending = (loss, components, metrics, rows, inp.rows.sum() if inp.rows is not None else rows)
         else:
-            self._add_all("eval", metrics)
+            weight = rows / self._block(False)
+            self._add_all("eval", metrics, weight=weight)
+            self._add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
         return (loss, components) if return_outputs else loss
+
+    def _without_repeats(self, inputs: dict) -> dict:
+        """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
+        (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
+        repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
+        the Trainer's own loss)."""
+        state = self.accelerator.gradient_state
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return inputs
+        b = self.args.eval_batch_size
+        real = min(b, max(0, state.remainder - self.accelerator.process_index * b))
+        kept = inputs.get("kept_rows")
+        keep = kept < real if kept is not None else None  # [B'] bool
+        readable = int(keep.sum()) if keep is not None else 0
+        inputs = dict(inputs, skipped_images=real - readable)
+        if readable == 0:
+            return {"pixel_values": inputs["pixel_values"][:0], "skipped_images": inputs["skipped_images"]}
+        if readable == len(kept):
+            return inputs
+        # The pair rows only: each distinct image and caption stays encoded once, indexed by the kept pairs.
+        both = keep.repeat(inputs["text_index"].numel() // len(kept))  # [(1+K)·B'] positives; K negatives blocks
+        inputs.update(image_index=inputs["image_index"][keep], text_index=inputs["text_index"][both],
+                      image_ids=inputs["image_ids"][keep], kept_rows=kept[keep])  # fmt: skip
+        return inputs
+
+    def _add_counts(self, mode: str, inputs: dict) -> None:
+        for name in ("skipped_images", "truncated_captions"):
+            value = inputs.pop(name, None)
+            self._add(mode, name, 0.0 if value is None else value)
 
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
@@ -212,18 +308,17 @@ class HncTrainer(Trainer):
         """Record this micro-step's metrics if its loss was finite on every process; else its optimizer step is
         skipped (`StepGuard`) and counted. Runs after the backward is queued; on the device path nothing here waits
         for the GPU (a skipped step's metrics are masked out on the device)."""
-        if self._pending is None:  # unreadable batch: already handled in compute_loss
+        if self._pending is None:  # unreadable batch, one process: already handled in compute_loss
             return step_loss
-        loss, components, metrics = self._pending
+        loss, components, metrics, rows, all_rows = self._pending
         self._pending = None
-        ok = self.step_guard.check(loss, components, self.state.global_step + 1)  # 1-based, as logged
+        ok = self.step_guard.check(loss, components, self.state.global_step + 1, all_rows)  # 1-based, as logged
+        weight = rows / self._block(True)
         if torch.is_tensor(ok):  # 0-dim bool on the device
-            self._add_all("train", metrics, weight=ok)
-            self._add("train", "nonfinite_steps", (~ok).float())
+            self._add_all("train", metrics, weight=weight, mask=ok)
             return torch.where(ok, step_loss, 0.0)
-        self._add("train", "nonfinite_steps", float(not ok))
         if ok:
-            self._add_all("train", metrics)
+            self._add_all("train", metrics, weight=weight)
             return step_loss
         return torch.zeros_like(step_loss)
 
@@ -234,31 +329,37 @@ class HncTrainer(Trainer):
         return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
 
     @staticmethod
-    def _step_metrics(components, local: Embeddings, cfg: LossConfig, logit_scale, skipped, truncated=None) -> dict:
-        """What a step logs, as (device) tensors: nothing here waits for the GPU."""
-        metrics = {"skipped_images": skipped, "truncated_captions": truncated}
-        metrics.update(components)
+    def _step_metrics(components, local: Embeddings, cfg: LossConfig, logit_scale) -> dict:
+        """What a step logs as means, as (device) tensors: nothing here waits for the GPU."""
+        metrics = dict(components)
         metrics.update(similarity_stats(local))
         metrics["hard_negative_weight"] = cfg.hard_negative_weight
         metrics["logit_scale"] = logit_scale
-        return {k: v for k, v in metrics.items() if v is not None}
+        return metrics
 
-    def _add(self, mode: str, name: str, value, weight: torch.Tensor | float = 1.0) -> None:
-        """Add `value` to the running sum of `name`, and `weight` to its count. A device `weight` (0-dim bool) masks
-        a step without reading it: a skipped step's values, NaN included, count for nothing."""
+    def _add(self, mode: str, name: str, value, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:
+        """Add `value`·`weight` to the running sum of `name`, and `weight` to its count. `weight` is the share of a
+        full batch the value stands for (rows / per-device batch: 1.0 for a full batch, so equal batches average as
+        they always did; 0 for a placeholder, whose values count for nothing). A device `mask` (0-dim bool) drops a
+        step without reading it: a skipped step's values, NaN included, count for nothing."""
+        if weight == 0:
+            value, mask = 0.0, None
         value = value.detach().float() if torch.is_tensor(value) else float(value)
-        if torch.is_tensor(weight):
-            value = torch.where(weight, value, 0.0) if torch.is_tensor(value) else weight * value
-            weight = weight.float()
+        if weight != 1.0:
+            value = value * weight
+        count = weight
+        if mask is not None:
+            value = torch.where(mask, value, 0.0) if torch.is_tensor(value) else mask * value
+            count = mask.float() if weight == 1.0 else mask.float() * weight
         slot = self._metrics[mode].get(name)
         if slot is None:
-            self._metrics[mode][name] = [value, weight]
+            self._metrics[mode][name] = [value, count]
         else:
-            slot[0], slot[1] = slot[0] + value, slot[1] + weight
+            slot[0], slot[1] = slot[0] + value, slot[1] + count
 
-    def _add_all(self, mode: str, metrics: dict, weight: torch.Tensor | float = 1.0) -> None:
+    def _add_all(self, mode: str, metrics: dict, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:
         for name, value in metrics.items():
-            self._add(mode, name, value, weight)
+            self._add(mode, name, value, weight, mask)
 
     def _prepare_inputs(self, inputs):
         # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
@@ -275,12 +376,16 @@ class HncTrainer(Trainer):
     def _gradcache_step(self, model, inputs) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
-        skipped = inputs.pop("skipped_images", None)
-        truncated = inputs.pop("truncated_captions", None)
-        world = self.accelerator.num_processes if self.args.gather_negatives else 1
+        self._add_counts("train", inputs)
+        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
+            inputs = self._empty_batch(model, inputs)
+            if inputs is None:
+                self.step_guard.note_rows(0)
+                return torch.zeros((), device=self.args.device)
+        world = self.accelerator.num_processes
         cfg = self.loss_config()
         with self.compute_loss_context_manager():
-            loss, components, local, scale = gradcache_backward(
+            loss, components, local, scale, all_rows = gradcache_backward(
                 model,
                 inputs,
                 self.args.gradcache_chunk_size,
@@ -288,12 +393,18 @@ class HncTrainer(Trainer):
                 cfg,
                 rank=self.accelerator.process_index,
                 world_size=world,
+                gather=self.args.gather_negatives,
+                block=self._block(True),
+                real_rows=inputs.get("real_rows"),
                 max_logit_scale=self.args.max_logit_scale,
                 loss_scale=1.0 / self.current_gradient_accumulation_steps,
-                no_sync=(lambda: self.accelerator.no_sync(model)) if self.accelerator.num_processes > 1 else None,
+                no_sync=(lambda: self.accelerator.no_sync(model)) if world > 1 else None,
                 with_negatives=self.loss_spec.uses_negatives,
             )
-        self._pending = (loss, components, self._step_metrics(components, local, cfg, scale, skipped, truncated))
+        rows = inputs.get("real_rows", len(local))
+        self._add("train", "pairs", rows)
+        metrics = self._step_metrics(components, local, cfg, scale)
+        self._pending = (loss, components, metrics, rows, all_rows.sum() if all_rows is not None else rows)
         return loss / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -306,14 +417,29 @@ class HncTrainer(Trainer):
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
         # Put the averaged similarity statistics into the returned metrics (not only the log), so that
-        # `trainer.evaluate()` and `eval_results.json` carry eval_hard_negative_accuracy etc.
+        # `trainer.evaluate()` and `eval_results.json` carry eval_hard_negative_accuracy etc. The loss is this
+        # recipe's own, over the pairs scored on every process (the Trainer's weighs each batch by a count that
+        # includes the pairs whose image could not be read, and a batch of those by its zero loss).
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._pop_metrics("eval").items()})
+        metrics = self._pop_metrics("eval", over="all")
+        pairs = int(metrics.pop("pairs", 0))
+        loss = metrics.pop("loss", float("nan"))
+        if pairs == 0:
+            logger.warning(f"{description}: no pair could be scored (every image unreadable): the loss is NaN")
+        output.metrics[f"{metric_key_prefix}_loss"] = loss
+        output.metrics[f"{metric_key_prefix}_samples"] = pairs
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
         return output
 
-    def _pop_metrics(self, mode: str) -> dict[str, float]:
-        """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared."""
+    def _pop_metrics(self, mode: str, over: str = "counts") -> dict[str, float]:
+        """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared. With several
+        processes, `over`: "counts" sums the per-process counts over them (every process logs training at the same
+        steps), "all" every value (evaluation, where each process recorded the same names: a placeholder batch
+        records them too), "none" nothing (a call made on one process only would leave the others waiting)."""
         recorded = self._metrics[mode]
+        if over != "none" and self.accelerator.num_processes > 1 and dist.is_initialized():
+            names = sorted(recorded) if over == "all" else list(PROCESS_COUNTS)
+            self._reduce_over_processes(recorded, names, check_names=over == "all")
         out = {}
         for name, (total, n) in recorded.items():
             value, n = float(total), float(n)  # the host syncs of a logged value, at logging time
@@ -324,14 +450,105 @@ class HncTrainer(Trainer):
         recorded.clear()
         return out
 
+    def _reduce_over_processes(self, recorded: dict, names: list[str], check_names: bool) -> None:
+        """Sum [total, count] of `names` over processes, in place (names missing here count as zeros)."""
+        device = self.args.device
+        if check_names:  # a mismatch would make the all-reduce below hang (NCCL) or abort (gloo): say so instead
+            digest = int.from_bytes(hashlib.blake2b("|".join(names).encode(), digest_size=7).digest(), "little")
+            seen = torch.tensor([digest, -digest], dtype=torch.long, device=device)
+            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+            if seen.tolist() != [digest, -digest]:
+                raise RuntimeError(f"processes recorded different evaluation metrics (this one: {names})")
+        values = [torch.as_tensor(v, dtype=torch.float32, device=device) for n in names
+                  for v in recorded.get(n, (0.0, 0.0))]  # fmt: skip
+        if not values:
+            return
+        summed = torch.stack(values)
+        dist.all_reduce(summed)
+        for i, name in enumerate(names):
+            recorded[name] = [summed[2 * i], summed[2 * i + 1]]
+
+    # -- what a run skipped -----------------------------------------------------------------------------------
+
+    def _note_totals(self, metrics: dict[str, float]) -> None:
+        for name in self.run_totals:
+            self.run_totals[name] += metrics.get(name, 0.0)
+
+    def check_skips(self, final: bool) -> None:
+        """Stop (`TooManySkippedError`) once more than `--max_skipped_fraction` of this run's pairs had no readable
+        image, or of its optimizer steps were skipped; at the end (`final`), also when no step was applied
+        (`NothingTrainedError`). As training goes, a share is judged only on enough evidence, or when the count
+        already passes the bound for the whole run. Every process holds the same totals (summed over processes),
+        so every one stops together."""
+        self.step_guard.read_reports()  # a NonFiniteLossError names the real cause first
+        bound = self.args.max_skipped_fraction
+        totals = self.run_totals
+        images, pairs = totals["skipped_images"], totals["pairs"]
+        seen = images + pairs
+        steps = self.state.global_step - self._initial_global_step
+        planned = max(steps, self.state.max_steps - self._initial_global_step)
+        skipped = totals["skipped_steps"]
+        if final and steps > 0 and skipped >= steps:
+            raise NothingTrainedError(
+                f"no optimizer step of the {steps} was applied ({int(images):,} of {int(seen):,} pairs had no "
+                f"readable image, {int(totals['nonfinite_steps'])} steps were non-finite): the weights are the "
+                "starting model's, so nothing is saved. Check the images under --image_dir / --image_cache_dir "
+                "(the log names the first unreadable ones)"
+            )
+        planned_pairs = planned * self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        problems = []
+        if images > bound * (seen if final or seen >= MIN_PAIRS_TO_JUDGE else max(seen, planned_pairs)):
+            problems.append(f"{int(images):,} of {int(seen):,} pairs ({images / max(seen, 1):.1%}) had no readable "
+                            "image (missing, corrupt, too large or outside --image_dir)")  # fmt: skip
+        if skipped > bound * (steps if final else planned):
+            nonfinite = int(totals["nonfinite_steps"])
+            problems.append(f"{int(skipped)} of {steps} optimizer steps were skipped (no readable pair on any "
+                            f"process, or a non-finite loss or gradient: {nonfinite})")  # fmt: skip
+        if problems:
+            raise TooManySkippedError(
+                f"{'; '.join(problems)}: more than --max_skipped_fraction {bound}. Check the data (the log names "
+                "the first unreadable images), or raise --max_skipped_fraction"
+            )
+
+    def train(self, *args, **kwargs):
+        self.run_totals = dict.fromkeys(self.run_totals, 0.0)
+        output = super().train(*args, **kwargs)
+        if self.model.training is False:  # the last log came after an evaluation: the last steps' counts are here
+            self._note_totals(self._pop_metrics("train"))
+        if not (self.sigterm is not None and self.sigterm.received):  # a preempted run is not finished
+            self.check_skips(final=True)
+        return output
+
     # -- logging ------------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = self._pop_metrics(mode)
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        super().log({**logs, **metrics}, start_time)
+        if mode == "eval":  # `evaluation_loop` took the evaluation's values (over processes) into `logs` already
+            metrics = {f"eval_{k}": v for k, v in self._pop_metrics(mode, over="none").items()}
+            super().log({**metrics, **logs}, start_time)
+        else:
+            metrics = self._pop_metrics(mode)
+            self._note_totals(metrics)
+            super().log({**logs, **metrics}, start_time)
+        if mode == "train" and "loss" in logs:  # a log of training progress, made on every process at this step
+            self.check_skips(final=False)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            if not is_disk_full(err, folder):
+                raise  # the folder stays unmarked: `last_complete_checkpoint` passes over it
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)  # frees the space it took
+            raise disk_full_error(f"checkpoint {os.path.basename(folder)}", folder, self.args.output_dir,
+                                  removed=self.args.should_save) from err  # fmt: skip
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, ZeRO shards)
+        if self.args.should_save:
+            mark_complete(folder)
 
     # -- model card ---------------------------------------------------------------------------------------------
 

@@ -63,6 +63,24 @@ def tiny_clip_dir(_tiny_clip_dir, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def _tiny_siglip_dir(tmp_path_factory, sample_pairs) -> Path:
+    from hnc_clip.tiny import save_tiny_siglip
+
+    texts = [t for split in sample_pairs.values() for p in split for t in (p["positive"], p["negative"])]
+    out = tmp_path_factory.mktemp("tiny_siglip")
+    save_tiny_siglip(str(out), texts, image_size=32, hidden_size=32, num_layers=2)
+    return out
+
+
+@pytest.fixture
+def tiny_siglip_dir(_tiny_siglip_dir, tmp_path) -> Path:
+    """A fresh copy per test of a tiny SigLIP (+ processor, SigLIP's tokenizer layout) for the sample captions."""
+    dst = tmp_path / "tiny_siglip"
+    shutil.copytree(_tiny_siglip_dir, dst)
+    return dst
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Evaluation-suite fixtures (eval_ prefix)
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ A fixed global batch of 8 (image, positive, negative) triples, split 4 + 4 over 
 backward step through DDP with the recipe's gathered local loss. Rank 0 also computes the loss and gradients of
 one process holding the whole batch (an un-wrapped copy of the same model) and writes both to a JSON file.
 Pairs 1 (rank 0) and 5 (rank 1) show the same image, so same-image masking across ranks is exercised.
+
+Uneven splits too, as when pairs are dropped for unreadable images: 3 + 5 rows padded to blocks of 6, and 8 + none
+(rank 1 holds only the placeholder pair); the reference is one process holding the union of the real rows. The
+other families and layouts (NegCLIP, K = 3 negatives per pair, SigLIP's sigmoid) go through the same checks.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from hnc_clip.data import image_group_id
-from hnc_clip.forward import build_loss_inputs
+from hnc_clip.forward import build_loss_inputs, placeholder_batch
 from hnc_clip.gradcache import gradcache_backward
-from hnc_clip.losses import LOSSES, LossConfig
-from hnc_clip.tiny import EOS_ID, build_tiny_clip
+from hnc_clip.losses import LOSSES, LossConfig, total_loss
+from hnc_clip.tiny import EOS_ID, build_tiny_clip, build_tiny_siglip
 
 G, L, VOCAB = 8, 7, 40
 
@@ -41,23 +45,126 @@ def global_batch() -> dict:
     }
 
 
+def k_negative_batch(k: int = 3) -> dict:
+    """`global_batch` with k hard negatives per pair: caption rows [positives; k blocks of G negatives]."""
+    batch = global_batch()
+    g = torch.Generator().manual_seed(321)
+    extra = torch.randint(4, VOCAB, ((k - 1) * G, L), generator=g)
+    extra[:, 0], extra[:, -1] = 2, EOS_ID
+    batch["input_ids"] = torch.cat([batch["input_ids"], extra])
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    return batch
+
+
 def local_slice(batch: dict, rank: int, world: int) -> dict:
     b = G // world
-    rows = slice(rank * b, (rank + 1) * b)
-    pos, neg = batch["input_ids"][:G], batch["input_ids"][G:]
-    am_pos, am_neg = batch["attention_mask"][:G], batch["attention_mask"][G:]
+    return local_rows(batch, list(range(rank * b, (rank + 1) * b)))
+
+
+def local_rows(batch: dict, rows: list[int]) -> dict:
+    """The triples `rows` of the global batch (caption rows [positives; K blocks of G negatives]), as one process's
+    inputs in the same layout."""
+    rows = torch.tensor(rows, dtype=torch.long)
+    blocks = batch["input_ids"].shape[0] // G  # positives, then the K blocks of negatives
+
+    def per_block(t):
+        return torch.cat([t[k * G : (k + 1) * G][rows] for k in range(blocks)])
+
     return {
         "pixel_values": batch["pixel_values"][rows],
-        "input_ids": torch.cat([pos[rows], neg[rows]]),
-        "attention_mask": torch.cat([am_pos[rows], am_neg[rows]]),
+        "input_ids": per_block(batch["input_ids"]),
+        "attention_mask": per_block(batch["attention_mask"]),
         "image_ids": batch["image_ids"][rows],
     }
 
 
-def loss_of(model, inputs, loss_type, rank, world, gather=True):
-    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1)
-    out = LOSSES[loss_type].fn(inp, LossConfig(hard_negative_weight=0.7))
-    return torch.stack(list(out.values())).sum()
+def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None):
+    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1, block=block)
+    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7))
+    return total_loss(out, inp)
+
+
+def tiny_clip():
+    return build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
+
+
+def tiny_siglip():
+    model = build_tiny_siglip(VOCAB, image_size=32, patch_size=8, hidden_size=32, seed=0).double()
+    with torch.no_grad():  # from b = -10 every negative pair's term is ~e^-10: too small to tell the layouts apart
+        model.logit_bias.fill_(-1.0)
+    return model
+
+
+# name → (model, global batch, loss type, contrastive form): the other families and layouts, same checks.
+FAMILY_CASES = {
+    "negclip": (tiny_clip, global_batch, "negclip", "softmax"),
+    "hnc_k3": (tiny_clip, k_negative_batch, "hnc", "softmax"),
+    "siglip_clip": (tiny_siglip, global_batch, "clip", "sigmoid"),
+    "siglip_hnc": (tiny_siglip, global_batch, "hnc", "sigmoid"),
+    "siglip_hnc_k3": (tiny_siglip, k_negative_batch, "hnc", "sigmoid"),
+}
+
+
+def compare(acc, build, batch, loss_type, contrastive, gather) -> dict | None:
+    """One DDP backward of the local slices vs one process holding `batch`; the numbers on rank 0."""
+    rank, world = acc.process_index, acc.num_processes
+    model = build()
+    single = copy.deepcopy(model)
+    ddp = acc.prepare_model(model)
+    loss = loss_of(ddp, local_slice(batch, rank, world), loss_type, rank, world, gather, contrastive)
+    loss.backward()  # DDP averages the gradients over the processes
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    if rank != 0:
+        return None
+    full = loss_of(single, batch, loss_type, 0, 1, contrastive=contrastive)
+    full.backward()
+    pairs = [(p, q) for p, q in zip(ddp.module.parameters(), single.parameters()) if q.grad is not None]
+    return {
+        "distributed_loss": mean_loss.item(),
+        "single_process_loss": full.item(),
+        "max_grad_diff": max((p.grad - q.grad).abs().max().item() for p, q in pairs),
+        "max_grad": max(q.grad.abs().max().item() for _, q in pairs),
+    }
+
+
+# rows of the global batch on (rank 0, rank 1); None: no readable pair (the placeholder)
+UNEVEN = {"uneven": ([0, 1, 2], [3, 4, 5, 6, 7]), "empty": (list(range(G)), None)}
+BLOCK = {"uneven": 6, "empty": G}
+
+
+def uneven_case(acc, batch, loss_type, split, gradcache=False, build=None, contrastive="softmax") -> dict | None:
+    rank, world = acc.process_index, acc.num_processes
+    model = (build or tiny_clip)()
+    single = copy.deepcopy(model)
+    ddp = acc.prepare_model(model)
+    mine = UNEVEN[split][rank]
+    k = batch["input_ids"].shape[0] // G - 1  # negatives per pair: the placeholder brings as many
+    inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", negatives=k)
+    if gradcache:
+        loss, *_ = gradcache_backward(
+            ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn, LossConfig(hard_negative_weight=0.7),
+            rank=rank, world_size=world, block=BLOCK[split], real_rows=inputs.get("real_rows"),
+            no_sync=lambda: acc.no_sync(ddp),
+        )
+    else:
+        loss = loss_of(ddp, inputs, loss_type, rank, world, contrastive=contrastive, block=BLOCK[split])
+        loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    if rank != 0:
+        return None
+    union = [r for part in UNEVEN[split] if part is not None for r in part]
+    full = loss_of(single, local_rows(batch, union), loss_type, 0, 1, contrastive=contrastive)
+    full.backward()
+    return {
+        "distributed_loss": mean_loss.item() / world,
+        "single_process_loss": full.item(),
+        "max_grad_diff": max((p.grad - q.grad).abs().max().item()
+                             for p, q in zip(ddp.module.parameters(), single.parameters()) if q.grad is not None),
+        "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
+    }  # fmt: skip
 
 
 def main(out_path: str) -> None:
@@ -90,6 +197,11 @@ def main(out_path: str) -> None:
                     "max_grad_diff": max(diffs),
                     "max_grad": max(q.grad.abs().max().item() for q in single.parameters() if q.grad is not None),
                 }
+    for name, (build, make_batch, loss_type, contrastive) in FAMILY_CASES.items():
+        for gather in (True, False):
+            r = compare(acc, build, make_batch(), loss_type, contrastive, gather)
+            if r is not None:
+                results[f"{name}/{'gather' if gather else 'local'}"] = r
     # GradCache under DDP: each process splits its 4 pairs into chunks of 2; still the global-batch gradient.
     model = build_tiny_clip(VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=0).double()
     single = copy.deepcopy(model)
@@ -110,6 +222,14 @@ def main(out_path: str) -> None:
                 (p.grad - q.grad).abs().max().item() for p, q in zip(ddp.module.parameters(), single.parameters())
             ),
         }
+    for split in UNEVEN:
+        for loss_type in ("clip", "hnc", "pairwise", "thesis_l2"):
+            results[f"{loss_type}/{split}"] = uneven_case(acc, batch, loss_type, split)
+        results[f"hnc/gradcache_{split}"] = uneven_case(acc, batch, "hnc", split, gradcache=True)
+        # the padded layouts of the other families: K blocks of negatives, SigLIP's sigmoid over padded columns
+        for name, (build, make_batch, loss_type, contrastive) in FAMILY_CASES.items():
+            results[f"{name}/{split}"] = uneven_case(acc, make_batch(), loss_type, split, build=build,
+                                                     contrastive=contrastive)  # fmt: skip
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

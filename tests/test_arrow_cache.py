@@ -3,6 +3,7 @@ standard library's `json.load` and against the sequential conversion on files bu
 
 import json
 import logging
+import os
 import random
 import re
 from collections import Counter
@@ -169,3 +170,31 @@ def test_skips_add_up_across_ranges(tmp_path):
     with open(next((tmp_path / "c").rglob("hnc_skips.json"))) as f:
         assert Counter(json.load(f)["skips"]) == seq == Counter(negative_without_positive=300,
                                                                positive_without_negative=300)
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_converted_again(tmp_path):
+    """`cp -p`, `rsync -t` or `touch -d` restore mtime; a rewrite of the same size used to serve the stale cache.
+    The fingerprint holds ctime (set by the kernel on any write or utime) and a hash of sampled content."""
+    from hnc_clip.data.arrow_cache import content_sample_hash
+
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"1": {"captions": {"1": {"caption": "a red cup", "label": 1},
+                                                   "2": {"caption": "a tan cup", "label": 0, "cpt_p_id": 1}}}}))
+    cache = str(tmp_path / "c")
+    assert load_hnc_pairs(str(path), cache_dir=cache)["negative"] == ["a tan cup"]
+    st = path.stat()
+    before = path.read_text()
+    path.write_text(before.replace("a tan cup", "a big cup"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_hnc_pairs(str(path), cache_dir=cache)["negative"] == ["a big cup"]
+    # the sampled hash sees changes in a large file's head, middle blocks and tail, without reading all of it
+    big = tmp_path / "big.bin"
+    data = bytearray(os.urandom(8 << 20))
+    big.write_bytes(data)
+    hashes = {content_sample_hash(str(big))}
+    for offset in (10, len(data) // 2 + 5, len(data) - 3):
+        data[offset] ^= 1
+        big.write_bytes(data)
+        hashes.add(content_sample_hash(str(big)))
+    assert len(hashes) == 4

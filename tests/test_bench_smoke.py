@@ -107,3 +107,26 @@ def test_attention_backends_smoke(tmp_path):
         assert rows[key]["forward_backward_ms"] > 0 and rows[key]["forward_ms"] > 0, key  # timed (no thresholds)
     assert "error" in rows["vision", "eager", "efficient"]  # no memory-efficient kernel on the CPU: said, not hidden
     assert "vs flash" in stdout and "unavailable" in stdout
+
+
+def test_eval_benchmarks_smoke(tmp_path):
+    out = tmp_path / "suite.jsonl"
+    stdout = _run(
+        "eval_benchmarks.py", "--model", "tiny", "--repeat", "1", "--num_workers", "0", "--output", str(out),
+        "--benchmarks", "sugarcrepe", "winoground",
+    )  # fmt: skip
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["names"] == ["sugarcrepe", "winoground"] and record["items"] == 35 + 8
+    assert record["cpu_s_per_1000_items"] > 0 and record["wall_s_per_1000_items"] > 0
+    assert json.dumps(record) in stdout
+def test_soak_smoke(tmp_path):
+    out = tmp_path / "soak.json"
+    stdout = _run("soak.py", "--steps", "20", "--warmup_steps", "4", "--samples", "3", "--images", "24",
+                  "--batch_size", "8", "--corrupt_every", "6", "--num_workers", "1", "--work_dir", str(tmp_path),
+                  "--output", str(out))
+    result = json.loads(out.read_text())
+    assert [r["step"] for r in result["rows"]] == [4, 12, 20]
+    assert all(r["main_rss_mb"] > 0 and r["workers"] == 1 and r["workers_rss_mb"] > 0 for r in result["rows"])
+    assert result["train_skipped_images"] > 0 and result["train_pairs"] > 0  # the corrupt images were met
+    assert "main process:" in stdout and "MB per 1,000 steps" in stdout
+    assert os.listdir(tmp_path) == ["soak.json"]  # the synthetic data are cleaned up

@@ -142,3 +142,35 @@ def test_a_positives_only_forward_reads_the_first_caption_rows():
     assert fast.negative is None and fallback.negative is None
     torch.testing.assert_close(fast.positive, fallback.positive, rtol=0, atol=1e-6)
     torch.testing.assert_close(fast.positive, full.positive, rtol=0, atol=1e-6)
+
+
+def test_a_huge_caption_costs_no_more_than_a_long_one():
+    """A 100,000-character caption is cut before padding: no tensor the tokenizer returns is wider than
+    max_length + 1 (padding it untruncated cost +743 MB in its batch), no string it sees is longer than
+    `MAX_CHARS_PER_TOKEN` characters per token, and every cut caption is counted — by tokens (the word tokenizer
+    gives 50,000 tokens) or by characters (one 60,000-character word is one token)."""
+    from hnc_clip.data.collator import MAX_CHARS_PER_TOKEN
+
+    tok = build_word_tokenizer("a b cup".split(), model_max_length=77)
+    widths, longest = [], []
+    real = type(tok).__call__
+
+    def recording(self, texts, **kwargs):
+        longest.append(max(map(len, texts)))
+        out = real(self, texts, **kwargs)
+        widths.append(out["input_ids"].shape[1])
+        return out
+
+    px = torch.zeros(3, 2, 2)
+    feats = [{"pixel_values": px, "positive": "a b " * 25_000, "negative": "cup", "image_id": "x"},
+             {"pixel_values": px, "positive": "a" * 60_000, "negative": "b", "image_id": "y"},
+             {"pixel_values": px, "positive": "a cup", "negative": "b cup", "image_id": "z"}]
+    try:
+        type(tok).__call__ = recording
+        batch = HncCollator(tok, max_length=10)(feats)
+    finally:
+        type(tok).__call__ = real
+    assert max(widths) <= 11 and max(longest) <= MAX_CHARS_PER_TOKEN * 10
+    assert batch["input_ids"].shape[1] == 10 and batch["truncated_captions"].item() == 2
+    rows = batch["input_ids"][batch["text_index"]]
+    assert tok.decode(rows[2], skip_special_tokens=True) == "a cup"  # the short ones are untouched

@@ -5,6 +5,7 @@ of one image on both ranks, and with GradCache chunks — while the per-device l
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -74,6 +75,18 @@ def test_per_device_loss_differs(parity, loss_type):
     assert r["max_grad_diff"] > 1e-3
 
 
+@pytest.mark.parametrize("case", ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3"])
+def test_other_losses_and_layouts_equal_single_process_when_gathered(parity, case):
+    """NegCLIP, K = 3 negatives per pair, and SigLIP's sigmoid (all pairs of the global batch, each once, scored
+    on the process of its image): the one-process loss and gradients, and not without gathering."""
+    r = parity[f"{case}/gather"]
+    assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
+    assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+    r = parity[f"{case}/local"]
+    assert r["distributed_loss"] != pytest.approx(r["single_process_loss"], rel=1e-3)
+    assert r["max_grad_diff"] > 1e-3
+
+
 def test_gradcache_under_ddp_equals_single_process(parity):
     r = parity["hnc/gradcache"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
@@ -120,3 +133,56 @@ def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path, tiny_cl
     assert any(not torch.equal(before[k], after_2[k]) for k in before)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert history[0]["nonfinite_steps"] == 1
+
+
+@pytest.mark.parametrize("loss_type", [*LOSS_TYPES, "thesis_l2", "gradcache"])
+@pytest.mark.parametrize("split", ["uneven", "empty"])
+def test_uneven_and_empty_local_batches_give_the_loss_of_their_union(parity, loss_type, split):
+    """3 + 5 pairs (blocks of 6, padding masked), and 8 + none (rank 1's images all unreadable: it runs the
+    placeholder pair, weighted 0): the same collectives on both processes (gloo aborted on unequal sizes), and the
+    loss and gradients of one process holding the real rows — the per-process weights make DDP's average exact."""
+    r = parity[f"hnc/gradcache_{split}" if loss_type == "gradcache" else f"{loss_type}/{split}"]
+    assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
+    assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+
+
+@pytest.mark.parametrize("case", ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3"])
+@pytest.mark.parametrize("split", ["uneven", "empty"])
+def test_uneven_batches_of_the_other_families_and_layouts_give_the_loss_of_their_union(parity, case, split):
+    """The padding under the other layouts: K = 3 negatives padded block by block (and their columns masked), SigLIP's
+    sigmoid over padded columns (each contributes nothing), NegCLIP; the placeholder brings K negatives too."""
+    r = parity[f"{case}/{split}"]
+    assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
+    assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+
+
+def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_save(tmp_path, tiny_clip_dir,
+                                                                                     sample_image_dir):
+    """A third of the images are git-lfs pointers, and rank 1's first batch has no readable image at all: every step
+    still puts both processes through the same collectives (gloo used to abort on the unequal sizes; NCCL would hang),
+    step 1 trains on rank 0's pairs (not skipped), the skipped pairs of both processes are counted, evaluation
+    scores only readable pairs, and the saved model loads."""
+    from transformers import CLIPModel
+
+    from .conftest import TEST_SAMPLE
+    from .test_reliability import copy_images
+
+    names = sorted(p.name for p in sample_image_dir.iterdir())
+    images = copy_images(sample_image_dir, tmp_path / "images", corrupt=set(names[::3]))
+    out = launch_training("tests/dist_corrupt.py", tmp_path, tiny_clip_dir, images, "--train_file", str(TEST_SAMPLE),
+                          "--per_device_train_batch_size", "8", "--max_steps", "6", "--save_strategy", "no",
+                          "--do_eval", "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "40",
+                          "--per_device_eval_batch_size", "8", "--eval_strategy", "steps", "--eval_steps", "6",
+                          )  # fmt: skip
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["skipped_images"] >= 8 and history[0]["skipped_steps"] == 0  # rank 1's whole first batch
+    assert all(math.isfinite(h["loss"]) for h in history if "loss" in h)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_skipped_images"] == sum(h.get("skipped_images", 0) for h in history if "loss" in h) > 8
+    assert results["train_pairs"] + results["train_skipped_images"] == 6 * 2 * 8
+    assert 0 < results["eval_samples"] < 40 and math.isfinite(results["eval_loss"])
+    assert results["eval_samples"] + results["eval_skipped_images"] == 40  # each pair once (no even-out repeats)
+    logged = [h for h in history if "eval_loss" in h][-1]  # step 6's evaluation, logged: the same numbers
+    assert (logged["eval_samples"], logged["eval_skipped_images"]) == (results["eval_samples"],
+                                                                       results["eval_skipped_images"])
+    CLIPModel.from_pretrained(out, use_safetensors=True)

@@ -147,15 +147,17 @@ def test_retrieval_hand_computed_with_several_captions_per_image(tmp_path):
 
 
 def test_retrieval_same_caption_on_two_images(tmp_path):
-    # "x" describes both images: as an i2t target it serves both; as a t2i query each copy wants its own image.
+    # "x" describes both images: as in CLIP_benchmark it is two gallery entries (encoded once) with equal scores, and
+    # as a t2i query each copy wants its own image.
     images = {"A.jpg": [1, 0], "B.jpg": [0, 1]}
     texts = {"x": [1, 0.1], "b": [0, 1]}
     items = [ImageCaptions(ImageRef("A.jpg"), ["x"]), ImageCaptions(ImageRef("B.jpg"), ["x", "b"])]
     encoder = FakeEncoder(images, texts)
     out = score_retrieval(encoder, items, _touch_images(tmp_path, images), k_values=(1,))
     assert encoder.text_calls == [["x", "b"]]  # encoded once
-    assert out["image_to_text_R@1"] == 1.0
+    assert out["image_to_text_R@1"] == 1.0  # A: its own "x" entry comes first among the two tied copies (topk order)
     assert out["text_to_image_R@1"] == pytest.approx(2 / 3)  # the copy of "x" owned by B retrieves A first
+    assert out["num_captions"] == 3
 
 
 def test_zeroshot_hand_computed(tmp_path):
@@ -210,10 +212,13 @@ def test_tiny_clip_encodes_unique_images_and_captions_once(
     model.get_image_features, model.get_text_features = count_images, count_texts
     pairs = load_pairs(eval_sample_files["test"])
     out = evaluate_pairwise(model, processor, pairs, eval_sample_image_dir, batch_size=64)
-    unique_texts = {p["positive"] for p in pairs} | {p["negative"] for p in pairs}
+    scored = [p for p in pairs if p["positive"] != p["negative"]]  # the sample has one identical pair
+    unique_texts = {p["positive"] for p in scored} | {p["negative"] for p in scored}
     assert rows["images"] == 100 and rows["image_calls"] == 2  # 100 images in batches of 64
     assert rows["texts"] == len(unique_texts) < 2 * len(pairs)
-    assert out["num_pairs"] == 872 and 0.0 <= out["accuracy"] <= 1.0
+    assert out["num_pairs"] == 871 and out["identical_pairs"] == 1 and out["num_input_pairs"] == 872
+    assert out["skipped_examples"]["identical_pairs"] == ["n65230/2/3"]
+    assert 0.0 <= out["accuracy"] <= 1.0
     assert set(out["accuracy_by_type"]) == {p["type"] for p in pairs}
 
 

@@ -33,7 +33,7 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
     full = torch.stack(list(spec.fn(inp, cfg).values())).sum()
     full.backward()
 
-    loss, components, local, scale = gradcache_backward(
+    loss, components, local, scale, _ = gradcache_backward(
         cached_model, batch, chunk, spec.fn, cfg, with_negatives=spec.uses_negatives
     )
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)
@@ -45,6 +45,28 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
             assert q.grad is None or torch.count_nonzero(q.grad) == 0, name
             continue
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("case", ["siglip_hnc", "siglip_clip", "hnc_k3", "siglip_hnc_k3"])
+def test_gradcache_equals_full_batch_for_siglip_and_k_negatives(case):
+    """SigLIP's sigmoid (its logit bias takes its gradient in step 2) and K = 3 negatives per pair."""
+    from .dist_parity import FAMILY_CASES
+
+    build, make_batch, loss_type, contrastive = FAMILY_CASES[case]
+    batch, cfg = make_batch(), LossConfig(hard_negative_weight=0.7)
+    spec = LOSSES[loss_type].for_contrastive(contrastive)
+    full_model, cached_model = build(), build()
+    inp = build_loss_inputs(full_model, batch, with_negatives=spec.uses_negatives)
+    full = torch.stack(list(spec.fn(inp, cfg).values())).sum()
+    full.backward()
+    loss, *_ = gradcache_backward(cached_model, batch, 3, spec.fn, cfg, with_negatives=spec.uses_negatives)
+    assert loss.item() == pytest.approx(full.item(), rel=1e-12)
+    for (name, p), q in zip(full_model.named_parameters(), cached_model.parameters()):
+        if p.grad is None:
+            assert q.grad is None or torch.count_nonzero(q.grad) == 0, name
+            continue
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert full_model.logit_bias.grad is not None if contrastive == "sigmoid" else True
 
 
 def test_plain_accumulation_is_not_the_same():

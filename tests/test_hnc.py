@@ -109,3 +109,62 @@ def test_writer_leaves_no_file_when_interrupted(tmp_path):
         writer.add("img", hnc_train_entry([HncPair("a", "b")]))
         raise RuntimeError("killed midway")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_test_schema_pairs_by_key_not_by_position(tmp_path):
+    """Keys 0, 1, 2, 5: the positive at 2k pairs with the negative at 2k+1, so (0, 1) is a pair and 2 and 5 are
+    captions without a partner (counted); sorting by position used to pair 2 with 5."""
+    entry = {"0": cap("the cup is left of the plate", 1), "1": cap("the cup is right of the plate", 0),
+             "2": cap("a red mug", 1), "5": cap("a blue bowl", 0)}  # fmt: skip
+    skips = Counter()
+    pairs = list(iter_hnc_pairs(write(tmp_path, {"x.jpg": entry}), TEST_SCHEMA, skips))
+    assert [(p["positive"], p["negative"], p["pair_id"]) for p in pairs] == [
+        ("the cup is left of the plate", "the cup is right of the plate", "x/0/1")]
+    assert skips == Counter(test_caption_without_partner=2)
+
+
+def test_every_dropped_caption_and_entry_is_counted_by_reason(tmp_path):
+    """Nothing vanishes: each malformed piece of either schema is one count under a named reason (a `captions` list
+    used to escape as AttributeError, non-object captions and labels other than 0/1 vanished uncounted)."""
+    train = {
+        "ok": {"captions": {"1": cap("a cup", 1), "2": cap("a mug", 0, 1)}},
+        "no_captions": {"text": "x"},
+        "captions_list": {"captions": [cap("a cup", 1)]},
+        "not_an_object": [1, 2],
+        "bad_records": {"captions": {"1": "a cup", "2": cap("a mug", 2), "3": {"caption": "no label"},
+                                     "4": cap("a cup", 1), "5": cap("a plate", 0, 4)}},
+    }  # fmt: skip
+    skips = Counter()
+    pairs = list(iter_hnc_pairs(write(tmp_path, train), TRAIN_SCHEMA, skips))
+    assert [p["pair_id"] for p in pairs] == ["ok/1/2", "bad_records/4/5"]
+    assert skips == Counter(image_entry_without_captions=2, image_entry_not_an_object=1, caption_not_an_object=1,
+                            caption_label_not_0_or_1=2)  # fmt: skip
+    test = {"x.jpg": {"0": cap("a cup", 1), "1": cap("a mug", 0), "01": cap("a cup", 1), "-3": cap("a", 0),
+                      "2": "a cup", "4": cap("a bowl", 0), "5": cap("a dish", 1)}}  # fmt: skip
+    skips = Counter()
+    pairs = list(iter_hnc_pairs(write(tmp_path, test, "t.json"), TEST_SCHEMA, skips))
+    assert [p["pair_id"] for p in pairs] == ["x/0/1"]
+    assert skips == Counter(test_key_not_an_index=2, caption_not_an_object=1, test_pair_labels_not_1_0=1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": {"captions": {"1": ' + "[" * 100_000 + "]" * 100_000 + "}}}", "nested too deeply"),
+    ('{"a": {"captions": {"1": {"caption": "x", "label": ' + "9" * 5000 + "}}}}", "4300 digits"),
+])  # fmt: skip
+def test_any_malformed_json_is_a_format_error_with_file_and_byte(tmp_path, text, message):
+    """Deep nesting (RecursionError in the C decoder) and over-long integers (a ValueError that is no decode error)
+    become HncFormatError naming the file and the byte where the entry starts."""
+    path = write(tmp_path, text, "bad.json")
+    with pytest.raises(HncFormatError, match=rf"bad\.json: invalid JSON near byte \d+ \(.*{message}"):
+        list(iter_hnc_pairs(path, TRAIN_SCHEMA))
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    from hnc_clip.data import load_hnc_pairs
+
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + TRAIN_SAMPLE.read_bytes())
+    assert detect_schema(str(path)) == TRAIN_SCHEMA
+    assert [tuple(p.values()) for p in iter_hnc_pairs(str(path))] == [
+        tuple(p.values()) for p in iter_hnc_pairs(str(TRAIN_SAMPLE))]
+    assert len(load_hnc_pairs(str(path), cache_dir=str(tmp_path / "c"), num_proc=2)) == 594

@@ -91,11 +91,11 @@ def test_interrupted_build_leaves_old_cache_intact(image_dir, processor, tmp_pat
     calls = {"n": 0}
     real = image_cache.resize_and_crop
 
-    def dies_midway(proc, path):
+    def dies_midway(proc, path, *bounds):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the user's Ctrl-C half-way through the images
-        return real(proc, path)
+        return real(proc, path, *bounds)
 
     monkeypatch.setattr(image_cache, "resize_and_crop", dies_midway)
     with pytest.raises(KeyboardInterrupt):
@@ -181,3 +181,29 @@ def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, pro
     on_device = normalize_pixels(batch["pixel_values"], batch["pixel_affine"], torch.float32)[batch["image_index"]]
     torch.testing.assert_close(on_device, torch.stack(floats), rtol=0, atol=1e-6)
     assert normalize_pixels(on_device, None, torch.float32) is on_device  # float pixels pass through
+
+
+def test_the_cache_builder_keeps_to_the_image_folder_and_the_size_bounds(image_dir, processor, tmp_path):
+    """The same rules as training: a data file's `../` or absolute name is recorded as failed, not read, and an image
+    whose resize would be huge (1×2000) is refused; a lookup of such a name in an index that lists it (an older
+    build) finds nothing."""
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (40, 30)).save(outside)
+    strip = image_dir / "strip.png"
+    Image.new("RGB", (1, 2000)).save(strip)
+    try:
+        cache = tmp_path / "cache"
+        names = ["a.jpg", "../outside.jpg", str(outside), "strip.png"]
+        index = prepare(str(image_dir), str(cache), processor, names, num_workers=2, progress=False)
+    finally:
+        strip.unlink()
+    assert list(index["files"]) == ["a.jpg"]
+    assert index["failed"]["../outside.jpg"] == index["failed"][str(outside)] == "the name leaves the image folder"
+    assert "ImageTooLargeError" in index["failed"]["strip.png"]
+    with open(cache / INDEX_FILE) as f:
+        crafted = json.load(f)
+    crafted["files"]["../outside.jpg"] = crafted["files"]["a.jpg"]
+    with open(cache / INDEX_FILE, "w") as f:
+        json.dump(crafted, f)
+    out = CachedImageJoin(str(cache), processor)(_batch(["../outside.jpg", "a.jpg"]))
+    assert [p is None for p in out["pixel_values"]] == [True, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -52,3 +53,91 @@ def test_absolute_paths_only_when_allowed(tmp_path):
     assert resolve_in_root(str(tmp_path), "/data/x.jpg", allow_absolute=True) == "/data/x.jpg"
     # a root given with a trailing slash or relative still compares by its normalised absolute form
     assert resolve_in_root(str(tmp_path) + "/", "a.jpg") == str(tmp_path / "a.jpg")
+
+
+def test_a_png_that_pil_calls_broken_is_skipped_not_raised(tmp_path):
+    """PIL raises SyntaxError ("broken PNG file") for a bad chunk: one of `IMAGE_ERRORS`, so a skip, not a dead
+    DataLoader worker."""
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "ok.png")
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    data[36] = 0  # inside the first chunk after IHDR
+    (tmp_path / "broken.png").write_bytes(bytes(data))
+    out = ImageJoin(str(tmp_path), build_image_processor(32))({"image_file": ["broken.png", "ok.png"]})
+    assert [p is None for p in out["pixel_values"]] == [True, False]
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG at half range is mid-grey, not white (PIL's RGB conversion clips at 255); 32-bit float images in
+    [0, 1] likewise; 8-bit images are untouched."""
+    from hnc_clip.data.images import load_rgb
+
+    Image.fromarray(np.full((4, 6), 32896, dtype=np.uint16)).save(tmp_path / "g16.png")  # 32896 = 128·257
+    Image.fromarray(np.full((4, 6), 0.25, dtype=np.float32)).save(tmp_path / "f.tiff")
+    Image.fromarray(np.full((4, 6, 3), 77, dtype=np.uint8)).save(tmp_path / "rgb8.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16" and Image.open(tmp_path / "f.tiff").mode == "F"
+    assert np.asarray(Image.open(tmp_path / "g16.png").convert("RGB")).max() == 255  # what PIL alone gives
+    for name, want in (("g16.png", 128), ("f.tiff", 64), ("rgb8.png", 77)):
+        got = np.asarray(load_rgb(str(tmp_path / name)))
+        assert got.shape == (4, 6, 3) and (got == want).all(), (name, got[0, 0])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with orientation tag 6 (rotate 90° clockwise to view) is decoded upright: its left
+    (white) half ends up on top."""
+    from hnc_clip.data.images import load_rgb
+
+    stored = np.zeros((10, 20, 3), dtype=np.uint8)
+    stored[:, :10] = 255  # left half white, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rot.png", exif=exif)
+    upright = np.asarray(load_rgb(str(tmp_path / "rot.png")))
+    assert upright.shape == (20, 10, 3)
+    assert (upright[:10] == 255).all() and (upright[10:] == 0).all()
+
+
+def test_images_too_large_to_decode_or_resize_are_skipped(tmp_path, monkeypatch, caplog):
+    """Bounded memory per sample: an 85-byte 1×2000 PNG would become 32×64,000 under the shortest-edge resize (224×
+    448,000 for ViT-B/32: +700 MB); an image over --max_image_pixels is refused from its header; PIL's decompression
+    bomb error is a skip too. Each is named in the log; with `error`, `ImageLoadError`."""
+    Image.new("RGB", (1, 2000)).save(tmp_path / "strip.png")
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok.png")
+    processor = build_image_processor(32)
+    with caplog.at_level("WARNING", logger="hnc_clip.data.images"):
+        join = ImageJoin(str(tmp_path), processor, max_pixels=50_000)
+        out = join({"image_file": ["strip.png", "big.png", "ok.png"]})
+    assert [p is None for p in out["pixel_values"]] == [True, True, False]
+    assert "strip.png" in caplog.text and "would be resized to 2,048,000 pixels" in caplog.text
+    assert "big.png" in caplog.text and "300x200 pixels, more than the 50,000 allowed" in caplog.text
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises DecompressionBombError above twice this
+    out = ImageJoin(str(tmp_path), processor)({"image_file": ["ok.png"]})
+    assert out["pixel_values"] == [None]
+    with pytest.raises(ImageLoadError, match="ok.png.*DecompressionBombError"):
+        ImageJoin(str(tmp_path), processor, on_missing="error")({"image_file": ["ok.png"]})
+
+
+def test_image_names_that_leave_image_dir_are_never_read(tmp_path, caplog):
+    """`../x` and absolute names from a data file are skipped (named in the log) even though the files exist; in the
+    up-front check they are dropped and counted, or refused with `error`."""
+    from hnc_clip.data import drop_missing_images
+    from hnc_clip.data.arrow_cache import FEATURES
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for path in (root / "in.jpg", tmp_path / "outside.jpg"):
+        Image.new("RGB", (8, 8)).save(path)
+    names = ["in.jpg", "../outside.jpg", str(tmp_path / "outside.jpg")]
+    with caplog.at_level("WARNING", logger="hnc_clip.data.images"):
+        out = ImageJoin(str(root), build_image_processor(32))({"image_file": names})
+    assert [p is None for p in out["pixel_values"]] == [False, True, True]
+    assert caplog.text.count("the name leaves --image_dir") == 2
+
+    import datasets
+
+    ds = datasets.Dataset.from_dict({c: [f"{i}" for i in range(3)] for c in FEATURES} | {"image_file": names},
+                                    features=FEATURES)  # fmt: skip
+    kept = drop_missing_images(ds, str(root))
+    assert kept["image_file"] == ["in.jpg"]
+    with pytest.raises(ImageLoadError, match="2 of 3 images named outside"):
+        drop_missing_images(ds, str(root), on_missing="error")

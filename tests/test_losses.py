@@ -219,3 +219,239 @@ def test_schedules():
     assert SCHEDULES["linear"](5, a) == pytest.approx(0.6)
     assert SCHEDULES["linear"](100, a) == pytest.approx(1.0)
     assert [SCHEDULES["step"](t, a) for t in (0, 3, 4, 8, 12, 100)] == pytest.approx([0.2, 0.2, 0.45, 0.7, 0.95, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# K hard negatives per pair: the layout N[k·B + i] = pair i's k-th negative (`hnc_clip.losses`), against loops.
+
+K = 3
+
+
+def make_k_embeddings(seed=0, k=K):
+    g = torch.Generator().manual_seed(seed)
+    img, pos = (F.normalize(torch.randn(B, D, generator=g, dtype=torch.float64), dim=-1) for _ in range(2))
+    neg = F.normalize(torch.randn(k * B, D, generator=g, dtype=torch.float64), dim=-1)
+    leaves = [t.clone().requires_grad_() for t in (img, pos, neg)]
+    return leaves, Embeddings(*leaves)
+
+
+def own(neg, i, k):
+    return neg[k * B + i]
+
+
+def ref_hn_k(img, pos, neg, s):
+    rows = [ce_row([s * dot(img[i], pos[j]) for j in range(B)] + [s * dot(img[i], neg[m]) for m in range(K * B)],
+                   i) for i in range(B)]
+    return sum(rows) / B
+
+
+def ref_pairwise_k(img, pos, neg, s):
+    return sum(ce_row([s * dot(img[i], pos[i])] + [s * dot(img[i], own(neg, i, k)) for k in range(K)], 0)
+               for i in range(B)) / B
+
+
+def ref_thesis_k(img, pos, neg, s, w):
+    i2t = []
+    for i in range(B):
+        row = [s * dot(img[i], pos[j]) for j in range(B)]
+        row += [s * dot(img[i], neg[m]) * (w if m % B == i else 1.0) for m in range(K * B)]
+        i2t.append(ce_row(row, i))
+    t2i = [ce_row([s * dot(pos[i], img[j]) for j in range(B)], i) for i in range(B)]
+    return 0.5 * (sum(i2t) / B + sum(t2i) / B)
+
+
+def check_k(loss_type, cfg, reference_fn):
+    leaves, emb = make_k_embeddings()
+    out = LOSSES[loss_type].fn(inputs(emb), cfg)
+    total = torch.stack(list(out.values())).sum()
+    total.backward()
+    ref_leaves, _ = make_k_embeddings()
+    ref = reference_fn(*ref_leaves)
+    ref.backward()
+    assert total.item() == pytest.approx(ref.item(), rel=1e-9)
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_k_negatives_hnc():
+    check_k("hnc", LossConfig(hard_negative_weight=0.5),
+            lambda i, p, n: ref_clip(i, p, S) + 0.5 * ref_hn_k(i, p, n, S))
+
+
+def test_k_negatives_pairwise():
+    check_k("pairwise", LossConfig(hard_negative_weight=0.7),
+            lambda i, p, n: ref_clip(i, p, S) + 0.7 * ref_pairwise_k(i, p, n, S))
+
+
+def test_k_negatives_thesis_l2():
+    check_k("thesis_l2", LossConfig(hard_negative_weight=1.5), lambda i, p, n: ref_thesis_k(i, p, n, S, 1.5))
+
+
+def test_k_negatives_negclip():
+    check_k("negclip", LossConfig(), lambda i, p, n: ref_thesis_k(i, p, n, S, 1.0))
+
+
+def test_k_negatives_dpo_averages_every_preference():
+    leaves, emb = make_k_embeddings(seed=0)
+    _, ref_emb = make_k_embeddings(seed=1)
+    beta = 0.3
+    out = LOSSES["dpo"].fn(inputs(emb, reference=inputs(ref_emb, scale=5.0)),
+                           LossConfig(dpo_beta=beta, dpo_contrastive_weight=0.0))
+    i, p, n = [x.detach() for x in leaves]
+    ri, rp, rn = [x.detach() for x in (ref_emb.image, ref_emb.positive, ref_emb.negative)]
+    terms = [math.log1p(math.exp(-beta * float((S * dot(i[a], p[a]) - 5.0 * dot(ri[a], rp[a]))
+                                                - (S * dot(i[a], own(n, a, k)) - 5.0 * dot(ri[a], own(rn, a, k))))))
+             for a in range(B) for k in range(K)]
+    assert out["dpo_loss"].item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+
+
+def test_k_negatives_similarity_stats_count_every_pair():
+    img = torch.eye(2)
+    neg = torch.stack([img[0], -img[1], -img[0], img[1]])  # k-major: pair 0's are rows 0 and 2, pair 1's rows 1, 3
+    stats = {k: float(v) for k, v in similarity_stats(Embeddings(img, img.clone(), neg)).items()}
+    assert stats["cos_hard_negative"] == pytest.approx(0.0)  # (1 - 1 - 1 + 1) / 4
+    assert stats["hard_negative_accuracy"] == pytest.approx(0.5)  # positives beat 2 of their 4 negatives
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# NegCLIP, against a faithful re-implementation of vinid/neg_clip: `src/training/train.py` (train_one_epoch) builds
+# images = cat([images, new_images]) and texts = cat([texts, new_texts, hard_captions, new_hard]); the model returns
+# normalised features and exp(logit_scale); `src/open_clip/loss.py` ClipLoss.forward (world_size 1) computes the rest.
+
+
+def negclip_official(images, new_images, texts, new_texts, hard_captions, new_hard, logit_scale):
+    image_features = torch.cat([images, new_images])
+    text_features = torch.cat([torch.cat([torch.cat([texts, new_texts]), hard_captions]), new_hard])
+    logits_per_image = logit_scale * image_features @ text_features.T
+    logits_per_text = logit_scale * text_features @ image_features.T
+    labels = torch.arange(logits_per_image.shape[0], dtype=torch.long)
+    total_loss = (
+        F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text[:len(logits_per_image)], labels)
+    ) / 2
+    return total_loss
+
+
+def test_negclip_equals_the_official_code():
+    """The batch of B rows with their hard (nearest-neighbour) images as B further pairs: value and gradient of
+    every embedding and of the logit scale; and `hnc` is not NegCLIP (the issue's finding, here at s = 14.3)."""
+    g = torch.Generator().manual_seed(7)
+    parts = [F.normalize(torch.randn(B, D, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+             for _ in range(6)]
+    scale = torch.tensor(14.3, dtype=torch.float64, requires_grad=True)
+    want = negclip_official(*parts, scale)
+    want.backward()
+    want_grads = [p.grad.clone() for p in parts] + [scale.grad.clone()]
+    for p in [*parts, scale]:
+        p.grad = None
+
+    images, new_images, texts, new_texts, hard, new_hard = parts
+    emb = Embeddings(torch.cat([images, new_images]), torch.cat([texts, new_texts]), torch.cat([hard, new_hard]))
+    inp = LossInputs(emb, emb, scale, 0)
+    got = torch.stack(list(LOSSES["negclip"].fn(inp, LossConfig(mask_same_image=False)).values())).sum()
+    got.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    for g_got, g_want in zip([p.grad for p in parts] + [scale.grad], want_grads):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-13)
+    hnc = torch.stack(list(LOSSES["hnc"].fn(inp, LossConfig(mask_same_image=False)).values())).sum()
+    assert hnc.item() > 1.5 * got.item()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SigLIP's sigmoid forms, against per-pair loops: −(1/B) Σ_i Σ_j log σ(y_ij (s⟨i, t_j⟩ + b)).
+
+
+def logsig(x):
+    return -torch.log1p(torch.exp(-x))
+
+
+def ref_sigmoid(img, pos, s, b, same=None):
+    same = same or (lambda i, j: False)
+    total = 0.0
+    for i in range(B):
+        for j in range(B):
+            if j != i and same(i, j):
+                continue
+            y = 1.0 if j == i else -1.0
+            total = total - logsig(y * (s * dot(img[i], pos[j]) + b))
+    return total / B
+
+
+def ref_sigmoid_negatives(img, neg, s, b):
+    return sum(-logsig(-(s * dot(img[i], neg[j]) + b)) for i in range(B) for j in range(neg.shape[0])) / B
+
+
+def sigmoid_inputs(leaves, scale, bias, ids=None, reference=None):
+    emb = Embeddings(*leaves, image_ids=ids)
+    return LossInputs(emb, emb, scale, 0, reference, None, logit_bias=bias)
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "hnc", "pairwise"])
+def test_sigmoid_forms_match_reference(loss_type):
+    """Value and gradient of the embeddings, of the scale and of the bias; same-image pairs left out."""
+    ids = torch.tensor([4, 4, 1, 2, 3])
+    same = lambda i, j: ids[i] == ids[j]  # noqa: E731
+    cfg = LossConfig(hard_negative_weight=0.6)
+    refs = {
+        "clip": lambda i, p, n, s, b: ref_sigmoid(i, p, s, b, same),
+        "hnc": lambda i, p, n, s, b: ref_sigmoid(i, p, s, b, same) + 0.6 * ref_sigmoid_negatives(i, n, s, b),
+        "pairwise": lambda i, p, n, s, b: ref_sigmoid(i, p, s, b, same) + 0.6 * ref_pairwise(i, p, n, s),
+    }
+
+    def leaves_and_params():
+        leaves, _ = make_embeddings(seed=3)
+        return leaves, torch.tensor(10.0, dtype=torch.float64, requires_grad=True), \
+            torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
+
+    leaves, s, b = leaves_and_params()
+    out = LOSSES[loss_type].for_contrastive("sigmoid").fn(sigmoid_inputs(leaves, s, b, ids), cfg)
+    got = torch.stack(list(out.values())).sum()
+    got.backward()
+    ref_leaves, rs, rb = leaves_and_params()
+    want = refs[loss_type](*ref_leaves, rs, rb)
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    for x, y in zip([*leaves, s, b], [*ref_leaves, rs, rb]):
+        if y.grad is None:  # `clip` has no negatives: they get no gradient in either
+            assert x.grad is None or torch.count_nonzero(x.grad) == 0
+            continue
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_sigmoid_hnc_at_unit_weight_is_siglip_over_positives_and_negatives():
+    """λ = 1: exactly SigLIP's loss (big_vision, as transformers' SiglipModel computes it for a square batch) over
+    the texts [P; N] with the B·K negatives as extra texts no image is paired with."""
+    leaves, _ = make_k_embeddings(seed=5)
+    s, b = torch.tensor(7.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    got = sum(LOSSES["hnc"].for_contrastive("sigmoid").fn(sigmoid_inputs(leaves, s, b), LossConfig()).values())
+    img, pos, neg = leaves
+    logits = s * img @ torch.cat([pos, neg]).T + b  # [B, (1+K)·B]
+    labels = -torch.ones_like(logits)
+    labels[:, :B] += 2 * torch.eye(B, dtype=logits.dtype)
+    want = -F.logsigmoid(labels * logits).sum(-1).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_sigmoid_dpo_has_the_dpo_term_and_sigmoid_contrast():
+    leaves, emb = make_embeddings(seed=0)
+    _, ref_emb = make_embeddings(seed=1, requires_grad=False)
+    s, b = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-4.0, dtype=torch.float64)
+    ref = LossInputs(ref_emb, ref_emb, torch.tensor(5.0, dtype=torch.float64), 0, logit_bias=b)
+    cfg = LossConfig(dpo_beta=0.3, dpo_contrastive_weight=0.5)
+    out = LOSSES["dpo"].for_contrastive("sigmoid").fn(sigmoid_inputs(leaves, s, b, reference=ref), cfg)
+    plain = LOSSES["dpo"].fn(LossInputs(emb, emb, s, 0, ref), LossConfig(dpo_beta=0.3, dpo_contrastive_weight=0.0))
+    assert out["dpo_loss"].item() == pytest.approx(plain["dpo_loss"].item(), rel=1e-12)  # the bias cancels
+    want = 0.5 * ref_sigmoid(*[t.detach() for t in leaves[:2]], s, b)
+    assert out["contrastive_loss"].item() == pytest.approx(want.item(), rel=1e-9)
+
+
+def test_loss_forms_per_family():
+    from hnc_clip.losses import losses_for
+
+    assert losses_for("sigmoid") == ["clip", "dpo", "hnc", "pairwise"]
+    assert losses_for("softmax") == sorted(LOSSES)
+    for name in ("thesis_l2", "kl_teacher", "negclip"):
+        with pytest.raises(ValueError, match="no sigmoid form"):
+            LOSSES[name].for_contrastive("sigmoid")
+    _, emb = make_embeddings()
+    with pytest.raises(ValueError, match="logit_bias"):
+        LOSSES["hnc"].for_contrastive("sigmoid").fn(inputs(emb), LossConfig())

@@ -62,3 +62,18 @@ def test_missing_images_skipped_and_counted_or_error(tmp_path, caplog):
     assert any("1 of 5 images missing" in r.message and f"skipped {n_missing}" in r.message for r in caplog.records)
     with pytest.raises(ImageLoadError, match=f"1 of 5 images missing.*{files[0]}"):
         drop_missing_images(ds, str(image_dir), "error")
+
+
+def test_too_many_missing_images_stop_before_training(tmp_path):
+    """More than --max_skipped_fraction of the pairs without an image: refused at once, naming the count (a wrong
+    --image_dir used to train on what was left, or on nothing)."""
+    from hnc_clip.errors import TooManySkippedError
+
+    ds = load_hnc_pairs(str(TRAIN_SAMPLE), cache_dir=str(tmp_path / "c"))
+    files = sorted(set(ds["image_file"]))
+    image_dir = write_placeholder_images(tmp_path / "img", files[2:])  # 2 of 5 images missing
+    dropped = sum(Counter(ds["image_file"])[f] for f in files[:2])
+    share = dropped / len(ds)
+    assert len(drop_missing_images(ds, str(image_dir), max_skipped_fraction=share)) == len(ds) - dropped
+    with pytest.raises(TooManySkippedError, match=f"{dropped} of {len(ds)} pairs .*--max_skipped_fraction 0.1"):
+        drop_missing_images(ds, str(image_dir), max_skipped_fraction=0.1)

@@ -3,6 +3,7 @@
     json_stream   one top-level JSON member at a time, with byte positions (the 8 GB train file)
     hnc           the two HNC schemas: the reader (pair records) and the writer
     arrow_cache   JSON → Arrow files under a fingerprinted cache directory (several processes on a large file)
+    table         a hard-negative table (JSONL/CSV/TSV/Parquet/Hub) → the same pairs; hard-image negatives
     pairs         a split ready to train: filtered, images checked (`build_split`)
     images        decoding in the DataLoader workers (`ImageJoin`)
     image_cache   pre-resized uint8 pixels (`prepare`, `CachedImageJoin`)
@@ -25,15 +26,18 @@ from .hnc import (
     write_hnc,
 )
 from .image_cache import CachedImageJoin, pixel_affine, with_cached_images
-from .images import ImageJoin, ImageLoadError, load_rgb, with_images
+from .images import IMAGE_ERRORS, ImageJoin, ImageLoadError, ImageTooLargeError, load_rgb, resolve_in_root, with_images
 from .json_stream import HncFormatError
 from .pairs import EmptySplitError, build_split, drop_missing_images, make_collator, select_pairs, with_pixels
 from .sampler import ImageGroupedSampler
+from .table import TableFormatError, load_table_pairs, with_hard_image_pairs
 
 __all__ = [
-    "FEATURES", "PAIR_COLUMNS", "TEST_SCHEMA", "TRAIN_SCHEMA", "CachedImageJoin", "EmptySplitError", "HncBatch",
-    "HncCollator", "HncFormatError", "HncPair", "HncWriter", "ImageGroupedSampler", "ImageJoin", "ImageLoadError",
+    "FEATURES", "IMAGE_ERRORS", "PAIR_COLUMNS", "TEST_SCHEMA", "TRAIN_SCHEMA", "CachedImageJoin", "EmptySplitError",
+    "HncBatch", "HncCollator", "HncFormatError", "HncPair", "HncWriter", "ImageGroupedSampler", "ImageJoin",
+    "ImageLoadError", "ImageTooLargeError", "resolve_in_root",
     "build_split", "detect_schema", "drop_missing_images", "image_group_id", "iter_hnc_pairs", "load_hnc_pairs",
     "load_rgb", "pixel_affine", "select_pairs", "hnc_test_entry", "hnc_train_entry", "with_cached_images",
-    "with_images", "write_hnc", "with_pixels", "make_collator",
+    "with_images", "write_hnc", "TableFormatError", "load_table_pairs", "with_hard_image_pairs", "with_pixels",
+    "make_collator",
 ]  # fmt: skip

@@ -1,8 +1,11 @@
 """HNC JSON → Arrow files, cached by a fingerprint of the file; in one process or several reading byte ranges.
 
-`load_hnc_pairs` streams a file into Arrow files under a cache directory named by a fingerprint of the file's path,
-size and mtime, so an edited file is converted again. The files are written into a temporary directory renamed into
-place when complete: an interrupted conversion never leaves a cache that a later run trusts.
+`load_hnc_pairs` streams a file into Arrow files under a cache directory named by a fingerprint of the file
+(`fingerprint`: path, size, mtime, ctime and a hash of sampled blocks of its content), so an edited file is converted
+again. The files are written into a temporary directory renamed into place when complete: an interrupted conversion
+never leaves a cache that a later run trusts, and a conversion interrupted by SIGTERM (or any error) stops its worker
+processes and removes its directory; one killed outright leaves a directory named after its process, removed by the
+next conversion once that process is gone.
 
 A range reader cannot know for sure where a top-level member starts in the middle of a JSON file (a nested
 member or a caption string can look the same), so it guesses (`MemberReader.seek`) and the guess is *checked*:
@@ -23,9 +26,9 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import datasets
@@ -33,6 +36,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from .hnc import EXPECTED_SHAPES, LOOKS_LIKE_ENTRY, PAIR_COLUMNS, detect_schema, pair_batches
 from .json_stream import HncFormatError, MemberReader, _open, paused_gc
+from .workers import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +125,18 @@ def _convert_parallel(path, schema, out_dir, features, num_proc) -> list[RangeRe
     # fork (as `datasets.map(num_proc=...)`): spawn would re-run an unguarded calling script in every child. The
     # children run only the JSON decoder and pyarrow, not torch, so threads the parent holds do not matter.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method)) as pool:
-        futures = [
-            pool.submit(
-                convert_range, path, schema, bounds[i], bounds[i + 1],
-                os.path.join(out_dir, f"pairs-{i:05d}.arrow"), features,
+    # Pool's exit terminates its workers, on success and on any exception (SIGTERM's `Preempted` included): none is
+    # left running a range nobody will read. `die_with_parent` covers a parent killed outright.
+    context = multiprocessing.get_context(method)
+    with context.Pool(num_proc, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        pending = [
+            pool.apply_async(
+                convert_range,
+                (path, schema, bounds[i], bounds[i + 1], os.path.join(out_dir, f"pairs-{i:05d}.arrow"), features),
             )
             for i in range(num_proc)
         ]
-        results = [f.result() for f in futures]
+        results = [p.get() for p in pending]
     for i, r in enumerate(results):
         if i and results[i - 1].next != r.first:  # this range did not start where the previous one stopped
             logger.warning(
@@ -150,10 +157,68 @@ def _remove_shards(results: list[RangeResult]) -> None:
             os.remove(r.shard)
 
 
-def _fingerprint(path: str, schema: str) -> str:
+# Content sampled by the fingerprint: the first and last MiB and this many 64 KiB blocks spread between them.
+SAMPLED_BLOCKS, BLOCK_BYTES, END_BYTES = 64, 64 << 10, 1 << 20
+
+
+def content_sample_hash(path: str) -> str:
+    """A hash of the file's first and last MiB and of `SAMPLED_BLOCKS` blocks evenly spread between (~6 MiB read,
+    whatever the size: milliseconds, where hashing the 8 GB train file would take ~10 s per run)."""
+    size = os.path.getsize(path)
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if size <= 2 * END_BYTES + SAMPLED_BLOCKS * BLOCK_BYTES:
+            h.update(f.read())
+        else:
+            offsets = [0, *(END_BYTES + (size - 2 * END_BYTES) * i // SAMPLED_BLOCKS for i in range(SAMPLED_BLOCKS))]
+            for offset, length in [(o, END_BYTES if o == 0 else BLOCK_BYTES) for o in offsets] + [
+                (size - END_BYTES, END_BYTES)
+            ]:
+                f.seek(offset)
+                h.update(f.read(length))
+    return h.hexdigest()
+
+
+def fingerprint(path: str, schema: str) -> str:
+    """The cache key of a file: path, size, mtime, ctime and `content_sample_hash`.
+
+    mtime alone is fooled by a same-size rewrite that restores it (`touch -d`, `os.utime`, `cp -p`, `rsync -t`).
+    ctime cannot be restored: the kernel sets it to now on every write and on every change of mtime, so any rewrite
+    changes the key. The sampled hash covers file systems that do not keep ctime (some FUSE and network mounts)
+    for every change that touches a sampled block. A full hash would be exact but reads the whole file on every run
+    before the cache can be used; ctime makes that unnecessary where it is kept. (A chmod or a hard link also
+    changes ctime: one needless reconversion, never a stale cache.)"""
     st = os.stat(path)
-    key = f"hnc-v2|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{schema}"
+    key = (
+        f"hnc-v3|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
+        f"{content_sample_hash(path)}|{schema}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+INCOMPLETE = ".incomplete-"
+
+
+def _incomplete_dir(root: str, final: str) -> str:
+    """A temporary conversion directory named `<fingerprint>.incomplete-<pid>@<host>@<random>` (host names hold no
+    `@`), so that `_remove_stale` can tell whose it is."""
+    return tempfile.mkdtemp(prefix=f"{os.path.basename(final)}{INCOMPLETE}{os.getpid()}@{socket.gethostname()}@",
+                            dir=root)  # fmt: skip
+
+
+def _remove_stale(root: str) -> None:
+    """Remove the temporary directories of conversions killed outright on this host (their process is gone)."""
+    for entry in os.listdir(root):
+        pid, host, *_ = [*entry.partition(INCOMPLETE)[2].split("@"), "", ""]
+        if host != socket.gethostname() or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            logger.info(f"removed {entry}: left by a conversion that was killed (process {pid} is gone)")
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def load_hnc_pairs(
@@ -166,12 +231,13 @@ def load_hnc_pairs(
     """
     schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
     root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_pairs")
-    final = os.path.join(root, _fingerprint(path, schema))
+    final = os.path.join(root, fingerprint(path, schema))
     if overwrite_cache and os.path.isdir(final):
         shutil.rmtree(final)
     if not os.path.isfile(os.path.join(final, SKIPS_FILE)):  # the skips file is written last: its presence = done
         os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".incomplete-", dir=root)
+        _remove_stale(root)
+        tmp = _incomplete_dir(root, final)
         try:
             files, skips = convert(path, schema, tmp, FEATURES, num_proc)
             with open(os.path.join(tmp, SKIPS_FILE), "w") as f:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+
+from ..families import PIXEL_INPUTS
 
 if TYPE_CHECKING:
     import torch
@@ -19,15 +22,48 @@ class HncBatch(TypedDict, total=False):
 
     pixel_values: torch.Tensor  # [U, 3, H, W] float, or uint8 [U, H, W, 3] from the image cache
     pixel_affine: torch.Tensor  # [2, 3] (a; b): uint8 pixels x are normalised as x·a − b on the device
+    pixel_attention_mask: torch.Tensor  # [U, N] SigLIP 2 NaFlex: which of the N patch rows are real
+    spatial_shapes: torch.Tensor  # [U, 2] SigLIP 2 NaFlex: each image's patch grid
     image_index: torch.Tensor  # [B] pair i's image row
     input_ids: torch.Tensor  # [T, L] each distinct caption once
     attention_mask: torch.Tensor  # [T, L]
-    text_index: torch.Tensor  # [2B] rows of [positives; negatives] in input_ids
+    text_index: torch.Tensor  # [(1+K)·B] rows of [positives; negatives 1; ...; negatives K] in input_ids
     positive_captions: int  # input_ids rows 0..positive_captions-1 are the distinct positives
     image_ids: torch.Tensor  # [B] int64 per image (same-image masking)
     skipped_images: torch.Tensor  # [] pairs dropped for an unreadable image
+    kept_rows: torch.Tensor  # [B'] int64 the input position of each pair kept
     truncated_captions: torch.Tensor  # [] captions cut to max_length
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
+
+
+# A caption longer than this many characters per allowed token is cut at the character level before tokenizing:
+# no tokenizer of CLIP's kind packs more into one token, so the cut never removes words the model could have seen,
+# and an adversarially long caption (100,000 characters) costs no more than a long one.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def negatives_of(feature: dict) -> list[str]:
+    """A pair's hard-negative captions: HNC's one `negative`, or a table row's `negatives` list."""
+    negatives = feature.get("negatives")
+    return list(negatives) if negatives is not None else [feature["negative"]]
+
+
+def expand_hard_image_pairs(features: list[dict]) -> list[dict]:
+    """Pairs, then the hard-image pairs they bring (`hnc_clip.data.table.HardImagePairs`): NegCLIP's [I; I']."""
+    extra = [f["hard_image_pair"] for f in features if f.get("hard_image_pair") is not None]
+    return features + extra if extra else features
+
+
+def per_image_inputs(kept: list[dict], slot: dict[str, int]) -> dict:
+    """What the image processor returned beside pixel_values (SigLIP 2 NaFlex: `pixel_attention_mask` [U, N],
+    `spatial_shapes` [U, 2]), stacked in pixel_values' row order; {} for fixed-size families."""
+    import torch
+
+    first = {}
+    for f in kept:
+        first.setdefault(f["image_id"], f)
+    keys = [k for k in PIXEL_INPUTS if kept[0].get(k) is not None]
+    return {k: torch.stack([first[image_id][k] for image_id in slot]) for k in keys}
 
 
 def image_group_id(image_id: str) -> int:
@@ -40,16 +76,20 @@ class HncCollator:
     """Stack each distinct image once and tokenize [positives; negatives] with dynamic padding.
 
     In:  [{"pixel_values": Tensor[3, H, W] | None, "positive": str, "negative": str, "image_id": str, ...}] × B
+         (a table row: "negatives": [str] × K' instead of "negative", maybe "hard_image_pair": another such dict)
     Out: {"pixel_values":   [U, 3, H, W]  one row per distinct image of the batch (U ≤ B'),
                             (uint8 [U, H, W, 3] from the image cache, + "pixel_affine" [2, 3] to normalise it)
           "image_index":    [B'] int64    row i's image is pixel_values[image_index[i]],
           "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
           "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,
-          "text_index":     [2·B'] int64  rows 0..B'-1 positives, B'..2B'-1 their hard negatives, as input_ids rows,
+          "text_index":     [(1+K)·B'] int64  rows 0..B'-1 positives, then K blocks of B' hard negatives (block k:
+                            each pair's k-th), as input_ids rows (K = 1 for HNC),
           "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
+          "kept_rows":      [B'] int64    each kept pair's position in the input (to drop repeated ones later),
           "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
-    where B' = B minus the pairs whose image could not be read (counted in `skipped_images`).
+    where B' = B plus the hard-image pairs rows bring, minus the pairs whose image could not be read (counted in
+    `skipped_images`).
     HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute; pairs
     of one image (`--group_by_image`, or chance) share one image encoding, and a repeated caption one text encoding.
     """
@@ -65,27 +105,51 @@ class HncCollator:
     # fused causal kernels (memory-efficient or flash) and skips transformers' mask building (with host syncs that
     # stall the GPU queue). False: pad on the tokenizer's side and pass the mask (what HF's run_clip.py does).
     omit_padding_mask: bool = True
+    # "longest": pad to the batch's longest caption. "max_length": every caption padded to `max_length` on the
+    # tokenizer's own side, as SigLIP's processor does (the model was trained so and pools the last position).
+    padding: str = "longest"
+    # K, the hard negatives each pair brings to the loss: a table row with more gives K drawn at random (NegCLIP
+    # draws one per step). None: all of them, which must then be equally many in a batch.
+    negatives_per_row: int | None = None
 
     def __call__(self, features: list[dict]) -> HncBatch:
         import torch
 
-        kept = [f for f in features if f.get("pixel_values") is not None]
+        features = expand_hard_image_pairs(features)
+        kept_rows = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
+        kept = [features[i] for i in kept_rows]
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
             return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
-        rows = [f["positive"] for f in kept] + [f["negative"] for f in kept]  # [2B']
+        negatives = [self._draw_negatives(f) for f in kept]  # [B'][K]
+        if len({len(n) for n in negatives}) > 1:  # the loss lays them out as K blocks of B'
+            raise ValueError("pairs of one batch bring different numbers of hard negatives; set --negatives_per_row")
+        rows = [f["positive"] for f in kept] + [n[k] for k in range(len(negatives[0])) for n in negatives]
         # Each distinct caption once (positives repeat across an image's pairs), positives first: a positives-only
         # forward (`clip` loss) then encodes rows 0..P-1 without working out which they are on the device.
         texts = list(dict.fromkeys(rows))
         num_positive = len(dict.fromkeys(rows[: len(kept)]))
-        # Tokenize untruncated first: it costs nothing extra in the common case and lets us count the captions
-        # that truncation cuts (a caption cut before its distinguishing word makes a pair unlearnable).
+        # Count the captions that truncation cuts (a caption cut before its distinguishing word makes a pair
+        # unlearnable) while keeping every tensor bounded: one token more than allowed tells a cut caption, and
+        # padding never exceeds max_length + 1 (untruncated, one 100,000-character caption padded the whole batch).
         side = {"padding_side": "right"} if self.omit_padding_mask else {}
-        tok = self.tokenizer(texts, padding=True, return_tensors="pt", **side)
+        limit = MAX_CHARS_PER_TOKEN * self.max_length
+        cut = sum(len(t) > limit for t in texts)
+        texts_in = [t[:limit] for t in texts] if cut else texts
+        tok = self.tokenizer(
+            texts_in, padding=True, truncation=True, max_length=self.max_length + 1, return_tensors="pt", **side
+        )
         lengths = tok["attention_mask"].sum(-1)  # [T]
-        truncated = int((lengths > self.max_length).sum())
+        over = lengths > self.max_length  # [T]
+        truncated = int(over.sum())
         if truncated:
             tok = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
+                texts_in, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **side
+            )
+        if cut:  # cut at the character level but within max_length tokens: cut all the same
+            truncated += sum(len(t) > limit and not o for t, o in zip(texts, over.tolist()))
+        if self.padding == "max_length":  # SigLIP: every caption at the tower's length, as it was trained
+            tok = self.tokenizer(
+                texts_in, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
             )
         pixels: dict[str, torch.Tensor] = {}  # image_id -> pixels, in order of first appearance
         for f in kept:
@@ -93,7 +157,7 @@ class HncCollator:
         slot = {image_id: i for i, image_id in enumerate(pixels)}
         text_slot = {text: i for i, text in enumerate(texts)}
         stacked = torch.stack(list(pixels.values()))
-        extra = {}
+        extra = per_image_inputs(kept, slot)
         if not torch.is_floating_point(stacked):
             if self.pixel_affine is None:
                 raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")
@@ -110,5 +174,14 @@ class HncCollator:
             "attention_mask": tok["attention_mask"],
             "image_ids": torch.tensor([image_group_id(f["image_id"]) for f in kept], dtype=torch.long),
             "skipped_images": torch.tensor(len(features) - len(kept)),
+            "kept_rows": torch.tensor(kept_rows, dtype=torch.long),
             "truncated_captions": torch.tensor(truncated),
         }
+
+    def _draw_negatives(self, feature: dict) -> list[str]:
+        negatives, k = negatives_of(feature), self.negatives_per_row
+        if k is not None and len(negatives) > k:
+            return random.sample(negatives, k)
+        if not negatives or (k is not None and len(negatives) < k):
+            raise ValueError(f"pair {feature.get('pair_id')!r} has {len(negatives)} hard negatives, needs {k or 1}")
+        return negatives

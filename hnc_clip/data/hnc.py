@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -97,12 +98,22 @@ def _add_pair(cols: dict[str, list], image: tuple[str, str], pos_id, neg_id, pos
 
 
 def _train_pairs(cols: dict[str, list], image: tuple[str, str], entry: dict, skips: Counter) -> None:
-    captions = entry.get("captions") or {}
-    positives = {str(cid): c for cid, c in captions.items() if isinstance(c, dict) and c.get("label") == 1}
-    paired: set[str] = set()
+    captions = entry.get("captions")
+    if not isinstance(captions, dict):
+        skips["image_entry_without_captions"] += 1
+        return
+    positives, negatives = {}, []
     for cid, cap in captions.items():
-        if not isinstance(cap, dict) or cap.get("label") != 0:
-            continue
+        if not isinstance(cap, dict):
+            skips["caption_not_an_object"] += 1
+        elif cap.get("label") == 1:
+            positives[str(cid)] = cap
+        elif cap.get("label") == 0:
+            negatives.append((cid, cap))
+        else:
+            skips["caption_label_not_0_or_1"] += 1
+    paired: set[str] = set()
+    for cid, cap in negatives:
         pos_id = cap.get("cpt_p_id")
         pos = positives.get(str(pos_id)) if pos_id is not None else None
         if pos is None:
@@ -114,20 +125,30 @@ def _train_pairs(cols: dict[str, list], image: tuple[str, str], entry: dict, ski
         skips["positive_without_negative"] += unpaired
 
 
+# A test-schema caption key: a decimal index without a sign or leading zeros ("07" would pair with "6" and "7").
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+
+
 def _test_pairs(cols: dict[str, list], image: tuple[str, str], entry: dict, skips: Counter) -> None:
-    try:
-        ordered = sorted(entry.items(), key=lambda kv: int(kv[0]))
-    except ValueError:
-        skips["test_entry_key_not_an_index"] += 1
-        return
-    for i in range(0, len(ordered) - 1, 2):
-        (pid, pos), (nid, neg) = ordered[i], ordered[i + 1]
-        if not isinstance(pos, dict) or not isinstance(neg, dict) or pos.get("label") != 1 or neg.get("label") != 0:
+    """The positive at key 2k pairs with the negative at key 2k+1, by key: keys 0, 1, 2, 5 give the pair (0, 1)
+    and two captions without a partner, not a pair (2, 5)."""
+    by_index: dict[int, object] = {}
+    for key, cap in entry.items():
+        if not (isinstance(key, str) and _INDEX.fullmatch(key)):
+            skips["test_key_not_an_index"] += 1
+        elif not isinstance(cap, dict):
+            skips["caption_not_an_object"] += 1
+        else:
+            by_index[int(key)] = cap
+    for k in sorted({i // 2 for i in by_index}):
+        pos, neg = by_index.get(2 * k), by_index.get(2 * k + 1)
+        if pos is None or neg is None:
+            skips["test_caption_without_partner"] += 1
+            continue
+        if pos.get("label") != 1 or neg.get("label") != 0:
             skips["test_pair_labels_not_1_0"] += 1
             continue
-        _add_pair(cols, image, pid, nid, pos, neg, pos.get("type") or neg.get("type"), skips)
-    if len(ordered) % 2:
-        skips["test_caption_without_partner"] += 1
+        _add_pair(cols, image, 2 * k, 2 * k + 1, pos, neg, pos.get("type") or neg.get("type"), skips)
 
 
 PAIR_MAKERS = {TRAIN_SCHEMA: _train_pairs, TEST_SCHEMA: _test_pairs}

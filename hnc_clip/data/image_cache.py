@@ -39,7 +39,8 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from .images import ImageLoadError, load_rgb
+from .images import IMAGE_ERRORS, MAX_IMAGE_PIXELS, ImageLoadError, load_rgb, resolve_in_root
+from .workers import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,15 @@ GEOMETRY_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size",
 
 
 def crop_hw(image_processor) -> tuple[int, int]:
-    """The model's input (height, width): the processor's `crop_size` (a dict in v4, a `SizeDict` in v5)."""
-    crop = image_processor.crop_size
+    """The model's input (height, width): the processor's `crop_size` (a dict in v4, a `SizeDict` in v5), or its
+    resize target when it does not crop (SigLIP resizes to a fixed size). SigLIP 2 NaFlex keeps each image's aspect
+    ratio, so it has no one size to cache: ValueError."""
+    if getattr(image_processor, "max_num_patches", None) is not None:
+        raise ValueError(
+            f"{type(image_processor).__name__} sizes each image by its aspect ratio (NaFlex): the image cache holds "
+            "one fixed size; decode from --image_dir instead"
+        )
+    crop = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
     if isinstance(crop, dict):
         return int(crop["height"]), int(crop["width"])
     return int(crop.height), int(crop.width)
@@ -72,10 +80,12 @@ def backend_name(image_processor) -> str:
     return str(getattr(image_processor, "backend", type(image_processor).__name__))
 
 
-def resize_and_crop(image_processor, path: str) -> np.ndarray:
-    """`path` → uint8 [H, W, 3], resized and cropped exactly as `image_processor` does before rescaling."""
+def resize_and_crop(image_processor, path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """`path` → uint8 [H, W, 3], resized and cropped exactly as `image_processor` does before rescaling (within
+    `load_rgb`'s size bounds, which raise `ImageTooLargeError`)."""
+    image = load_rgb(path, max_pixels, image_processor)
     # return_tensors=None: a list of numpy arrays (PIL backend) or torch tensors (torchvision); asarray takes both.
-    out = image_processor(images=[load_rgb(path)], do_rescale=False, do_normalize=False, return_tensors=None)
+    out = image_processor(images=[image], do_rescale=False, do_normalize=False, return_tensors=None)
     chw = np.asarray(out["pixel_values"][0])  # [3, H, W]; uint8 from both backends, float if a subclass rescales
     if chw.dtype != np.uint8:
         chw = np.clip(np.rint(chw), 0, 255).astype(np.uint8)
@@ -103,17 +113,23 @@ def list_hnc_images(hnc_file: str, cache_dir: str | None = None) -> list[str]:
 _worker: dict = {}
 
 
-def _init_worker(image_processor, pixels_path: str) -> None:
+def _init_worker(image_processor, pixels_path: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                 parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     _worker["processor"] = image_processor
+    _worker["max_pixels"] = max_pixels
     # Each worker maps the same file (MAP_SHARED) and writes its rows in place: no 147 KiB per image through a pipe.
     _worker["pixels"] = np.load(pixels_path, mmap_mode="r+")
 
 
-def _process_one(task: tuple[int, str]) -> tuple[int, str | None]:
+def _process_one(task: tuple[int, str | None]) -> tuple[int, str | None]:
     row, path = task
+    if path is None:
+        return row, "the name leaves the image folder"
     try:
-        _worker["pixels"][row] = resize_and_crop(_worker["processor"], path)
-    except (OSError, ValueError) as err:  # missing / truncated / not an image: recorded, not fatal
+        _worker["pixels"][row] = resize_and_crop(_worker["processor"], path, _worker["max_pixels"])
+    except IMAGE_ERRORS as err:  # missing / truncated / not an image / too large: recorded, not fatal
         return row, f"{type(err).__name__}: {err}"
     return row, None
 
@@ -146,11 +162,12 @@ def prepare(
     image_files: Iterable[str] | None = None,
     num_workers: int = 1,
     progress: bool = True,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> dict:
     """Write the cache of `image_files` (default: every image in `image_dir`) to `output_dir`; return its index.
 
-    Unreadable or missing images are listed under `"failed"` and get no row in `"files"`, so `CachedImageJoin`
-    returns None for them, as `ImageJoin` does.
+    Unreadable, missing or oversized images, and names that leave `image_dir` (`resolve_in_root`), are listed under
+    `"failed"` and get no row in `"files"`, so `CachedImageJoin` returns None for them, as `ImageJoin` does.
     """
     from tqdm.auto import tqdm
 
@@ -166,16 +183,17 @@ def prepare(
     try:
         # .npy header + raw rows; np.load(mmap_mode=...) maps it without reading it.
         np.lib.format.open_memmap(pixels_tmp, mode="w+", dtype=np.uint8, shape=(len(names), height, width, 3)).flush()
-        tasks = [(row, os.path.join(image_dir, name)) for row, name in enumerate(names)]
+        tasks = [(row, resolve_in_root(image_dir, name)) for row, name in enumerate(names)]
         bar = tqdm(total=len(tasks), desc="caching images", unit="img", disable=not progress)
         if num_workers > 1 and len(tasks) > 1:
-            with Pool(num_workers, initializer=_init_worker, initargs=(image_processor, pixels_tmp)) as pool:
+            init = (image_processor, pixels_tmp, max_pixels, os.getpid())
+            with Pool(num_workers, initializer=_init_worker, initargs=init) as pool:
                 for row, err in pool.imap_unordered(_process_one, tasks, chunksize=16):
                     if err is not None:
                         failed[names[row]] = err
                     bar.update()
         else:
-            _init_worker(image_processor, pixels_tmp)
+            _init_worker(image_processor, pixels_tmp, max_pixels)
             try:
                 for task in tasks:
                     row, err = _process_one(task)
@@ -295,7 +313,8 @@ class CachedImageJoin:
 
         rows = []
         for name in batch["image_file"]:
-            row = self.rows.get(name)
+            # A name that leaves the image folder is not looked up: an index from an older build may list one.
+            row = self.rows.get(name) if resolve_in_root(self.cache_dir, name) is not None else None
             if row is None and self.on_missing == "error":
                 why = self.failed.get(name, "not in the cache")
                 raise ImageLoadError(f"image {name} not available from cache {self.cache_dir}: {why}")

@@ -97,7 +97,10 @@ class MemberReader:
         self.path, self.f, self.chunk_bytes, self.max_entry_bytes = path, f, chunk_bytes, max_entry_bytes
         self.expected = f" Expected one of: {expected}" if expected else ""  # what the file should look like
         self.utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._start_at(f.tell())
+        start = f.tell()
+        if start == 0 and f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:  # written by some Windows tools
+            start = len(codecs.BOM_UTF8)
+        self._start_at(start)
 
     # -- the window ------------------------------------------------------------------------------------------
     def _start_at(self, byte: int) -> None:
@@ -184,6 +187,10 @@ class MemberReader:
             except json.JSONDecodeError as err:
                 if self.eof or not _maybe_cut(err):  # more text cannot help: the file is wrong here
                     raise self.error(err.msg, err.pos) from None
+            except RecursionError:  # the C decoder's depth limit (~1,000 levels); HNC entries nest 4
+                raise self.error("nested too deeply for an HNC entry") from None
+            except ValueError as err:  # not a syntax error: e.g. an integer of more than 4,300 digits
+                raise self.error(str(err)) from None
             if len(self.buf) - self.pos > self.max_entry_bytes:
                 raise self.error(
                     f"one top-level entry is larger than {self.max_entry_bytes >> 20} MiB: not an HNC file, whose "
@@ -251,6 +258,8 @@ class MemberReader:
                 # have been cut by the window's end is retried with more text.
                 if _maybe_cut(err) and self._more():
                     continue
+            except (RecursionError, ValueError):  # not a member we can read: the sequential check will say why
+                pass
             search = hit.end()
         return False
 

@@ -1,5 +1,6 @@
-"""A split ready for training: HNC pairs from the Arrow cache, filtered (`--caption_types`, `--max_*_samples`), with
-the pairs whose image file is missing dropped (counted) before the first step."""
+"""A split ready for training: HNC pairs (or a table's, `hnc_clip.data.table`) from the Arrow cache, filtered
+(`--caption_types`, `--max_*_samples`), with the pairs whose image file is missing dropped (counted) before the
+first step."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import os
 
 import datasets
 
+from ..errors import TooManySkippedError
+from ..families import family_of
 from .arrow_cache import load_hnc_pairs
 from .collator import HncCollator
 from .image_cache import pixel_affine, with_cached_images
-from .images import ImageLoadError, with_images
+from .images import ImageLoadError, resolve_in_root, with_images
+from .table import is_table, load_table_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -47,46 +51,80 @@ def select_pairs(
 
 
 def drop_missing_images(
-    ds: datasets.Dataset, image_dir: str, on_missing: str = "skip", num_proc: int | None = None
+    ds: datasets.Dataset,
+    image_dir: str,
+    on_missing: str = "skip",
+    num_proc: int | None = None,
+    max_skipped_fraction: float | None = None,
 ) -> datasets.Dataset:
-    """Check once per unique image that its file exists; drop (and count) or raise for the missing ones.
+    """Check once per unique image that its file exists inside `image_dir`; drop (and count) or raise for the
+    missing ones and for names that leave `image_dir` (`resolve_in_root`: `../x`, `/abs/path`).
 
-    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair.
+    ~121 pairs share each GQA image, so this is one `stat` per image, not per pair. More than `max_skipped_fraction`
+    of the pairs dropped raises `TooManySkippedError` now, before any training time is spent.
     """
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir {image_dir!r} does not exist or is not a directory")
     files = ds.unique("image_file")
-    missing = {f for f in files if not os.path.isfile(os.path.join(image_dir, f))}
-    if not missing:
+    outside, missing = set(), set()
+    for name in files:
+        path = resolve_in_root(image_dir, name)
+        if path is None:
+            outside.add(name)
+        elif not os.path.isfile(path):
+            missing.add(name)
+    if not missing and not outside:
         return ds
-    example = ", ".join(sorted(missing)[:5])
+    problems = []
+    for what, names in (("missing under", missing), ("named outside", outside)):
+        if names:
+            example = ", ".join(sorted(names)[:5])
+            problems.append(f"{len(names)} of {len(files)} images {what} {image_dir} (e.g. {example})")
+    problem = "; ".join(problems)
     if on_missing == "error":
-        raise ImageLoadError(f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example})")
+        raise ImageLoadError(problem)
+    dropped = missing | outside
     before = len(ds)
     ds = ds.filter(
-        lambda names: [n not in missing for n in names],
+        lambda names: [n not in dropped for n in names],
         input_columns="image_file",
         batched=True,
         num_proc=num_proc,
         desc="Dropping pairs with missing images",
     )
-    logger.warning(
-        f"{len(missing)} of {len(files)} images missing under {image_dir} (e.g. {example}): "
-        f"skipped {before - len(ds):,} of {before:,} pairs"
-    )
+    skipped = before - len(ds)
+    logger.warning(f"{problem}: skipped {skipped:,} of {before:,} pairs")
+    if max_skipped_fraction is not None and skipped > max_skipped_fraction * before:
+        raise TooManySkippedError(
+            f"{skipped:,} of {before:,} pairs ({skipped / before:.1%}) have no usable image ({problem}), more than "
+            f"--max_skipped_fraction {max_skipped_fraction}: check --image_dir, or raise the bound"
+        )
     return ds
 
 
-def build_split(path: str, data_args, max_samples: int | None, cache_dir: str | None = None) -> datasets.Dataset:
-    """Everything a split needs before training: parse, filter, check images, join images lazily."""
-    ds = load_hnc_pairs(
-        path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
-        num_proc=data_args.preprocessing_num_workers,
-    )
+def build_split(
+    path: str,
+    data_args,
+    max_samples: int | None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    max_skipped_fraction: float | None = None,
+) -> datasets.Dataset:
+    """Everything a split needs before training: parse (HNC JSON, or a hard-negative table: `hnc_clip.data.table`;
+    `split` names a dataset folder's or Hub dataset's split), filter, check images, join images lazily."""
+    if is_table(path):
+        ds = load_table_pairs(path, data_args, split, cache_dir=cache_dir)
+    else:
+        ds = load_hnc_pairs(
+            path, cache_dir=cache_dir, overwrite_cache=data_args.overwrite_cache,
+            num_proc=data_args.preprocessing_num_workers,
+        )
     ds = select_pairs(ds, data_args.caption_types, max_samples, data_args.preprocessing_num_workers)
     if data_args.image_dir is None:
         raise ValueError("--image_dir is required: images are joined from it by file name")
-    ds = drop_missing_images(ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers)
+    ds = drop_missing_images(
+        ds, data_args.image_dir, data_args.on_missing_image, data_args.preprocessing_num_workers, max_skipped_fraction
+    )
     if len(ds) == 0:
         raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
     return ds
@@ -100,11 +138,17 @@ def with_pixels(ds: datasets.Dataset, data_args, image_processor) -> datasets.Da
         return with_cached_images(
             ds, data_args.image_cache_dir, image_processor, data_args.on_missing_image, as_uint8=True
         )
-    return with_images(ds, data_args.image_dir, image_processor, data_args.on_missing_image)
+    max_pixels = data_args.max_image_pixels
+    return with_images(ds, data_args.image_dir, image_processor, data_args.on_missing_image, max_pixels)
 
 
-def make_collator(data_args, processor, max_positions: int) -> HncCollator:
-    """The collator for `with_pixels` rows: captions cut at `--max_text_length` (default: the text tower's
-    positions), and with the image cache the affine that normalises its uint8 rows on the device."""
+def make_collator(data_args, processor, config) -> HncCollator:
+    """The collator for `with_pixels` rows of a model with this `config`: captions cut at `--max_text_length`
+    (default: the text tower's positions) and padded as its family's text was trained (`hnc_clip.families`), K
+    negatives per pair (`--negatives_per_row`), and with the image cache the affine that normalises its uint8 rows
+    on the device."""
     affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
-    return HncCollator(processor.tokenizer, max_length=data_args.max_text_length or max_positions, pixel_affine=affine)
+    return HncCollator(
+        processor.tokenizer, max_length=data_args.max_text_length or config.text_config.max_position_embeddings,
+        pixel_affine=affine, negatives_per_row=data_args.negatives_per_row, **family_of(config).collator_kwargs(),
+    )  # fmt: skip

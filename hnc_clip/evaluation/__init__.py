@@ -5,7 +5,10 @@ Tasks (each a plain scoring function in `hnc_clip.evaluation.tasks`, with metric
 
 - pairwise: positive vs hard-negative caption selection (HNC, Structure-CLIP/COCO, SugarCrepe, ARO VG-R / VG-A);
 - retrieval: image->text and text->image Recall@1/5/10;
-- zeroshot: zero-shot classification on an image folder (+ optional linear probe).
+- zeroshot: zero-shot classification on an image folder (+ optional linear probe);
+- named benchmarks (`hnc_clip.evaluation.benchmarks`): the registry, one reader per official layout, the official
+  protocols, and the papers' table (`hnc_clip.evaluation.table`);
+- published baselines: OpenAI/open_clip checkpoints -> HF CLIP (`hnc_clip.evaluation.convert`).
 
 The application around it is `hnc_clip.scripts.evaluate` (`hnc-clip-eval`, `python eval/run_eval.py`). The public
 functions are re-exported here lazily so `import hnc_clip.evaluation.metrics` does not import torch.

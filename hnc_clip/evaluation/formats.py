@@ -256,19 +256,24 @@ def load_image_captions(
     """Images with all their captions, for retrieval.
 
     COCO Karpathy files list captions per image (train-style files with one caption per record are grouped too);
-    pair formats contribute each image's *unique positives* (HNC repeats a positive once per hard negative).
+    every caption entry is kept, duplicates included, as CLIP_benchmark does. Pair formats contribute each image's
+    *unique positives* (HNC repeats a positive once per hard negative).
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
-    by_image: dict[ImageRef, dict[str, None]] = {}  # dict-as-ordered-set keeps first-seen caption order
+    by_image: dict[ImageRef, list[str]] = {}
     for path in paths:
         fmt = _check_format(data_format, path)
         if fmt == COCO_KARPATHY:
             records: Iterable[tuple[ImageRef, str]] = _karpathy_records(path)
+            unique = False  # CLIP_benchmark keeps every caption entry, duplicates included
         else:
             records = ((ImageRef(p["image_file"], p["bbox"]), p["positive"]) for p in load_pairs(path, fmt))
+            unique = True  # a pair file repeats each positive once per hard negative: those are not captions
         for ref, caption in records:
             if isinstance(caption, str) and caption.strip():
-                by_image.setdefault(ref, {})[caption.strip()] = None
+                captions = by_image.setdefault(ref, [])
+                if not (unique and caption.strip() in captions):
+                    captions.append(caption.strip())
     items = [ImageCaptions(ref, list(caps)) for ref, caps in by_image.items() if caps]
     if max_images is not None:
         items = items[:max_images]

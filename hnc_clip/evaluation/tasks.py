@@ -16,12 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .encode import ClipEncoder, Encoder
+from .encode import ClipEncoder, Encoder, unreadable_rows
 from .formats import ImageCaptions
 from .images import ImageRef, resolve_image
 from .linear_probe import linear_probe_rankings
@@ -61,24 +61,45 @@ def rowwise_cosine(
     return out
 
 
-def _present_images(refs: Sequence[ImageRef], image_dir: str | None) -> tuple[dict[ImageRef, ImageRef], list[str]]:
-    """({reference: resolved reference} for existing images, [missing files]), each distinct reference checked once."""
+MAX_EXAMPLES = 5  # how many skipped items each reason names in the results
+
+
+def _present_images(
+    refs: Sequence[ImageRef], image_dir: str | None, allow_absolute: bool = False
+) -> tuple[dict[ImageRef, ImageRef], list[str]]:
+    """({reference: resolved reference} for existing images, [missing files]), each distinct reference checked once.
+
+    A file outside `image_dir` (`../x`, or an absolute path without `allow_absolute`) counts as missing.
+    """
     found, missing = {}, []
     for ref in dict.fromkeys(refs):
-        resolved = resolve_image(image_dir, ref)
+        resolved = resolve_image(image_dir, ref, allow_absolute=allow_absolute)
         if resolved is None:
             missing.append(ref.file)
         else:
             found[ref] = resolved
     if missing:
         logger.warning(
-            "%d image(s) missing under %r, e.g. %s; their items are skipped", len(missing), image_dir, missing[0]
+            "%d image(s) missing under %r (or outside it), e.g. %s; their items are skipped",
+            len(missing),
+            image_dir,
+            missing[0],
         )
     if not found:
         raise FileNotFoundError(
             f"none of the {len(missing)} images was found under --image_dir {image_dir!r} (e.g. {missing[:3]})"
         )
     return found, missing
+
+
+def _unreadable(encoder: Encoder, images: Sequence[ImageRef], emb: torch.Tensor) -> tuple[np.ndarray, list[str]]:
+    """(mask [I] of images that could not be decoded, their '<file>: <error>' descriptions)."""
+    bad = unreadable_rows(emb).numpy()
+    errors = getattr(encoder, "unreadable", {})
+    names = [f"{images[i].file}: {errors.get(images[i].file, 'unreadable')}" for i in np.flatnonzero(bad)]
+    if names:
+        logger.warning("%d image(s) could not be decoded, e.g. %s; their items are skipped", len(names), names[0])
+    return bad, names
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -88,7 +109,7 @@ def _present_images(refs: Sequence[ImageRef], image_dir: str | None) -> tuple[di
 
 @dataclass
 class PairwiseScores:
-    """Per-pair cosine similarities of the pairs whose image exists, plus the bookkeeping of what was skipped."""
+    """Per-pair cosine similarities of the pairs that could be scored, plus what was skipped and why."""
 
     positive: np.ndarray  # [P] sim(image, positive)
     negative: np.ndarray  # [P] sim(image, hard negative)
@@ -99,6 +120,9 @@ class PairwiseScores:
     num_texts: int
     missing_images: int
     skipped_pairs: int
+    unreadable_images: int = 0
+    identical_pairs: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few named skipped items
 
 
 def random_negative_index(image_index: np.ndarray, seed: int = 0) -> np.ndarray | None:
@@ -118,31 +142,57 @@ def random_negative_index(image_index: np.ndarray, seed: int = 0) -> np.ndarray 
     return j
 
 
-def pairwise_scores(encoder: Encoder, pairs: Sequence[dict], image_dir: str | None, seed: int = 0) -> PairwiseScores:
-    """Similarities of every pair whose image exists; each distinct image and caption is encoded once."""
-    refs = [ImageRef(p["image_file"], p.get("bbox")) for p in pairs]
-    found, missing = _present_images(refs, image_dir)
-    kept = [(p, found[r]) for p, r in zip(pairs, refs) if r in found]
-    n = len(kept)
+def pairwise_scores(
+    encoder: Encoder, pairs: Sequence[dict], image_dir: str | None, seed: int = 0, allow_absolute: bool = False
+) -> PairwiseScores:
+    """Similarities of every pair that can be scored; each distinct image and caption is encoded once.
 
-    images, image_index = unique_index([ref for _, ref in kept])  # [I], [P]
+    Skipped and counted, never scored as wrong: a positive identical to its negative (no caption can beat itself),
+    an image that is missing or outside `image_dir`, and an image that cannot be decoded.
+    """
+    identical = [p for p in pairs if p["positive"] == p["negative"]]
+    if identical:
+        logger.warning("%d pair(s) have a positive identical to the negative, e.g. %s", len(identical), identical[0])
+    candidates = [p for p in pairs if p["positive"] != p["negative"]]
+    refs = [ImageRef(p["image_file"], p.get("bbox")) for p in candidates]
+    found, missing = _present_images(refs, image_dir, allow_absolute)
+    present = [(p, found[r]) for p, r in zip(candidates, refs) if r in found]
+
+    images, image_index = unique_index([ref for _, ref in present])  # [I], [P0]
+    image_emb = encoder.encode_images(images)  # [I, D], NaN rows = unreadable
+    bad_image, unreadable = _unreadable(encoder, images, image_emb)
+    keep = ~bad_image[image_index] if len(image_index) else np.zeros(0, dtype=bool)
+    kept = [pair for pair, k in zip(present, keep) if k]
+    if not kept:
+        raise ValueError(
+            f"pairwise: nothing to score ({len(missing)} missing, {len(unreadable)} unreadable images, "
+            f"{len(identical)} identical pairs; e.g. {(unreadable or missing)[:3]})"
+        )
+    image_index = image_index[keep]
+    n = len(kept)
     texts, text_index = unique_index([p["positive"] for p, _ in kept] + [p["negative"] for p, _ in kept])
     pos_index, neg_index = text_index[:n], text_index[n:]  # [P], [P]
-
-    image_emb = encoder.encode_images(images)  # [I, D]
     text_emb = encoder.encode_texts(texts)  # [T, D]
 
     rand = random_negative_index(image_index, seed)  # [P] pair whose positive serves as an easy negative
+    examples = {
+        "missing_images": missing[:MAX_EXAMPLES],
+        "unreadable_images": unreadable[:MAX_EXAMPLES],
+        "identical_pairs": [str(p["pair_id"]) for p in identical[:MAX_EXAMPLES]],
+    }
     return PairwiseScores(
         positive=rowwise_cosine(image_emb, image_index, text_emb, pos_index),
         negative=rowwise_cosine(image_emb, image_index, text_emb, neg_index),
         random_negative=None if rand is None else rowwise_cosine(image_emb, image_index, text_emb, pos_index[rand]),
         types=[str(p["type"]) for p, _ in kept],
         pair_ids=[str(p["pair_id"]) for p, _ in kept],
-        num_images=len(images),
+        num_images=int((~bad_image).sum()),
         num_texts=len(texts),
         missing_images=len(missing),
         skipped_pairs=len(pairs) - n,
+        unreadable_images=len(unreadable),
+        identical_pairs=len(identical),
+        examples={k: v for k, v in examples.items() if v},
     )
 
 
@@ -159,8 +209,13 @@ def pairwise_metrics(scores: PairwiseScores, thresholds: Sequence[float] = DEFAU
         num_images=scores.num_images,
         num_captions=scores.num_texts,
         missing_images=scores.missing_images,
+        unreadable_images=scores.unreadable_images,
+        identical_pairs=scores.identical_pairs,
         skipped_pairs=scores.skipped_pairs,
+        num_input_pairs=len(scores.positive) + scores.skipped_pairs,
     )
+    if scores.examples:
+        results["skipped_examples"] = scores.examples
     return results
 
 
@@ -213,44 +268,55 @@ def score_retrieval(
     items: Sequence[ImageCaptions],
     image_dir: str | None,
     k_values: Sequence[int] = DEFAULT_K,
+    allow_absolute: bool = False,
 ) -> dict:
     """Image->text and text->image Recall@K over a gallery where each image has one or more captions.
 
-    Image->text: a hit when *any* of the image's captions is in the top K; the text gallery is the set of distinct
-    captions, so a sentence shared by two images is one candidate that counts for both (not two tied copies).
-    Text->image: every caption of every image is a query whose only relevant item is its own image.
+    As CLIP_benchmark's `zeroshot_retrieval.evaluate`: every caption *entry* is a gallery item, duplicates included
+    (a sentence shared by two images is two entries with equal scores; `torch.topk` orders such ties), and each
+    caption is a text->image query whose only relevant item is its own image. Image->text is a hit when any of the
+    image's own entries is in the top K. Each distinct caption is still encoded once.
     """
-    found, missing = _present_images([item.image for item in items], image_dir)
-    kept = [item for item in items if item.image in found]
-    owner = [i for i, item in enumerate(kept) for _ in item.captions]  # [C] image of each caption
+    found, missing = _present_images([item.image for item in items], image_dir, allow_absolute)
+    present = [item for item in items if item.image in found]
+    images, image_index = unique_index([found[item.image] for item in present])
+    image_table = encoder.encode_images(images)  # [I, D]
+    bad_image, unreadable = _unreadable(encoder, images, image_table)
+    kept = [item for item, i in zip(present, image_index) if not bad_image[i]]
+    image_index = np.array([i for i in image_index if not bad_image[i]], dtype=np.int64)
+    owner = [i for i, item in enumerate(kept) for _ in item.captions]  # [C] image of each caption entry
     captions = [c for item in kept for c in item.captions]  # [C]
     if not captions:
-        raise ValueError("retrieval: no captions for the images that exist")
+        raise ValueError("retrieval: no captions for the images that exist and decode")
 
-    images, image_index = unique_index([found[item.image] for item in kept])
     texts, text_index = unique_index(captions)
-    image_emb = encoder.encode_images(images)[torch.from_numpy(image_index)]  # [N, D]
-    text_emb = encoder.encode_texts(texts)  # [T, D] distinct captions
+    image_emb = image_table[torch.from_numpy(image_index)]  # [N, D]
+    text_emb = encoder.encode_texts(texts)[torch.from_numpy(text_index)]  # [C, D], one row per entry
 
-    relevant_texts: list[set[int]] = [set() for _ in kept]  # per image, ids of its distinct captions
+    relevant_texts: list[list[int]] = [[] for _ in kept]  # per image, its caption entries
     for c, i in enumerate(owner):
-        relevant_texts[i].add(int(text_index[c]))
+        relevant_texts[i].append(c)
     kmax = max(k_values)
     recall = _metric("retrieval_recall")
     i2t = recall.compute(
-        predictions=_topk_rows(image_emb, text_emb, kmax),
-        references=[sorted(r) for r in relevant_texts],
-        k_values=list(k_values),
+        predictions=_topk_rows(image_emb, text_emb, kmax), references=relevant_texts, k_values=list(k_values)
     )
     t2i = recall.compute(
-        predictions=_topk_rows(text_emb[torch.from_numpy(text_index)], image_emb, kmax),  # [C] queries
-        references=[[i] for i in owner],
-        k_values=list(k_values),
+        predictions=_topk_rows(text_emb, image_emb, kmax), references=[[i] for i in owner], k_values=list(k_values)
     )
     results = {f"image_to_text_R@{k}": i2t[f"R@{k}"] for k in k_values}
     results.update({f"text_to_image_R@{k}": t2i[f"R@{k}"] for k in k_values})
     results["mean_recall"] = float(np.mean([results[key] for key in results]))
-    results.update(num_images=len(kept), num_captions=len(captions), missing_images=len(missing))
+    results.update(
+        num_images=len(kept),
+        num_captions=len(captions),
+        missing_images=len(missing),
+        unreadable_images=len(unreadable),
+        num_input_images=len(items),
+    )
+    examples = {"missing_images": missing[:MAX_EXAMPLES], "unreadable_images": unreadable[:MAX_EXAMPLES]}
+    if any(examples.values()):
+        results["skipped_examples"] = {k: v for k, v in examples.items() if v}
     return results
 
 
@@ -273,12 +339,17 @@ def evaluate_retrieval(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def fill_template(template: str, classname: str) -> str:
+    """A prompt from a template with a `{}` slot (OpenAI's notebooks) or a `{c}` slot (CLIP_benchmark's files)."""
+    return template.replace("{c}", classname) if "{c}" in template else template.format(classname)
+
+
 def zeroshot_classifier(encoder: Encoder, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """Class embeddings `[C, D]`: per class the mean of its L2-normalised template embeddings, re-normalised.
 
     The prompt ensemble of Radford et al. (2021), Sec. 3.1.4. All prompts are encoded in one deduplicated call.
     """
-    prompts = [template.format(name) for name in classnames for template in templates]
+    prompts = [fill_template(template, name) for name in classnames for template in templates]
     texts, index = unique_index(prompts)
     emb = encoder.encode_texts(texts)[torch.from_numpy(index)]  # [C * T, D], rows L2-normalised
     mean = emb.view(len(classnames), len(templates), -1).mean(dim=1)  # [C, D]
@@ -321,11 +392,19 @@ def score_zeroshot(
             f"zero-shot: labels span {min(labels)}..{max(labels)} but there are {len(classnames)} classes"
         )
     classifier = zeroshot_classifier(encoder, classnames, templates)  # [C, D]
-    image_emb = encoder.encode_images(images)  # [N, D]
+    image_emb = encoder.encode_images(images)  # [N, D], NaN rows = undecodable
+    bad = unreadable_rows(image_emb).numpy()
+    if bad.all():
+        raise ValueError(f"zero-shot: none of the {len(images)} images could be decoded")
+    labels = [int(label) for label, b in zip(labels, bad) if not b]
+    image_emb = image_emb[torch.from_numpy(~bad)]
     ranked = _topk_rows(image_emb, classifier, 5)
     metric = _metric("zeroshot_accuracy")
     results = metric.compute(predictions=ranked, references=list(labels), k_values=[1, 5])
-    results.update(num_classes=len(classnames), num_templates=len(templates))
+    results.update(num_classes=len(classnames), num_templates=len(templates), unreadable_images=int(bad.sum()))
+    if bad.any():
+        errors = list(getattr(encoder, "unreadable", {}).items())
+        results["skipped_examples"] = {"unreadable_images": [f"{f}: {e}" for f, e in errors[:MAX_EXAMPLES]]}
     if linear_probe:
         probe_ranked, probe_labels, backend = linear_probe_rankings(
             image_emb, np.asarray(labels), len(classnames), seed

@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 
+from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data.image_cache import list_hnc_images, prepare
+from hnc_clip.data.images import MAX_IMAGE_PIXELS
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hnc_file", default=None, help="Cache only the images this HNC file uses (default: all).")
     parser.add_argument("--cache_dir", default=None, help="`datasets` cache for the HNC conversion (as training).")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Worker processes.")
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help="Record as failed an image of more pixels (as training's flag).")  # fmt: skip
     return parser
 
 
@@ -35,14 +39,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
-    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers)
+    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers,
+                    max_pixels=args.max_image_pixels)  # fmt: skip
     print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
     return index
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`hnc-clip-image-cache`: exit status 0 once the outputs are written (errors raise)."""
-    main(argv)
+    """`hnc-clip-image-cache`: exit status 0 once the outputs are written (errors raise); 143 on SIGTERM, after
+    stopping the workers and removing the half-written pixels (the previous cache, if any, stays valid)."""
+    sigterm = SaveOnSigterm(save=False).install()
+    try:
+        main(argv)
+    except Preempted:
+        return 143
+    finally:
+        sigterm.uninstall()
     return 0
 
 

@@ -33,11 +33,42 @@ class EvalArguments:
     model_name_or_path: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "One or more checkpoints (local folders or Hub ids). With --wise_alpha the first is the base."
+            "help": "One or more models: HF CLIP folders or Hub ids, or OpenAI/open_clip checkpoint files (.pt needs "
+            "--allow_pickle; converted in memory). With --wise_alpha the first is the base.",
+            "aliases": ["--model"],
         },
     )
-    task: list[str] = field(
-        default_factory=lambda: ["pairwise"], metadata={"help": f"One or more of {', '.join(TASKS)}."}
+    task: list[str] | None = field(
+        default=None,
+        metadata={"help": f"One or more of {', '.join(TASKS)}; default pairwise when --data_file is given."},
+    )
+    benchmark: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Registry benchmarks and suites (compositionality, zeroshot, retrieval, all): eval/README."},
+    )
+    benchmark_dir: str = field(
+        default=os.environ.get("HNC_CLIP_BENCHMARK_DIR", "~/.cache/hnc_clip/benchmarks"),
+        metadata={"help": "Folder holding <name>/ per benchmark in its official layout (Hub ones are fetched here)."},
+    )
+    download: bool = field(
+        default=True, metadata={"help": "Fetch Hub-hosted benchmarks that are missing (--no_download: never)."}
+    )
+    precision: str = field(
+        default="fp32", metadata={"help": "fp32 (default, as the published numbers), bf16 or fp16 (autocast)."}
+    )
+    num_workers: int | None = field(
+        default=None, metadata={"help": "DataLoader workers decoding images; default min(4, CPUs // 2)."}
+    )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={"help": "Load pickled .pt/.pth/.bin baselines (a pickle can run code): only files you trust."},
+    )
+    activation: str = field(
+        default="quick_gelu", metadata={"help": "Activation of converted .pt baselines: quick_gelu (OpenAI) or gelu."}
+    )
+    allow_absolute_paths: bool = field(
+        default=False,
+        metadata={"help": "Let data files name absolute image paths (by default every path stays inside its root)."},
     )
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where results.json, results.md and plots go."})
     data_file: list[str] = field(
@@ -90,6 +121,10 @@ class EvalArguments:
     def __post_init__(self):
         if isinstance(self.task, str):
             self.task = [self.task]
+        if isinstance(self.benchmark, str):
+            self.benchmark = [self.benchmark]
+        if self.task is None:
+            self.task = ["pairwise"] if self.data_file or not self.benchmark else []
         if isinstance(self.model_name_or_path, str):
             self.model_name_or_path = [self.model_name_or_path]
         if isinstance(self.data_file, str):
@@ -99,7 +134,21 @@ class EvalArguments:
         if unknown := [t for t in self.task if t not in TASKS]:
             raise ValueError(f"--task: unknown {unknown}; choose from {list(TASKS)}")
         if not self.model_name_or_path:
-            raise ValueError("--model_name_or_path: give at least one checkpoint")
+            raise ValueError("--model_name_or_path (--model): give at least one checkpoint")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision: fp32, bf16 or fp16, got {self.precision!r}")
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise ValueError(f"--activation: quick_gelu or gelu, got {self.activation!r}")
+        if self.num_workers is None:
+            self.num_workers = min(4, (os.cpu_count() or 1) // 2)
+        if self.num_workers < 0:
+            raise ValueError("--num_workers must be >= 0")
+        if self.benchmark:
+            from hnc_clip.evaluation.benchmarks import expand
+
+            self.benchmarks = expand(self.benchmark)  # BenchmarkError lists the registry
+        else:
+            self.benchmarks = []
         if "pairwise" in self.task and not self.data_file:
             raise ValueError("--task pairwise needs --data_file")
         if "retrieval" in self.task and not (self.retrieval_file or self.data_file):
@@ -129,8 +178,17 @@ def make_parser():
 
 
 def model_names(paths: list[str]) -> list[str]:
-    """Display names: folder basenames (Hub ids as given); full paths when two basenames would collide."""
-    names = [os.path.basename(os.path.normpath(p)) if os.path.isdir(p) else p for p in paths]
+    """Display names: folder basenames, checkpoint file names without extension (Hub ids as given); full paths when
+    two names would collide."""
+
+    def name(p: str) -> str:
+        if os.path.isdir(p):
+            return os.path.basename(os.path.normpath(p))
+        if os.path.isfile(p):
+            return os.path.splitext(os.path.basename(p))[0]
+        return p
+
+    names = [name(p) for p in paths]
     return names if len(set(names)) == len(names) else list(paths)
 
 
@@ -141,6 +199,7 @@ class _Data:
     pairs: list | None = None
     retrieval_items: list | None = None
     zeroshot: dict | None = None
+    benchmark_roots: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     card_datasets: dict = field(default_factory=dict)
 
@@ -164,6 +223,14 @@ def load_data(args: EvalArguments) -> _Data:
         data.retrieval_items = load_image_captions(files, fmt, max_images=args.max_images)
         data.summary["retrieval"] = {"files": files, "images": len(data.retrieval_items)}
         data.card_datasets["retrieval"] = _dataset_label(files, fmt)
+    if args.benchmarks:
+        from hnc_clip.evaluation.benchmarks import locate
+
+        # Every benchmark is located (or fetched) before any model loads: a missing one fails in seconds.
+        for bench in args.benchmarks:
+            data.benchmark_roots[bench.name] = locate(bench, args.benchmark_dir, args.cache_dir, args.download)
+            data.card_datasets[f"benchmark:{bench.name}"] = (bench.name, bench.title)
+        data.summary["benchmarks"] = dict(data.benchmark_roots)
     if "zeroshot" in args.task:
         from hnc_clip.evaluation.zeroshot_data import load_imagefolder, read_classnames, read_templates
 
@@ -181,7 +248,7 @@ def load_data(args: EvalArguments) -> _Data:
 
 def evaluate_model(model, processor, args: EvalArguments, data: _Data) -> tuple[dict, object | None]:
     """All requested tasks for one model: ({task: metrics}, pairwise scores for the histograms or None)."""
-    from hnc_clip.evaluation.encode import ClipEncoder
+    from hnc_clip.evaluation.encode import CachedEncoder, ClipEncoder
     from hnc_clip.evaluation.tasks import (
         DatasetColumn,
         pairwise_metrics,
@@ -190,14 +257,35 @@ def evaluate_model(model, processor, args: EvalArguments, data: _Data) -> tuple[
         score_zeroshot,
     )
 
-    encoder = ClipEncoder(model, processor, batch_size=args.batch_size, device=args.device)
+    encoder = ClipEncoder(
+        model,
+        processor,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        num_workers=args.num_workers,
+    )
     out, scores = {}, None
     if data.pairs is not None:
-        scores = pairwise_scores(encoder, data.pairs, args.image_dir, seed=args.seed)
+        scores = pairwise_scores(
+            encoder, data.pairs, args.image_dir, seed=args.seed, allow_absolute=args.allow_absolute_paths
+        )
         out["pairwise"] = pairwise_metrics(scores, args.tau)
     if data.retrieval_items is not None:
         image_dir = args.retrieval_image_dir or args.image_dir
-        out["retrieval"] = score_retrieval(encoder, data.retrieval_items, image_dir)
+        out["retrieval"] = score_retrieval(
+            encoder, data.retrieval_items, image_dir, allow_absolute=args.allow_absolute_paths
+        )
+    if data.benchmark_roots:
+        from hnc_clip.evaluation.benchmarks.runner import run_benchmark
+
+        cached = CachedEncoder(encoder)  # benchmarks sharing images (COCO val2017) encode each once per model
+        out["benchmarks"] = {}
+        for bench in args.benchmarks:
+            logger.info("benchmark %s", bench.name)
+            out["benchmarks"][bench.name] = run_benchmark(
+                cached, bench, data.benchmark_roots[bench.name], allow_absolute=args.allow_absolute_paths
+            )
     if data.zeroshot is not None:
         dataset = data.zeroshot["dataset"]
         out["zeroshot"] = score_zeroshot(
@@ -210,6 +298,17 @@ def evaluate_model(model, processor, args: EvalArguments, data: _Data) -> tuple[
             seed=args.seed,
         )
     return out, scores
+
+
+def load_model(path: str, device, args: EvalArguments):
+    """(model, processor): an HF CLIP folder / Hub id, or an OpenAI/open_clip checkpoint file converted in memory."""
+    from hnc_clip.evaluation.convert import convert_checkpoint, is_checkpoint_file
+    from hnc_clip.evaluation.encode import load_clip
+
+    if is_checkpoint_file(path):
+        model, processor = convert_checkpoint(path, allow_pickle=args.allow_pickle, activation=args.activation)
+        return model.to(device).eval(), processor
+    return load_clip(path, device)
 
 
 def _wise_curves(results: dict, names: list[str], alphas: list[float]) -> dict:
@@ -241,7 +340,7 @@ def run(args: EvalArguments | dict) -> dict:
         args = EvalArguments(**args)
     import torch
 
-    from hnc_clip.evaluation.encode import default_device, load_clip
+    from hnc_clip.evaluation.encode import default_device
     from hnc_clip.evaluation.report import write_results_json, write_results_markdown
     from hnc_clip.evaluation.wise import check_wise_configs, wise_interpolate, wise_name
 
@@ -250,6 +349,10 @@ def run(args: EvalArguments | dict) -> dict:
     args.device = str(device)
     data = load_data(args)
     if args.alphas:
+        from hnc_clip.evaluation.convert import is_checkpoint_file
+
+        if any(is_checkpoint_file(p) for p in args.model_name_or_path):
+            raise ValueError("--wise_alpha needs HF CLIP folders: convert .pt baselines first (hnc-clip-convert)")
         check_wise_configs(args.model_name_or_path)
     names = model_names(args.model_name_or_path)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -260,7 +363,7 @@ def run(args: EvalArguments | dict) -> dict:
     base = None
     for i, (path, name) in enumerate(zip(args.model_name_or_path, names)):
         logger.info("evaluating %s", name)
-        model, processor = load_clip(path, device)
+        model, processor = load_model(path, device, args)
         results[name], scores[name] = evaluate_model(model, processor, args, data)
         if args.alphas and i == 0:
             base = model.to("cpu")
@@ -275,7 +378,14 @@ def run(args: EvalArguments | dict) -> dict:
 
     # 3. Outputs: results.json, results.md, the run's configuration, plots.
     write_results_json(results, args.output_dir)
-    write_results_markdown(results, args.output_dir)
+    write_results_markdown({m: {t: v for t, v in r.items() if t != "benchmarks"} for m, r in results.items()},
+                           args.output_dir)  # fmt: skip
+    if args.benchmarks:
+        from hnc_clip.evaluation.table import write_benchmark_table
+
+        suites = {b.name: b.suite for b in args.benchmarks}
+        headlines = {b.name: b.headline for b in args.benchmarks}
+        write_benchmark_table(results, suites, headlines, args.output_dir)
     with open(os.path.join(args.output_dir, "eval_config.json"), "w", encoding="utf-8") as f:
         json.dump({"args": asdict(args), "data": data.summary}, f, indent=2, default=str)
     if args.plots:
@@ -306,7 +416,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = run(args)
     from hnc_clip.evaluation.report import results_markdown
 
-    print(results_markdown(results))
+    print(results_markdown({m: {t: v for t, v in r.items() if t != "benchmarks"} for m, r in results.items()}))
+    if args.benchmarks:
+        with open(os.path.join(args.output_dir, "benchmarks.md"), encoding="utf-8") as f:
+            print(f.read())
     return results
 
 

@@ -39,6 +39,7 @@ from hnc_clip.trainer import HncTrainer
 logger = logging.getLogger("hnc_clip.search")
 
 SEARCHABLE_LOSSES = sorted(name for name, spec in LOSSES.items() if not spec.needs_reference)
+UNWEIGHTED = ("negclip", "clip")  # loss types without a λ to search
 
 
 @dataclass
@@ -105,10 +106,12 @@ def hp_space(search: SearchArguments, max_steps: int):
     def space(trial) -> dict:
         params = {
             "loss_type": trial.suggest_categorical("loss_type", search.loss_types),
-            "hard_negative_weight": trial.suggest_float("hard_negative_weight", *search.weight_range, log=True),
             "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate_range, log=True),
-            "hard_negative_schedule": trial.suggest_categorical("hard_negative_schedule", search.schedules),
         }
+        if params["loss_type"] in UNWEIGHTED:  # NegCLIP has no λ: its negatives sit in the softmax unweighted
+            return {**params, "hard_negative_weight": 1.0, "hard_negative_schedule": "constant"}
+        params["hard_negative_weight"] = trial.suggest_float("hard_negative_weight", *search.weight_range, log=True)
+        params["hard_negative_schedule"] = trial.suggest_categorical("hard_negative_schedule", search.schedules)
         if params["hard_negative_schedule"] != "constant":
             share = trial.suggest_float("hard_negative_warmup_share", 0.1, 0.5)
             params["hard_negative_warmup_steps"] = max(1, round(share * max_steps))
@@ -208,13 +211,13 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
         "objective": split(data_args.validation_file, search_args.objective_types, data_args.max_eval_samples),
         "floor": split(data_args.validation_file, search_args.floor_types, data_args.max_eval_samples),
     }
-    positions = AutoConfig.from_pretrained(model_args.model_name_or_path).text_config.max_position_embeddings
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     trainer = HncTrainer(
         model_init=model_init,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_sets,
-        data_collator=make_collator(data_args, processor, positions),
+        data_collator=make_collator(data_args, processor, config),
         processing_class=processor,
     )
 

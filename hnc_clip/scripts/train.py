@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,6 @@ import sys
 import datasets
 import transformers
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hnc_clip.arguments import (
     TRI_STATE_FLAGS,
@@ -26,9 +26,12 @@ from hnc_clip.arguments import (
     ModelArguments,
     describe_machine_defaults,
 )
-from hnc_clip.data import build_split, make_collator, with_pixels
+from hnc_clip.callbacks import Preempted, SaveOnSigterm
+from hnc_clip.data import build_split, make_collator, with_hard_image_pairs, with_pixels
+from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
+from hnc_clip.output_dir import claim_output_dir, is_complete, last_complete_checkpoint, save_final_model
 from hnc_clip.trainer import HncTrainer
 
 logger = logging.getLogger("hnc_clip")
@@ -74,12 +77,15 @@ def setup_logging(training_args: HncTrainingArguments) -> None:
 
 
 def resolve_checkpoint(training_args: HncTrainingArguments) -> str | None:
-    """`--resume_from_checkpoint` as given, or `True` → the last checkpoint in `--output_dir`."""
+    """`--resume_from_checkpoint` as given, or `last` (`True`) → the newest *complete* checkpoint in `--output_dir`
+    (one cut short by a kill or a full disk is passed over)."""
     ckpt = training_args.resume_from_checkpoint
     if ckpt in (True, "True", "true", "last"):
-        ckpt = get_last_checkpoint(training_args.output_dir)
+        ckpt = last_complete_checkpoint(training_args.output_dir)
         if ckpt is None:
-            raise ValueError(f"--resume_from_checkpoint: no checkpoint found in {training_args.output_dir}")
+            raise RunAbortedError(f"--resume_from_checkpoint: no complete checkpoint in {training_args.output_dir}")
+    elif ckpt and not is_complete(ckpt):
+        logger.warning(f"{ckpt} is not marked complete (cut short, or written by an older version): resuming anyway")
     return ckpt
 
 
@@ -114,84 +120,100 @@ def main(
     training_args: HncTrainingArguments,
     callbacks: list | None = None,
 ) -> dict:
-    # 1. Logging, seed, what this run does
-    setup_logging(training_args)
-    check_task(data_args, training_args)
-    logger.warning(describe_machine_defaults(training_args))
-    set_seed(training_args.seed)
+    with contextlib.ExitStack() as run:
+        # 1. SIGTERM handled from the first second; logging, seed, what this run does; the output folder held
+        sigterm = SaveOnSigterm(save=training_args.save_on_sigterm).install()
+        run.callback(sigterm.uninstall)
+        setup_logging(training_args)
+        check_task(data_args, training_args)
+        checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
+        run.enter_context(claim_output_dir(training_args, resuming=checkpoint is not None))
+        logger.warning(describe_machine_defaults(training_args))
+        set_seed(training_args.seed)
 
-    # 2. Model and processor
-    processor = load_processor(model_args)
-    model = load_model(model_args)
-    reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
-    model = apply_finetune_mode(model, training_args)
+        # 2. Model and processor
+        processor = load_processor(model_args)
+        model = load_model(model_args)
+        reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
+        model = apply_finetune_mode(model, training_args)
 
-    # 3. Data: HNC JSON → Arrow pairs → images joined on the fly
-    def split(path: str | None, max_samples: int | None):
-        if path is None:
-            return None
-        with training_args.main_process_first(desc=f"converting {path}"):
-            ds = build_split(path, data_args, max_samples, cache_dir=model_args.cache_dir)
-        return with_pixels(ds, data_args, processor.image_processor)
+        # 3. Data: HNC JSON or a hard-negative table → Arrow pairs → images joined on the fly
+        def split(path: str | None, max_samples: int | None, name: str):
+            if path is None:
+                return None
+            with training_args.main_process_first(desc=f"converting {path}"):
+                ds = build_split(
+                    path, data_args, max_samples, cache_dir=model_args.cache_dir, split=name,
+                    max_skipped_fraction=training_args.max_skipped_fraction,
+                )  # fmt: skip
+            return with_pixels(ds, data_args, processor.image_processor)
 
-    train_dataset = split(data_args.train_file, data_args.max_train_samples) if training_args.do_train else None
-    eval_dataset = split(data_args.validation_file, data_args.max_eval_samples)
-    collator = make_collator(data_args, processor, model.config.text_config.max_position_embeddings)
+        # A table's hard-image negatives ride along as further pairs (`with_hard_image_pairs`; HNC: unchanged).
+        train_dataset = with_hard_image_pairs(
+            split(data_args.train_file, data_args.max_train_samples, data_args.train_split)
+            if training_args.do_train else None
+        )  # fmt: skip
+        eval_dataset = with_hard_image_pairs(
+            split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
+        )
+        collator = make_collator(data_args, processor, model.config)
 
-    # 4. Trainer
-    trainer = HncTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=processor,
-        reference_model=reference,
-        callbacks=callbacks,
-        card_info={
-            "base_model": model_args.model_name_or_path,
-            "train_file": data_args.train_file,
-            "validation_file": data_args.validation_file,
-            "machine_defaults": training_args.machine_defaults,
-        },
-    )
+        # 4. Trainer
+        trainer = HncTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collator,
+            processing_class=processor,
+            reference_model=reference,
+            callbacks=callbacks,
+            sigterm=sigterm,
+            card_info={
+                "base_model": model_args.model_name_or_path,
+                "train_file": data_args.train_file,
+                "validation_file": data_args.validation_file,
+                "machine_defaults": training_args.machine_defaults,
+            },
+        )
 
-    # 5. Train, save (LoRA merged), evaluate, push
-    results: dict = {}
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
-        if trainer.sigterm is not None and trainer.sigterm.received:
-            # Preempted: the checkpoint is saved; the final model is not (the run is not finished).
-            step = trainer.state.global_step
-            logger.warning(
-                f"stopped by SIGTERM at step {step}; resume with "
-                f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{step}"
-            )
-            return {"preempted": True, "global_step": trainer.state.global_step}
-        trainer.model = merged_for_save(trainer.model)
-        # `_internal_call`: under --push_to_hub, save_model() would also upload (without the eval metrics and the
-        # card); the one push happens at the end.
-        trainer.save_model(_internal_call=True)
-        trainer.save_state()
-        metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        results.update(metrics)
-    if training_args.do_eval:
-        metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset)}
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
-    if training_args.should_save:
-        record_settings(training_args.output_dir, training_args.machine_defaults)
-    # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
-    if training_args.do_train:
-        trainer.card_info["metrics"] = results
-        if training_args.push_to_hub:
-            trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
-        elif training_args.should_save:
-            trainer.create_model_card()
-    return results
+        # 5. Train, save (LoRA merged), evaluate, push
+        results: dict = {}
+        if training_args.do_train:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+            if sigterm.received:
+                # Preempted: the checkpoint is saved; the final model is not (the run is not finished).
+                step = trainer.state.global_step
+                logger.warning(
+                    f"stopped by SIGTERM at step {step}; resume with "
+                    f"--resume_from_checkpoint {training_args.output_dir}/checkpoint-{step}"
+                )
+                return {"preempted": True, "global_step": trainer.state.global_step}
+            trainer.model = merged_for_save(trainer.model)
+            # Into a temporary folder, then renamed into place (`hnc_clip.output_dir`). Under --push_to_hub the one
+            # push happens at the end, with the eval metrics and the card.
+            save_final_model(trainer)
+            trainer.save_state()
+            totals = {f"train_{k}": int(v) for k, v in trainer.run_totals.items()}  # summed over processes
+            metrics = {**train_result.metrics, "train_samples": len(train_dataset), **totals}
+            trainer.log_metrics("train", metrics)
+            trainer.save_metrics("train", metrics)
+            results.update(metrics)
+        if training_args.do_eval:
+            metrics = trainer.evaluate()  # eval_samples: the pairs scored
+            trainer.log_metrics("eval", metrics)
+            trainer.save_metrics("eval", metrics)
+            results.update(metrics)
+        if training_args.should_save:
+            record_settings(training_args.output_dir, training_args.machine_defaults)
+        # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
+        if training_args.do_train:
+            trainer.card_info["metrics"] = results
+            if training_args.push_to_hub:
+                trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
+            elif training_args.should_save:
+                trainer.create_model_card()
+        return results
 
 
 def shutdown_distributed() -> None:
@@ -206,13 +228,19 @@ def shutdown_distributed() -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """`hnc-clip-train` and `python run_hnc_clip.py`: parse, train, exit 143 when preempted (128 + SIGTERM: schedulers
-    read it as "requeue"), 2 with a one-line message when there is nothing to do."""
+    read it as "requeue"), 2 with a one-line message when there is nothing to do, 1 with one when the run stopped
+    for a reason it names (`RunAbortedError`: skipped too much, trained nothing, disk full, folder in use, ...)."""
     args = parse_args(argv)
     try:
         results = main(*args)
     except NothingToDoError as err:
         print(f"hnc-clip-train: error: {err}", file=sys.stderr)
         return 2
+    except RunAbortedError as err:
+        print(f"hnc-clip-train: error: {err}", file=sys.stderr)
+        return 1
+    except Preempted:
+        return 143
     finally:
         shutdown_distributed()
     return 143 if results.get("preempted") else 0

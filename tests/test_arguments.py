@@ -1,0 +1,73 @@
+"""Flag validation (`hnc_clip.arguments`): every float finite, every knob in its range, the flag named."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+from hnc_clip.arguments import DataArguments, HncTrainingArguments
+from hnc_clip.schedules import SCHEDULES
+
+
+def training_args(tmp_path, **kw) -> HncTrainingArguments:
+    return HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+
+
+def float_fields(cls, instance) -> list[str]:
+    """The float flags: holding a float, or declared `float | None` (`--max_logit_scale`: None for SigLIP's family)."""
+    return [f.name for f in dataclasses.fields(cls)
+            if isinstance(getattr(instance, f.name, None), float) or str(f.type).startswith("float")]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_flag_must_be_finite(tmp_path, bad):
+    """NaN passes every `<`/`>` range check, so each float flag (the recipe's and the Trainer's) is checked for it
+    by name: `--max_logit_scale nan` used to write NaN into logit_scale."""
+    names = float_fields(HncTrainingArguments, training_args(tmp_path))
+    assert {"max_logit_scale", "kl_temperature", "learning_rate", "max_skipped_fraction"} <= set(names)
+    for name in names:
+        with pytest.raises(ValueError, match=f"--{name} must be a finite number"):
+            training_args(tmp_path, **{name: bad})
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("kl_temperature", 0.0, "> 0"), ("dpo_beta", -0.1, "> 0"), ("max_logit_scale", 0.0, "> 0"),
+    ("hard_negative_step_size", -0.1, ">= 0"), ("hard_negative_weight", -1.0, ">= 0"),
+    ("hard_negative_weight_min", -0.5, ">= 0"), ("hard_negative_step_every", 0, ">= 1"),
+    ("hard_negative_warmup_steps", -3, ">= 0"), ("kl_weight", -1.0, ">= 0"), ("dpo_contrastive_weight", -1.0, ">= 0"),
+    ("max_skipped_fraction", 1.5, "<= 1"), ("lora_dropout", 1.0, "< 1"), ("lora_r", 0, ">= 1"),
+    ("learning_rate", -1e-3, ">= 0"), ("adam_beta2", 1.0, "< 1"), ("adam_epsilon", 0.0, "> 0"),
+    ("max_grad_norm", -1.0, ">= 0"), ("max_nonfinite_steps", -1, ">= 0"), ("group_by_image", -2, ">= 0"),
+])  # fmt: skip
+def test_out_of_range_flags_name_the_flag_and_the_bound(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=f"--{flag} must be .*{message}.*, got {value}"):
+        training_args(tmp_path, **{flag: value})
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_text_length", 1, ">= 2"), ("max_train_samples", 0, ">= 1"), ("max_eval_samples", -5, ">= 1"),
+    ("max_image_pixels", 0, ">= 1"),
+])  # fmt: skip
+def test_data_flags_are_range_checked(flag, value, message):
+    with pytest.raises(ValueError, match=f"--{flag} must be {message}, got {value}"):
+        DataArguments(**{flag: value})
+
+
+def test_defaults_pass(tmp_path):
+    args = training_args(tmp_path)
+    assert args.max_skipped_fraction == 0.5 and args.overwrite_output_dir is False
+    DataArguments()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedules_never_leave_the_span_of_the_two_weights(name):
+    """Whatever the knobs (here set past what the flags allow), λ stays within [λ_min, λ] and ≥ 0: a negative step
+    size used to drive the staircase below zero, rewarding the model for preferring the hard negative."""
+    args = SimpleNamespace(hard_negative_weight=1.0, hard_negative_weight_min=0.2, hard_negative_warmup_steps=10,
+                           hard_negative_step_size=-0.3, hard_negative_step_every=1)
+    values = [SCHEDULES[name](t, args) for t in (-5, 0, 1, 5, 10, 50, 10_000)]
+    assert all(0.2 <= v <= 1.0 for v in values), values
+    args.hard_negative_weight, args.hard_negative_weight_min = -1.0, -2.0
+    assert all(SCHEDULES[name](t, args) == 0.0 for t in (0, 5, 100))
