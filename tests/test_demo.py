@@ -15,7 +15,8 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["roles"] == {"pre-trained base": "base", "standard fine-tune (`clip`)": "ft_clip",
-                                "`hnc` fine-tune": "ft_hnc", "HNC fine-tune (`pairwise`)": "ft_pairwise"}  # fmt: skip
+                                "`negclip` fine-tune": "ft_negclip", "`hnc` fine-tune": "ft_hnc",
+                                "HNC fine-tune (`pairwise`)": "ft_pairwise"}  # fmt: skip
     hnc = results["models"]["ft_pairwise"]
     assert {"acc_relation", "acc_swap", "acc_attribute", "acc_object", "zeroshot_top1"} <= set(hnc)
     # the trade-off runs from the base (α = 0) through the WiSE-FT interpolations to the tuned model (α = 1)
@@ -28,13 +29,18 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     report = (tmp_path / "report.md").read_text()
     assert "| HNC fine-tune (`pairwise`) |" in report and "Targets:" in report
 
-    # Every fine-tune saw the same batches: same flags but the loss.
+    # Every fine-tune saw the same batches: the same flags but the loss (and λ's, for the losses that have one).
     flags = {loss: json.loads((tmp_path / "models" / f"ft_{loss}" / "demo_stage.json").read_text())["flags"]
              for loss in args.losses}  # fmt: skip
-    def without_loss(f):
-        drop = {f.index("--loss_type"), f.index("--output_dir")}
-        return [x for k, x in enumerate(f) if k not in drop and k - 1 not in drop]
-    assert len({tuple(without_loss(f)) for f in flags.values()}) == 1
+    lambda_flags = ("--hard_negative_schedule", "--hard_negative_weight_min", "--hard_negative_weight",
+                    "--hard_negative_warmup_steps")  # fmt: skip
+
+    def batches(f):
+        drop = {f.index(flag) for flag in ("--loss_type", "--output_dir", *lambda_flags) if flag in f}
+        return tuple(x for k, x in enumerate(f) if k not in drop and k - 1 not in drop)
+
+    assert len({batches(f) for f in flags.values()}) == 1
+    assert "--hard_negative_weight" not in flags["negclip"] and "--hard_negative_weight" in flags["pairwise"]
 
     # A rerun trains nothing: every stage is found in its folder with the same configuration.
     stamps = {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in ("base", "ft_clip")}

@@ -37,6 +37,7 @@ from transformers import HfArgumentParser
 logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
+UNWEIGHTED = ("clip", "negclip")  # losses without a λ (NegCLIP's negatives sit in its softmax unweighted)
 BASE, STANDARD, HNC = "pre-trained base", "standard fine-tune (`clip`)", "HNC fine-tune"
 
 
@@ -51,15 +52,18 @@ class DemoArguments:
     num_train_images: int = field(default=4000, metadata={"help": "Training scenes (8 pairs each)."})
     num_test_images: int = field(default=500, metadata={"help": "Held-out test scenes (8 pairs each)."})
     num_recognition_per_class: int = field(default=20, metadata={"help": "Zero-shot images per colour×shape."})
-    pretrain_steps: int = field(default=800, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
+    text_hidden_size: int = field(
+        default=64, metadata={"help": "Width of the text tower (the vision tower is 128 wide): most of a step's time."}
+    )
+    pretrain_steps: int = field(default=600, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
     losses: list[str] = field(
-        default_factory=lambda: ["clip", "hnc", "pairwise"],
+        default_factory=lambda: ["clip", "negclip", "hnc", "pairwise"],
         metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline)."},
     )
     main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
-    finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})
+    finetune_steps: int = field(default=550, metadata={"help": "Steps of each fine-tuning run."})
     finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
     finetune_batch_size: int = field(default=256, metadata={"help": "Pairs per fine-tuning batch."})
     group_by_image: int = field(
@@ -69,10 +73,20 @@ class DemoArguments:
         default_factory=lambda: ["relation", "swap"],
         metadata={"help": "Negative types the fine-tunes train on (evaluation scores all four)."},
     )
-    hard_negative_weight: float = field(default=8.0, metadata={"help": "λ of the hard-negative fine-tunes."})
+    hard_negative_weight_start: float = field(
+        default=8.0, metadata={"help": "λ of the hard-negative fine-tunes at step 0: a strong relational push."}
+    )
+    hard_negative_weight: float = field(
+        default=2.0, metadata={"help": "λ after --hard_negative_decay_steps (linear in between): recognition back."}
+    )
+    hard_negative_decay_steps: int = field(default=400, metadata={"help": "Steps over which λ falls to its end."})
     wise_alphas: list[float] = field(
         default_factory=lambda: [0.25, 0.5, 0.75],
         metadata={"help": "WiSE-FT α of the trade-off curve: (1-α)·base + α·(main hard-negative model)."},
+    )
+    image_cache: bool = field(
+        default=True,
+        metadata={"help": "Decode the world's images once into a uint8 cache (`hnc-clip-image-cache`) for training."},
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch threads of in-process stages."})
     parallel_runs: int = field(
@@ -90,6 +104,7 @@ class DemoArguments:
         if self.quick:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
             self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
+            self.hard_negative_decay_steps = 2
             self.wise_alphas = self.wise_alphas[:1]
             self.parallel_runs = 1  # in-process: seconds, not process start-ups
 
@@ -117,10 +132,11 @@ def train(args: DemoArguments, name: str, init: str, flags: list[str]) -> str:
 
     world = os.path.join(args.output_dir, "world")
     out = os.path.join(args.output_dir, "models", name)
+    cache = ["--image_cache_dir", os.path.join(world, "image_cache")] if args.image_cache else []
     flags = [
         "--model_name_or_path", init, "--train_file", f"{world}/train.json", "--image_dir", f"{world}/images",
-        "--output_dir", out, "--do_train", "--weight_decay", "0.1", "--seed", str(args.seed), "--save_strategy",
-        "no", "--use_cpu", "--dataloader_num_workers", "0", "--report_to", "none",
+        *cache, "--output_dir", out, "--overwrite_output_dir", "--do_train", "--weight_decay", "0.1", "--seed",
+        str(args.seed), "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--report_to", "none",
         "--cache_dir", os.path.join(args.output_dir, "cache"), *flags,
     ]  # fmt: skip
     key = _config_hash([flags, _stage_key(init)])
@@ -148,8 +164,13 @@ def finetune_flags(args: DemoArguments, loss: str) -> list[str]:
     """Every fine-tune sees the same batches (same sampler, seed, size, steps and caption types); only the loss
     differs."""
     steps = args.finetune_steps
+    weight = [] if loss in UNWEIGHTED else [
+        "--hard_negative_schedule", "linear", "--hard_negative_weight_min", str(args.hard_negative_weight_start),
+        "--hard_negative_weight", str(args.hard_negative_weight),
+        "--hard_negative_warmup_steps", str(args.hard_negative_decay_steps),
+    ]  # fmt: skip
     return [
-        "--loss_type", loss, "--hard_negative_weight", str(args.hard_negative_weight), "--max_steps", str(steps),
+        "--loss_type", loss, *weight, "--max_steps", str(steps),
         "--per_device_train_batch_size", str(args.finetune_batch_size), "--group_by_image", str(args.group_by_image),
         "--caption_types", *args.caption_types, "--learning_rate", str(args.finetune_learning_rate),
         "--warmup_steps", str(max(1, steps // 10)), "--logging_steps", str(max(1, steps // 8)),
@@ -263,7 +284,9 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
         "Pairwise accuracy = share of held-out (image, positive, hard negative) triples with sim(image, positive) > "
         "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set. "
         f"Fine-tunes: {args.finetune_steps} steps on the same batches ({args.finetune_batch_size} pairs, groups of "
-        f"{args.group_by_image} per image, types {' '.join(args.caption_types)}, λ = {args.hard_negative_weight:g}).",
+        f"{args.group_by_image} per image, types {' '.join(args.caption_types)}, λ from "
+        f"{args.hard_negative_weight_start:g} to {args.hard_negative_weight:g} over {args.hard_negative_decay_steps} "
+        "steps; `negclip` has no λ).",
         "",
         *_table(types, [(role, summary[name]) for role, name in roles.items()], lambda s, k: f"{s[k]:.3f}"),
         "",
@@ -285,6 +308,23 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def build_image_cache(world: str, init: str) -> str:
+    """Every world image decoded and resized once (`hnc_clip.data.image_cache`), as `hnc-clip-image-cache` does; kept
+    while the world and the model's image geometry stay the same (`demo_stage.json` beside the cache)."""
+    from transformers import AutoImageProcessor
+
+    from hnc_clip.data.image_cache import geometry, prepare
+
+    out = os.path.join(world, "image_cache")
+    processor = AutoImageProcessor.from_pretrained(init)
+    key = _config_hash([(_read_json(os.path.join(world, "world.json")) or {}).get("config"), geometry(processor)])
+    if (_read_json(os.path.join(out, "demo_stage.json")) or {}).get("key") != key:
+        prepare(os.path.join(world, "images"), out, processor, num_workers=os.cpu_count() or 1, progress=False)
+        with open(os.path.join(out, "demo_stage.json"), "w") as f:
+            json.dump({"key": key}, f)
+    return out
 
 
 def main(args: DemoArguments) -> int:
@@ -310,7 +350,9 @@ def main(args: DemoArguments) -> int:
         num_recognition_per_class=args.num_recognition_per_class,
         seed=args.seed,
     )
-    init = save_world_model(world, os.path.join(out, "models", "init"))
+    init = save_world_model(world, os.path.join(out, "models", "init"), text_hidden_size=args.text_hidden_size)
+    if args.image_cache:
+        build_image_cache(world, init)
 
     # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint, on the same batches
     base = train(args, "base", init, pretrain_flags(args))
