@@ -4,6 +4,7 @@ trials through `Trainer.hyperparameter_search`, the objective and floor as docum
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -47,6 +48,8 @@ def test_search_records_trials_and_writes_a_best_config_that_trains(world, tmp_p
         p = t["params"]
         assert p["loss_type"] in ("hnc", "pairwise") and 1e-4 <= p["learning_rate"] <= 1e-3
         assert 0.5 <= p["hard_negative_weight"] <= 8.0 and p["hard_negative_schedule"] in ("constant", "linear")
+        if p["hard_negative_schedule"] == "linear":
+            assert 0.5 <= p["hard_negative_weight_min"] <= 8.0 and p["hard_negative_warmup_steps"] in (1, 2)  # 10–90 % of 2
         assert t["feasible"] == (t["floor_accuracy"] >= summary["floor_minimum"])
         assert t["objective"] == (t["relational_accuracy"] if t["feasible"] else t["relational_accuracy"] - 1)
         assert 0 <= t["relational_accuracy"] <= 1
@@ -92,3 +95,65 @@ def test_search_arguments_are_checked():
         search.SearchArguments(loss_types=["dpo"])
     with pytest.raises(ValueError, match="--weight_range"):
         search.SearchArguments(weight_range=[0.0, 1.0])
+
+
+def test_the_space_ramps_linear_from_a_searched_start_and_draws_no_weight_for_negclip():
+    """`linear` starts at a drawn λ (above the end λ it is the demo's decay, 8 → 2); negclip gets no λ at all."""
+    import optuna
+
+    space = search.hp_space(search.SearchArguments(loss_types=["pairwise", "negclip"]), max_steps=500)
+    decay = space(optuna.trial.FixedTrial({
+        "loss_type": "pairwise", "learning_rate": 1e-3, "hard_negative_weight": 2.0,
+        "hard_negative_schedule": "linear", "hard_negative_weight_start": 8.0, "hard_negative_warmup_share": 0.4,
+    }))  # fmt: skip
+    assert decay["hard_negative_weight_min"] == 8.0 and decay["hard_negative_warmup_steps"] == 200
+    from hnc_clip.schedules import SCHEDULES
+
+    args = SimpleNamespace(hard_negative_step_size=0.1, hard_negative_step_every=1, **{
+        k: v for k, v in decay.items() if k.startswith("hard_negative_") and k != "hard_negative_schedule"})
+    assert [SCHEDULES["linear"](t, args) for t in (0, 100, 200, 499)] == pytest.approx([8.0, 5.0, 2.0, 2.0])
+    flat = space(optuna.trial.FixedTrial({"loss_type": "negclip", "learning_rate": 1e-3}))
+    assert flat == {"loss_type": "negclip", "learning_rate": 1e-3, "hard_negative_weight": 1.0,
+                    "hard_negative_schedule": "constant"}
+
+
+def test_sigterm_stops_the_search_and_records_only_complete_trials(world, tmp_path, monkeypatch):
+    """SIGTERM in the second trial's training: the search ends at once with 143 (no more trials, none cut short and
+    scored as if trained, no best.yaml), trials.jsonl holds the first trial, and the SIGTERM handler is given back;
+    a second search into that folder is refused without --overwrite_output_dir."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from hnc_clip.trainer import HncTrainer
+
+    calls = {"train": 0}
+
+    class TermInSecondTrial(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            calls["train"] += 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if calls["train"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Trainer(HncTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(TermInSecondTrial())
+
+    monkeypatch.setattr(search, "HncTrainer", Trainer)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "search"
+    assert search.cli(flags(world, out)) == 143
+    assert calls["train"] == 2 and signal.getsignal(signal.SIGTERM) is before
+    trials = (out / "trials.jsonl").read_text().splitlines()
+    assert [json.loads(t)["number"] for t in trials] == [0]
+    assert not (out / "best.yaml").exists() and not any(p.name.startswith("checkpoint-") for p in out.iterdir())
+
+    monkeypatch.setattr(search, "HncTrainer", HncTrainer)
+    assert search.cli(flags(world, out)) == 1  # another search's trials there: refused, nothing appended
+    assert (out / "trials.jsonl").read_text().splitlines() == trials
+    assert search.cli([*flags(world, out), "--n_trials", "1", "--overwrite_output_dir"]) == 0
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 1 and (out / "best.yaml").exists()

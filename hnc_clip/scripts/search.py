@@ -29,7 +29,9 @@ import yaml
 from transformers import AutoConfig, HfArgumentParser
 
 from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import build_split, make_collator, with_pixels
+from hnc_clip.errors import OutputDirInUseError, RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
 from hnc_clip.schedules import SCHEDULES
@@ -57,8 +59,8 @@ class SearchArguments:
     )
     schedules: list[str] = field(
         default_factory=lambda: ["constant", "linear"],
-        metadata={"help": f"λ schedules to search over, among {sorted(SCHEDULES)} (`linear` warms up over a "
-                  "searched share of --max_steps)."},
+        metadata={"help": f"λ schedules to search over, among {sorted(SCHEDULES)} (`linear` ramps from a searched "
+                  "start λ to λ over a searched share of --max_steps: a warm-up or a decay)."},
     )  # fmt: skip
     objective_types: list[str] = field(
         default_factory=lambda: ["relation", "swap"],
@@ -112,10 +114,14 @@ def hp_space(search: SearchArguments, max_steps: int):
             return {**params, "hard_negative_weight": 1.0, "hard_negative_schedule": "constant"}
         params["hard_negative_weight"] = trial.suggest_float("hard_negative_weight", *search.weight_range, log=True)
         params["hard_negative_schedule"] = trial.suggest_categorical("hard_negative_schedule", search.schedules)
+        if params["hard_negative_schedule"] == "linear":  # from a start λ: a warm-up below λ, a decay above it
+            start = trial.suggest_float("hard_negative_weight_start", *search.weight_range, log=True)
+            params["hard_negative_weight_min"] = start
         if params["hard_negative_schedule"] != "constant":
-            share = trial.suggest_float("hard_negative_warmup_share", 0.1, 0.5)
+            share = trial.suggest_float("hard_negative_warmup_share", 0.1, 0.9)
             params["hard_negative_warmup_steps"] = max(1, round(share * max_steps))
-            params["hard_negative_step_every"] = max(1, round(share * max_steps / 10))  # `step`: 10 stairs
+        if params["hard_negative_schedule"] == "step":  # 10 stairs up to λ over the searched share
+            params["hard_negative_step_every"] = max(1, round(share * max_steps / 10))
             params["hard_negative_step_size"] = params["hard_negative_weight"] / 10
         return params
 
@@ -182,8 +188,18 @@ def plot_trials(trials: list[dict], path: str) -> str:
 
 def main(model_args, data_args, training_args, search_args: SearchArguments) -> dict:
     """Run the search; returns {"best": ..., "trials": [...], "base": ...} and writes trials.jsonl, trials.png,
-    best.yaml and search.json under --output_dir."""
+    best.yaml and search.json under --output_dir. SIGTERM stops it at once (`Preempted`), the trial under way
+    unrecorded: a trial cut short would score as if it had trained, and the search cannot resume a trial."""
+    sigterm = SaveOnSigterm(save=False).install()
+    try:
+        return _search(model_args, data_args, training_args, search_args, sigterm)
+    finally:
+        sigterm.uninstall()
+
+
+def _search(model_args, data_args, training_args, search_args: SearchArguments, sigterm: SaveOnSigterm) -> dict:
     # 1. Logging; every trial trains, then evaluates at the end (the objective)
+    training_args.save_on_sigterm = False  # the trainer then keeps `sigterm` raising, inside training too
     setup_logging(training_args)
     if data_args.train_file is None or data_args.validation_file is None:
         raise ValueError("hnc-clip-search needs --train_file and --validation_file (the objective's split)")
@@ -193,6 +209,13 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
         raise ImportError('hnc-clip-search needs optuna: pip install "hnc-clip[search]"') from err
     training_args.do_train = True
     os.makedirs(training_args.output_dir, exist_ok=True)
+    trials_file = os.path.join(training_args.output_dir, "trials.jsonl")
+    if os.path.exists(trials_file):  # appending would mix two searches' trials
+        if not training_args.overwrite_output_dir:
+            raise OutputDirInUseError(
+                f"{trials_file} holds another search's trials: pass --overwrite_output_dir or another --output_dir"
+            )
+        os.remove(trials_file)
 
     # 2. A fresh starting model per trial (the Trainer calls model_init)
     processor = load_processor(model_args)
@@ -219,6 +242,7 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
         eval_dataset=eval_sets,
         data_collator=make_collator(data_args, processor, config),
         processing_class=processor,
+        sigterm=sigterm,
     )
 
     # 4. The starting model's numbers set the floor
@@ -253,7 +277,7 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
             "seconds": round(time.time() - current["start"], 1),
         }
         trials.append(record)
-        with open(os.path.join(training_args.output_dir, "trials.jsonl"), "a") as f:
+        with open(trials_file, "a") as f:
             f.write(json.dumps(record) + "\n")
         logger.warning(f"trial {record['number']}: {json.dumps(record)}")
         return record["objective"]
@@ -297,7 +321,14 @@ def cli(argv: list[str] | None = None) -> int:
         args = parser.parse_yaml_file(os.path.abspath(argv[0]))
     else:
         args = parser.parse_args_into_dataclasses(args=argv)
-    main(*args)
+    try:
+        main(*args)
+    except RunAbortedError as err:  # a trial's run aborted (too many skipped pairs, ...) or the folder is taken
+        print(f"hnc-clip-search: error: {err}", file=sys.stderr)
+        return 1
+    except Preempted:
+        logger.warning(f"search stopped by SIGTERM; the complete trials are in {args[2].output_dir}/trials.jsonl")
+        return 143
     return 0
 
 
