@@ -49,7 +49,8 @@ def test_search_records_trials_and_writes_a_best_config_that_trains(world, tmp_p
         assert p["loss_type"] in ("hnc", "pairwise") and 1e-4 <= p["learning_rate"] <= 1e-3
         assert 0.5 <= p["hard_negative_weight"] <= 8.0 and p["hard_negative_schedule"] in ("constant", "linear")
         if p["hard_negative_schedule"] == "linear":
-            assert 0.5 <= p["hard_negative_weight_min"] <= 8.0 and p["hard_negative_warmup_steps"] in (1, 2)  # 10–90 % of 2
+            assert 0.5 <= p["hard_negative_weight_min"] <= 8.0
+            assert p["hard_negative_warmup_steps"] in (1, 2)  # 10–90 % of 2 steps
         assert t["feasible"] == (t["floor_accuracy"] >= summary["floor_minimum"])
         assert t["objective"] == (t["relational_accuracy"] if t["feasible"] else t["relational_accuracy"] - 1)
         assert 0 <= t["relational_accuracy"] <= 1
@@ -59,6 +60,9 @@ def test_search_records_trials_and_writes_a_best_config_that_trains(world, tmp_p
     # best.yaml is a plain hnc-clip-train config: it parses and trains, with the best trial's hyper-parameters
     config = yaml.safe_load((out / "best.yaml").read_text())
     best = summary["best"]["params"]
+    for knob in search.SCHEDULE_KNOBS:  # the best trial's schedule, not whatever the last trial left on the arguments
+        assert config.get(knob, getattr(search.HncTrainingArguments, knob)) == best[knob]
+    assert "save_on_sigterm" not in config  # the search's own SIGTERM handling stays out of the training config
     assert config["loss_type"] == best["loss_type"] and config["learning_rate"] == best["learning_rate"]
     assert "n_trials" not in config and config["do_train"] is True
     model_args, data_args, training_args = train_app.parse_args([str(out / "best.yaml")])
@@ -115,6 +119,12 @@ def test_the_space_ramps_linear_from_a_searched_start_and_draws_no_weight_for_ne
     flat = space(optuna.trial.FixedTrial({"loss_type": "negclip", "learning_rate": 1e-3}))
     assert flat == {"loss_type": "negclip", "learning_rate": 1e-3, "hard_negative_weight": 1.0,
                     "hard_negative_schedule": "constant"}
+    # the run's own schedule knobs ride along in every trial: nothing of one trial's schedule leaks into the next
+    given = {k: 0 for k in search.SCHEDULE_KNOBS}
+    constant = {"loss_type": "pairwise", "learning_rate": 1e-3, "hard_negative_weight": 2.0,
+                "hard_negative_schedule": "constant"}  # fmt: skip
+    flat = search.hp_space(search.SearchArguments(), 500, given)(optuna.trial.FixedTrial(constant))
+    assert all(flat[k] == 0 for k in search.SCHEDULE_KNOBS)
 
 
 def test_sigterm_stops_the_search_and_records_only_complete_trials(world, tmp_path, monkeypatch):

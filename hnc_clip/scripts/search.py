@@ -102,11 +102,20 @@ def make_parser() -> HfArgumentParser:
     return parser
 
 
-def hp_space(search: SearchArguments, max_steps: int):
-    """The optuna search space over the recipe's own knobs."""
+# The λ-schedule knobs a trial may set. Every trial sets all of them (the given flags' values where its schedule
+# needs none): the Trainer sets a trial's parameters on its arguments and never resets them for the next trial.
+SCHEDULE_KNOBS = (
+    "hard_negative_weight_min", "hard_negative_warmup_steps", "hard_negative_step_every", "hard_negative_step_size",
+)  # fmt: skip
+
+
+def hp_space(search: SearchArguments, max_steps: int, given: dict | None = None):
+    """The optuna search space over the recipe's own knobs; `given` holds the run's own values of `SCHEDULE_KNOBS`."""
+    given = dict(given or {})
 
     def space(trial) -> dict:
         params = {
+            **given,
             "loss_type": trial.suggest_categorical("loss_type", search.loss_types),
             "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate_range, log=True),
         }
@@ -199,7 +208,6 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
 
 def _search(model_args, data_args, training_args, search_args: SearchArguments, sigterm: SaveOnSigterm) -> dict:
     # 1. Logging; every trial trains, then evaluates at the end (the objective)
-    training_args.save_on_sigterm = False  # the trainer then keeps `sigterm` raising, inside training too
     setup_logging(training_args)
     if data_args.train_file is None or data_args.validation_file is None:
         raise ValueError("hnc-clip-search needs --train_file and --validation_file (the objective's split)")
@@ -244,6 +252,7 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
         processing_class=processor,
         sigterm=sigterm,
     )
+    sigterm.save = False  # the trainer copies --save_on_sigterm onto it; a search trial cannot be resumed
 
     # 4. The starting model's numbers set the floor
     base = trainer.evaluate()
@@ -256,7 +265,7 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
     # 5. The search; each trial recorded as it ends
     trials: list[dict] = []
     current: dict = {}
-    space = hp_space(search_args, training_args.max_steps)
+    space = hp_space(search_args, training_args.max_steps, {k: getattr(training_args, k) for k in SCHEDULE_KNOBS})
 
     def trial_space(trial):
         current.update(number=trial.number, params=space(trial), start=time.time())
