@@ -63,7 +63,7 @@ class DemoArguments:
         metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline)."},
     )
     main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
-    finetune_steps: int = field(default=550, metadata={"help": "Steps of each fine-tuning run."})
+    finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})
     finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
     finetune_batch_size: int = field(default=256, metadata={"help": "Pairs per fine-tuning batch."})
     group_by_image: int = field(
