@@ -163,13 +163,18 @@ class HncTrainingArguments(TrainingArguments):
         },
     )
     hard_negative_weight: float = field(
-        default=1.0, metadata={"help": "λ: weight of the hard-negative term (its maximum under a schedule)."}
+        default=1.0, metadata={"help": "λ: weight of the hard-negative term (where a schedule ends)."}
     )
     hard_negative_schedule: str = field(
         default="constant",
-        metadata={"help": "λ schedule: `constant`, `linear` (warm-up from min to λ), `step` (staircase min→λ)."},
+        metadata={
+            "help": "λ schedule: `constant`, `linear` (λ_min → λ: a warm-up, or a decay when λ_min > λ), "
+            "`step` (staircase λ_min → λ)."
+        },
     )
-    hard_negative_weight_min: float = field(default=0.0, metadata={"help": "Starting λ of `linear`/`step`."})
+    hard_negative_weight_min: float = field(
+        default=0.0, metadata={"help": "Starting λ of `linear`/`step` (above λ: `linear` decays)."}
+    )
     hard_negative_warmup_steps: int = field(default=0, metadata={"help": "Steps over which `linear` reaches λ."})
     hard_negative_step_size: float = field(default=0.1, metadata={"help": "`step`: λ increase per stair."})
     hard_negative_step_every: int = field(default=100, metadata={"help": "`step`: optimizer steps per stair."})

@@ -37,7 +37,7 @@ from .errors import NothingTrainedError, TooManySkippedError
 from .families import ModelFamily, family_of
 from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats, total_loss
+from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
 from .modeling import LogitScaleTap
 from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .schedules import SCHEDULES
@@ -111,9 +111,10 @@ class HncTrainer(Trainer):
         self, *args, reference_model=None, card_info: dict | None = None, sigterm: SaveOnSigterm | None = None,
         **kwargs,
     ):
+        self._model_tap = None
         super().__init__(*args, **kwargs)
         self.family = family_of(self.model)
-        self.loss_spec = loss_for_family(self.args.loss_type, self.family)
+        loss_for_family(self.args.loss_type, self.family)  # refuses a loss the family has no form of, up front
         if self.args.max_logit_scale is None:  # unset: the family's clamp (100 for CLIP; none for SigLIP)
             self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
@@ -124,14 +125,8 @@ class HncTrainer(Trainer):
             if self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16):
                 # DeepSpeed casts the inputs to its compute dtype; the reference must take the same inputs.
                 self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
-        self._taps = (
-            LogitScaleTap(self.model),
-            LogitScaleTap(self.reference_model) if self.reference_model is not None else None,
-        )
-        # θ₀ for ‖θ−θ₀‖² (`--l2_reg_weight`): only the trainable tensors, which are the only ones that can move.
-        self._theta0 = None
-        if self.args.l2_reg_weight > 0:
-            self._theta0 = [(p, p.detach().clone()) for p in self.model.parameters() if p.requires_grad]
+        self._reference_tap = LogitScaleTap(self.reference_model) if self.reference_model is not None else None
+        self._bind_model(self.model)
         # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU (nor does
         # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
@@ -151,6 +146,31 @@ class HncTrainer(Trainer):
         check_parallelism(self)
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
+
+    @property
+    def loss_spec(self) -> LossSpec:
+        # Read from the arguments each time: a hyper-parameter search trial sets `args.loss_type` on this trainer.
+        return loss_for_family(self.args.loss_type, self.family)
+
+    @property
+    def _taps(self) -> tuple[LogitScaleTap | None, LogitScaleTap | None]:
+        return self._model_tap, self._reference_tap
+
+    def _bind_model(self, model) -> None:
+        """What the trainer keeps of the model it trains: the logit-scale tap and, for `--l2_reg_weight`, θ₀ (only
+        the trainable tensors, which are the only ones that can move). Again for each model `model_init` builds."""
+        if self._model_tap is not None:
+            self._model_tap.remove()
+        self._model_tap = LogitScaleTap(model)
+        self._theta0 = None
+        if self.args.l2_reg_weight > 0:
+            self._theta0 = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def call_model_init(self, trial=None):
+        model = super().call_model_init(trial)
+        if hasattr(self, "_reference_tap"):  # not during Trainer.__init__: __init__ binds its model itself
+            self._bind_model(model)
+        return model
 
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.

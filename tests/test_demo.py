@@ -14,12 +14,33 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     for name in ("report.md", "results.json", "accuracy_by_type.png", "tradeoff.png", "eval/results.json"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["roles"]) == {"pre-trained base", "standard fine-tune", "HNC fine-tune"}
-    hnc = results["models"][results["roles"]["HNC fine-tune"]]
+    assert results["roles"] == {"pre-trained base": "base", "standard fine-tune (`clip`)": "ft_clip",
+                                "`negclip` fine-tune": "ft_negclip", "`hnc` fine-tune": "ft_hnc",
+                                "HNC fine-tune (`pairwise`)": "ft_pairwise"}  # fmt: skip
+    hnc = results["models"]["ft_pairwise"]
     assert {"acc_relation", "acc_swap", "acc_attribute", "acc_object", "zeroshot_top1"} <= set(hnc)
-    assert [p["weight"] for p in results["tradeoff"]] == [0.0, *sorted({4.0, *args.sweep_weights})]
+    # the trade-off runs from the base (α = 0) through the WiSE-FT interpolations to the tuned model (α = 1)
+    assert [p["alpha"] for p in results["tradeoff"]] == [0.0, *args.wise_alphas, 1.0]
+    assert results["tradeoff"][0]["zeroshot_top1"] == results["models"]["base"]["zeroshot_top1"]
+    assert results["tradeoff"][-1]["relational"] == hnc["relational"]
+    wise = json.loads((tmp_path / "eval" / "wise" / "results.json").read_text())
+    assert f"ft_pairwise@wise{args.wise_alphas[0]:g}" in wise
+    assert set(results["targets"]) >= {"HNC relation and swap ≥ 0.95", "HNC object accuracy not below the base"}
     report = (tmp_path / "report.md").read_text()
-    assert "| HNC fine-tune |" in report and "Targets:" in report
+    assert "| HNC fine-tune (`pairwise`) |" in report and "Targets:" in report
+
+    # Every fine-tune saw the same batches: the same flags but the loss (and λ's, for the losses that have one).
+    flags = {loss: json.loads((tmp_path / "models" / f"ft_{loss}" / "demo_stage.json").read_text())["flags"]
+             for loss in args.losses}  # fmt: skip
+    lambda_flags = ("--hard_negative_schedule", "--hard_negative_weight_min", "--hard_negative_weight",
+                    "--hard_negative_warmup_steps")  # fmt: skip
+
+    def batches(f):
+        drop = {f.index(flag) for flag in ("--loss_type", "--output_dir", *lambda_flags) if flag in f}
+        return tuple(x for k, x in enumerate(f) if k not in drop and k - 1 not in drop)
+
+    assert len({batches(f) for f in flags.values()}) == 1
+    assert "--hard_negative_weight" not in flags["negclip"] and "--hard_negative_weight" in flags["pairwise"]
 
     # A rerun trains nothing: every stage is found in its folder with the same configuration.
     stamps = {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in ("base", "ft_clip")}
@@ -36,7 +57,7 @@ def test_demo_fails_when_hnc_is_not_better(tmp_path, monkeypatch):
     def worse(results):
         out = real(results)
         for name, s in out.items():
-            if name not in ("base", "ft_clip"):  # every hard-negative fine-tune
+            if name not in ("base", "ft_clip") and "@wise" not in name:  # every hard-negative fine-tune
                 s["acc_relation"] = 0.0
         return out
 
@@ -44,3 +65,21 @@ def test_demo_fails_when_hnc_is_not_better(tmp_path, monkeypatch):
     args = demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1)
     args.quick = False  # keep the quick sizes (already applied) but enforce the target
     assert demo.main(args) == 1
+
+
+def test_seeds_report_mean_and_spread(tmp_path, monkeypatch):
+    """`--seeds`: the demo once per seed in its own folder, then per model and metric the mean, standard deviation,
+    min and max of the seeds' numbers (checked against the per-seed results.json files)."""
+    import statistics
+
+    args = demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1, seeds=[0, 1])
+    assert demo.main(args) == 0
+    agg = json.loads((tmp_path / "results_seeds.json").read_text())
+    per_seed = [json.loads((tmp_path / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert per_seed[0]["config"]["seed"] == 0 and per_seed[1]["config"]["seed"] == 1
+    for role, name in per_seed[0]["roles"].items():
+        values = [r["models"][name]["relational"] for r in per_seed]
+        cell = agg["models"][role]["relational"]
+        assert cell["values"] == values
+        assert cell["mean"] == statistics.fmean(values) and cell["std"] == statistics.stdev(values)
+    assert "± " in (tmp_path / "report_seeds.md").read_text()

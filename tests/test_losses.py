@@ -219,6 +219,9 @@ def test_schedules():
     assert SCHEDULES["linear"](5, a) == pytest.approx(0.6)
     assert SCHEDULES["linear"](100, a) == pytest.approx(1.0)
     assert [SCHEDULES["step"](t, a) for t in (0, 3, 4, 8, 12, 100)] == pytest.approx([0.2, 0.2, 0.45, 0.7, 0.95, 1.0])
+    # λ_min above λ: `linear` is a decay from λ_min to λ (the demo's 8 → 2), clipped at λ after the ramp
+    decay = SimpleNamespace(**{**vars(a), "hard_negative_weight": 2.0, "hard_negative_weight_min": 8.0})
+    assert [SCHEDULES["linear"](t, decay) for t in (0, 5, 10, 400)] == pytest.approx([8.0, 5.0, 2.0, 2.0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

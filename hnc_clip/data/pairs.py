@@ -10,8 +10,11 @@ import os
 import datasets
 
 from ..errors import TooManySkippedError
+from ..families import family_of
 from .arrow_cache import load_hnc_pairs
-from .images import ImageLoadError, resolve_in_root
+from .collator import HncCollator
+from .image_cache import pixel_affine, with_cached_images
+from .images import ImageLoadError, resolve_in_root, with_images
 from .table import is_table, load_table_pairs
 
 logger = logging.getLogger(__name__)
@@ -125,3 +128,27 @@ def build_split(
     if len(ds) == 0:
         raise EmptySplitError(f"{path}: no pairs left after filtering (caption_types={data_args.caption_types})")
     return ds
+
+
+def with_pixels(ds: datasets.Dataset, data_args, image_processor) -> datasets.Dataset:
+    """Join each pair's image on the fly: rows of the pre-resized cache (`--image_cache_dir`, `hnc-clip-image-cache`:
+    no JPEG decoding; uint8 to the device, a quarter of the bytes, normalised there) or files decoded from
+    `--image_dir`."""
+    if data_args.image_cache_dir:
+        return with_cached_images(
+            ds, data_args.image_cache_dir, image_processor, data_args.on_missing_image, as_uint8=True
+        )
+    max_pixels = data_args.max_image_pixels
+    return with_images(ds, data_args.image_dir, image_processor, data_args.on_missing_image, max_pixels)
+
+
+def make_collator(data_args, processor, config) -> HncCollator:
+    """The collator for `with_pixels` rows of a model with this `config`: captions cut at `--max_text_length`
+    (default: the text tower's positions) and padded as its family's text was trained (`hnc_clip.families`), K
+    negatives per pair (`--negatives_per_row`), and with the image cache the affine that normalises its uint8 rows
+    on the device."""
+    affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
+    return HncCollator(
+        processor.tokenizer, max_length=data_args.max_text_length or config.text_config.max_position_embeddings,
+        pixel_affine=affine, negatives_per_row=data_args.negatives_per_row, **family_of(config).collator_kwargs(),
+    )  # fmt: skip

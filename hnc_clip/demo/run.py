@@ -1,6 +1,7 @@
 """The offline demo: hard-negative fine-tuning teaches relations that standard CLIP fine-tuning does not.
 
-    python -m hnc_clip.demo --output_dir demo_output          # what `make demo` runs
+    python -m hnc_clip.demo --output_dir demo_output          # what `make demo` runs (one seed)
+    python -m hnc_clip.demo --output_dir demo_seeds --seeds 0 1 2   # every stage per seed; mean ± spread
     python -m hnc_clip.demo --output_dir /tmp/d --quick       # a smoke version (seconds; numbers meaningless)
 
 Every stage runs the project's real code: the world is written in the HNC schemas (`hnc_clip.demo.world`), models
@@ -9,10 +10,11 @@ pipeline and collator as on HNC + GQA), and evaluated by the evaluation applicat
 
 1. a synthetic world of two coloured shapes in a spatial relation, with relation/swap/attribute/object negatives;
 2. "pre-train" a small CLIP from scratch with the standard CLIP loss: the stand-in for OpenAI CLIP;
-3. from that checkpoint, fine-tune with `--loss_type clip` (the baseline) and with the hard-negative loss, same data
-   and steps, plus a sweep of the hard-negative weight λ;
-4. evaluate all of them: pairwise accuracy by negative type on held-out scenes, zero-shot object classification;
-5. write `report.md`, `results.json` and plots (accuracy by type; relational vs recognition accuracy over λ).
+3. from that checkpoint, fine-tune with each loss of `--losses` (the standard `clip` loss and the hard-negative
+   ones) on the same batches, two runs at a time in one-thread processes;
+4. evaluate all of them (pairwise accuracy by negative type on held-out scenes, zero-shot object classification)
+   and the WiSE-FT interpolations of the main hard-negative model with the base (the trade-off curve);
+5. write `report.md`, `results.json` and plots (accuracy by type; relational vs recognition accuracy).
 
 Each stage is cached in its folder (with the configuration that made it), so a rerun only redoes what changed.
 Exits with status 1 if the hard-negative model is not better than the standard one on relation negatives.
@@ -24,9 +26,10 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from transformers import HfArgumentParser
 
@@ -34,33 +37,61 @@ from transformers import HfArgumentParser
 logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
+UNWEIGHTED = ("clip", "negclip")  # losses without a λ (NegCLIP's negatives sit in its softmax unweighted)
+BASE, STANDARD, HNC = "pre-trained base", "standard fine-tune (`clip`)", "HNC fine-tune"
 
 
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="demo_output", metadata={"help": "Where the world, models and report go."})
     seed: int = field(default=0, metadata={"help": "Seed of the world and of every training run."})
+    seeds: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Run the whole demo once per seed (in <output_dir>/seed-<s>) and report mean ± spread."},
+    )
     num_train_images: int = field(default=4000, metadata={"help": "Training scenes (8 pairs each)."})
     num_test_images: int = field(default=500, metadata={"help": "Held-out test scenes (8 pairs each)."})
     num_recognition_per_class: int = field(default=20, metadata={"help": "Zero-shot images per colour×shape."})
-    pretrain_steps: int = field(default=800, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
+    text_hidden_size: int = field(
+        default=64, metadata={"help": "Width of the text tower (the vision tower is 128 wide): most of a step's time."}
+    )
+    pretrain_steps: int = field(default=600, metadata={"help": "Steps of standard CLIP pre-training from scratch."})
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
-    finetune_steps: int = field(default=1300, metadata={"help": "Steps of each fine-tuning run (both losses)."})
-    finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
-    finetune_batch_size: int = field(default=512, metadata={"help": "Pairs per fine-tuning batch (both losses)."})
+    losses: list[str] = field(
+        default_factory=lambda: ["clip", "negclip", "hnc", "pairwise"],
+        metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline)."},
+    )
+    main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
+    finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})
+    finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Fine-tuning learning rate."})
+    finetune_batch_size: int = field(default=256, metadata={"help": "Pairs per fine-tuning batch."})
     group_by_image: int = field(
-        default=8, metadata={"help": "Fine-tuning batches hold groups of this many pairs of one image (all 8)."}
+        default=4, metadata={"help": "Fine-tuning batches hold groups of this many pairs of one image."}
     )
-    loss_type: str = field(default="pairwise", metadata={"help": "The hard-negative loss to compare with `clip`."})
-    hard_negative_weight: float = field(default=4.0, metadata={"help": "λ of the main hard-negative run."})
-    sweep_weights: list[float] = field(
-        default_factory=lambda: [2.0], metadata={"help": "Further λ values for the trade-off curve (same steps)."}
+    caption_types: list[str] = field(
+        default_factory=lambda: ["relation", "swap"],
+        metadata={"help": "Negative types the fine-tunes train on (evaluation scores all four)."},
     )
-    num_threads: int | None = field(default=None, metadata={"help": "torch threads; default: all cores."})
+    hard_negative_weight_start: float = field(
+        default=8.0, metadata={"help": "λ of the hard-negative fine-tunes at step 0: a strong relational push."}
+    )
+    hard_negative_weight: float = field(
+        default=2.0, metadata={"help": "λ after --hard_negative_decay_steps (linear in between): recognition back."}
+    )
+    hard_negative_decay_steps: int = field(default=400, metadata={"help": "Steps over which λ falls to its end."})
+    wise_alphas: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        metadata={"help": "WiSE-FT α of the trade-off curve: (1-α)·base + α·(main hard-negative model)."},
+    )
+    image_cache: bool = field(
+        default=True,
+        metadata={"help": "Decode the world's images once into a uint8 cache (`hnc-clip-image-cache`) for training."},
+    )
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads of in-process stages."})
     parallel_runs: int = field(
         default_factory=lambda: min(2, os.cpu_count() or 1),
-        metadata={"help": "Hard-negative runs trained at once, one process and one thread each (1: in turn)."},
+        metadata={"help": "Fine-tunes trained at once, one process and one thread each (1: in turn, in-process)."},
     )
     quick: bool = field(default=False, metadata={"help": "Tiny smoke version for tests: a few steps, few scenes."})
     enforce_targets: bool = field(
@@ -68,10 +99,13 @@ class DemoArguments:
     )
 
     def __post_init__(self):
+        if "clip" not in self.losses or self.main_loss not in self.losses:
+            raise ValueError(f"--losses must hold `clip` and --main_loss {self.main_loss!r}, got {self.losses}")
         if self.quick:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
             self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
-            self.sweep_weights = self.sweep_weights[:1]
+            self.hard_negative_decay_steps = 2
+            self.wise_alphas = self.wise_alphas[:1]
             self.parallel_runs = 1  # in-process: seconds, not process start-ups
 
 
@@ -91,41 +125,56 @@ def _is_done(path: str, key: str) -> bool:
     return done is not None and done.get("key") == key and os.path.exists(os.path.join(path, "model.safetensors"))
 
 
-def train(
-    args: DemoArguments,
-    name: str,
-    init: str,
-    steps: int,
-    lr: float,
-    loss: str,
-    weight: float = 1.0,
-    batch_size: int | None = None,
-    group_by_image: int = 0,
-) -> str:
-    """One training run (`hnc_clip.scripts.train.main`) from `init`; skipped when its folder holds the same run."""
+def train(args: DemoArguments, name: str, init: str, flags: list[str]) -> str:
+    """One training run (`hnc_clip.scripts.train.main`) from `init` with the stage's own `flags`; skipped when its
+    folder holds the same run."""
     from hnc_clip.scripts import train as train_app
 
     world = os.path.join(args.output_dir, "world")
     out = os.path.join(args.output_dir, "models", name)
+    cache = ["--image_cache_dir", os.path.join(world, "image_cache")] if args.image_cache else []
     flags = [
         "--model_name_or_path", init, "--train_file", f"{world}/train.json", "--image_dir", f"{world}/images",
-        "--output_dir", out, "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
-        str(batch_size or args.batch_size), "--group_by_image", str(group_by_image), "--learning_rate", str(lr),
-        "--warmup_steps", str(max(1, steps // 10)),
-        "--weight_decay", "0.1", "--loss_type", loss, "--hard_negative_weight", str(weight), "--seed", str(args.seed),
-        "--logging_steps", str(max(1, steps // 8)), "--save_strategy", "no", "--use_cpu",
-        "--dataloader_num_workers", "0", "--report_to", "none", "--cache_dir", os.path.join(args.output_dir, "cache"),
+        *cache, "--output_dir", out, "--overwrite_output_dir", "--do_train", "--weight_decay", "0.1", "--seed",
+        str(args.seed), "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--report_to", "none",
+        "--cache_dir", os.path.join(args.output_dir, "cache"), *flags,
     ]  # fmt: skip
     key = _config_hash([flags, _stage_key(init)])
     if _is_done(out, key):
         logger.info(f"[demo] {name}: cached in {out}")
         return out
-    logger.info(f"[demo] {name}: {loss} loss, λ={weight}, {steps} steps from {os.path.basename(init)}")
+    logger.info(f"[demo] {name}: training from {os.path.basename(init)}")
     t0 = time.time()
     train_app.main(*train_app.parse_args(flags))
     with open(os.path.join(out, "demo_stage.json"), "w") as f:
         json.dump({"key": key, "seconds": round(time.time() - t0, 1), "flags": flags}, f, indent=1)
     return out
+
+
+def pretrain_flags(args: DemoArguments) -> list[str]:
+    steps = args.pretrain_steps
+    return [
+        "--loss_type", "clip", "--max_steps", str(steps), "--per_device_train_batch_size", str(args.batch_size),
+        "--learning_rate", str(args.pretrain_learning_rate), "--warmup_steps", str(max(1, steps // 10)),
+        "--logging_steps", str(max(1, steps // 8)),
+    ]  # fmt: skip
+
+
+def finetune_flags(args: DemoArguments, loss: str) -> list[str]:
+    """Every fine-tune sees the same batches (same sampler, seed, size, steps and caption types); only the loss
+    differs."""
+    steps = args.finetune_steps
+    weight = [] if loss in UNWEIGHTED else [
+        "--hard_negative_schedule", "linear", "--hard_negative_weight_min", str(args.hard_negative_weight_start),
+        "--hard_negative_weight", str(args.hard_negative_weight),
+        "--hard_negative_warmup_steps", str(args.hard_negative_decay_steps),
+    ]  # fmt: skip
+    return [
+        "--loss_type", loss, *weight, "--max_steps", str(steps),
+        "--per_device_train_batch_size", str(args.finetune_batch_size), "--group_by_image", str(args.group_by_image),
+        "--caption_types", *args.caption_types, "--learning_rate", str(args.finetune_learning_rate),
+        "--warmup_steps", str(max(1, steps // 10)), "--logging_steps", str(max(1, steps // 8)),
+    ]  # fmt: skip
 
 
 def _train_job(job: tuple) -> str:
@@ -137,8 +186,9 @@ def _train_job(job: tuple) -> str:
 
 
 def run_jobs(jobs: list[tuple], parallel: int) -> list[str]:
-    """The λ runs are independent: on a small CPU, k processes with one thread each finish sooner than one
-    process after another with k threads (small matrices parallelise poorly across threads)."""
+    """The fine-tunes are independent: on a small CPU, k processes with one thread each finish sooner than one
+    process after another with k threads (small matrices parallelise poorly across threads), and one thread makes
+    each run's numbers the same from run to run."""
     if parallel <= 1 or len(jobs) <= 1:
         return [train(*job) for job in jobs]
     import multiprocessing as mp
@@ -171,24 +221,24 @@ def summarise(results: dict) -> dict:
 
 
 def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> str:
-    """Relational accuracy vs object recognition over λ (λ = 0 is the standard CLIP fine-tune)."""
+    """Relational accuracy vs object recognition along the WiSE-FT path from the base (α = 0) to the tuned model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(points, key=lambda p: p["weight"])
+    points = sorted(points, key=lambda p: p["alpha"])
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs, ys = [p["zeroshot_top1"] for p in points], [p["relational"] for p in points]
-    ax.plot(xs, ys, marker="o", label="fine-tuned, by λ")
+    ax.plot(xs, ys, marker="o", label="(1-α)·base + α·tuned")
     for p, x, y in zip(points, xs, ys):
-        ax.annotate(f"λ={p['weight']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        ax.annotate(f"α={p['alpha']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
     if base is not None:
         ax.scatter([base["zeroshot_top1"]], [base["relational"]], marker="s", color="grey", label="pre-trained base")
     ax.set_xlabel("object recognition: zero-shot top-1")
     ax.set_ylabel("relational: pairwise accuracy (relation + swap)")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
-    ax.set_title("Hard-negative weight λ: relations vs recognition")
+    ax.set_title("WiSE-FT: relations vs recognition")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -196,44 +246,90 @@ def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> st
     return path
 
 
+def role_names(losses: list[str], main_loss: str) -> dict[str, str]:
+    """Row label of each fine-tune's loss: the baseline, the main hard-negative model, the other losses."""
+    return {loss: STANDARD if loss == "clip" else f"{HNC} (`{loss}`)" if loss == main_loss else f"`{loss}` fine-tune"
+            for loss in losses}  # fmt: skip
+
+
+def targets(summary: dict, roles: dict) -> list[tuple[str, bool]]:
+    """The demo's claims, checked: `roles` maps row label -> model name (the main row's label starts with HNC)."""
+    hnc_role = next(r for r in roles if r.startswith(HNC))
+    base, std, hnc = (summary[roles[r]] for r in (BASE, STANDARD, hnc_role))
+    return [
+        ("base relation/swap near chance (≤ 0.65)", max(base["acc_relation"], base["acc_swap"]) <= 0.65),
+        ("HNC relation and swap ≥ 0.95", min(hnc["acc_relation"], hnc["acc_swap"]) >= 0.95),
+        ("HNC object accuracy not below the base", hnc["acc_object"] >= base["acc_object"]),
+        ("HNC zero-shot top-1 not below the base", hnc["zeroshot_top1"] >= base["zeroshot_top1"]),
+        ("standard fine-tune at chance on relation/swap (≤ 0.65)", max(std["acc_relation"], std["acc_swap"]) <= 0.65),
+    ]
+
+
+def _table(types: list[str], rows: list[tuple[str, dict]], cell) -> list[str]:
+    cols = ["model", *[t[4:] for t in types], "relational", "zero-shot top-1"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for role, s in rows:
+        lines.append("| " + " | ".join([role, *[cell(s, k) for k in [*types, "relational", "zeroshot_top1"]]]) + " |")
+    return lines
+
+
 def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list[dict], seconds: float) -> str:
     types = sorted({k for s in summary.values() for k in s if k.startswith("acc_")})
-    cols = ["model", *[t[4:] for t in types], "relational", "zero-shot top-1"]
     lines = [
         "# hnc-clip synthetic demo",
         "",
-        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}` ({seconds / 60:.1f} min on "
-        f"{os.cpu_count()} CPU cores, cached stages included).",
+        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}` ({seconds:.0f} s on "
+        f"{os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
         "",
         "Pairwise accuracy = share of held-out (image, positive, hard negative) triples with sim(image, positive) > "
-        "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set.",
+        "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set. "
+        f"Fine-tunes: {args.finetune_steps} steps on the same batches ({args.finetune_batch_size} pairs, groups of "
+        f"{args.group_by_image} per image, types {' '.join(args.caption_types)}, λ from "
+        f"{args.hard_negative_weight_start:g} to {args.hard_negative_weight:g} over {args.hard_negative_decay_steps} "
+        "steps; `negclip` has no λ).",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for role, name in roles.items():
-        s = summary[name]
-        cells = [role, *[f"{s[t]:.3f}" for t in types], f"{s['relational']:.3f}", f"{s['zeroshot_top1']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Trade-off over the hard-negative weight λ (λ = 0: standard CLIP fine-tune):", ""]
-    lines += ["| λ | relational | zero-shot top-1 |", "|---|---|---|"]
-    lines += [f"| {p['weight']:g} | {p['relational']:.3f} | {p['zeroshot_top1']:.3f} |" for p in tradeoff]
-    base, std, hnc = (summary[roles[r]] for r in ("pre-trained base", "standard fine-tune", "HNC fine-tune"))
-    checks = [
-        ("base relation/swap near chance (≤ 0.65)", max(base["acc_relation"], base["acc_swap"]) <= 0.65),
-        ("HNC relation and swap ≥ 0.95", min(hnc["acc_relation"], hnc["acc_swap"]) >= 0.95),
-        ("HNC zero-shot within 1 point of base (or better)", hnc["zeroshot_top1"] >= base["zeroshot_top1"] - 0.01),
-        ("standard fine-tune clearly below HNC on relation/swap", std["relational"] + 0.1 <= hnc["relational"]),
-    ]
-    lines += ["", "Targets:", ""] + [f"- [{'x' if ok else ' '}] {what}" for what, ok in checks]
-    lines += ["", "Plots: `accuracy_by_type.png`, `tradeoff.png`, `eval/similarity_hist.png`.", ""]
+        *_table(types, [(role, summary[name]) for role, name in roles.items()], lambda s, k: f"{s[k]:.3f}"),
+        "",
+        f"Trade-off of the HNC fine-tune along WiSE-FT (1-α)·base + α·tuned (α = 0: the base, 1: `{args.main_loss}`):",
+        "",
+        "| α | relational | object | zero-shot top-1 |",
+        "|---|---|---|---|",
+        *[f"| {p['alpha']:g} | {p['relational']:.3f} | {p['acc_object']:.3f} | {p['zeroshot_top1']:.3f} |"
+          for p in tradeoff],
+        "",
+        "Targets:",
+        "",
+        *[f"- [{'x' if ok else ' '}] {what}" for what, ok in targets(summary, roles)],
+        "",
+        "Plots: `accuracy_by_type.png`, `tradeoff.png`, `eval/similarity_hist.png`.",
+        "",
+    ]  # fmt: skip
     path = os.path.join(args.output_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
+def build_image_cache(world: str, init: str) -> str:
+    """Every world image decoded and resized once (`hnc_clip.data.image_cache`), as `hnc-clip-image-cache` does; kept
+    while the world and the model's image geometry stay the same (`demo_stage.json` beside the cache)."""
+    from transformers import AutoImageProcessor
+
+    from hnc_clip.data.image_cache import geometry, prepare
+
+    out = os.path.join(world, "image_cache")
+    processor = AutoImageProcessor.from_pretrained(init)
+    key = _config_hash([(_read_json(os.path.join(world, "world.json")) or {}).get("config"), geometry(processor)])
+    if (_read_json(os.path.join(out, "demo_stage.json")) or {}).get("key") != key:
+        prepare(os.path.join(world, "images"), out, processor, num_workers=os.cpu_count() or 1, progress=False)
+        with open(os.path.join(out, "demo_stage.json"), "w") as f:
+            json.dump({"key": key}, f)
+    return out
+
+
 def main(args: DemoArguments) -> int:
+    if args.seeds:
+        return main_seeds(args)
     import torch
 
     from hnc_clip.demo.world import make_world, save_world_model
@@ -254,47 +350,40 @@ def main(args: DemoArguments) -> int:
         num_recognition_per_class=args.num_recognition_per_class,
         seed=args.seed,
     )
-    init = save_world_model(world, os.path.join(out, "models", "init"))
+    init = save_world_model(world, os.path.join(out, "models", "init"), text_hidden_size=args.text_hidden_size)
+    if args.image_cache:
+        build_image_cache(world, init)
 
-    # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint
-    base = train(args, "base", init, args.pretrain_steps, args.pretrain_learning_rate, "clip")
-    # Both fine-tunes see the same batches (same sampler, seed, size and steps); only the loss differs.
-    finetune = dict(batch_size=args.finetune_batch_size, group_by_image=args.group_by_image)
-    std = train(args, "ft_clip", base, args.finetune_steps, args.finetune_learning_rate, "clip", **finetune)
-    weights = [args.hard_negative_weight, *[w for w in args.sweep_weights if w != args.hard_negative_weight]]
-    steps, lr, loss = args.finetune_steps, args.finetune_learning_rate, args.loss_type
-    jobs = [
-        (args, f"ft_{loss}_w{w:g}", base, steps, lr, loss, w, finetune["batch_size"], finetune["group_by_image"])
-        for w in weights
-    ]
-    hnc_runs = dict(zip(weights, run_jobs(jobs, args.parallel_runs)))
+    # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint, on the same batches
+    base = train(args, "base", init, pretrain_flags(args))
+    jobs = [(args, f"ft_{loss}", base, finetune_flags(args, loss)) for loss in args.losses]
+    tuned = dict(zip(args.losses, run_jobs(jobs, args.parallel_runs)))
 
-    # 4. Evaluate every checkpoint with the project's evaluation code
-    models = [base, std, *hnc_runs.values()]
-    results = run_eval(
-        {
-            "model_name_or_path": models,
-            "task": ["pairwise", "zeroshot"],
-            "data_file": [os.path.join(world, "test.json")],
-            "image_dir": os.path.join(world, "images"),
-            "zeroshot_dir": os.path.join(world, "recognition"),
-            "classnames": os.path.join(world, "recognition", "classnames.json"),
-            "templates": os.path.join(world, "recognition", "templates.json"),
-            "output_dir": os.path.join(out, "eval"),
-            "device": "cpu",
-            "batch_size": 256,
-        }
-    )
+    # 4. Evaluate every checkpoint, then the WiSE-FT path between the base and the main hard-negative model
+    evaluation = {
+        "task": ["pairwise", "zeroshot"],
+        "data_file": [os.path.join(world, "test.json")],
+        "image_dir": os.path.join(world, "images"),
+        "zeroshot_dir": os.path.join(world, "recognition"),
+        "classnames": os.path.join(world, "recognition", "classnames.json"),
+        "templates": os.path.join(world, "recognition", "templates.json"),
+        "device": "cpu",
+        "batch_size": 256,
+    }
+    results = run_eval({**evaluation, "model_name_or_path": [base, *tuned.values()], "output_dir": f"{out}/eval"})
+    main_model = tuned[args.main_loss]
+    wise = run_eval({
+        **evaluation, "model_name_or_path": [base, main_model], "output_dir": f"{out}/eval/wise",
+        "wise_alpha": ",".join(f"{a:g}" for a in args.wise_alphas), "plots": False,
+    })  # fmt: skip
     summary = summarise(results)
     name = os.path.basename
-    roles = {
-        "pre-trained base": name(base),
-        "standard fine-tune": name(std),
-        "HNC fine-tune": name(hnc_runs[args.hard_negative_weight]),
-    }
-    tradeoff = [{"weight": 0.0, **summary[name(std)]}] + [
-        {"weight": w, **summary[name(p)]} for w, p in sorted(hnc_runs.items())
-    ]
+    labels = role_names(args.losses, args.main_loss)
+    roles = {BASE: name(base), **{labels[loss]: name(path) for loss, path in tuned.items()}}
+    wise_summary = summarise(wise)
+    tradeoff = [{"alpha": 0.0, **summary[name(base)]}]
+    tradeoff += [{"alpha": a, **wise_summary[f"{name(main_model)}@wise{a:g}"]} for a in args.wise_alphas]
+    tradeoff += [{"alpha": 1.0, **summary[name(main_model)]}]
 
     # 5. Report, results, plots
     from hnc_clip.evaluation.plots import plot_accuracy_by_type
@@ -302,15 +391,59 @@ def main(args: DemoArguments) -> int:
     plot_accuracy_by_type({role: results[n] for role, n in roles.items()}, os.path.join(out, "accuracy_by_type.png"))
     plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
     seconds = time.time() - t0
+    stages = {n: (_read_json(os.path.join(out, "models", n, "demo_stage.json")) or {}).get("seconds")
+              for n in [name(base), *map(name, tuned.values())]}  # fmt: skip
+    record = {"config": asdict(args), "roles": roles, "models": summary, "tradeoff": tradeoff,
+              "targets": dict(targets(summary, roles)), "stage_seconds": stages, "seconds": round(seconds, 1)}
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": asdict(args), "roles": roles, "models": summary, "tradeoff": tradeoff,
-                   "seconds": round(seconds, 1)}, f, indent=2)  # fmt: skip
+        json.dump(record, f, indent=2)
     report = write_report(args, summary, roles, tradeoff, seconds)
     print(open(report).read())
-    better = summary[roles["HNC fine-tune"]]["acc_relation"] > summary[roles["standard fine-tune"]]["acc_relation"]
+    better = summary[name(main_model)]["acc_relation"] > summary[name(tuned["clip"])]["acc_relation"]
     if not better:
         logger.error("[demo] the hard-negative model is NOT better than the standard one on relation negatives")
     return 0 if better or not args.enforce_targets or args.quick else 1
+
+
+def main_seeds(args: DemoArguments) -> int:
+    """The demo once per seed (each in its own folder, cached as usual), then mean ± spread per model and metric in
+    `report_seeds.md` and `results_seeds.json`. Exit 1 if any seed's hard-negative model failed the relation check."""
+    runs, status = {}, 0
+    for seed in args.seeds:
+        one = replace(args, seed=seed, seeds=[], output_dir=os.path.join(args.output_dir, f"seed-{seed}"))
+        status |= main(one)
+        runs[seed] = _read_json(os.path.join(one.output_dir, "results.json"))
+    first = next(iter(runs.values()))
+    types = [k for k in first["models"][first["roles"][BASE]] if k.startswith("acc_")]
+    metrics = [*types, "relational", "zeroshot_top1"]
+    table: dict = {}
+    for role in first["roles"]:
+        values = {m: [r["models"][r["roles"][role]][m] for r in runs.values()] for m in metrics}
+        table[role] = {m: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                           "min": min(v), "max": max(v), "values": v} for m, v in values.items()}  # fmt: skip
+    met = {what: all(r["targets"][what] for r in runs.values()) for what in first["targets"]}
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "results_seeds.json"), "w") as f:
+        json.dump({"seeds": args.seeds, "models": table, "targets_met_by_every_seed": met}, f, indent=2)
+    lines = [
+        "# hnc-clip synthetic demo over seeds",
+        "",
+        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir} --seeds {' '.join(map(str, args.seeds))}`; "
+        "each seed draws its own world, initial model and batch order. Cells: mean ± standard deviation "
+        f"(min–max) over {len(args.seeds)} seeds.",
+        "",
+        *_table(types, list(table.items()),
+                lambda s, k: f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f} ({s[k]['min']:.3f}–{s[k]['max']:.3f})"),
+        "",
+        "Targets met by every seed:",
+        "",
+        *[f"- [{'x' if ok else ' '}] {what}" for what, ok in met.items()],
+        "",
+    ]  # fmt: skip
+    with open(os.path.join(args.output_dir, "report_seeds.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    return status
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -27,16 +27,8 @@ from hnc_clip.arguments import (
     describe_machine_defaults,
 )
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import (
-    HncCollator,
-    build_split,
-    pixel_affine,
-    with_cached_images,
-    with_hard_image_pairs,
-    with_images,
-)
+from hnc_clip.data import build_split, make_collator, with_hard_image_pairs, with_pixels
 from hnc_clip.errors import RunAbortedError
-from hnc_clip.families import family_of
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.output_dir import claim_output_dir, is_complete, last_complete_checkpoint, save_final_model
@@ -154,13 +146,7 @@ def main(
                     path, data_args, max_samples, cache_dir=model_args.cache_dir, split=name,
                     max_skipped_fraction=training_args.max_skipped_fraction,
                 )  # fmt: skip
-            images = processor.image_processor
-            if data_args.image_cache_dir:  # pre-resized pixels (`hnc-clip-image-cache`): no JPEG decoding
-                # uint8 to the device, normalised there (`pixel_affine` below): a quarter of the bytes per image.
-                return with_cached_images(
-                    ds, data_args.image_cache_dir, images, data_args.on_missing_image, as_uint8=True
-                )
-            return with_images(ds, data_args.image_dir, images, data_args.on_missing_image, data_args.max_image_pixels)
+            return with_pixels(ds, data_args, processor.image_processor)
 
         # A table's hard-image negatives ride along as further pairs (`with_hard_image_pairs`; HNC: unchanged).
         train_dataset = with_hard_image_pairs(
@@ -170,12 +156,7 @@ def main(
         eval_dataset = with_hard_image_pairs(
             split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
         )
-        max_length = data_args.max_text_length or model.config.text_config.max_position_embeddings
-        affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
-        collator = HncCollator(
-            processor.tokenizer, max_length=max_length, pixel_affine=affine,
-            negatives_per_row=data_args.negatives_per_row, **family_of(model).collator_kwargs(),
-        )  # fmt: skip
+        collator = make_collator(data_args, processor, model.config)
 
         # 4. Trainer
         trainer = HncTrainer(

@@ -1,0 +1,345 @@
+"""The hyper-parameter search application, on `Trainer.hyperparameter_search` with optuna (`pip install
+"hnc-clip[search]"`).
+
+    hnc-clip-search --model_name_or_path openai/clip-vit-base-patch32 --train_file hnc_train.json \
+        --validation_file hnc_val.json --image_dir gqa/images --output_dir search --max_steps 2000 \
+        --n_trials 16 [any hnc-clip-train flag]
+
+Every trial fine-tunes the same starting model on the same data with one draw from the search space (loss type, λ,
+learning rate, λ schedule) and is scored on the validation split: the objective is the **relational accuracy** (the
+share of validation pairs of `--objective_types` whose positive scores above its hard negative) subject to a
+**recognition floor**: the accuracy on `--floor_types` pairs (object negatives) may not fall below the starting
+model's by more than `--floor_margin`; a trial under the floor scores its relational accuracy minus 1 (infeasible).
+Each trial goes to `trials.jsonl` with its configuration and numbers (and `trials.png`); the best trial's
+configuration is written as `best.yaml`, which `hnc-clip-train best.yaml` takes as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import AutoConfig, HfArgumentParser
+
+from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.callbacks import Preempted, SaveOnSigterm
+from hnc_clip.data import build_split, make_collator, with_pixels
+from hnc_clip.errors import OutputDirInUseError, RunAbortedError
+from hnc_clip.losses import LOSSES
+from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
+from hnc_clip.schedules import SCHEDULES
+from hnc_clip.scripts.train import setup_logging
+from hnc_clip.trainer import HncTrainer
+
+logger = logging.getLogger("hnc_clip.search")
+
+SEARCHABLE_LOSSES = sorted(name for name, spec in LOSSES.items() if not spec.needs_reference)
+UNWEIGHTED = ("negclip", "clip")  # loss types without a λ to search
+
+
+@dataclass
+class SearchArguments:
+    n_trials: int = field(default=8, metadata={"help": "Trials (each one fine-tuning run of --max_steps)."})
+    loss_types: list[str] = field(
+        default_factory=lambda: ["hnc", "pairwise"],
+        metadata={"help": f"Loss types to search over, among {SEARCHABLE_LOSSES} (no frozen-reference losses)."},
+    )
+    weight_range: list[float] = field(
+        default_factory=lambda: [0.5, 8.0], metadata={"help": "λ range (log-uniform), `--hard_negative_weight`."}
+    )
+    learning_rate_range: list[float] = field(
+        default_factory=lambda: [1e-4, 3e-3], metadata={"help": "Learning-rate range (log-uniform)."}
+    )
+    schedules: list[str] = field(
+        default_factory=lambda: ["constant", "linear"],
+        metadata={"help": f"λ schedules to search over, among {sorted(SCHEDULES)} (`linear` ramps from a searched "
+                  "start λ to λ over a searched share of --max_steps: a warm-up or a decay)."},
+    )  # fmt: skip
+    objective_types: list[str] = field(
+        default_factory=lambda: ["relation", "swap"],
+        metadata={"help": "Caption types of the validation pairs the objective scores (relational)."},
+    )
+    floor_types: list[str] = field(
+        default_factory=lambda: ["object"],
+        metadata={"help": "Caption types of the validation pairs the recognition floor scores."},
+    )
+    floor_margin: float = field(
+        default=0.01, metadata={"help": "How far below the starting model's floor accuracy a trial may fall."}
+    )
+    sampler_seed: int = field(default=0, metadata={"help": "Seed of optuna's TPE sampler."})
+
+    def __post_init__(self):
+        if self.n_trials < 1:
+            raise ValueError("--n_trials must be >= 1")
+        if unknown := sorted(set(self.loss_types) - set(SEARCHABLE_LOSSES)):
+            raise ValueError(f"--loss_types: {unknown} cannot be searched; choose from {SEARCHABLE_LOSSES}")
+        if unknown := sorted(set(self.schedules) - set(SCHEDULES)):
+            raise ValueError(f"--schedules: unknown {unknown}; choose from {sorted(SCHEDULES)}")
+        for flag in ("weight_range", "learning_rate_range"):
+            lo, hi = getattr(self, flag)
+            if not 0 < lo <= hi:
+                raise ValueError(f"--{flag} must be two numbers 0 < low <= high, got {getattr(self, flag)}")
+        if not self.loss_types or not self.schedules or not self.objective_types or not self.floor_types:
+            raise ValueError("--loss_types, --schedules, --objective_types and --floor_types may not be empty")
+        if self.floor_margin < 0:
+            raise ValueError("--floor_margin must be >= 0")
+
+
+def make_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, HncTrainingArguments, SearchArguments), prog="hnc-clip-search"
+    )
+    for action in parser._actions:  # as hnc-clip-train: `--bf16` alone means true
+        if action.dest in TRI_STATE_FLAGS:
+            action.nargs, action.const = "?", True
+    return parser
+
+
+# The λ-schedule knobs a trial may set. Every trial sets all of them (the given flags' values where its schedule
+# needs none): the Trainer sets a trial's parameters on its arguments and never resets them for the next trial.
+SCHEDULE_KNOBS = (
+    "hard_negative_weight_min", "hard_negative_warmup_steps", "hard_negative_step_every", "hard_negative_step_size",
+)  # fmt: skip
+
+
+def hp_space(search: SearchArguments, max_steps: int, given: dict | None = None):
+    """The optuna search space over the recipe's own knobs; `given` holds the run's own values of `SCHEDULE_KNOBS`."""
+    given = dict(given or {})
+
+    def space(trial) -> dict:
+        params = {
+            **given,
+            "loss_type": trial.suggest_categorical("loss_type", search.loss_types),
+            "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate_range, log=True),
+        }
+        if params["loss_type"] in UNWEIGHTED:  # NegCLIP has no λ: its negatives sit in the softmax unweighted
+            return {**params, "hard_negative_weight": 1.0, "hard_negative_schedule": "constant"}
+        params["hard_negative_weight"] = trial.suggest_float("hard_negative_weight", *search.weight_range, log=True)
+        params["hard_negative_schedule"] = trial.suggest_categorical("hard_negative_schedule", search.schedules)
+        if params["hard_negative_schedule"] == "linear":  # from a start λ: a warm-up below λ, a decay above it
+            start = trial.suggest_float("hard_negative_weight_start", *search.weight_range, log=True)
+            params["hard_negative_weight_min"] = start
+        if params["hard_negative_schedule"] != "constant":
+            share = trial.suggest_float("hard_negative_warmup_share", 0.1, 0.9)
+            params["hard_negative_warmup_steps"] = max(1, round(share * max_steps))
+        if params["hard_negative_schedule"] == "step":  # 10 stairs up to λ over the searched share
+            params["hard_negative_step_every"] = max(1, round(share * max_steps / 10))
+            params["hard_negative_step_size"] = params["hard_negative_weight"] / 10
+        return params
+
+    return space
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def given_fields(instance, skip: set[str] = frozenset()) -> dict:
+    """The fields of an arguments dataclass whose values differ from their declared defaults (what a YAML config for
+    `hnc-clip-train` needs), as plain YAML values; `skip` names fields left out."""
+    out = {}
+    for f in dataclasses.fields(instance):
+        if f.name in skip or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+        )
+        value = _plain(getattr(instance, f.name))
+        if isinstance(value, (list, tuple)):
+            value = [_plain(v) for v in value]
+        if value != _plain(default) and isinstance(value, (str, int, float, bool, list, type(None))):
+            out[f.name] = value
+    return out
+
+
+def best_config(model_args, data_args, training_args, params: dict, output_dir: str) -> dict:
+    """A `hnc-clip-train` YAML: the search's own flags, the best trial's hyper-parameters, and a training run."""
+    # Derived by TrainingArguments from other fields or by this machine (`machine_defaults`), not given.
+    machine = getattr(training_args, "machine_defaults", {})
+    derived = {"logging_dir", "output_dir", "do_eval", "eval_strategy", *machine}
+    config = {**given_fields(model_args), **given_fields(data_args), **given_fields(training_args, derived)}
+    config.update({k: v for k, v in params.items() if k != "hard_negative_warmup_share"})
+    config.update(output_dir=output_dir, do_train=True)
+    return config
+
+
+def plot_trials(trials: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for loss in sorted({t["params"]["loss_type"] for t in trials}):
+        mine = [t for t in trials if t["params"]["loss_type"] == loss]
+        ax.scatter([t["floor_accuracy"] for t in mine], [t["relational_accuracy"] for t in mine], label=loss)
+        for t in mine:
+            ax.annotate(str(t["number"]), (t["floor_accuracy"], t["relational_accuracy"]), fontsize=8,
+                        textcoords="offset points", xytext=(3, 3))  # fmt: skip
+    floor = trials[0]["floor_minimum"]
+    ax.axvline(floor, color="grey", linestyle=":", label="recognition floor")
+    ax.set_xlabel("recognition: accuracy on floor-type pairs")
+    ax.set_ylabel("relational accuracy (objective)")
+    ax.set_title("Hyper-parameter search trials")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(model_args, data_args, training_args, search_args: SearchArguments) -> dict:
+    """Run the search; returns {"best": ..., "trials": [...], "base": ...} and writes trials.jsonl, trials.png,
+    best.yaml and search.json under --output_dir. SIGTERM stops it at once (`Preempted`), the trial under way
+    unrecorded: a trial cut short would score as if it had trained, and the search cannot resume a trial."""
+    sigterm = SaveOnSigterm(save=False).install()
+    try:
+        return _search(model_args, data_args, training_args, search_args, sigterm)
+    finally:
+        sigterm.uninstall()
+
+
+def _search(model_args, data_args, training_args, search_args: SearchArguments, sigterm: SaveOnSigterm) -> dict:
+    # 1. Logging; every trial trains, then evaluates at the end (the objective)
+    setup_logging(training_args)
+    if data_args.train_file is None or data_args.validation_file is None:
+        raise ValueError("hnc-clip-search needs --train_file and --validation_file (the objective's split)")
+    try:
+        import optuna  # noqa: F401
+    except ImportError as err:
+        raise ImportError('hnc-clip-search needs optuna: pip install "hnc-clip[search]"') from err
+    training_args.do_train = True
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    trials_file = os.path.join(training_args.output_dir, "trials.jsonl")
+    if os.path.exists(trials_file):  # appending would mix two searches' trials
+        if not training_args.overwrite_output_dir:
+            raise OutputDirInUseError(
+                f"{trials_file} holds another search's trials: pass --overwrite_output_dir or another --output_dir"
+            )
+        os.remove(trials_file)
+
+    # 2. A fresh starting model per trial (the Trainer calls model_init)
+    processor = load_processor(model_args)
+
+    def model_init(trial=None):
+        return apply_finetune_mode(load_model(model_args), training_args)
+
+    # 3. Data: the training split; the validation split's objective and floor pairs, as two evaluation sets
+    def split(path, caption_types, max_samples):
+        args = dataclasses.replace(data_args, caption_types=caption_types)
+        ds = build_split(path, args, max_samples, cache_dir=model_args.cache_dir)
+        return with_pixels(ds, data_args, processor.image_processor)
+
+    train_dataset = split(data_args.train_file, data_args.caption_types, data_args.max_train_samples)
+    eval_sets = {
+        "objective": split(data_args.validation_file, search_args.objective_types, data_args.max_eval_samples),
+        "floor": split(data_args.validation_file, search_args.floor_types, data_args.max_eval_samples),
+    }
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    trainer = HncTrainer(
+        model_init=model_init,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_sets,
+        data_collator=make_collator(data_args, processor, config),
+        processing_class=processor,
+        sigterm=sigterm,
+    )
+    sigterm.save = False  # the trainer copies --save_on_sigterm onto it; a search trial cannot be resumed
+
+    # 4. The starting model's numbers set the floor
+    base = trainer.evaluate()
+    floor_minimum = base["eval_floor_hard_negative_accuracy"] - search_args.floor_margin
+    logger.warning(
+        f"starting model: relational {base['eval_objective_hard_negative_accuracy']:.4f}, floor-type accuracy "
+        f"{base['eval_floor_hard_negative_accuracy']:.4f}; trials must stay at or above {floor_minimum:.4f}"
+    )
+
+    # 5. The search; each trial recorded as it ends
+    trials: list[dict] = []
+    current: dict = {}
+    space = hp_space(search_args, training_args.max_steps, {k: getattr(training_args, k) for k in SCHEDULE_KNOBS})
+
+    def trial_space(trial):
+        current.update(number=trial.number, params=space(trial), start=time.time())
+        return current["params"]
+
+    def objective(metrics: dict) -> float:
+        relational = metrics["eval_objective_hard_negative_accuracy"]
+        floor = metrics["eval_floor_hard_negative_accuracy"]
+        feasible = floor >= floor_minimum
+        record = {
+            "number": current["number"],
+            "params": current["params"],
+            "relational_accuracy": relational,
+            "floor_accuracy": floor,
+            "floor_minimum": floor_minimum,
+            "feasible": feasible,
+            "objective": relational if feasible else relational - 1.0,
+            "seconds": round(time.time() - current["start"], 1),
+        }
+        trials.append(record)
+        with open(trials_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        logger.warning(f"trial {record['number']}: {json.dumps(record)}")
+        return record["objective"]
+
+    best = trainer.hyperparameter_search(
+        hp_space=trial_space,
+        compute_objective=objective,
+        n_trials=search_args.n_trials,
+        direction="maximize",
+        backend="optuna",
+        sampler=__import__("optuna").samplers.TPESampler(seed=search_args.sampler_seed),
+    )
+
+    # 6. The best configuration as a training config, the trials as a plot
+    best_trial = next(t for t in trials if str(t["number"]) == str(best.run_id))
+    if not best_trial["feasible"]:
+        logger.warning("no trial stayed above the recognition floor: best.yaml holds the least bad one")
+    config = best_config(
+        model_args, data_args, training_args, best_trial["params"], os.path.join(training_args.output_dir, "best")
+    )
+    with open(os.path.join(training_args.output_dir, "best.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=True)
+    plot_trials(trials, os.path.join(training_args.output_dir, "trials.png"))
+    summary = {
+        "base": {k: v for k, v in base.items() if isinstance(v, (int, float))},
+        "floor_minimum": floor_minimum,
+        "best": best_trial,
+        "trials": trials,
+        "search": dataclasses.asdict(search_args),
+    }
+    with open(os.path.join(training_args.output_dir, "search.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`hnc-clip-search`: exit status 0 once best.yaml is written."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser()
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        args = parser.parse_yaml_file(os.path.abspath(argv[0]))
+    else:
+        args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        main(*args)
+    except RunAbortedError as err:  # a trial's run aborted (too many skipped pairs, ...) or the folder is taken
+        print(f"hnc-clip-search: error: {err}", file=sys.stderr)
+        return 1
+    except Preempted:
+        logger.warning(f"search stopped by SIGTERM; the complete trials are in {args[2].output_dir}/trials.jsonl")
+        return 143
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
