@@ -83,6 +83,7 @@ def build_tiny_clip(
     max_position_embeddings: int = 32,
     text_hidden_size: int | None = None,
     text_num_layers: int | None = None,
+    hidden_act: str = "quick_gelu",
     seed: int = 0,
 ) -> CLIPModel:
     """A randomly initialised `CLIPModel` of the given size (deterministic for `seed`)."""
@@ -100,6 +101,7 @@ def build_tiny_clip(
             pad_token_id=0,
             bos_token_id=2,
             eos_token_id=EOS_ID,
+            hidden_act=hidden_act,
         ),
         vision_config=dict(
             image_size=image_size,
@@ -108,6 +110,7 @@ def build_tiny_clip(
             intermediate_size=4 * hidden_size,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
+            hidden_act=hidden_act,
         ),
         projection_dim=projection_dim,
     )
