@@ -167,3 +167,24 @@ def test_sigterm_stops_the_search_and_records_only_complete_trials(world, tmp_pa
     assert (out / "trials.jsonl").read_text().splitlines() == trials
     assert search.cli([*flags(world, out), "--n_trials", "1", "--overwrite_output_dir"]) == 0
     assert len((out / "trials.jsonl").read_text().splitlines()) == 1 and (out / "best.yaml").exists()
+
+
+def test_the_search_reads_its_splits_as_training_does(world, tmp_path, monkeypatch):
+    """The objective and floor come from --validation_split (a table or Hub dataset's own split, not its training
+    one), with --max_skipped_fraction and a table's hard-image pairs, through the training application's
+    `prepare_split`."""
+    calls = []
+
+    def recording(path, data_args, max_samples, image_processor, **kwargs):
+        calls.append((path.rsplit("/", 1)[-1], tuple(data_args.caption_types or ()), kwargs["split"],
+                      kwargs["max_skipped_fraction"]))  # fmt: skip
+        return prepare_split(path, data_args, max_samples, image_processor, **kwargs)
+
+    from hnc_clip.data import prepare_split
+
+    monkeypatch.setattr(search, "prepare_split", recording)
+    out = tmp_path / "search"
+    argv = [*flags(world, out), "--n_trials", "1", "--validation_split", "dev", "--max_skipped_fraction", "0.25"]
+    assert search.cli(argv) == 0
+    assert calls == [("train.json", (), "train", 0.25), ("val.json", ("relation", "swap"), "dev", 0.25),
+                     ("val.json", ("object",), "dev", 0.25)]  # fmt: skip

@@ -28,7 +28,15 @@ from .hnc import (
 from .image_cache import CachedImageJoin, pixel_affine, with_cached_images
 from .images import IMAGE_ERRORS, ImageJoin, ImageLoadError, ImageTooLargeError, load_rgb, resolve_in_root, with_images
 from .json_stream import HncFormatError
-from .pairs import EmptySplitError, build_split, drop_missing_images, make_collator, select_pairs, with_pixels
+from .pairs import (
+    EmptySplitError,
+    build_split,
+    drop_missing_images,
+    make_collator,
+    prepare_split,
+    select_pairs,
+    with_pixels,
+)
 from .sampler import ImageGroupedSampler
 from .table import TableFormatError, load_table_pairs, with_hard_image_pairs
 
@@ -39,5 +47,5 @@ __all__ = [
     "build_split", "detect_schema", "drop_missing_images", "image_group_id", "iter_hnc_pairs", "load_hnc_pairs",
     "load_rgb", "pixel_affine", "select_pairs", "hnc_test_entry", "hnc_train_entry", "with_cached_images",
     "with_images", "write_hnc", "TableFormatError", "load_table_pairs", "with_hard_image_pairs", "with_pixels",
-    "make_collator",
+    "make_collator", "prepare_split",
 ]  # fmt: skip

@@ -15,7 +15,7 @@ from .arrow_cache import load_hnc_pairs
 from .collator import HncCollator
 from .image_cache import pixel_affine, with_cached_images
 from .images import ImageLoadError, resolve_in_root, with_images
-from .table import is_table, load_table_pairs
+from .table import is_table, load_table_pairs, with_hard_image_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,23 @@ def with_pixels(ds: datasets.Dataset, data_args, image_processor) -> datasets.Da
         )
     max_pixels = data_args.max_image_pixels
     return with_images(ds, data_args.image_dir, image_processor, data_args.on_missing_image, max_pixels)
+
+
+def prepare_split(
+    path: str,
+    data_args,
+    max_samples: int | None,
+    image_processor,
+    split: str = "train",
+    cache_dir: str | None = None,
+    max_skipped_fraction: float | None = None,
+):
+    """A split as the trainer takes it: `build_split`, images joined (`with_pixels`), and a table's hard-image
+    negatives as further pairs (`with_hard_image_pairs`; HNC unchanged). Training and the search both use it."""
+    ds = build_split(
+        path, data_args, max_samples, cache_dir=cache_dir, split=split, max_skipped_fraction=max_skipped_fraction
+    )
+    return with_hard_image_pairs(with_pixels(ds, data_args, image_processor))
 
 
 def make_collator(data_args, processor, config) -> HncCollator:

@@ -30,7 +30,7 @@ from transformers import AutoConfig, HfArgumentParser
 
 from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import build_split, make_collator, with_pixels
+from hnc_clip.data import make_collator, prepare_split
 from hnc_clip.errors import OutputDirInUseError, RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
@@ -232,15 +232,17 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
         return apply_finetune_mode(load_model(model_args), training_args)
 
     # 3. Data: the training split; the validation split's objective and floor pairs, as two evaluation sets
-    def split(path, caption_types, max_samples):
-        args = dataclasses.replace(data_args, caption_types=caption_types)
-        ds = build_split(path, args, max_samples, cache_dir=model_args.cache_dir)
-        return with_pixels(ds, data_args, processor.image_processor)
+    def split(path, caption_types, max_samples, name):
+        return prepare_split(
+            path, dataclasses.replace(data_args, caption_types=caption_types), max_samples, processor.image_processor,
+            split=name, cache_dir=model_args.cache_dir, max_skipped_fraction=training_args.max_skipped_fraction,
+        )  # fmt: skip
 
-    train_dataset = split(data_args.train_file, data_args.caption_types, data_args.max_train_samples)
+    train_dataset = split(data_args.train_file, data_args.caption_types, data_args.max_train_samples,
+                          data_args.train_split)  # fmt: skip
     eval_sets = {
-        "objective": split(data_args.validation_file, search_args.objective_types, data_args.max_eval_samples),
-        "floor": split(data_args.validation_file, search_args.floor_types, data_args.max_eval_samples),
+        role: split(data_args.validation_file, types, data_args.max_eval_samples, data_args.validation_split)
+        for role, types in (("objective", search_args.objective_types), ("floor", search_args.floor_types))
     }
     config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     trainer = HncTrainer(

@@ -27,7 +27,7 @@ from hnc_clip.arguments import (
     describe_machine_defaults,
 )
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import build_split, make_collator, with_hard_image_pairs, with_pixels
+from hnc_clip.data import make_collator, prepare_split
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
@@ -137,25 +137,21 @@ def main(
         reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
         model = apply_finetune_mode(model, training_args)
 
-        # 3. Data: HNC JSON or a hard-negative table → Arrow pairs → images joined on the fly
+        # 3. Data: HNC JSON or a hard-negative table → Arrow pairs → images joined on the fly (`prepare_split`)
         def split(path: str | None, max_samples: int | None, name: str):
             if path is None:
                 return None
             with training_args.main_process_first(desc=f"converting {path}"):
-                ds = build_split(
-                    path, data_args, max_samples, cache_dir=model_args.cache_dir, split=name,
-                    max_skipped_fraction=training_args.max_skipped_fraction,
+                return prepare_split(
+                    path, data_args, max_samples, processor.image_processor, split=name,
+                    cache_dir=model_args.cache_dir, max_skipped_fraction=training_args.max_skipped_fraction,
                 )  # fmt: skip
-            return with_pixels(ds, data_args, processor.image_processor)
 
-        # A table's hard-image negatives ride along as further pairs (`with_hard_image_pairs`; HNC: unchanged).
-        train_dataset = with_hard_image_pairs(
+        train_dataset = (
             split(data_args.train_file, data_args.max_train_samples, data_args.train_split)
             if training_args.do_train else None
         )  # fmt: skip
-        eval_dataset = with_hard_image_pairs(
-            split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
-        )
+        eval_dataset = split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
         collator = make_collator(data_args, processor, model.config)
 
         # 4. Trainer
