@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from types import SimpleNamespace
 
 import pytest
@@ -16,9 +17,13 @@ def training_args(tmp_path, **kw) -> HncTrainingArguments:
 
 
 def float_fields(cls, instance) -> list[str]:
-    """The float flags: holding a float, or declared `float | None` (`--max_logit_scale`: None for SigLIP's family)."""
+    """The float flags: holding a float, or declared `float | None` (`--max_logit_scale`: None for SigLIP's family).
+    Declared types are read with `get_type_hints`: HfArgumentParser rewrites `Field.type` in place once it has
+    parsed a dataclass, so its string form depends on which tests ran first."""
+    hints = typing.get_type_hints(cls)
     return [f.name for f in dataclasses.fields(cls)
-            if isinstance(getattr(instance, f.name, None), float) or str(f.type).startswith("float")]  # fmt: skip
+            if isinstance(getattr(instance, f.name, None), float)
+            or float in typing.get_args(hints.get(f.name))]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
