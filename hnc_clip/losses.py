@@ -447,6 +447,7 @@ class LossSpec:
     fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]  # the softmax (CLIP) form
     uses_negatives: bool = True  # False: the trainer does not even encode the hard negatives
     needs_reference: bool = False  # a frozen copy of the starting model
+    uses_weight: bool = False  # λ (`--hard_negative_weight`, its schedule) scales a term of this loss
     # Forms for other contrastive terms, by `ModelFamily.contrastive` ("sigmoid": SigLIP).
     variants: dict = field(default_factory=dict)
 
@@ -461,10 +462,10 @@ class LossSpec:
 
 LOSSES: dict[str, LossSpec] = {
     "clip": LossSpec(clip_loss, uses_negatives=False, variants={"sigmoid": sigmoid_clip_loss}),
-    "hnc": LossSpec(hnc_loss, variants={"sigmoid": sigmoid_hnc_loss}),
-    "pairwise": LossSpec(pairwise_loss, variants={"sigmoid": sigmoid_pairwise_loss}),
-    "thesis_l2": LossSpec(thesis_l2_loss),
-    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True),
+    "hnc": LossSpec(hnc_loss, uses_weight=True, variants={"sigmoid": sigmoid_hnc_loss}),
+    "pairwise": LossSpec(pairwise_loss, uses_weight=True, variants={"sigmoid": sigmoid_pairwise_loss}),
+    "thesis_l2": LossSpec(thesis_l2_loss, uses_weight=True),
+    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True),
     "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss}),
     "negclip": LossSpec(negclip_loss),
 }

@@ -211,6 +211,24 @@ def test_similarity_stats():
     assert stats["margin"] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_uses_weight_says_whether_lambda_changes_the_loss(name):
+    """`LossSpec.uses_weight` (what the search and the demo read to leave λ out) against the loss itself: λ = 1
+    and λ = 3 give different totals exactly for the losses that declare it, in every contrastive form."""
+    spec = LOSSES[name]
+    _, emb = make_embeddings(seed=4, requires_grad=False)
+    _, ref_emb = make_embeddings(seed=5, requires_grad=False)
+    ref = inputs(ref_emb, scale=5.0)
+    for kind in ("softmax", *spec.variants):
+        fn = spec.for_contrastive(kind).fn
+        bias = torch.tensor(-1.0, dtype=torch.float64) if kind == "sigmoid" else None
+        inp = LossInputs(emb, emb, torch.tensor(10.0, dtype=torch.float64), 0, ref, None, logit_bias=bias)
+        if kind == "sigmoid":
+            inp.reference = LossInputs(ref_emb, ref_emb, torch.tensor(5.0, dtype=torch.float64), 0, logit_bias=bias)
+        totals = [float(sum(fn(inp, LossConfig(hard_negative_weight=w)).values())) for w in (1.0, 3.0)]
+        assert (totals[0] != totals[1]) == spec.uses_weight, (name, kind, totals)
+
+
 def test_schedules():
     a = SimpleNamespace(hard_negative_weight=1.0, hard_negative_weight_min=0.2, hard_negative_warmup_steps=10,
                         hard_negative_step_size=0.25, hard_negative_step_every=4)

@@ -37,7 +37,6 @@ from transformers import HfArgumentParser
 logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
-UNWEIGHTED = ("clip", "negclip")  # losses without a λ (NegCLIP's negatives sit in its softmax unweighted)
 BASE, STANDARD, HNC = "pre-trained base", "standard fine-tune (`clip`)", "HNC fine-tune"
 
 
@@ -163,8 +162,10 @@ def pretrain_flags(args: DemoArguments) -> list[str]:
 def finetune_flags(args: DemoArguments, loss: str) -> list[str]:
     """Every fine-tune sees the same batches (same sampler, seed, size, steps and caption types); only the loss
     differs."""
+    from hnc_clip.losses import LOSSES
+
     steps = args.finetune_steps
-    weight = [] if loss in UNWEIGHTED else [
+    weight = [] if not LOSSES[loss].uses_weight else [
         "--hard_negative_schedule", "linear", "--hard_negative_weight_min", str(args.hard_negative_weight_start),
         "--hard_negative_weight", str(args.hard_negative_weight),
         "--hard_negative_warmup_steps", str(args.hard_negative_decay_steps),

@@ -41,7 +41,6 @@ from hnc_clip.trainer import HncTrainer
 logger = logging.getLogger("hnc_clip.search")
 
 SEARCHABLE_LOSSES = sorted(name for name, spec in LOSSES.items() if not spec.needs_reference)
-UNWEIGHTED = ("negclip", "clip")  # loss types without a λ to search
 
 
 @dataclass
@@ -119,7 +118,7 @@ def hp_space(search: SearchArguments, max_steps: int, given: dict | None = None)
             "loss_type": trial.suggest_categorical("loss_type", search.loss_types),
             "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate_range, log=True),
         }
-        if params["loss_type"] in UNWEIGHTED:  # NegCLIP has no λ: its negatives sit in the softmax unweighted
+        if not LOSSES[params["loss_type"]].uses_weight:  # e.g. NegCLIP: its negatives sit in the softmax unweighted
             return {**params, "hard_negative_weight": 1.0, "hard_negative_schedule": "constant"}
         params["hard_negative_weight"] = trial.suggest_float("hard_negative_weight", *search.weight_range, log=True)
         params["hard_negative_schedule"] = trial.suggest_categorical("hard_negative_schedule", search.schedules)
