@@ -207,3 +207,26 @@ def test_negclip_trains_on_negclip_layout_with_hard_images(tmp_path, rows, tiny_
     results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--train_file", str(path), *flags,
                        "--loss_type", "negclip", "--negatives_per_row", "1", "--mask_same_image", "false")
     assert math.isfinite(results["train_loss"]) and changed(weights(tiny_clip_dir), weights(out))
+
+
+def test_a_killed_conversion_leaves_nothing_behind_and_a_rerun_removes_its_folder(tmp_path, rows):
+    """Tables share the HNC cache's publishing (`build_cache_dir`): a conversion that fails mid-way leaves no
+    folder; one killed outright (its process gone) leaves one, which the next conversion removes."""
+    import socket
+
+    from hnc_clip.data import table
+
+    path = str(write_jsonl(tmp_path / "t.jsonl", rows))
+    cache = tmp_path / "cache"
+    root = cache / "hnc_tables"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(table, "_convert", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+        with pytest.raises(OSError, match="disk gone"):
+            load_table_pairs(path, args(), cache_dir=str(cache))
+    assert list(root.iterdir()) == []
+    dead = 2**22 + 12345  # above the largest pid_max Linux allows (2**22): no such process
+    stale = root / f"abc.incomplete-{dead}@{socket.gethostname()}@x"
+    stale.mkdir()
+    assert len(load_table_pairs(path, args(), cache_dir=str(cache))) == len(rows)
+    assert not stale.exists()
+    assert not [p for p in root.iterdir() if ".incomplete-" in p.name]

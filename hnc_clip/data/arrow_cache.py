@@ -221,6 +221,32 @@ def _remove_stale(root: str) -> None:
             pass
 
 
+def build_cache_dir(root: str, final: str, build, overwrite: bool = False) -> dict:
+    """The cache folder `final` (under `root`), built once: `build(tmp)` writes its files into a temporary folder
+    and returns the record saved last as `SKIPS_FILE` (its presence means done); the folder is published by one
+    rename (a concurrent process that got there first wins), and folders of killed builds are removed. Returns the
+    record."""
+    if overwrite and os.path.isdir(final):
+        shutil.rmtree(final)
+    if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
+        os.makedirs(root, exist_ok=True)
+        _remove_stale(root)
+        tmp = _incomplete_dir(root, final)
+        try:
+            record = build(tmp)
+            with open(os.path.join(tmp, SKIPS_FILE), "w") as f:
+                json.dump(record, f)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process (another rank) finished the same conversion first: use theirs
+                if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(final, SKIPS_FILE)) as f:
+        return json.load(f)
+
+
 def load_hnc_pairs(
     path: str, cache_dir: str | None = None, overwrite_cache: bool = False, num_proc: int | None = None
 ) -> datasets.Dataset:
@@ -232,25 +258,12 @@ def load_hnc_pairs(
     schema = detect_schema(path)  # also: missing file / invalid JSON / unknown schema, with the file named
     root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_pairs")
     final = os.path.join(root, fingerprint(path, schema))
-    if overwrite_cache and os.path.isdir(final):
-        shutil.rmtree(final)
-    if not os.path.isfile(os.path.join(final, SKIPS_FILE)):  # the skips file is written last: its presence = done
-        os.makedirs(root, exist_ok=True)
-        _remove_stale(root)
-        tmp = _incomplete_dir(root, final)
-        try:
-            files, skips = convert(path, schema, tmp, FEATURES, num_proc)
-            with open(os.path.join(tmp, SKIPS_FILE), "w") as f:
-                json.dump({"files": [os.path.basename(p) for p in files], "skips": skips}, f)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process (another rank) finished the same conversion first: use theirs
-                if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(final, SKIPS_FILE)) as f:
-        done = json.load(f)
+
+    def build(tmp: str) -> dict:
+        files, skips = convert(path, schema, tmp, FEATURES, num_proc)
+        return {"files": [os.path.basename(p) for p in files], "skips": skips}
+
+    done = build_cache_dir(root, final, build, overwrite=overwrite_cache)
     files = [os.path.join(final, name) for name in done["files"]]
     parts = [datasets.Dataset.from_file(p) for p in files]
     ds = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict(

@@ -37,15 +37,13 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
 
-from .arrow_cache import SKIPS_FILE, report_skips
+from .arrow_cache import build_cache_dir, report_skips
 
 logger = logging.getLogger(__name__)
 
@@ -232,24 +230,11 @@ def load_table_pairs(path: str, data_args, split: str = "train", cache_dir: str 
     fingerprint = hashlib.sha256(f"table-v{TABLE_VERSION}|{key}|{settings}".encode()).hexdigest()[:32]
     root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_tables")
     final = os.path.join(root, fingerprint)
-    if data_args.overwrite_cache and os.path.isdir(final):
-        shutil.rmtree(final)
-    if not os.path.isfile(os.path.join(final, SKIPS_FILE)):  # the skips file is written last: its presence = done
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=fingerprint + ".incomplete-", dir=root)
-        try:
-            skips = _convert(path, rows, columns, data_args.negatives_per_row, os.path.join(tmp, "pairs.arrow"))
-            with open(os.path.join(tmp, SKIPS_FILE), "w") as f:
-                json.dump({"skips": skips}, f)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process (another rank) finished the same conversion first: use theirs
-                if not os.path.isfile(os.path.join(final, SKIPS_FILE)):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(final, SKIPS_FILE)) as f:
-        skips = json.load(f)["skips"]
+
+    def build(tmp: str) -> dict:
+        return {"skips": _convert(path, rows, columns, data_args.negatives_per_row, os.path.join(tmp, "pairs.arrow"))}
+
+    skips = build_cache_dir(root, final, build, overwrite=data_args.overwrite_cache)["skips"]
     ds = datasets.Dataset.from_file(os.path.join(final, "pairs.arrow"))
     report_skips(path, len(ds), skips)
     return ds
