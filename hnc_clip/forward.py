@@ -77,15 +77,17 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
         # [(1 + K)·B, D] = [positives; negatives 1; ...; negatives K] (or [B, D], positives only)
         text = text[text_index]
     negative = text[b:] if with_negatives else None
-    return Embeddings(image, text[:b], negative, inputs.get("image_ids"))  # [B, D] each
+    mask = inputs.get("negative_mask") if with_negatives else None  # [K·B] bool: pairs without a k-th negative
+    return Embeddings(image, text[:b], negative, inputs.get("image_ids"), negative_mask=mask)  # [B, D] each
 
 
-def placeholder_batch(model, device, negatives: int = 1) -> dict:
+def placeholder_batch(model, device, negatives: int = 1, negative_mask: bool = False) -> dict:
     """One stand-in pair for a process whose batch has no readable image (`real_rows` 0), in `HncCollator`'s
     layout. Under several processes every one must run what the others run — the forward (DDP), the gathers of the
     loss and the finite check — or the collectives mismatch (gloo aborts, NCCL hangs). Its loss is weighted 0
     (`process_share`) and the other processes mask its column (`get_logits`), so it changes nothing. `negatives`:
-    the K every pair of the run brings (the gathers need the same layout everywhere)."""
+    the K every pair of the run brings (the gathers need the same layout everywhere); `negative_mask`: whether the
+run's batches carry one (`HncCollator.allow_missing_negatives`), so that every process gathers it."""
     clip = unwrap_clip(model)
     config = clip.config
     size = config.vision_config.image_size
@@ -93,7 +95,9 @@ def placeholder_batch(model, device, negatives: int = 1) -> dict:
     ids = torch.zeros((1, 2), dtype=torch.long, device=device)
     ids[0, 1].fill_(min(config.text_config.eos_token_id, config.text_config.vocab_size - 1))  # [BOS-ish, EOS]
     zero = torch.zeros(1, dtype=torch.long, device=device)
+    extra = {"negative_mask": torch.ones(negatives, dtype=torch.bool, device=device)} if negative_mask else {}
     return {
+        **extra,
         "pixel_values": torch.zeros(1, 3, size, size, dtype=dtype, device=device),
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),

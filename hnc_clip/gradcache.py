@@ -101,7 +101,9 @@ def gradcache_backward(
 
     def as_embeddings(tensors: list[torch.Tensor]) -> Embeddings:  # image, positive[, negative]
         image, positive, *negative = tensors
-        return Embeddings(image, positive, negative[0] if negative else None, inputs.get("image_ids"))
+        mask = inputs.get("negative_mask") if negative else None  # [K·B] bool, k-major over the whole batch
+        return Embeddings(image, positive, negative[0] if negative else None, inputs.get("image_ids"),
+                          negative_mask=mask)  # fmt: skip
 
     local = as_embeddings(leaves)
 

@@ -29,6 +29,12 @@ w_r = W·n_r / Σn (`process_share`): DDP's average Σ_r w_r·L_r / W is then th
 process holding them. With equal batches w_r = 1 exactly and nothing is padded: the numbers are the same to the bit.
 A process without a readable pair encodes one placeholder row (`hnc_clip.forward.placeholder_batch`) weighted 0.
 
+Pairs without a hard negative (plain captions for which no rule applied, `hnc_clip.negatives`): their K slots hold
+a stand-in marked False in `Embeddings.negative_mask` [K·B]. A masked negative is no one's candidate (-inf), so
+such a pair trains the contrastive term only: its own-pair terms (`pairwise`, `dpo`) are 0 and the hard-negative
+terms stay means over all B pairs, as every term is (exact under DDP). None: every negative is real, and nothing
+is masked (the same numbers to the bit).
+
 Same-image false negatives: HNC has ~121 pairs per GQA image, so two pairs of one image can share a (global)
 batch. Their images are identical and each one's positive caption is true of the other's image, so with
 `mask_same_image` those off-diagonal image–positive logits are set to -inf (both directions). The other pair's
@@ -63,6 +69,9 @@ class Embeddings:
     # rest padding. None: every row is real.
     rows: torch.Tensor | None = None  # [W] int64
     block: int | None = None
+    # [K·B] bool (gathered: [W·K·P]), k-major as `negative`: False where a pair has no k-th hard negative (its slot
+    # holds a stand-in). None: every negative is real.
+    negative_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -74,6 +83,10 @@ class Embeddings:
     def own_negatives(self) -> torch.Tensor:
         """[K, B, D]: pair i's k-th hard negative at [k, i]."""
         return self.negative.view(self.negatives_per_pair(), len(self), -1)
+
+    def own_negative_mask(self) -> torch.Tensor | None:
+        """[K, B] bool: whether pair i has a k-th hard negative (None: all have)."""
+        return None if self.negative_mask is None else self.negative_mask.view(self.negatives_per_pair(), len(self))
 
 
 @dataclass
@@ -155,16 +168,21 @@ def gather_features(
         parts[rank] = padded
         return torch.cat(parts, dim=0)  # [W·K·block, ...]: process-major, then k, then row
 
-    ids = None
-    if local.image_ids is not None:
-        # Ids carry no gradient: the plain collective is enough.
-        padded_ids = pad(local.image_ids).contiguous()
-        id_parts = [torch.empty_like(padded_ids) for _ in range(world_size)]
-        dist.all_gather(id_parts, padded_ids)
-        ids = torch.cat(id_parts)  # [W·block]
+    def gather_plain(t: torch.Tensor) -> torch.Tensor:  # no gradient (ids, masks): the plain collective is enough
+        parts = [torch.empty_like(t) for _ in range(world_size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    ids = gather_plain(pad(local.image_ids)) if local.image_ids is not None else None  # [W·block]
     k = local.negatives_per_pair() if local.negative is not None else 1
+    mask = None
+    if local.negative_mask is not None and local.negative is not None:
+        # [W·K·block] in the negatives' layout; padding reads True (it is masked as padding, `get_logits`)
+        mask = gather_plain(torch.cat([pad(part) | (torch.arange(block, device=part.device) >= b)
+                                       for part in local.negative_mask.chunk(k)]))  # fmt: skip
     return Embeddings(
-        gather(local.image), gather(local.positive), gather(local.negative, k), ids, rows=sizes[:, 1], block=block
+        gather(local.image), gather(local.positive), gather(local.negative, k), ids, rows=sizes[:, 1], block=block,
+        negative_mask=mask,
     )
 
 
@@ -219,6 +237,8 @@ def get_logits(inp: LossInputs, mask_same_image: bool = True) -> ContrastiveLogi
             # A row's own negatives stay too (column r·K·P + k·P + i), as its own positive does.
             own = (neg_columns[None, :] // (k * block) == inp.rank) & (neg_columns[None, :] % block == rows[:, None])
             i2n = i2n.masked_fill(~real_negative[None, :] & ~own, float("-inf"))  # [B, W·K·P]
+    if i2n is not None and glob.negative_mask is not None:
+        i2n = i2n.masked_fill(~glob.negative_mask[None, :], float("-inf"))  # [B, W·K·P] a stand-in is no candidate
     same = same_image_mask(inp, labels) if mask_same_image else None  # [B, W·P]
     if same is not None:
         i2p = i2p.masked_fill(same, float("-inf"))
@@ -241,12 +261,17 @@ def _clip_term(lg: ContrastiveLogits) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(lg.image_to_positive, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
 
 
-def _own_pair_logits(inp: LossInputs) -> torch.Tensor:
-    """[B, 1+K] logits of each image against its own positive (col 0) and its own K hard negatives (cols 1..K)."""
+def _own_pair_logits(inp: LossInputs, masked: bool = True) -> torch.Tensor:
+    """[B, 1+K] logits of each image against its own positive (col 0) and its own K hard negatives (cols 1..K);
+    a missing negative's column is -inf unless `masked` is False."""
     loc = inp.local
     pos = (loc.image * loc.positive).sum(-1)  # [B]
     neg = (loc.image[None] * loc.own_negatives()).sum(-1)  # [K, B]
-    return inp.logit_scale * torch.cat([pos[:, None], neg.T], dim=1)  # [B, 1+K]
+    logits = inp.logit_scale * torch.cat([pos[:, None], neg.T], dim=1)  # [B, 1+K]
+    mask = loc.own_negative_mask()  # [K, B]
+    if masked and mask is not None:
+        logits = logits.masked_fill(torch.cat([torch.zeros_like(mask[:1]), ~mask]).T, float("-inf"))  # [B, 1+K]
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +330,10 @@ def thesis_l2_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     own = torch.arange(k * b, device=weight.device)  # local negative m = k·B + i belongs to pair i = m mod B
     # its column in N_all: r·K·P + k·P + i (r·K·B + m without padding)
     weight[own % b, inp.rank * k * block + (own // b) * block + own % b] = cfg.hard_negative_weight
-    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative * weight], dim=1)  # [B, (1+K)·W·B]
+    scaled = lg.image_to_negative * weight  # [B, W·K·P]
+    # a masked candidate stays -inf (at λ = 0 the product would be NaN)
+    scaled = torch.where(torch.isneginf(lg.image_to_negative), lg.image_to_negative, scaled)
+    i2t = torch.cat([lg.image_to_positive, scaled], dim=1)  # [B, (1+K)·W·B]
     return {
         "contrastive_loss": 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
     }
@@ -350,11 +378,14 @@ def dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """
     if inp.reference is None:
         raise ValueError("dpo needs LossInputs.reference (the frozen starting model's embeddings)")
-    pol = _own_pair_logits(inp)  # [B, 1+K]
+    pol = _own_pair_logits(inp, masked=False)  # [B, 1+K]
     with torch.no_grad():
-        ref = _own_pair_logits(inp.reference)  # [B, 1+K]
+        ref = _own_pair_logits(inp.reference, masked=False)  # [B, 1+K]
     margin = (pol[:, :1] - ref[:, :1]) - (pol[:, 1:] - ref[:, 1:])  # [B, K]: each (positive, negative k) pair
-    out = {"dpo_loss": -F.logsigmoid(cfg.dpo_beta * margin).mean()}
+    terms = -F.logsigmoid(cfg.dpo_beta * margin)  # [B, K]
+    mask = inp.local.own_negative_mask()  # [K, B]
+    # a missing negative is no preference: it adds 0 to the mean over the B·K slots
+    out = {"dpo_loss": terms.mean() if mask is None else terms.masked_fill(~mask.T, 0.0).sum() / terms.numel()}
     if cfg.dpo_contrastive_weight > 0:
         out["contrastive_loss"] = cfg.dpo_contrastive_weight * _clip_term(get_logits(inp, cfg.mask_same_image))
     return out
@@ -513,9 +544,20 @@ def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
     stats = {"cos_positive": pos.mean(), "cos_random_negative": rand}
     if emb.negative is not None:
         neg = (emb_image[None] * emb.own_negatives().detach()).sum(-1)  # [K, B]
-        stats.update(
-            cos_hard_negative=neg.mean(),
-            margin=(pos[None] - neg).mean(),
-            hard_negative_accuracy=(pos[None] > neg).float().mean(),  # over the B·K (positive, negative) pairs
-        )
+        mask = emb.own_negative_mask()  # [K, B]
+        if mask is None:
+            stats.update(
+                cos_hard_negative=neg.mean(),
+                margin=(pos[None] - neg).mean(),
+                hard_negative_accuracy=(pos[None] > neg).float().mean(),  # over the B·K (positive, negative) pairs
+            )
+        else:  # over the real negatives only (NaN when there is none), without a host sync
+            n = mask.sum()
+
+            def mean(x: torch.Tensor) -> torch.Tensor:
+                value = (x * mask).sum() / n.clamp(min=1)
+                return torch.where(n > 0, value, torch.full_like(value, float("nan")))
+
+            stats.update(cos_hard_negative=mean(neg), margin=mean(pos[None] - neg),
+                         hard_negative_accuracy=mean((pos[None] > neg).float()))  # fmt: skip
     return stats

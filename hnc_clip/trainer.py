@@ -132,7 +132,9 @@ class HncTrainer(Trainer):
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
         self._pending: tuple | None = None  # this micro-step's (loss, components, metrics, rows), until checked
         # This train() call's totals, from the logged counts (summed over processes), for --max_skipped_fraction.
-        self.run_totals = dict.fromkeys(("skipped_images", "pairs", "skipped_steps", "nonfinite_steps"), 0.0)
+        self.run_totals = dict.fromkeys(
+            ("skipped_images", "pairs", "skipped_steps", "nonfinite_steps", *self._data_counts), 0.0
+        )
         self.card_info = card_info or {}
         if self.args.max_logit_scale is not None:
             self.add_callback(ClampLogitScale(self.args.max_logit_scale))
@@ -220,7 +222,9 @@ class HncTrainer(Trainer):
         pair that keeps this process in the collectives the others enter."""
         if self.accelerator.num_processes == 1:
             return None
-        return placeholder_batch(model, self.args.device, getattr(self.data_collator, "negatives_per_row", None) or 1)
+        collator = self.data_collator
+        k = getattr(collator, "negatives_per_row", None) or 1
+        return placeholder_batch(model, self.args.device, k, getattr(collator, "allow_missing_negatives", False))
 
     def loss_config(self) -> LossConfig:
         a = self.args
@@ -283,12 +287,23 @@ class HncTrainer(Trainer):
         both = keep.repeat(inputs["text_index"].numel() // len(kept))  # [(1+K)·B'] positives; K negatives blocks
         inputs.update(image_index=inputs["image_index"][keep], text_index=inputs["text_index"][both],
                       image_ids=inputs["image_ids"][keep], kept_rows=kept[keep])  # fmt: skip
+        mask = inputs.get("negative_mask")
+        if mask is not None:  # [K·B'] k-major, as the negative blocks
+            inputs["negative_mask"] = mask[keep.repeat(mask.numel() // len(kept))]
         return inputs
+
+    @property
+    def _data_counts(self) -> tuple:
+        """The counts the collator adds to each batch (`HncCollator.count_names`: rules, sources, skip reasons)."""
+        return tuple(getattr(self.data_collator, "count_names", ()))
 
     def _add_counts(self, mode: str, inputs: dict) -> None:
         for name in ("skipped_images", "truncated_captions"):
             value = inputs.pop(name, None)
             self._add(mode, name, 0.0 if value is None else value)
+        counts = inputs.pop("counts", None) or {}
+        for name in self._data_counts:
+            self._add(mode, name, counts.get(name, 0))
 
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
@@ -438,12 +453,12 @@ class HncTrainer(Trainer):
         records them too), "none" nothing (a call made on one process only would leave the others waiting)."""
         recorded = self._metrics[mode]
         if over != "none" and self.accelerator.num_processes > 1 and dist.is_initialized():
-            names = sorted(recorded) if over == "all" else list(PROCESS_COUNTS)
+            names = sorted(recorded) if over == "all" else [*PROCESS_COUNTS, *self._data_counts]
             self._reduce_over_processes(recorded, names, check_names=over == "all")
         out = {}
         for name, (total, n) in recorded.items():
             value, n = float(total), float(n)  # the host syncs of a logged value, at logging time
-            if name in COUNTS:
+            if name in COUNTS or name in self._data_counts:
                 out[name] = value
             elif n > 0:  # else every step of the period was skipped
                 out[name] = value / n

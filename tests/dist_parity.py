@@ -56,6 +56,18 @@ def k_negative_batch(k: int = 3) -> dict:
     return batch
 
 
+def missing_negative_batch(k: int = 3) -> dict:
+    """`k_negative_batch` where some pairs lack negatives (plain captions no rule applied to): pair 2 has none,
+    pair 6 only its first, pair 5 (rank 1, the image shared with pair 1) none; `negative_mask` [K·G] k-major."""
+    batch = k_negative_batch(k)
+    mask = torch.ones(k, G, dtype=torch.bool)
+    mask[:, 2] = False
+    mask[1:, 6] = False
+    mask[:, 5] = False
+    batch["negative_mask"] = mask.reshape(-1)
+    return batch
+
+
 def local_slice(batch: dict, rank: int, world: int) -> dict:
     b = G // world
     return local_rows(batch, list(range(rank * b, (rank + 1) * b)))
@@ -70,12 +82,16 @@ def local_rows(batch: dict, rows: list[int]) -> dict:
     def per_block(t):
         return torch.cat([t[k * G : (k + 1) * G][rows] for k in range(blocks)])
 
-    return {
+    out = {
         "pixel_values": batch["pixel_values"][rows],
         "input_ids": per_block(batch["input_ids"]),
         "attention_mask": per_block(batch["attention_mask"]),
         "image_ids": batch["image_ids"][rows],
     }
+    if "negative_mask" in batch:
+        mask = batch["negative_mask"]
+        out["negative_mask"] = torch.cat([mask[k * G : (k + 1) * G][rows] for k in range(mask.numel() // G)])
+    return out
 
 
 def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None):
@@ -102,6 +118,10 @@ FAMILY_CASES = {
     "siglip_clip": (tiny_siglip, global_batch, "clip", "sigmoid"),
     "siglip_hnc": (tiny_siglip, global_batch, "hnc", "sigmoid"),
     "siglip_hnc_k3": (tiny_siglip, k_negative_batch, "hnc", "sigmoid"),
+    # pairs without (some of) their negatives: the mask travels with the gathered negatives
+    "hnc_missing": (tiny_clip, missing_negative_batch, "hnc", "softmax"),
+    "pairwise_missing": (tiny_clip, missing_negative_batch, "pairwise", "softmax"),
+    "siglip_hnc_missing": (tiny_siglip, missing_negative_batch, "hnc", "sigmoid"),
 }
 
 
@@ -141,7 +161,8 @@ def uneven_case(acc, batch, loss_type, split, gradcache=False, build=None, contr
     ddp = acc.prepare_model(model)
     mine = UNEVEN[split][rank]
     k = batch["input_ids"].shape[0] // G - 1  # negatives per pair: the placeholder brings as many
-    inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", negatives=k)
+    masked = "negative_mask" in batch  # the placeholder then brings a mask too: every process gathers one
+    inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", k, masked)
     if gradcache:
         loss, *_ = gradcache_backward(
             ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn, LossConfig(hard_negative_weight=0.7),

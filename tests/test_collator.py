@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hnc_clip.data import HncCollator, image_group_id
@@ -174,3 +175,22 @@ def test_a_huge_caption_costs_no_more_than_a_long_one():
     assert batch["input_ids"].shape[1] == 10 and batch["truncated_captions"].item() == 2
     rows = batch["input_ids"][batch["text_index"]]
     assert tok.decode(rows[2], skip_special_tokens=True) == "a cup"  # the short ones are untouched
+
+
+def test_pairs_without_negatives_get_masked_stand_ins_and_are_counted():
+    """`allow_missing_negatives` (plain captions, negatives made by rules): a pair with fewer than K negatives has
+    its empty slots pointing at its own positive (no extra encoding), marked False in `negative_mask` [K·B]."""
+    tok = build_word_tokenizer("a b c d e".split())
+    px = torch.zeros(3, 2, 2)
+    feats = [{"pixel_values": px, "positive": "a", "negatives": ["b", "c"], "image_id": "x"},
+             {"pixel_values": px, "positive": "d", "negatives": [], "image_id": "y"},
+             {"pixel_values": px, "positive": "e", "negatives": ["c"], "image_id": "z"}]
+    batch = HncCollator(tok, negatives_per_row=2, allow_missing_negatives=True)(feats)
+    assert batch["negative_mask"].tolist() == [True, False, True, True, False, False]  # k-major: [k=0 | k=1]
+    rows = [tok.decode(batch["input_ids"][r], skip_special_tokens=True) for r in batch["text_index"].tolist()]
+    assert rows == ["a", "d", "e", "b", "d", "c", "c", "d", "e"]  # stand-ins are the pair's own positive
+    assert batch["input_ids"].shape[0] == 5  # a b c d e, each once
+    assert batch["counts"] == {"pairs_without_negative": 1}
+    # without the flag a pair lacking negatives is an error, as before (tables skip such rows at load)
+    with pytest.raises(ValueError, match="hard negatives"):
+        HncCollator(tok, negatives_per_row=2)(feats)

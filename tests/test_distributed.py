@@ -17,6 +17,9 @@ import torch
 from .conftest import REPO
 
 LOSS_TYPES = ("clip", "hnc", "pairwise")
+# dist_parity.FAMILY_CASES: other families and layouts, pairs without (some of) their negatives among them
+FAMILY_CASES = ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3", "hnc_missing", "pairwise_missing",
+                "siglip_hnc_missing"]
 
 
 def free_port() -> str:
@@ -75,7 +78,7 @@ def test_per_device_loss_differs(parity, loss_type):
     assert r["max_grad_diff"] > 1e-3
 
 
-@pytest.mark.parametrize("case", ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3"])
+@pytest.mark.parametrize("case", FAMILY_CASES)
 def test_other_losses_and_layouts_equal_single_process_when_gathered(parity, case):
     """NegCLIP, K = 3 negatives per pair, and SigLIP's sigmoid (all pairs of the global batch, each once, scored
     on the process of its image): the one-process loss and gradients, and not without gathering."""
@@ -146,7 +149,7 @@ def test_uneven_and_empty_local_batches_give_the_loss_of_their_union(parity, los
     assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
 
 
-@pytest.mark.parametrize("case", ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3"])
+@pytest.mark.parametrize("case", FAMILY_CASES)
 @pytest.mark.parametrize("split", ["uneven", "empty"])
 def test_uneven_batches_of_the_other_families_and_layouts_give_the_loss_of_their_union(parity, case, split):
     """The padding under the other layouts: K = 3 negatives padded block by block (and their columns masked), SigLIP's

@@ -476,3 +476,118 @@ def test_loss_forms_per_family():
     _, emb = make_embeddings()
     with pytest.raises(ValueError, match="logit_bias"):
         LOSSES["hnc"].for_contrastive("sigmoid").fn(inputs(emb), LossConfig())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pairs without (some of) their hard negatives (`Embeddings.negative_mask`): plain captions no rule applied to. The
+# references leave the missing negatives out of every candidate set by construction, and their pairs' own-pair
+# terms contribute 0 to means over all B pairs.
+
+# K = 3 slots per pair, k-major [K·B]: pair 1 has none, pair 3 only its first
+MISSING = [(k, i) for k in range(K) for i in (1,)] + [(1, 3), (2, 3)]
+
+
+def negative_mask() -> torch.Tensor:
+    mask = torch.ones(K, B, dtype=torch.bool)
+    for k, i in MISSING:
+        mask[k, i] = False
+    return mask.reshape(-1)
+
+
+def real(m: int) -> bool:
+    return (m // B, m % B) not in MISSING
+
+
+def ref_hn_masked(img, pos, neg, s):
+    rows = [ce_row([s * dot(img[i], pos[j]) for j in range(B)]
+                   + [s * dot(img[i], neg[m]) for m in range(K * B) if real(m)], i) for i in range(B)]
+    return sum(rows) / B
+
+
+def ref_pairwise_masked(img, pos, neg, s):
+    return sum(ce_row([s * dot(img[i], pos[i])] + [s * dot(img[i], own(neg, i, k)) for k in range(K)
+                                                    if real(k * B + i)], 0) for i in range(B)) / B
+
+
+def ref_thesis_masked(img, pos, neg, s, w):
+    i2t = []
+    for i in range(B):
+        row = [s * dot(img[i], pos[j]) for j in range(B)]
+        row += [s * dot(img[i], neg[m]) * (w if m % B == i else 1.0) for m in range(K * B) if real(m)]
+        i2t.append(ce_row(row, i))
+    t2i = [ce_row([s * dot(pos[i], img[j]) for j in range(B)], i) for i in range(B)]
+    return 0.5 * (sum(i2t) / B + sum(t2i) / B)
+
+
+def check_masked(loss_type, cfg, reference_fn, contrastive="softmax", bias=None):
+    leaves, emb = make_k_embeddings()
+    emb.negative_mask = negative_mask()
+    inp = inputs(emb)
+    inp.logit_bias = bias
+    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, cfg)
+    total = torch.stack(list(out.values())).sum()
+    total.backward()
+    ref_leaves, _ = make_k_embeddings()
+    ref = reference_fn(*ref_leaves)
+    ref.backward()
+    assert total.item() == pytest.approx(ref.item(), rel=1e-9)
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-8, atol=1e-12)
+    missing = [k * B + i for k, i in MISSING]
+    assert torch.count_nonzero(leaves[2].grad[missing]) == 0  # a stand-in gets no gradient
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6])
+def test_missing_negatives_hnc(lam):
+    check_masked("hnc", LossConfig(hard_negative_weight=lam),
+                 lambda i, p, n: ref_clip(i, p, S) + lam * ref_hn_masked(i, p, n, S))
+
+
+def test_missing_negatives_pairwise_gives_contrastive_only_for_a_pair_without_any():
+    out = check_masked("pairwise", LossConfig(hard_negative_weight=0.7),
+                       lambda i, p, n: ref_clip(i, p, S) + 0.7 * ref_pairwise_masked(i, p, n, S))
+    assert torch.isfinite(out["hard_negative_loss"])
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.5])
+def test_missing_negatives_thesis_l2_and_negclip(lam):
+    check_masked("thesis_l2", LossConfig(hard_negative_weight=lam), lambda i, p, n: ref_thesis_masked(i, p, n, S, lam))
+    check_masked("negclip", LossConfig(), lambda i, p, n: ref_thesis_masked(i, p, n, S, 1.0))
+
+
+def test_missing_negatives_sigmoid_hnc():
+    bias = torch.tensor(-2.0, dtype=torch.float64)
+
+    def ref(i, p, n):
+        kept = torch.stack([n[m] for m in range(K * B) if real(m)])
+        return ref_sigmoid(i, p, S, -2.0) + 0.4 * ref_sigmoid_negatives(i, kept, S, -2.0)
+
+    check_masked("hnc", LossConfig(hard_negative_weight=0.4, mask_same_image=False), ref, "sigmoid", bias)
+
+
+def test_missing_negatives_dpo_counts_only_real_preferences():
+    leaves, emb = make_k_embeddings(seed=0)
+    _, ref_emb = make_k_embeddings(seed=1)
+    emb.negative_mask = ref_emb.negative_mask = negative_mask()
+    beta = 0.3
+    out = LOSSES["dpo"].fn(inputs(emb, reference=inputs(ref_emb, scale=5.0)),
+                           LossConfig(dpo_beta=beta, dpo_contrastive_weight=0.0))
+    i, p, n = [x.detach() for x in leaves]
+    ri, rp, rn = [x.detach() for x in (ref_emb.image, ref_emb.positive, ref_emb.negative)]
+    terms = [math.log1p(math.exp(-beta * float((S * dot(i[a], p[a]) - 5.0 * dot(ri[a], rp[a]))
+                                                - (S * dot(i[a], own(n, a, k)) - 5.0 * dot(ri[a], own(rn, a, k))))))
+             for a in range(B) for k in range(K) if real(k * B + a)]
+    assert out["dpo_loss"].item() == pytest.approx(sum(terms) / (K * B), rel=1e-9)  # a missing slot adds 0
+
+
+def test_missing_negatives_similarity_stats_over_real_negatives_only():
+    img = torch.eye(2)
+    neg = torch.stack([img[0], -img[1], -img[0], img[1]])  # k-major: pair 0's are rows 0 and 2, pair 1's rows 1, 3
+    mask = torch.tensor([True, True, True, False])  # pair 1's second negative is missing
+    stats = {k: float(v) for k, v in similarity_stats(Embeddings(img, img.clone(), neg, negative_mask=mask)).items()}
+    assert stats["cos_hard_negative"] == pytest.approx((1 - 1 - 1) / 3)
+    assert stats["hard_negative_accuracy"] == pytest.approx(2 / 3)
+    none = torch.zeros(4, dtype=torch.bool)
+    stats = similarity_stats(Embeddings(img, img.clone(), neg, negative_mask=none))
+    assert math.isnan(float(stats["hard_negative_accuracy"]))  # no evidence, not a score of 0

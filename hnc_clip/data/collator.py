@@ -34,6 +34,8 @@ class HncBatch(TypedDict, total=False):
     kept_rows: torch.Tensor  # [B'] int64 the input position of each pair kept
     truncated_captions: torch.Tensor  # [] captions cut to max_length
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
+    negative_mask: torch.Tensor  # [K·B] bool (`allow_missing_negatives`): False where a pair has no k-th negative
+    counts: dict  # name -> int, the data pipeline's own counts (`count_names`), summed per log like skipped_images
 
 
 # A caption longer than this many characters per allowed token is cut at the character level before tokenizing:
@@ -87,7 +89,8 @@ class HncCollator:
           "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
           "kept_rows":      [B'] int64    each kept pair's position in the input (to drop repeated ones later),
-          "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask}
+          "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask,
+          "negative_mask":  [K·B'] bool   (with `allow_missing_negatives`) False where pair i has no k-th negative}
     where B' = B plus the hard-image pairs rows bring, minus the pairs whose image could not be read (counted in
     `skipped_images`).
     HNC captions are ~10–20 tokens, so padding to the batch's longest instead of 77 saves ~4× text compute; pairs
@@ -111,6 +114,15 @@ class HncCollator:
     # K, the hard negatives each pair brings to the loss: a table row with more gives K drawn at random (NegCLIP
     # draws one per step). None: all of them, which must then be equally many in a batch.
     negatives_per_row: int | None = None
+    # Plain captions may get fewer than K negatives (none when no rule applied): the missing slots point at the
+    # pair's own positive row (nothing more to encode) and are masked, so the pair trains the contrastive term only.
+    allow_missing_negatives: bool = False
+    # The counts this collator adds to every batch ("counts"), e.g. pairs without a negative; the trainer sums them.
+    count_names: tuple = ()
+
+    def __post_init__(self):
+        if self.allow_missing_negatives and "pairs_without_negative" not in self.count_names:
+            self.count_names = (*self.count_names, "pairs_without_negative")
 
     def __call__(self, features: list[dict]) -> HncBatch:
         import torch
@@ -118,9 +130,17 @@ class HncCollator:
         features = expand_hard_image_pairs(features)
         kept_rows = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
         kept = [features[i] for i in kept_rows]
+        counts = dict.fromkeys(self.count_names, 0)
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
-            return {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
+            empty = {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
+            return {**empty, "counts": counts} if counts else empty
         negatives = [self._draw_negatives(f) for f in kept]  # [B'][K]
+        mask = None
+        if self.allow_missing_negatives:
+            k = self.negatives_per_row or 1
+            mask = [[k_ < len(n) for n in negatives] for k_ in range(k)]  # [K][B']
+            negatives = [n + [f["positive"]] * (k - len(n)) for f, n in zip(kept, negatives)]
+            counts["pairs_without_negative"] = sum(not n for n in mask[0])
         if len({len(n) for n in negatives}) > 1:  # the loss lays them out as K blocks of B'
             raise ValueError("pairs of one batch bring different numbers of hard negatives; set --negatives_per_row")
         rows = [f["positive"] for f in kept] + [n[k] for k in range(len(negatives[0])) for n in negatives]
@@ -164,6 +184,10 @@ class HncCollator:
             extra["pixel_affine"] = torch.as_tensor(np.stack(self.pixel_affine), dtype=torch.float32)  # [2, 3]
         if self.omit_padding_mask:
             extra["right_padded"] = True
+        if mask is not None:
+            extra["negative_mask"] = torch.tensor(mask, dtype=torch.bool).reshape(-1)  # [K·B'] k-major
+        if counts:
+            extra["counts"] = counts
         return {
             **extra,
             "pixel_values": stacked,
@@ -182,6 +206,8 @@ class HncCollator:
         negatives, k = negatives_of(feature), self.negatives_per_row
         if k is not None and len(negatives) > k:
             return random.sample(negatives, k)
+        if self.allow_missing_negatives:
+            return negatives[: k or 1]
         if not negatives or (k is not None and len(negatives) < k):
             raise ValueError(f"pair {feature.get('pair_id')!r} has {len(negatives)} hard negatives, needs {k or 1}")
         return negatives
