@@ -82,13 +82,90 @@ class DataArguments:
     validation_file: str | None = field(
         default=None, metadata={"help": "Evaluation data during training, as --train_file (HNC JSON or a table)."}
     )
-    image_column: str = field(
-        default="image_path", metadata={"help": "Table: the column with each row's image file (under --image_dir)."}
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: a Hub dataset of images and captions (or a local folder of its Parquet/Arrow "
+            "files; `imagefolder` with --data_dir), streamed: --image_column, --caption_column, "
+            "--dataset_config_name, --train_split; negatives from --negatives_from_captions."
+        },
     )
-    caption_column: str = field(default="caption", metadata={"help": "Table: the column with the positive caption."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "`--dataset_name imagefolder`: the folder of images and metadata.jsonl/csv."}
+    )
+    train_shards: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: WebDataset shards in open_clip's layout (.tar of <key>.jpg/png + <key>.txt or "
+            "<key>.json), a brace pattern such as `shards/{00000..00999}.tar`, several joined by `::`; streamed."
+        },
+    )
+    train_sources: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Further training sources, mixed with the above: each KIND:LOCATION, KIND one of hnc, table, hub, "
+            "imagefolder, webdataset (e.g. `hnc:hnc_train.json webdataset:coco/{00000..00059}.tar`)."
+        },
+    )
+    source_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Sampling weight of each training source, in the order --train_file, --dataset_name, "
+            "--train_shards, then --train_sources (datasets' interleave_datasets probabilities). Unset: equal."
+        },
+    )
+    mix_stopping_strategy: str = field(
+        default="all_exhausted",
+        metadata={
+            "help": "When a pass over mixed sources ends (interleave_datasets): `all_exhausted` (each source seen "
+            "at least once, smaller ones again), `first_exhausted`, or `all_exhausted_without_replacement`."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=0,
+        metadata={
+            "help": "Streamed data: datasets' shuffle buffer of this many samples on top of the per-pass shard order "
+            "(0: none). A resumed run loses what the buffers held (up to this many samples per DataLoader worker)."
+        },
+    )
+    negatives_from_captions: str | None = field(
+        default=None,
+        metadata={
+            "help": "Make hard negatives for captions that bring none (Hub, image folder, shards), in the DataLoader "
+            "workers, seeded per sample: rules or groups, comma-separated (`swap,replace,shuffle`; "
+            "hnc_clip/negatives/rules.py). A caption no rule applies to trains the contrastive term only."
+        },
+    )
+    caption_parser: str = field(
+        default="spacy:en_core_web_sm",
+        metadata={
+            "help": "What the rules parse captions with: `spacy:NAME_OR_PATH` (pip install \"hnc-clip[negatives]\"; "
+            "python -m spacy download en_core_web_sm) or `lexicon:words.json` (word → part of speech)."
+        },
+    )
+    negative_vocabulary: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of word classes for the `replace` rules (colours, materials, ...), beside the built-in ones."
+        },
+    )
+    image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Table: the column with each row's image file under --image_dir (unset: `image_path`); Hub or "
+            "image-folder data: the Image column (unset: its one Image column)."
+        },
+    )
+    caption_column: str = field(
+        default="caption",
+        metadata={"help": "The column with the positive caption (table, Hub, image folder; a shard's .json key)."},
+    )
     negative_caption_column: str = field(
         default="negative_captions",
-        metadata={"help": "Table: the column with the hard-negative caption(s): a string or a list of strings."},
+        metadata={
+            "help": "The column with the hard-negative caption(s): a string or a list of strings (table; Hub, image "
+            "folder and a shard's .json key, where present)."
+        },
     )
     negative_image_column: str | None = field(
         default=None,
@@ -151,6 +228,14 @@ class DataArguments:
                      "negatives_per_row"):  # fmt: skip
             check_range(flag, getattr(self, flag), low=1)
         check_range("max_text_length", self.max_text_length, low=2)  # BOS and EOS
+        check_range("shuffle_buffer_size", self.shuffle_buffer_size, low=0)
+        stopping = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
+        if self.mix_stopping_strategy not in stopping:
+            raise ValueError(f"--mix_stopping_strategy must be one of {list(stopping)}, got "
+                             f"{self.mix_stopping_strategy!r}")
+        from .data.sources import training_sources
+
+        training_sources(self)  # each source, its weight and the rules' names are checked now, before any work
 
 
 @dataclass

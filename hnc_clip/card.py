@@ -47,7 +47,7 @@ weighted hard-negative term, so that the model tells "the cup is left of the pla
 its object recognition.
 
 - Base model: `{base_model}`
-- Training data: {train_file}
+- Training data: {train_file}{sources}
 - Validation data: {validation_file}
 - Loss: `{loss_type}`
 
@@ -82,6 +82,7 @@ def write_model_card(
     validation_file: str | None = None,
     metrics: dict | None = None,
     machine_defaults: dict | None = None,
+    train_sources: list[dict] | None = None,
 ) -> str:
     rows = "\n".join(f"| {k} | {getattr(training_args, k)} |" for k in HYPERPARAMETERS if hasattr(training_args, k))
     metrics = metrics or {}
@@ -98,6 +99,7 @@ def write_model_card(
         model_name=name,
         base_model=base_model,
         train_file=train_file,
+        sources=sources_table(train_sources, metrics) if train_sources else "",
         validation_file=validation_file,
         loss_type=getattr(training_args, "loss_type", None),
         rows=rows,
@@ -109,6 +111,20 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     ModelCard(content).save(path)
     return path
+
+
+def sources_table(sources: list[dict], metrics: dict) -> str:
+    """The mixed training sources: each one's weight and its share of the records the run read (counted per
+    batch, `source/<name>`, summed over processes)."""
+    counts = {s["name"]: metrics.get(f"train_source/{s['name']}", 0) for s in sources}
+    total = sum(counts.values())
+    rows = []
+    for s in sources:
+        n = counts[s["name"]]
+        share = f"{n / total:.1%}" if total else "–"
+        rows.append(f"| {s['name']} | `{s['source']}` | {s['probability']:.3g} | {share} ({n:,}) |")
+    rows = "\n".join(rows)
+    return ("\n\n| source | location | weight | share read (records) |\n|---|---|---|---|\n" + rows + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def claim_output_dir(args, resuming: bool) -> Iterator[None]:
 # -- checkpoints --------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` so that a kill or a crash leaves either the old file or the whole new one."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -140,7 +141,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 def mark_complete(checkpoint_dir: str) -> None:
     """Record that every process has finished writing `checkpoint_dir` (call after a barrier, on one process)."""
-    _write_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    write_atomic(os.path.join(checkpoint_dir, COMPLETE_MARKER), f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
 
 
 def is_complete(checkpoint_dir: str) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
 from .data.hnc import PAIR_COLUMNS
+from .data.stream import StreamLoader, StreamStateError, TrainingStream
 from .data.table import TABLE_COLUMNS, HardImagePairs
 from .errors import NothingTrainedError, TooManySkippedError
 from .families import ModelFamily, family_of
@@ -39,7 +41,7 @@ from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
 from .modeling import LogitScaleTap
-from .output_dir import disk_full_error, is_disk_full, mark_complete
+from .output_dir import disk_full_error, is_disk_full, mark_complete, write_atomic
 from .schedules import SCHEDULES
 
 # Per-process counts: summed per log period, and over processes.
@@ -50,6 +52,8 @@ COUNTS = (*PROCESS_COUNTS, "nonfinite_steps", "skipped_steps")
 # As training goes, the share of skipped pairs is judged once this many pairs were seen (else only a count that
 # already exceeds the bound for the whole run stops it): a few unlucky early batches are not evidence.
 MIN_PAIRS_TO_JUDGE = 1000
+# Where a checkpoint keeps each process's position in a streamed training set (`StreamLoader.state_dict`).
+STREAM_STATE_DIR = "stream_state"
 # `--sdpa_backends` names → torch's SDPA backends.
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -178,6 +182,47 @@ class HncTrainer(Trainer):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
             self._signature_columns = [*PAIR_COLUMNS, *TABLE_COLUMNS, "pixel_values"]
+
+    # -- streamed training data ---------------------------------------------------------------------------------
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, TrainingStream):
+            return super().get_train_dataloader()
+        a = self.args
+        self._stream_loader = StreamLoader(
+            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+            num_workers=a.dataloader_num_workers, pin_memory=a.dataloader_pin_memory,
+            prefetch_factor=a.dataloader_prefetch_factor, rank=a.process_index, world_size=a.world_size,
+        )  # fmt: skip
+        return self._stream_loader
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A stream resumes from the position each process saved in the checkpoint, not by reading and dropping
+        the batches it had trained on (which would also decode all their images again)."""
+        if not isinstance(dataloader, StreamLoader):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        path = os.path.join(self._resume_from or "", STREAM_STATE_DIR, f"process_{self.args.process_index}.json")
+        if not os.path.isfile(path):
+            raise StreamStateError(
+                f"{self._resume_from} holds no stream position for process {self.args.process_index} ({path}): it was "
+                "not saved by a streamed run with these processes. Pass --ignore_data_skip to start the data over"
+            )
+        try:
+            with open(path) as f:
+                state = json.load(f)
+        except (OSError, ValueError) as err:
+            raise StreamStateError(f"{path}: unreadable stream position ({type(err).__name__}: {err})") from err
+        dataloader.load_state_dict(state, where=path)
+        logger.info(f"streamed data resumes at pass {dataloader.pass_index} from {path}")
+        return dataloader
+
+    def _save_stream_state(self, folder: str) -> None:
+        loader = getattr(self, "_stream_loader", None)
+        if loader is None:
+            return
+        os.makedirs(os.path.join(folder, STREAM_STATE_DIR), exist_ok=True)
+        path = os.path.join(folder, STREAM_STATE_DIR, f"process_{self.args.process_index}.json")
+        write_atomic(path, json.dumps(loader.state_dict()))
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
@@ -525,9 +570,10 @@ class HncTrainer(Trainer):
                 "the first unreadable images), or raise --max_skipped_fraction"
             )
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._resume_from = resume_from_checkpoint
         self.run_totals = dict.fromkeys(self.run_totals, 0.0)
-        output = super().train(*args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.model.training is False:  # the last log came after an evaluation: the last steps' counts are here
             self._note_totals(self._pop_metrics("train"))
         if not (self.sigterm is not None and self.sigterm.received):  # a preempted run is not finished
@@ -554,6 +600,7 @@ class HncTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
             super()._save_checkpoint(model, trial)
+            self._save_stream_state(folder)
         except Exception as err:
             if not is_disk_full(err, folder):
                 raise  # the folder stays unmarked: `last_complete_checkpoint` passes over it

@@ -9,6 +9,8 @@
     image_cache   pre-resized uint8 pixels (`prepare`, `CachedImageJoin`)
     collator      pairs → `HncBatch` (each distinct image and caption once, dynamic padding)
     sampler       batches of groups of one image's pairs (`--group_by_image`)
+    sources       any training source (HNC, tables, Hub, image folders, WebDataset shards) → one stream of records
+    stream        sources mixed with weights, split by process, resumable (`TrainingStream`, `StreamLoader`)
 """
 
 from .arrow_cache import FEATURES, load_hnc_pairs
@@ -34,10 +36,13 @@ from .pairs import (
     drop_missing_images,
     make_collator,
     prepare_split,
+    prepare_stream,
     select_pairs,
     with_pixels,
 )
 from .sampler import ImageGroupedSampler
+from .sources import RECORD_FEATURES, SourceError, SourceSpec, needs_stream, parse_source, training_sources
+from .stream import StreamCollator, StreamLoader, StreamStateError, TrainingStream
 from .table import TableFormatError, load_table_pairs, with_hard_image_pairs
 
 __all__ = [
@@ -47,5 +52,7 @@ __all__ = [
     "build_split", "detect_schema", "drop_missing_images", "image_group_id", "iter_hnc_pairs", "load_hnc_pairs",
     "load_rgb", "pixel_affine", "select_pairs", "hnc_test_entry", "hnc_train_entry", "with_cached_images",
     "with_images", "write_hnc", "TableFormatError", "load_table_pairs", "with_hard_image_pairs", "with_pixels",
-    "make_collator", "prepare_split",
+    "make_collator", "prepare_split", "prepare_stream", "RECORD_FEATURES", "SourceError", "SourceSpec",
+    "needs_stream", "parse_source", "training_sources", "StreamCollator", "StreamLoader", "StreamStateError",
+    "TrainingStream",
 ]  # fmt: skip

@@ -36,6 +36,7 @@ class HncBatch(TypedDict, total=False):
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
     negative_mask: torch.Tensor  # [K·B] bool (`allow_missing_negatives`): False where a pair has no k-th negative
     counts: dict  # name -> int, the data pipeline's own counts (`count_names`), summed per log like skipped_images
+    pair_ids: list  # [B'] str, each kept pair's id (where the records carry one): which samples a step trained on
 
 
 # A caption longer than this many characters per allowed token is cut at the character level before tokenizing:
@@ -188,6 +189,8 @@ class HncCollator:
             extra["negative_mask"] = torch.tensor(mask, dtype=torch.bool).reshape(-1)  # [K·B'] k-major
         if counts:
             extra["counts"] = counts
+        if all("pair_id" in f for f in kept):
+            extra["pair_ids"] = [f["pair_id"] for f in kept]
         return {
             **extra,
             "pixel_values": stacked,

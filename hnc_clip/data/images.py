@@ -138,6 +138,27 @@ def load_rgb(path: str, max_pixels: int = MAX_IMAGE_PIXELS, image_processor=None
         return out.convert("RGB")
 
 
+def process_images(image_processor, images: dict, on_error) -> dict[str, dict]:
+    """name → the processor's outputs for that image ({"pixel_values": [3, H, W], NaFlex: its patch mask, grid}),
+    in one processor call; an image the processor cannot take is retried alone, so only it is lost
+    (`on_error(name, why, err)`)."""
+    if not images:
+        return {}
+    names = list(images)
+    try:
+        out = image_processor(images=list(images.values()), return_tensors="pt")
+        return {name: {k: v[i] for k, v in out.items()} for i, name in enumerate(names)}
+    except IMAGE_ERRORS:
+        by_name = {}
+        for name, image in images.items():
+            try:
+                out = image_processor(images=[image], return_tensors="pt")
+                by_name[name] = {k: v[0] for k, v in out.items()}
+            except IMAGE_ERRORS as err:
+                on_error(name, f"{type(err).__name__}: {err}", err)
+        return by_name
+
+
 @dataclass
 class ImageJoin:
     """`Dataset.with_transform` callable: adds `pixel_values` (a [3, H, W] tensor, or None if unreadable).
@@ -182,18 +203,7 @@ class ImageJoin:
             if (image := self._read(name)) is not None:
                 images.append(image)
                 readable.append(name)
-        by_name: dict[str, dict] = {}  # file -> {"pixel_values": ..., SigLIP 2 NaFlex: pixel_attention_mask, ...}
-        if images:
-            try:
-                out = self.image_processor(images=images, return_tensors="pt")
-                by_name = {name: {k: v[i] for k, v in out.items()} for i, name in enumerate(readable)}
-            except IMAGE_ERRORS:  # an image the processor cannot take: one by one, to skip only that one
-                for name, image in zip(readable, images):
-                    try:
-                        out = self.image_processor(images=[image], return_tensors="pt")
-                        by_name[name] = {k: v[0] for k, v in out.items()}
-                    except IMAGE_ERRORS as err:
-                        self._skip(name, f"{type(err).__name__}: {err}", err)
+        by_name = process_images(self.image_processor, dict(zip(readable, images)), self._skip)
         keys = next(iter(by_name.values())).keys() if by_name else ("pixel_values",)
         for key in keys:
             batch[key] = [by_name[name][key] if name in by_name else None for name in batch["image_file"]]

@@ -15,6 +15,8 @@ from .arrow_cache import load_hnc_pairs
 from .collator import HncCollator
 from .image_cache import pixel_affine, with_cached_images
 from .images import ImageLoadError, resolve_in_root, with_images
+from .sources import MAP_KINDS, SourceError, SourceSpec, check_shards, datasets_source
+from .stream import StreamCollator, TrainingStream
 from .table import is_table, load_table_pairs, with_hard_image_pairs
 
 logger = logging.getLogger(__name__)
@@ -159,13 +161,59 @@ def prepare_split(
     return with_hard_image_pairs(with_pixels(ds, data_args, image_processor))
 
 
-def make_collator(data_args, processor, config) -> HncCollator:
+def prepare_stream(
+    specs: list[SourceSpec],
+    data_args,
+    seed: int,
+    cache_dir: str | None = None,
+    max_skipped_fraction: float | None = None,
+) -> TrainingStream:
+    """The training data of a run with image–caption sources or a mix (`hnc_clip.data.stream`), every source
+    checked before training: HNC and tables built, filtered and image-checked as `build_split` does, shard files
+    present, Hub and image-folder columns found."""
+    unsupported = {"--image_cache_dir": data_args.image_cache_dir, "--max_train_samples": data_args.max_train_samples}
+    for flag, value in unsupported.items():
+        if value is not None:
+            raise SourceError(f"{flag} does not apply to streamed or mixed training sources (give --max_steps; images "
+                              "are decoded from the sources)")  # fmt: skip
+    pairs = {}
+    for spec in specs:
+        if spec.kind in MAP_KINDS:
+            if spec.kind == "table" and data_args.negative_image_column is not None:
+                raise SourceError(f"{spec.name}: --negative_image_column (hard-image pairs) is not read in a mix; "
+                                  "train on the table alone")  # fmt: skip
+            pairs[spec.name] = build_split(
+                spec.location, data_args, None, cache_dir=cache_dir, split=data_args.train_split,
+                max_skipped_fraction=max_skipped_fraction,
+            )  # fmt: skip
+        elif spec.kind == "webdataset":
+            check_shards(spec)
+        else:
+            datasets_source(spec, data_args, seed, 0)  # opens it: a missing column is named now
+    return TrainingStream(
+        specs, data_args, seed, pairs, data_args.shuffle_buffer_size, data_args.mix_stopping_strategy
+    )
+
+
+def make_collator(data_args, processor, config, stream: TrainingStream | None = None):
     """The collator for `with_pixels` rows of a model with this `config`: captions cut at `--max_text_length`
     (default: the text tower's positions) and padded as its family's text was trained (`hnc_clip.families`), K
     negatives per pair (`--negatives_per_row`), and with the image cache the affine that normalises its uint8 rows
     on the device."""
     affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
-    return HncCollator(
+    collator = HncCollator(
         processor.tokenizer, max_length=data_args.max_text_length or config.text_config.max_position_embeddings,
         pixel_affine=affine, negatives_per_row=data_args.negatives_per_row, **family_of(config).collator_kwargs(),
     )  # fmt: skip
+    if stream is None:
+        return collator
+    return StreamCollator(collator, processor.image_processor, tuple(stream.names),
+                          negatives=caption_negatives(data_args, stream.seed), max_pixels=data_args.max_image_pixels,
+                          on_missing=data_args.on_missing_image)  # fmt: skip
+
+
+def caption_negatives(data_args, seed: int):
+    """The rule-based generator of `--negatives_from_captions` (None when not asked for)."""
+    if not data_args.negatives_from_captions:
+        return None
+    raise NotImplementedError("wired when hnc_clip.negatives.rules lands")

@@ -216,10 +216,12 @@ def _source(path: str, data_args, split: str) -> tuple[Iterator[tuple[str, dict]
 
 
 def _column_flags(data_args) -> dict:
-    return {
+    columns = {
         name: getattr(data_args, name)
         for name in ("image_column", "caption_column", "negative_caption_column", "negative_image_column")
     }
+    columns["image_column"] = columns["image_column"] or "image_path"  # a table's default (--image_column unset)
+    return columns
 
 
 def load_table_pairs(path: str, data_args, split: str = "train", cache_dir: str | None = None) -> datasets.Dataset:

@@ -27,7 +27,7 @@ from hnc_clip.arguments import (
     describe_machine_defaults,
 )
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import make_collator, prepare_split
+from hnc_clip.data import make_collator, needs_stream, prepare_split, prepare_stream, training_sources
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
@@ -96,10 +96,23 @@ def check_task(data_args: DataArguments, training_args: HncTrainingArguments) ->
         raise NothingToDoError(
             "There is nothing to do: pass --do_train (with --train_file) and/or --do_eval (with --validation_file)"
         )
-    if training_args.do_train and data_args.train_file is None:
-        raise ValueError("--train_file is required with --do_train")
+    specs = training_sources(data_args)
+    if training_args.do_train and not specs:
+        raise ValueError("--do_train needs training data: --train_file, --dataset_name, --train_shards or "
+                         "--train_sources")
     if training_args.do_eval and data_args.validation_file is None:
         raise ValueError("--do_eval (or --eval_strategy other than `no`) needs --validation_file")
+    if training_args.do_train and needs_stream(specs):
+        if training_args.max_steps <= 0:
+            raise ValueError("streamed or mixed training sources have no length: give --max_steps (each process "
+                             "counts its own passes over its part of the data)")  # fmt: skip
+        if training_args.group_by_image:
+            raise ValueError("--group_by_image lays out an indexed split: it does not apply to streamed or mixed "
+                             "sources")
+    if data_args.negatives_from_captions and not any(s.kind in ("hub", "imagefolder", "webdataset") for s in specs):
+        raise ValueError("--negatives_from_captions makes negatives for image–caption sources (--dataset_name, "
+                         "--train_shards, hub:/imagefolder:/webdataset: in --train_sources); HNC and tables bring "
+                         "theirs")
 
 
 def record_settings(output_dir: str, settings: dict) -> None:
@@ -147,12 +160,19 @@ def main(
                     cache_dir=model_args.cache_dir, max_skipped_fraction=training_args.max_skipped_fraction,
                 )  # fmt: skip
 
-        train_dataset = (
+        specs = training_sources(data_args) if training_args.do_train else []
+        stream = None
+        if needs_stream(specs):  # image–caption sources or a mix: streamed (`hnc_clip.data.stream`)
+            with training_args.main_process_first(desc="checking the training sources"):
+                stream = prepare_stream(specs, data_args, training_args.seed, cache_dir=model_args.cache_dir,
+                                        max_skipped_fraction=training_args.max_skipped_fraction)  # fmt: skip
+            logger.warning(stream.describe())
+        train_dataset = stream or (
             split(data_args.train_file, data_args.max_train_samples, data_args.train_split)
             if training_args.do_train else None
         )  # fmt: skip
         eval_dataset = split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
-        collator = make_collator(data_args, processor, model.config)
+        collator = make_collator(data_args, processor, model.config, stream=stream)
 
         # 4. Trainer
         trainer = HncTrainer(
@@ -168,6 +188,7 @@ def main(
             card_info={
                 "base_model": model_args.model_name_or_path,
                 "train_file": data_args.train_file,
+                "train_sources": stream.card_rows() if stream is not None else None,
                 "validation_file": data_args.validation_file,
                 "machine_defaults": training_args.machine_defaults,
             },
@@ -191,7 +212,9 @@ def main(
             save_final_model(trainer)
             trainer.save_state()
             totals = {f"train_{k}": int(v) for k, v in trainer.run_totals.items()}  # summed over processes
-            metrics = {**train_result.metrics, "train_samples": len(train_dataset), **totals}
+            # a stream has no length: the pairs it trained on
+            seen = len(train_dataset) if stream is None else int(trainer.run_totals["pairs"])
+            metrics = {**train_result.metrics, "train_samples": seen, **totals}
             trainer.log_metrics("train", metrics)
             trainer.save_metrics("train", metrics)
             results.update(metrics)
