@@ -13,7 +13,6 @@ import sys
 
 from hnc_clip.scripts import train as train_app
 from hnc_clip.trainer import HncTrainer
-
 from tests.kill_run import SignalAtStep  # noqa: E402  (run as a script: the repo root is on PYTHONPATH)
 
 
