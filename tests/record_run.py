@@ -27,7 +27,8 @@ def main() -> int:
     def recording(self, model, inputs, *args, **kwargs):
         if model.training:
             with open(os.path.join(out, f"process_{rank}.jsonl"), "a") as f:
-                f.write(json.dumps({"step": self.state.global_step + 1, "pair_ids": inputs.get("pair_ids", [])}) + "\n")
+                row = {"step": self.state.global_step + 1, "pair_ids": inputs.get("pair_ids", [])}
+                f.write(json.dumps(row) + "\n")
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     HncTrainer.compute_loss = recording
