@@ -91,6 +91,7 @@ class PeerWatch:
         self.prefix = f"hnc_clip/peers/{run_id}"
         self.watched = [r for r in range(world_size) if r != rank] if rank == 0 else [0]
         self._stop = threading.Event()
+        self._done = False
         self._threads: list[threading.Thread] = []
         self._lost_lock = threading.Lock()
         self.on_lost = on_lost or exit_with
@@ -112,10 +113,12 @@ class PeerWatch:
             thread.start()
         return self
 
-    def stop(self) -> None:
-        """Leave the run: say so in the store (peers then ignore this process's silence), end the threads."""
+    def stop(self, done: bool = True) -> None:
+        """End the watch. `done`: this process leaves the run normally: say so in the store, and its peers ignore
+        its silence from then on. Not done (an error on this process alone), they notice its silence."""
+        self._done = done
         self._stop.set()
-        for thread in self._threads:
+        for thread in self._threads if done else []:
             thread.join(timeout=self.timeout)
         self._threads = []
 
@@ -130,7 +133,8 @@ class PeerWatch:
             while True:
                 store.add(self._key(self.rank), 1)
                 if self._stop.is_set():
-                    store.add(self._key(self.rank), DONE)
+                    if self._done:
+                        store.add(self._key(self.rank), DONE)
                     return
                 for r in self.watched:
                     value = store.add(self._key(r), 0)
@@ -158,8 +162,9 @@ class PeerWatch:
             for r, (value, moved) in self._seen.items():
                 silent = answered - max(moved, resumed)  # as of the last round the store answered
                 if (value is None or value < DONE) and silent > self.timeout:
-                    self._lost(f"{self._machine(r)} sent no heartbeat for {silent:.0f} s (it died, hangs, or the "
-                               f"network between the machines is cut; --peer_timeout {self.timeout:g})")  # fmt: skip
+                    self._lost(f"{self._machine(r)} sent no heartbeat for {silent:.0f} s (it stopped with an "
+                               "error, died, hangs, or the network between the machines is cut; --peer_timeout "
+                               f"{self.timeout:g})")  # fmt: skip
 
     def _store_at(self) -> str:
         return f"the run's key-value store at {self.host}:{self.port} (on machine 0)"
@@ -200,5 +205,7 @@ def watch_peers(args) -> Iterator[PeerWatch | None]:
                       run_id=run_id).start()  # fmt: skip
     try:
         yield watch
-    finally:
-        watch.stop()
+    except BaseException:
+        watch.stop(done=False)
+        raise
+    watch.stop()

@@ -216,7 +216,7 @@ def test_a_peer_is_lost_when_its_heartbeat_stops_and_not_before(store):
     assert len(lost) == 1  # said once
 
 
-def test_a_peer_that_left_the_run_is_not_lost_and_leaving_says_so(store):
+def test_a_peer_that_left_the_run_is_not_lost(store):
     lost = []
     watcher = watch(store, lost)
     try:
@@ -226,7 +226,6 @@ def test_a_peer_that_left_the_run_is_not_lost_and_leaving_says_so(store):
         assert lost == []
     finally:
         watcher.stop()
-    assert store.add(watcher._key(0), 0) >= DONE
 
 
 def test_a_store_that_goes_away_is_a_lost_machine_0():
@@ -242,6 +241,23 @@ def test_a_store_that_goes_away_is_a_lost_machine_0():
         assert lost and "key-value store at 127.0.0.1" in lost[0]
     finally:
         watcher.stop()
+
+
+def test_leaving_normally_says_so_and_leaving_with_an_error_does_not(store, monkeypatch):
+    """`watch_peers` on process 1 of two machines: a normal end marks it done; an error on it alone does not (its
+    peers must notice its silence: a collective they wait in may never fail by itself)."""
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.port)), ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    args = SimpleNamespace(world_size=2, process_index=1, peer_timeout=5, output_dir="/nowhere")
+    with watch_peers(args) as watcher:
+        assert watcher is not None
+    assert store.add(watcher._key(1), 0) >= DONE
+    store.delete_key(watcher._key(1))
+    with pytest.raises(ValueError), watch_peers(args) as watcher:
+        time.sleep(0.3)  # it beats
+        raise ValueError("this process alone")
+    time.sleep(0.3)
+    assert 0 < store.add(watcher._key(1), 0) < DONE
 
 
 def test_one_machine_or_peer_timeout_0_runs_no_watch(monkeypatch):
