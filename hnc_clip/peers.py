@@ -2,20 +2,24 @@
 after the process group's 30-minute timeout with every other GPU idle.
 
 - A peer process that dies on a machine that stays up (a crash, the OOM killer, a killed job step) has its sockets
-  closed by the kernel: the next collective fails at once (gloo: "Connection reset by peer"; NCCL: a remote error).
-  `is_peer_lost` recognises that error and the training application prints `peer_lost_message` instead of a trace.
-- A machine that loses power, hangs or is cut off closes nothing: the collective would wait for the process group's
-  timeout (`--ddp_timeout`, 1800 s; the Trainer does not even pass it to gloo under `--use_cpu`). `watch_peers`
-  bounds that wait by `--peer_timeout`: a daemon thread adds to this process's counter in the launcher's key-value
-  store (the c10d `TCPStore` at `MASTER_ADDR:MASTER_PORT`, through a connection of its own) every
-  `peer_timeout / 6` seconds; process 0 watches every other process's counter, the others watch process 0's. A
-  counter that has not moved for `peer_timeout` seconds, or a store that stops answering (it lives on machine 0),
-  ends the process at once (`os._exit(1)`: its main thread is blocked inside the collective and cannot be
-  interrupted; `hnc_clip.output_dir` already trusts nothing a kill can leave half-written). Process 0's exit closes
-  its sockets, so the other machines stop too. The training loop is not touched: no host sync, no collective.
+  closed by the kernel: the next gloo collective fails at once ("Connection closed by peer"). `is_peer_lost`
+  recognises such errors and the training application prints `peer_lost_message` instead of a trace.
+- A machine that loses power, hangs or is cut off closes nothing (and NCCL may wait even for a dead process): the
+  collective would wait for the process group's timeout (`--ddp_timeout`, 1800 s; the Trainer does not even pass it
+  to gloo under `--use_cpu`). `watch_peers` bounds that wait by `--peer_timeout`. One thread (`_beat`, the only one
+  doing I/O) adds to this process's counter in the launcher's key-value store (the c10d `TCPStore` at
+  `MASTER_ADDR:MASTER_PORT`, through a connection of its own) every `peer_timeout / 6` seconds and reads the
+  counters it watches: process 0 every other process's, the others process 0's. Another (`_judge`, timing only)
+  ends the process when a watched counter has not moved for `peer_timeout` seconds of rounds the store answered, or
+  the store itself has not answered for that long (it lives on machine 0; a call to a frozen host can block for
+  good). It ends it at once (`os._exit(1)`): the main thread is blocked inside the collective and cannot be
+  interrupted, and `hnc_clip.output_dir` already trusts nothing a kill can leave half-written. Process 0's exit
+  closes its sockets and silences its counter, so the other machines stop too. The training loop is not touched:
+  no host sync, no collective.
 
-One machine needs no watch (a dead local process always closes its sockets), so it runs only when the processes span
-several machines.
+One machine needs no watch (a dead local process closes its sockets), so it runs only when the processes span
+several machines. A process that leaves normally marks its counter done; one that leaves with an error does not,
+so its peers notice its silence.
 """
 
 from __future__ import annotations

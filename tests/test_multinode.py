@@ -124,8 +124,8 @@ def test_the_shared_folder_is_written_once_by_the_first_process(runs):
     checkpoint files or `.complete` markers, and no lock (it neither claimed the folder nor was refused it)."""
     assert files(runs.shared) == files(runs.one)
     for step in (2, 4):
-        assert {COMPLETE_MARKER, "rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(runs.shared / f"checkpoint-"
-                                                                                                        f"{step}"))
+        in_checkpoint = set(os.listdir(runs.shared / f"checkpoint-{step}"))
+        assert {COMPLETE_MARKER, "rng_state_0.pth", "rng_state_1.pth"} <= in_checkpoint
     by_machine_1 = {(e["event"], e["path"]) for e in runs.audits[1]}
     assert by_machine_1 == {("os.mkdir", "checkpoint-2"), ("os.mkdir", "checkpoint-4"),  # exist_ok: already there
                             ("open", "checkpoint-2/rng_state_1.pth"), ("open", "checkpoint-4/rng_state_1.pth")}
