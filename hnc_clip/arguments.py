@@ -341,6 +341,14 @@ class HncTrainingArguments(TrainingArguments):
             "Sets ACCELERATE_DYNAMO_USE_DYNAMIC."
         },
     )
+    peer_timeout: int = field(
+        default=60,
+        metadata={
+            "help": "Over several machines: seconds without a heartbeat from a peer process (a machine that lost "
+            "power, hangs or is cut off closes no socket) before the run stops with a message, exit 1, instead of "
+            "waiting --ddp_timeout in the collective (hnc_clip/peers.py). 0: off. A one-machine run needs none."
+        },
+    )
     save_on_sigterm: bool = field(
         default=True, metadata={"help": "On SIGTERM (preemption) save a checkpoint, then stop."}
     )
@@ -460,6 +468,7 @@ class HncTrainingArguments(TrainingArguments):
         ("group_by_image", 0, None, False, False),
         ("gradcache_chunk_size", 0, None, False, False),
         ("max_nonfinite_steps", 0, None, False, False),
+        ("peer_timeout", 0, None, False, False),
         ("max_skipped_fraction", 0, 1, False, False),
         ("lora_r", 1, None, False, False),
         ("lora_alpha", 0, None, True, False),

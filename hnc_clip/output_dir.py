@@ -106,7 +106,18 @@ class OutputDirLock:
 def claim_output_dir(args, resuming: bool) -> Iterator[None]:
     """Hold `args.output_dir` for this run (see the module docstring). `args`: `HncTrainingArguments`."""
     out = args.output_dir
-    lock = OutputDirLock(out).acquire() if args.should_save else None
+    try:
+        lock = OutputDirLock(out).acquire() if args.should_save else None
+    except OutputDirInUseError as err:
+        if not getattr(args, "save_on_each_node", False):
+            raise
+        # The first process of every machine writes the folder then: on storage the machines share, the holder can
+        # be another machine of this very run.
+        raise OutputDirInUseError(
+            f"{err}. With --save_on_each_node every machine writes its own copy of --output_dir: the holder may be "
+            "another machine of this run, if the folder is on storage the machines share; drop --save_on_each_node "
+            "there (only the first process of all then writes), or give each machine a folder of its own"
+        ) from None
     try:
         found = previous_run(out) if args.do_train and not resuming else []
         if found and not args.overwrite_output_dir:

@@ -45,6 +45,7 @@ def test_every_float_flag_must_be_finite(tmp_path, bad):
     ("max_skipped_fraction", 1.5, "<= 1"), ("lora_dropout", 1.0, "< 1"), ("lora_r", 0, ">= 1"),
     ("learning_rate", -1e-3, ">= 0"), ("adam_beta2", 1.0, "< 1"), ("adam_epsilon", 0.0, "> 0"),
     ("max_grad_norm", -1.0, ">= 0"), ("max_nonfinite_steps", -1, ">= 0"), ("group_by_image", -2, ">= 0"),
+    ("peer_timeout", -5, ">= 0"),
 ])  # fmt: skip
 def test_out_of_range_flags_name_the_flag_and_the_bound(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=f"--{flag} must be .*{message}.*, got {value}"):

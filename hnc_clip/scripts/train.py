@@ -32,6 +32,7 @@ from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.output_dir import claim_output_dir, is_complete, last_complete_checkpoint, save_final_model
+from hnc_clip.peers import collective_failure, exit_with, is_peer_lost, peer_lost_message, watch_peers
 from hnc_clip.trainer import HncTrainer
 
 logger = logging.getLogger("hnc_clip")
@@ -134,10 +135,12 @@ def main(
     callbacks: list | None = None,
 ) -> dict:
     with contextlib.ExitStack() as run:
-        # 1. SIGTERM handled from the first second; logging, seed, what this run does; the output folder held
+        # 1. SIGTERM handled from the first second; logging, the other machines watched (`hnc_clip.peers`), seed,
+        # what this run does; the output folder held
         sigterm = SaveOnSigterm(save=training_args.save_on_sigterm).install()
         run.callback(sigterm.uninstall)
         setup_logging(training_args)
+        run.enter_context(watch_peers(training_args))
         check_task(data_args, training_args)
         checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
         run.enter_context(claim_output_dir(training_args, resuming=checkpoint is not None))
@@ -248,7 +251,8 @@ def shutdown_distributed() -> None:
 def cli(argv: list[str] | None = None) -> int:
     """`hnc-clip-train` and `python run_hnc_clip.py`: parse, train, exit 143 when preempted (128 + SIGTERM: schedulers
     read it as "requeue"), 2 with a one-line message when there is nothing to do, 1 with one when the run stopped
-    for a reason it names (`RunAbortedError`: skipped too much, trained nothing, disk full, folder in use, ...)."""
+    for a reason it names (`RunAbortedError`: skipped too much, trained nothing, disk full, folder in use, ...) or
+    because a peer process or machine was lost (`hnc_clip.peers`)."""
     args = parse_args(argv)
     try:
         results = main(*args)
@@ -260,6 +264,12 @@ def cli(argv: list[str] | None = None) -> int:
         return 1
     except Preempted:
         return 143
+    except Exception as err:
+        if not is_peer_lost(err):
+            raise
+        # Exits at once, without `shutdown_distributed`: tearing down a process group with a lost peer can wait for
+        # it (NCCL), and without the teardown, leaving the interpreter can abort in a gloo thread.
+        exit_with(peer_lost_message(collective_failure(err), args[2].output_dir))
     finally:
         shutdown_distributed()
     return 143 if results.get("preempted") else 0
