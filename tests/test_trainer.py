@@ -410,7 +410,7 @@ def test_attention_avoids_cudnn_unless_asked(tmp_path):
         HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, sdpa_backends=["fast"])
 
 
-def test_compiled_attention_follows_sdpa_backends_across_the_compile_cache(tmp_path, monkeypatch):
+def test_compiled_attention_follows_sdpa_backends_across_the_compile_cache(tmp_path, monkeypatch, request):
     """torch.compile's on-disk caches key a graph by its code, not by the SDPA backends enabled while it was traced
     (`sdpa_kernel` wraps the compiled model from outside): without a tag, a graph cached under flash is reused when
     `--sdpa_backends math` asks for math (seen on an H100, and here on CPU). The trainer's context tags the cache
@@ -426,9 +426,12 @@ def test_compiled_attention_follows_sdpa_backends_across_the_compile_cache(tmp_p
     from hnc_clip.trainer import HncTrainer
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", True)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", True)
-    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "users-tag")  # restored afterwards
+    # torch's config modules restore through their own patch(): pytest 9's monkeypatch deletes a config entry on undo
+    for patch in (torch._inductor.config.patch(fx_graph_cache=True),
+                  torch._functorch.config.patch(enable_autograd_cache=True),
+                  torch.compiler.config.patch(cache_key_tag="users-tag")):  # fmt: skip
+        patch.__enter__()
+        request.addfinalizer(lambda patch=patch: patch.__exit__(None, None, None))
 
     def attend(q):
         return F.scaled_dot_product_attention(q, q, q)
