@@ -117,14 +117,20 @@ class Caption:
 
     def matches(self, kind: str) -> list[Match]:
         """Non-overlapping vocabulary phrases of `kind`, longest first, left to right."""
-        return self._matches[kind]
+        found = self._matches.get(kind)
+        if found is None:
+            found = self._matches[kind] = self._find(kind)
+        return found
 
     @cached_property
     def _matches(self) -> dict[str, list[Match]]:
-        out = {}
-        for kind, index in self.vocabulary.index.items():
-            longest, found, i, n = self.vocabulary.max_pieces[kind], [], 0, len(self.tokens)
-            while i < n:
+        return {}
+
+    def _find(self, kind: str) -> list[Match]:
+        index, first = self.vocabulary.index[kind], self.vocabulary.first_words[kind]
+        longest, found, i, n = self.vocabulary.max_pieces[kind], [], 0, len(self.tokens)
+        while i < n:
+            if self.lower[i] in first:
                 for j in range(min(n, i + longest), i, -1):
                     phrase = "".join(self.lower[t] + (self.tokens[t].ws if t < j - 1 else "") for t in range(i, j))
                     entries = index.get(" ".join(phrase.split()))
@@ -134,8 +140,9 @@ class Caption:
                         break
                 else:
                     i += 1
-            out[kind] = found
-        return out
+            else:
+                i += 1
+        return found
 
     @cached_property
     def relation_tokens(self) -> frozenset[int]:

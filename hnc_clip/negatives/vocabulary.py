@@ -70,6 +70,8 @@ class Vocabulary:
         self.plurals: dict[str, str] = data["plurals"]
         self.index: dict[str, dict[str, tuple[Entry, ...]]] = {}
         self.max_pieces: dict[str, int] = {}
+        # words a phrase can start with, as a whitespace or a punctuation-splitting tokenizer cuts it ("t-shirt", "t")
+        self.first_words: dict[str, frozenset[str]] = {}
         for kind in KINDS:
             index: dict[str, list[Entry]] = {}
             for cls, groups in self.classes[kind].items():
@@ -86,6 +88,7 @@ class Vocabulary:
                             index.setdefault(phrase, []).append(Entry(kind, cls, g, phrase, None))
             self.index[kind] = {p: tuple(e) for p, e in index.items()}
             self.max_pieces[kind] = max((len(_PIECES.findall(p)) for p in index), default=0)
+            self.first_words[kind] = frozenset(w for p in index for w in (p.split(" ")[0], _PIECES.findall(p)[0]))
 
     def to_data(self) -> dict:
         return {
