@@ -42,8 +42,8 @@ WORDS = {
     "a": "DET", "an": "DET", "the": "DET", "two": "NUM",
     "red": "ADJ", "blue": "ADJ", "green": "ADJ", "brown": "ADJ", "white": "ADJ", "big": "ADJ", "wooden": "ADJ",
     "cup": "NOUN", "cups": "NOUN", "plate": "NOUN", "dog": "NOUN", "cat": "NOUN", "cats": "NOUN", "table": "NOUN",
-    "man": "NOUN", "horse": "NOUN", "beach": "NOUN", "sofa": "NOUN", "apple": "NOUN", "circle": "NOUN",
-    "square": "NOUN",
+    "man": "NOUN", "shirt": "NOUN", "horse": "NOUN", "beach": "NOUN", "sofa": "NOUN", "apple": "NOUN",
+    "circle": "NOUN", "square": "NOUN",
     "chasing": "VERB", "riding": "VERB", "is": "AUX", "are": "AUX",
     "on": "ADP", "of": "ADP", "near": "ADP", "above": "ADP", "left": "ADV", "and": "CCONJ",
 }  # fmt: skip
@@ -133,7 +133,12 @@ def test_replace_attribute_object_relation(parser, tmp_path):
         tmp_path,
         {
             "attributes": {"color": [["red"], ["green"]], "material": [["wooden"], ["metal"]]},
-            "objects": {"kitchen": [["cup"], ["bowl"]], "fruit": [["apple"], ["pear"]]},
+            "objects": {
+                "kitchen": [["cup"], ["bowl"]],
+                "fruit": [["apple"], ["pear"]],
+                "clothing": [["shirt"], ["pants"], ["dress"]],
+            },
+            "plurals": {"pants": "pants"},
             "relations": {"spatial": [["on"], ["under"]]},
         },
     )
@@ -143,6 +148,7 @@ def test_replace_attribute_object_relation(parser, tmp_path):
         ("replace-obj", "Two cups on a table."): "Two bowls on a table.",  # plural kept
         ("replace-obj", "an apple near a plate"): "a pear near a plate",  # article follows the new word
         ("replace-obj", "Apple on a plate"): "Pear on a plate",  # case of the replaced word
+        ("replace-obj", "a red shirt"): "a red dress",  # never "a red pants": it has no singular
         ("replace-rel", "a cup on a table"): "a cup under a table",
     }
     for (rule, caption), negative in expect.items():
@@ -264,12 +270,20 @@ def test_same_negatives_in_another_process(lexicon_file):
 
 
 def test_keys_spread_the_choice_of_rule(parser):
-    # three rules apply to this caption: each key picks one, about a third each
+    # a group is drawn first, then a rule in it: replace-att 1/2, swap-att and swap-obj 1/4 each
     gen = CaptionNegatives("swap-att,swap-obj,replace-att", parser, seed=0)
-    picked = Counter(gen("A red cup and a blue plate.", key=f"img{i}")[0][0] for i in range(900))
+    picked = Counter(gen("A red cup and a blue plate.", key=f"img{i}")[0][0] for i in range(1200))
     assert set(picked) == {"swap-att", "swap-obj", "replace-att"}
-    assert all(240 < n < 360 for n in picked.values()), picked
+    assert 530 < picked["replace-att"] < 670 and all(240 < picked[r] < 360 for r in ("swap-att", "swap-obj")), picked
     assert gen.rule_counts == picked
+    # k = 2: the first round gives one negative from each group
+    firsts = Counter(
+        tuple(sorted(n for n, _ in gen("A red cup and a blue plate.", key=f"img{i}", k=2))) for i in range(200)
+    )
+    assert all("replace-att" in rules and len(rules) == 2 for rules in firsts), firsts
+    # a rule that does not apply leaves its group to the others: swap-rel never applies here
+    gen = CaptionNegatives("swap-rel,replace-att", parser, seed=0)
+    assert {gen("A red cup and a blue plate.", key=f"img{i}")[0][0] for i in range(50)} == {"replace-att"}
 
 
 def test_negatives_differ_from_caption_and_each_other(parser):

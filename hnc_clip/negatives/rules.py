@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import random
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -406,22 +406,26 @@ def _replace_matches(c: Caption, rng: random.Random, matches: list[Match], anton
     candidates = [(m, e) for m in matches for e in m.entries]
     rng.shuffle(candidates)
 
-    def written(m: Match, entry: Entry, new: str) -> str:
-        plural = entry.plural if entry.plural is not None else c.number(m.end - 1) == "pl"
-        if entry.kind == "objects" and plural:
-            new = pluralize(new, c.vocabulary.plurals)
+    def written(m: Match, entry: Entry, new: str) -> str | None:
+        if entry.kind == "objects":
+            plural = entry.plural if entry.plural is not None else c.number(m.end - 1) == "pl"
+            if plural:
+                new = pluralize(new, c.vocabulary.plurals)
+            elif new.endswith("s") and c.vocabulary.plurals.get(new) == new:
+                return None  # "pants", "scissors" have no singular: "a red shirt" -/-> "a red pants"
         return render(c, replace_span(pieces_of(c), m.start, m.end, new))
 
     for m, entry in candidates:
         new = _replacement(c, entry, rng, antonyms)
-        if new is not None:
-            yield written(m, entry, new)
+        if new is not None and (negative := written(m, entry, new)) is not None:
+            yield negative
     for m, entry in candidates:
         others = [g[0] for g in c.vocabulary.other_groups(entry)]
         others += c.vocabulary.antonyms_of(entry) if antonyms else []
         rng.shuffle(others)
         for new in others:
-            yield written(m, entry, new)
+            if (negative := written(m, entry, new)) is not None:
+                yield negative
 
 
 def replace_attribute(c: Caption, rng: random.Random) -> Iterator[str]:
@@ -740,24 +744,31 @@ class CaptionNegatives:
         return self._record(NegativesResult(tuple(negatives), None if negatives else NO_RULE_APPLIED))
 
     def _draw(self, c: Caption, caption: str, rng: random.Random, k: int) -> list[tuple[str, str]]:
-        """Rules in a seeded order, one negative each per round, until k: a rule that yields nothing is skipped."""
-        order = list(self.rules)
-        rng.shuffle(order)
-        live = [(name, RULES[name].fn(c, rng)) for name in order]
+        """Round by round until k: each group in a seeded order gives one negative from its next rule that has one.
+
+        So each negative's group is uniform among the groups with an applicable rule and its rule uniform among
+        that group's applicable rules (`all` gives a third swaps, not five elevenths shuffles); a rule that yields
+        nothing new is dropped.
+        """
+        groups = list(dict.fromkeys(RULES[name].group for name in self.rules))
+        rng.shuffle(groups)
+        live = []
+        for group in groups:
+            names = [name for name in self.rules if RULES[name].group == group]
+            rng.shuffle(names)
+            live.append(deque((name, RULES[name].fn(c, rng)) for name in names))
         seen, out = {normalize(caption)}, []
         while live and len(out) < k:
-            still = []
-            for name, it in live:
-                for negative in it:
-                    norm = normalize(negative)
-                    if norm and norm not in seen:
-                        seen.add(norm)
+            for rules in live:
+                while rules and len(out) < k:
+                    name, it = rules.popleft()
+                    negative = next((n for n in it if (norm := normalize(n)) and norm not in seen), None)
+                    if negative is not None:
+                        seen.add(normalize(negative))
                         out.append((name, negative))
-                        still.append((name, it))
+                        rules.append((name, it))  # its next negative comes after the group's other rules
                         break
-                if len(out) == k:
-                    break
-            live = still
+            live = [rules for rules in live if rules]
         return out
 
     def _record(self, result: NegativesResult) -> NegativesResult:
