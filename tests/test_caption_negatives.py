@@ -236,7 +236,10 @@ def all_negatives(gen: CaptionNegatives, n_keys: int = 20) -> list:
 def test_deterministic_across_generators_and_pickles(parser):
     first = all_negatives(CaptionNegatives("all", parser, seed=7))
     assert first == all_negatives(CaptionNegatives("all", parser, seed=7))
-    copy = pickle.loads(pickle.dumps(CaptionNegatives("all", parser, seed=7)))
+    used = CaptionNegatives("all", parser, seed=7)
+    used("", key="k")
+    copy = pickle.loads(pickle.dumps(used))
+    assert not copy.skip_counts and used.skip_counts == {"empty": 1}  # a worker's copy counts from zero
     assert first == all_negatives(copy)
     # the draw depends on the seed too, and on nothing kept between calls (order of calls)
     assert first != all_negatives(CaptionNegatives("all", parser, seed=8))

@@ -18,7 +18,8 @@ take a relation's subject and object, and a predicative adjective's noun, from t
 take the noun phrases next to the relation / the adjective (see `docs/models_and_data.md`).
 
 `CaptionNegatives` draws the negatives of one caption from a `random.Random` seeded by a stable hash of
-(seed, key, caption), so a resumed run and any worker process make the same negatives for the same sample.
+(seed, key, caption), so a resumed run and any worker process make the same negatives for the same sample. Each
+negative's rule group is drawn first (uniform among the groups with an applicable rule), then a rule in that group.
 """
 
 from __future__ import annotations
@@ -647,7 +648,8 @@ class CaptionNegatives:
     Captions are whitespace-normalised (as CLIP's tokenizer does) and read only up to `max_chars` characters: a
     longer one is skipped ("too_long") rather than cut, because a negative of a cut caption would differ from the
     positive by the cut. `rule_counts` (negatives per rule) and `skip_counts` (captions per reason) are this
-    process's counters; `generate` returns the reason with each caption for counting elsewhere.
+    process's counters (a pickled copy starts at zero); `generate` returns the reason with each caption for counting
+    elsewhere.
     """
 
     def __init__(
@@ -669,6 +671,12 @@ class CaptionNegatives:
         self.rule_counts: Counter[str] = Counter()
         self.skip_counts: Counter[str] = Counter()
         self.last_reason: str | None = None
+
+    def __getstate__(self):
+        # a worker's copy counts from zero, so the per-process counters can be summed without counting twice
+        state = dict(self.__dict__)
+        state.update(rule_counts=Counter(), skip_counts=Counter(), last_reason=None)
+        return state
 
     def __repr__(self) -> str:
         return f"CaptionNegatives(rules={','.join(self.rules)!r}, parser={self.parser!r}, seed={self.seed})"
