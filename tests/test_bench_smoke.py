@@ -130,3 +130,14 @@ def test_soak_smoke(tmp_path):
     assert result["train_skipped_images"] > 0 and result["train_pairs"] > 0  # the corrupt images were met
     assert "main process:" in stdout and "MB per 1,000 steps" in stdout
     assert os.listdir(tmp_path) == ["soak.json"]  # the synthetic data are cleaned up
+
+
+def test_negative_rules_smoke(tmp_path):
+    out = tmp_path / "negative_rules.json"
+    stdout = _run("negative_rules.py", "--captions", "60", "--output", str(out))
+    result = json.loads(out.read_text())
+    assert [r["parser"] for r in result["rows"]][:2] == ["lexicon", "spacy"]  # the test extra installs spaCy
+    for row in result["rows"]:
+        assert row["parse"]["captions_per_s"] > 0 and set(row["groups"]) == {"swap", "replace", "shuffle", "all"}
+        assert all(g["captions_per_s"] > 0 and 0.5 < g["covered"] <= 1 for g in row["groups"].values())
+    assert "| lexicon |" in stdout and "| spacy |" in stdout

@@ -1,6 +1,7 @@
 """Hard negatives made for plain image–caption data.
 
-    rules     rule-based negatives from a caption (swap, replace, shuffle), run in the DataLoader workers
-    parsers   caption parsers the rules read: a spaCy pipeline, or a closed-vocabulary lexicon
-    lm        negatives written by a causal language model, precomputed into a table (`hnc-clip-negatives`)
+rules     rule-based negatives from a caption (swap, replace, shuffle), run in the DataLoader workers
+parsers   caption parsers the rules read: a spaCy pipeline, or a closed-vocabulary lexicon
+vocabulary  class vocabularies the replace rules draw from (`vocabulary.json`; `--negative_vocabulary` extends it)
+lm        negatives written by a causal language model, precomputed into a table (`hnc-clip-negatives`)
 """
