@@ -235,7 +235,11 @@ class DataArguments:
                              f"{self.mix_stopping_strategy!r}")
         from .data.sources import training_sources
 
-        training_sources(self)  # each source, its weight and the rules' names are checked now, before any work
+        training_sources(self)  # each source and its weight are checked now, before any work
+        if self.negatives_from_captions:
+            from .negatives.rules import parse_rules
+
+            parse_rules(self.negatives_from_captions)
 
 
 @dataclass

@@ -299,3 +299,58 @@ def test_a_stream_resumed_after_sigkill_under_two_processes(tmp_path, tiny_clip_
         before, after = recorded(tmp_path / "killed", rank), recorded(tmp_path / "resumed", rank)
         assert [before[s] for s in (1, 2, 3)] == expected[:3]
         assert [after[s] for s in range(4, 9)] == expected[3:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# negatives made on the fly from plain captions
+
+WORLD = ["The yellow banana is to the left of the white straw.", "The black bag is to the left of the small plate.",
+         "The white plate is to the left of the yellow banana.", "The bag is black.", "The man is small."]
+LEXICON = {"the": "DET", "yellow": "ADJ", "white": "ADJ", "black": "ADJ", "small": "ADJ", "banana": "NOUN",
+           "straw": "NOUN", "bag": "NOUN", "plate": "NOUN", "man": "NOUN", "is": "AUX", "to": "ADP", "left": "NOUN",
+           "of": "ADP", ".": "PUNCT"}  # fmt: skip
+
+
+def test_negatives_from_captions_train_and_every_caption_is_counted(tmp_path, tiny_clip_dir):
+    """Plain captions with `--negatives_from_captions swap`: each caption read is counted once, under the rule that
+    made its negative or the reason it got none; those without one train the contrastive term only."""
+    pattern = write_shards(tmp_path / "shards", WORLD, shards=2, per_shard=10)
+    (tmp_path / "words.json").write_text(json.dumps(LEXICON))
+    results = train_app.main(*train_app.parse_args(flags(
+        tmp_path, tiny_clip_dir, "--train_shards", pattern, "--max_steps", "2", "--loss_type", "pairwise",
+        "--negatives_from_captions", "swap", "--caption_parser", f"lexicon:{tmp_path / 'words.json'}",
+    )))  # fmt: skip
+    made = {k: v for k, v in results.items() if k.startswith("train_negatives/")}
+    assert sum(made.values()) == results["train_pairs"] == 16
+    assert made["train_negatives/no_rule_applied"] == results["train_pairs_without_negative"] > 0  # "The man is small"
+    assert made["train_negatives/swap-obj"] + made["train_negatives/swap-att"] + made["train_negatives/swap-rel"] > 0
+
+
+def test_generated_negatives_are_the_same_in_another_process(tmp_path, tiny_clip_dir):
+    """A fresh collator (another worker, process or a resumed run) makes the same negatives for the same records:
+    they are seeded by (--seed, pair id), not by a worker's random state."""
+    import random
+
+    from hnc_clip.arguments import DataArguments, ModelArguments
+    from hnc_clip.data import make_collator
+    from hnc_clip.modeling import load_processor
+
+    pattern = write_shards(tmp_path / "shards", WORLD, shards=1, per_shard=10)
+    (tmp_path / "words.json").write_text(json.dumps(LEXICON))
+    data_args = DataArguments(train_shards=pattern, negatives_from_captions="swap,replace",
+                              caption_parser=f"lexicon:{tmp_path / 'words.json'}")  # fmt: skip
+    processor = load_processor(ModelArguments(model_name_or_path=str(tiny_clip_dir)))
+    from transformers import CLIPConfig
+
+    config = CLIPConfig.from_pretrained(str(tiny_clip_dir))
+    stream = TrainingStream([parse_source(f"webdataset:{pattern}")], data_args, seed=5)
+    records = list(stream.build(0))
+    first = make_collator(data_args, processor, config, stream=stream)(records)
+    random.seed(123)  # another process's state of Python's RNG
+    again = make_collator(data_args, processor, config, stream=stream)(records)
+    ids = first["input_ids"][first["text_index"]]
+    assert ids.tolist() == again["input_ids"][again["text_index"]].tolist()
+    assert first["negative_mask"].tolist() == again["negative_mask"].tolist()
+    other_seed = TrainingStream([parse_source(f"webdataset:{pattern}")], data_args, seed=6)
+    third = make_collator(data_args, processor, config, stream=other_seed)(records)
+    assert third["input_ids"][third["text_index"]].tolist() != ids.tolist()

@@ -216,4 +216,8 @@ def caption_negatives(data_args, seed: int):
     """The rule-based generator of `--negatives_from_captions` (None when not asked for)."""
     if not data_args.negatives_from_captions:
         return None
-    raise NotImplementedError("wired when hnc_clip.negatives.rules lands")
+    from ..negatives.rules import CaptionNegatives
+
+    # built here, in the main process: a missing spaCy pipeline or a bad vocabulary file is named before any worker
+    return CaptionNegatives(data_args.negatives_from_captions, data_args.caption_parser, seed=seed,
+                            vocabulary=data_args.negative_vocabulary)  # fmt: skip

@@ -195,7 +195,11 @@ class StreamCollator:
 
     def __post_init__(self):
         self.collator.allow_missing_negatives = True
-        rules = () if self.negatives is None else tuple(f"negatives/{r}" for r in self.negatives.count_names)
+        rules = ()
+        if self.negatives is not None:  # a negative made per rule, or why a caption got none
+            from ..negatives.rules import SKIP_REASONS as NO_NEGATIVE
+
+            rules = tuple(f"negatives/{r}" for r in (*self.negatives.rules, *NO_NEGATIVE))
         names = (*(f"skipped/{r}" for r in SKIP_REASONS), *(f"source/{s}" for s in self.sources), *rules)
         self.collator.count_names = (*self.collator.count_names, *names)
         self.collator.__post_init__()
@@ -264,6 +268,8 @@ class StreamCollator:
         if self.negatives is None:
             return []
         made = self.negatives.generate(rec["positive"], rec["pair_id"], k)
-        for name in made.counts:
-            counts[f"negatives/{name}"] += 1
-        return made.negatives
+        for rule, _ in made.negatives:
+            counts[f"negatives/{rule}"] += 1
+        if made.reason is not None:
+            counts[f"negatives/{made.reason}"] += 1
+        return [text for _, text in made.negatives]
