@@ -345,12 +345,34 @@ def test_generated_negatives_are_the_same_in_another_process(tmp_path, tiny_clip
     config = CLIPConfig.from_pretrained(str(tiny_clip_dir))
     stream = TrainingStream([parse_source(f"webdataset:{pattern}")], data_args, seed=5)
     records = list(stream.build(0))
-    first = make_collator(data_args, processor, config, stream=stream)(records)
+    first = make_collator(data_args, processor, config, stream=stream, seed=5)(records)
     random.seed(123)  # another process's state of Python's RNG
-    again = make_collator(data_args, processor, config, stream=stream)(records)
+    again = make_collator(data_args, processor, config, stream=stream, seed=5)(records)
     ids = first["input_ids"][first["text_index"]]
     assert ids.tolist() == again["input_ids"][again["text_index"]].tolist()
     assert first["negative_mask"].tolist() == again["negative_mask"].tolist()
-    other_seed = TrainingStream([parse_source(f"webdataset:{pattern}")], data_args, seed=6)
-    third = make_collator(data_args, processor, config, stream=other_seed)(records)
+    third = make_collator(data_args, processor, config, stream=stream, seed=6)(records)
     assert third["input_ids"][third["text_index"]].tolist() != ids.tolist()
+
+
+def test_a_plain_caption_table_gets_its_negatives_made(tmp_path, tiny_clip_dir):
+    """A table with no negative column (the map-style path: --group_by_image, same batches as an HNC run of the same
+    rows): with --negatives_from_captions its rows are kept and their negatives made in the collator."""
+    images = tmp_path / "images"
+    images.mkdir()
+    with open(tmp_path / "plain.jsonl", "w") as f:
+        for i in range(16):
+            (images / f"{i}.jpg").write_bytes(jpeg(i))
+            f.write(json.dumps({"image_path": f"{i}.jpg", "caption": WORLD[i % len(WORLD)]}) + "\n")
+    (tmp_path / "words.json").write_text(json.dumps(LEXICON))
+    common = ["--train_file", str(tmp_path / "plain.jsonl"), "--image_dir", str(images), "--max_steps", "2",
+              "--loss_type", "pairwise"]  # fmt: skip
+    with pytest.raises(Exception, match="--negative_caption_column .negative_captions. not found"):  # without the flag
+        train_app.main(*train_app.parse_args(flags(tmp_path, tiny_clip_dir, *common)))
+    results = train_app.main(*train_app.parse_args(flags(
+        tmp_path, tiny_clip_dir, *common, "--group_by_image", "1", "--negatives_from_captions", "swap",
+        "--caption_parser", f"lexicon:{tmp_path / 'words.json'}", "--overwrite_output_dir",
+    )))  # fmt: skip
+    made = {k: v for k, v in results.items() if k.startswith("train_negatives/")}
+    assert sum(made.values()) == results["train_pairs"] == 16
+    assert results["train_pairs_without_negative"] == made["train_negatives/no_rule_applied"]

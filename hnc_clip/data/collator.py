@@ -122,8 +122,12 @@ class HncCollator:
     count_names: tuple = ()
 
     def __post_init__(self):
-        if self.allow_missing_negatives and "pairs_without_negative" not in self.count_names:
-            self.count_names = (*self.count_names, "pairs_without_negative")
+        if self.allow_missing_negatives:
+            self.declare_counts("pairs_without_negative")
+
+    def declare_counts(self, *names: str) -> None:
+        """Add counts that every batch carries (zero where nothing happened): the trainer sums them per log."""
+        self.count_names = (*self.count_names, *(n for n in names if n not in self.count_names))
 
     def __call__(self, features: list[dict]) -> HncBatch:
         import torch
@@ -214,3 +218,57 @@ class HncCollator:
         if not negatives or (k is not None and len(negatives) < k):
             raise ValueError(f"pair {feature.get('pair_id')!r} has {len(negatives)} hard negatives, needs {k or 1}")
         return negatives
+
+
+@dataclass
+class NegativesFromCaptions:
+    """A collator around `HncCollator` that makes hard negatives for the pairs that bring none (a plain caption),
+    with `generator` (`hnc_clip.negatives.rules.CaptionNegatives`): up to K per pair, seeded by the pair's id, so a
+    DataLoader worker, another process or a resumed run makes the same ones. A pair that gets none trains the
+    contrastive term only (`allow_missing_negatives`). Counts per batch: `negatives/<rule>` for each negative made,
+    `negatives/<reason>` for each caption that got none."""
+
+    collator: HncCollator
+    generator: object
+
+    def __post_init__(self):
+        from ..negatives.rules import SKIP_REASONS as NO_NEGATIVE
+
+        self.collator.allow_missing_negatives = True
+        self.collator.declare_counts("pairs_without_negative",
+                                     *(f"negatives/{r}" for r in (*self.generator.rules, *NO_NEGATIVE)))  # fmt: skip
+
+    # What the trainer reads off its collator.
+    @property
+    def count_names(self) -> tuple:
+        return self.collator.count_names
+
+    @property
+    def negatives_per_row(self) -> int | None:
+        return self.collator.negatives_per_row
+
+    @property
+    def allow_missing_negatives(self) -> bool:
+        return True
+
+    def declare_counts(self, *names: str) -> None:
+        self.collator.declare_counts(*names)
+
+    def __call__(self, features: list[dict]) -> HncBatch:
+        k = self.collator.negatives_per_row or 1
+        counts: dict[str, int] = {}
+        out = []
+        for f in features:
+            if f.get("pixel_values") is not None and not [n for n in negatives_of(f) if n]:
+                made = self.generator.generate(f["positive"], f["pair_id"], k)
+                for rule, _ in made.negatives:
+                    counts[f"negatives/{rule}"] = counts.get(f"negatives/{rule}", 0) + 1
+                if made.reason is not None:
+                    counts[f"negatives/{made.reason}"] = counts.get(f"negatives/{made.reason}", 0) + 1
+                f = {**f, "negatives": [text for _, text in made.negatives]}
+            out.append(f)
+        batch = self.collator(out)
+        batch_counts = batch.setdefault("counts", dict.fromkeys(self.count_names, 0))
+        for name, value in counts.items():
+            batch_counts[name] += value
+        return batch

@@ -12,7 +12,7 @@ import datasets
 from ..errors import TooManySkippedError
 from ..families import family_of
 from .arrow_cache import load_hnc_pairs
-from .collator import HncCollator
+from .collator import HncCollator, NegativesFromCaptions
 from .image_cache import pixel_affine, with_cached_images
 from .images import ImageLoadError, resolve_in_root, with_images
 from .sources import MAP_KINDS, SourceError, SourceSpec, check_shards, datasets_source
@@ -195,29 +195,25 @@ def prepare_stream(
     )
 
 
-def make_collator(data_args, processor, config, stream: TrainingStream | None = None):
+def make_collator(data_args, processor, config, stream: TrainingStream | None = None, seed: int = 0):
     """The collator for `with_pixels` rows of a model with this `config`: captions cut at `--max_text_length`
     (default: the text tower's positions) and padded as its family's text was trained (`hnc_clip.families`), K
     negatives per pair (`--negatives_per_row`), and with the image cache the affine that normalises its uint8 rows
-    on the device."""
+    on the device. `--negatives_from_captions`: negatives made for the pairs that bring none, seeded by `seed` and
+    each pair's id (`NegativesFromCaptions`); `stream`: streamed records decoded first (`StreamCollator`)."""
     affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
     collator = HncCollator(
         processor.tokenizer, max_length=data_args.max_text_length or config.text_config.max_position_embeddings,
         pixel_affine=affine, negatives_per_row=data_args.negatives_per_row, **family_of(config).collator_kwargs(),
     )  # fmt: skip
+    if data_args.negatives_from_captions:
+        from ..negatives.rules import CaptionNegatives
+
+        # built here, in the main process: a missing spaCy pipeline or a bad vocabulary is named before any worker
+        generator = CaptionNegatives(data_args.negatives_from_captions, data_args.caption_parser, seed=seed,
+                                     vocabulary=data_args.negative_vocabulary)  # fmt: skip
+        collator = NegativesFromCaptions(collator, generator)
     if stream is None:
         return collator
     return StreamCollator(collator, processor.image_processor, tuple(stream.names),
-                          negatives=caption_negatives(data_args, stream.seed), max_pixels=data_args.max_image_pixels,
-                          on_missing=data_args.on_missing_image)  # fmt: skip
-
-
-def caption_negatives(data_args, seed: int):
-    """The rule-based generator of `--negatives_from_captions` (None when not asked for)."""
-    if not data_args.negatives_from_captions:
-        return None
-    from ..negatives.rules import CaptionNegatives
-
-    # built here, in the main process: a missing spaCy pipeline or a bad vocabulary file is named before any worker
-    return CaptionNegatives(data_args.negatives_from_captions, data_args.caption_parser, seed=seed,
-                            vocabulary=data_args.negative_vocabulary)  # fmt: skip
+                          max_pixels=data_args.max_image_pixels, on_missing=data_args.on_missing_image)  # fmt: skip

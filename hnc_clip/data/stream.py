@@ -23,7 +23,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 from ..errors import RunAbortedError
-from .collator import HncCollator
+from .collator import HncCollator, NegativesFromCaptions
 from .images import IMAGE_ERRORS, NAMED_SKIPS, ImageLoadError, load_rgb, process_images
 from .sources import MAP_KINDS, SKIP_REASONS, STREAM_READERS, SourceSpec, map_source, stable_seed
 
@@ -183,26 +183,21 @@ class StreamCollator:
     (`skipped/<reason>`). Plain captions get up to K negatives from `negatives` (`hnc_clip.negatives.rules`, seeded
     per pair id, so another process or a resumed run makes the same ones); a caption that gets none trains the
     contrastive term only (`HncCollator.allow_missing_negatives`). Counts per batch: `source/<name>` (records read
-    from each source: its share), `negatives/<rule>` and `negatives/<why none>`."""
+    from each source: its share), and those of `NegativesFromCaptions`. `collator`: an `HncCollator`, or a
+    `NegativesFromCaptions` around one."""
 
-    collator: HncCollator
+    collator: HncCollator | NegativesFromCaptions
     image_processor: object
     sources: tuple = ()
-    negatives: object | None = None
     max_pixels: int = 64 * 2**20
     on_missing: str = "skip"
     _named: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
-        self.collator.allow_missing_negatives = True
-        rules = ()
-        if self.negatives is not None:  # a negative made per rule, or why a caption got none
-            from ..negatives.rules import SKIP_REASONS as NO_NEGATIVE
-
-            rules = tuple(f"negatives/{r}" for r in (*self.negatives.rules, *NO_NEGATIVE))
-        names = (*(f"skipped/{r}" for r in SKIP_REASONS), *(f"source/{s}" for s in self.sources), *rules)
-        self.collator.count_names = (*self.collator.count_names, *names)
-        self.collator.__post_init__()
+        inner = self.collator.collator if isinstance(self.collator, NegativesFromCaptions) else self.collator
+        inner.allow_missing_negatives = True  # plain captions: a record may bring no negative
+        inner.declare_counts("pairs_without_negative", *(f"skipped/{r}" for r in SKIP_REASONS),
+                                     *(f"source/{s}" for s in self.sources))  # fmt: skip
 
     # What the trainer reads off its collator.
     @property
@@ -248,8 +243,7 @@ class StreamCollator:
                 images[rec["image_id"]] = self._decode(rec)
             if images[rec["image_id"]] is None:
                 counts["skipped/unreadable_image"] += 1
-            negatives = list(rec["negatives"])[:k] if rec["negatives"] else self._make_negatives(rec, k, counts)
-            pairs.append((rec, negatives))
+            pairs.append((rec, list(rec["negatives"])[:k]))
         processed = process_images(self.image_processor, {i: im for i, im in images.items() if im is not None},
                                    self._skip)  # fmt: skip
         features = []
@@ -261,15 +255,5 @@ class StreamCollator:
         batch = self.collator(features)
         batch_counts = batch.setdefault("counts", dict.fromkeys(self.count_names, 0))
         for name, value in counts.items():
-            batch_counts[name] = batch_counts.get(name, 0) + value
+            batch_counts[name] += value
         return batch
-
-    def _make_negatives(self, rec: dict, k: int, counts: Counter) -> list[str]:
-        if self.negatives is None:
-            return []
-        made = self.negatives.generate(rec["positive"], rec["pair_id"], k)
-        for rule, _ in made.negatives:
-            counts[f"negatives/{rule}"] += 1
-        if made.reason is not None:
-            counts[f"negatives/{made.reason}"] += 1
-        return [text for _, text in made.negatives]

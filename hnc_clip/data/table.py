@@ -141,13 +141,19 @@ def _list_cell(value, source: str, where: str, column: str) -> list:
 class _RowReader:
     """One source row → a pair record (or None, counted in `skips`)."""
 
-    def __init__(self, source: str, columns: dict, negatives_per_row: int | None, skips: Counter):
+    def __init__(self, source: str, columns: dict, negatives_per_row: int | None, skips: Counter,
+                 plain: bool = False):  # fmt: skip
         self.source, self.columns, self.k, self.skips = source, columns, negatives_per_row, skips
+        # `plain`: negatives are made from the captions later (--negatives_from_captions): a row needs none, and the
+        # negative column may be absent
+        self.plain = plain
         self.checked = False
         self.count: int | None = None  # with K unset: every row's number of negatives, set by the first row
 
     def _check_columns(self, row: dict, where: str) -> None:
-        missing = [f"--{flag} {name!r}" for flag, name in self.columns.items() if name is not None and name not in row]
+        optional = ("negative_caption_column",) if self.plain else ()
+        missing = [f"--{flag} {name!r}" for flag, name in self.columns.items()
+                   if name is not None and name not in row and flag not in optional]  # fmt: skip
         if missing:
             raise TableFormatError(
                 f"{self.source}: {where}: {', '.join(missing)} not found; available columns: {sorted(row)}. "
@@ -168,7 +174,7 @@ class _RowReader:
         c = self.columns
         image = self._text(row[c["image_column"]], where, c["image_column"])
         positive = self._text(row[c["caption_column"]], where, c["caption_column"])
-        raw = _list_cell(row[c["negative_caption_column"]], self.source, where, c["negative_caption_column"])
+        raw = _list_cell(row.get(c["negative_caption_column"]), self.source, where, c["negative_caption_column"])
         negatives = [t for t in (self._text(v, where, c["negative_caption_column"]) for v in raw) if t]
         rows = []
         if c["negative_image_column"] is not None:
@@ -181,11 +187,14 @@ class _RowReader:
                         "numbers (0-based, in file order), as NegCLIP's neg_image"
                     )
                 rows.append(v)
-        for reason, empty in (("empty_image", image), ("empty_caption", positive), ("no_negative", negatives)):
-            if not empty:
+        needed = (("empty_image", image), ("empty_caption", positive), ("no_negative", negatives or self.plain))
+        for reason, present in needed:
+            if not present:
                 self.skips[reason] += 1
                 return None
-        if self.k is not None and len(negatives) < self.k:
+        if self.plain:
+            pass  # the negatives a row brings are used first; the collator makes the rest (`NegativesFromCaptions`)
+        elif self.k is not None and len(negatives) < self.k:
             self.skips["fewer_negatives_than_negatives_per_row"] += 1
             return None
         if self.k is None:
@@ -197,7 +206,7 @@ class _RowReader:
                 )
         return {
             "pair_id": str(n), "image_id": image, "image_file": image, "positive": positive,
-            "negative": negatives[0], "type": "unknown", "negatives": negatives, "source_row": n,
+            "negative": negatives[0] if negatives else "", "type": "unknown", "negatives": negatives, "source_row": n,
             "negative_rows": rows,
         }  # fmt: skip
 
@@ -228,13 +237,16 @@ def load_table_pairs(path: str, data_args, split: str = "train", cache_dir: str 
     """Read a hard-negative table into an Arrow-backed `Dataset` of pair records (`FEATURES`), cached."""
     columns = _column_flags(data_args)
     rows, key = _source(path, data_args, split)
-    settings = json.dumps({**columns, "negatives_per_row": data_args.negatives_per_row}, sort_keys=True)
+    plain = bool(getattr(data_args, "negatives_from_captions", None))
+    settings = json.dumps({**columns, "negatives_per_row": data_args.negatives_per_row, "plain": plain},
+                          sort_keys=True)  # fmt: skip
     fingerprint = hashlib.sha256(f"table-v{TABLE_VERSION}|{key}|{settings}".encode()).hexdigest()[:32]
     root = os.path.join(cache_dir or datasets.config.HF_DATASETS_CACHE, "hnc_tables")
     final = os.path.join(root, fingerprint)
 
     def build(tmp: str) -> dict:
-        return {"skips": _convert(path, rows, columns, data_args.negatives_per_row, os.path.join(tmp, "pairs.arrow"))}
+        out = os.path.join(tmp, "pairs.arrow")
+        return {"skips": _convert(path, rows, columns, data_args.negatives_per_row, out, plain)}
 
     skips = build_cache_dir(root, final, build, overwrite=data_args.overwrite_cache)["skips"]
     ds = datasets.Dataset.from_file(os.path.join(final, "pairs.arrow"))
@@ -242,9 +254,11 @@ def load_table_pairs(path: str, data_args, split: str = "train", cache_dir: str 
     return ds
 
 
-def _convert(source: str, rows: Iterator[tuple[str, dict]], columns: dict, k: int | None, out: str) -> dict:
+def _convert(
+    source: str, rows: Iterator[tuple[str, dict]], columns: dict, k: int | None, out: str, plain: bool = False
+) -> dict:
     skips: Counter = Counter()
-    read = _RowReader(source, columns, k, skips)
+    read = _RowReader(source, columns, k, skips, plain)
     writer = ArrowWriter(features=FEATURES, path=out)
     batch: list[dict] = []
     try:

@@ -110,10 +110,9 @@ def check_task(data_args: DataArguments, training_args: HncTrainingArguments) ->
         if training_args.group_by_image:
             raise ValueError("--group_by_image lays out an indexed split: it does not apply to streamed or mixed "
                              "sources")
-    if data_args.negatives_from_captions and not any(s.kind in ("hub", "imagefolder", "webdataset") for s in specs):
-        raise ValueError("--negatives_from_captions makes negatives for image–caption sources (--dataset_name, "
-                         "--train_shards, hub:/imagefolder:/webdataset: in --train_sources); HNC and tables bring "
-                         "theirs")
+    if data_args.negatives_from_captions and specs and all(s.kind == "hnc" for s in specs):
+        raise ValueError("--negatives_from_captions makes negatives for plain captions (tables, --dataset_name, "
+                         "--train_shards, ...); HNC brings its own")
 
 
 def record_settings(output_dir: str, settings: dict) -> None:
@@ -175,7 +174,7 @@ def main(
             if training_args.do_train else None
         )  # fmt: skip
         eval_dataset = split(data_args.validation_file, data_args.max_eval_samples, data_args.validation_split)
-        collator = make_collator(data_args, processor, model.config, stream=stream)
+        collator = make_collator(data_args, processor, model.config, stream=stream, seed=training_args.seed)
 
         # 4. Trainer
         trainer = HncTrainer(
