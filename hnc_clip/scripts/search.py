@@ -30,7 +30,7 @@ from transformers import AutoConfig, HfArgumentParser
 
 from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import make_collator, prepare_split
+from hnc_clip.data import make_collator, needs_stream, prepare_split, training_sources
 from hnc_clip.errors import OutputDirInUseError, RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
@@ -210,6 +210,9 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
     setup_logging(training_args)
     if data_args.train_file is None or data_args.validation_file is None:
         raise ValueError("hnc-clip-search needs --train_file and --validation_file (the objective's split)")
+    if needs_stream(training_sources(data_args)):
+        raise ValueError("hnc-clip-search trains on --train_file alone: streamed or mixed sources (--dataset_name, "
+                         "--train_shards, --train_sources) are not searched")  # fmt: skip
     try:
         import optuna  # noqa: F401
     except ImportError as err:
@@ -249,7 +252,7 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_sets,
-        data_collator=make_collator(data_args, processor, config),
+        data_collator=make_collator(data_args, processor, config, seed=training_args.seed),
         processing_class=processor,
         sigterm=sigterm,
     )
