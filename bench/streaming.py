@@ -119,8 +119,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\n| workers | negatives | samples | s | samples/s | per worker | main RSS warm → end MB | workers RSS warm → "
-          "end MB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("\n| workers | negatives | samples | s | samples/s | per worker | main RSS warm → end MB "
+          "| workers RSS warm → end MB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         print(f"| {r['workers']} | {r['negatives']} | {r['samples']:,} | {r['seconds']} | {r['samples_per_s']:,} | "
               f"{r['per_worker']:,} | {r['main_rss_mb'][0]} → {r['main_rss_mb'][1]} | "
