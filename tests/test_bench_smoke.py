@@ -141,3 +141,14 @@ def test_negative_rules_smoke(tmp_path):
         assert row["parse"]["captions_per_s"] > 0 and set(row["groups"]) == {"swap", "replace", "shuffle", "all"}
         assert all(g["captions_per_s"] > 0 and 0.5 < g["covered"] <= 1 for g in row["groups"].values())
     assert "| lexicon |" in stdout and "| spacy |" in stdout
+
+
+def test_streaming_smoke(tmp_path):
+    out = tmp_path / "streaming.json"
+    stdout = _run("streaming.py", "--shards", "2", "--per_shard", "12", "--num_workers", "0", "1", "--passes", "2",
+                  "--batch_size", "8", "--rss_every", "1", "--out", str(out))  # fmt: skip
+    rows = json.loads(out.read_text())
+    assert [(r["workers"], r["negatives"]) for r in rows] == [(0, "-"), (0, "all"), (1, "-"), (1, "all")]
+    assert all(r["samples"] == 48 and r["samples_per_s"] > 0 for r in rows)  # 2 passes over 24 samples, no more
+    assert rows[2]["workers_rss_mb"][0] > 0 and rows[0]["workers_rss_mb"] == [0, 0]
+    assert "| 1 | all | 48 |" in stdout
