@@ -14,9 +14,10 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     for name in ("report.md", "results.json", "accuracy_by_type.png", "tradeoff.png", "eval/results.json"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
+    plain_role = f"plain captions + rule negatives (`pairwise`; {args.plain_rules})"
     assert results["roles"] == {"pre-trained base": "base", "standard fine-tune (`clip`)": "ft_clip",
-                                "`negclip` fine-tune": "ft_negclip", "`hnc` fine-tune": "ft_hnc",
-                                "HNC fine-tune (`pairwise`)": "ft_pairwise"}  # fmt: skip
+                                "`negclip` fine-tune": "ft_negclip", "HNC fine-tune (`pairwise`)": "ft_pairwise",
+                                plain_role: "ft_pairwise_plain"}  # fmt: skip
     hnc = results["models"]["ft_pairwise"]
     assert {"acc_relation", "acc_swap", "acc_attribute", "acc_object", "zeroshot_top1"} <= set(hnc)
     # the trade-off runs from the base (α = 0) through the WiSE-FT interpolations to the tuned model (α = 1)
@@ -28,6 +29,7 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     assert set(results["targets"]) >= {"HNC relation and swap ≥ 0.95", "HNC object accuracy not below the base"}
     report = (tmp_path / "report.md").read_text()
     assert "| HNC fine-tune (`pairwise`) |" in report and "Targets:" in report
+    assert f"| {plain_role} |" in report and "Plain-caption variant" in report
 
     # Every fine-tune saw the same batches: the same flags but the loss (and λ's, for the losses that have one).
     flags = {loss: json.loads((tmp_path / "models" / f"ft_{loss}" / "demo_stage.json").read_text())["flags"]
@@ -41,6 +43,7 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
 
     assert len({batches(f) for f in flags.values()}) == 1
     assert "--hard_negative_weight" not in flags["negclip"] and "--hard_negative_weight" in flags["pairwise"]
+    check_plain_variant(tmp_path, args, flags["pairwise"])
 
     # A rerun trains nothing: every stage is found in its folder with the same configuration.
     stamps = {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in ("base", "ft_clip")}
@@ -49,6 +52,44 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     assert demo.main(demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1)) == 0
     assert trained == []
     assert stamps == {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in stamps}
+
+
+def _value(flags: list[str], name: str) -> str:
+    return flags[flags.index(name) + 1]
+
+
+def check_plain_variant(out, args, hnc_flags: list[str]) -> None:
+    """The plain-caption run: HNC's flags but its data and --caption_types, the same positives and images in the
+    same order (so the same sampler seed gives the same batches), and negatives made and counted by rule."""
+    from types import SimpleNamespace
+
+    from hnc_clip.data.pairs import build_split
+
+    plain = json.loads((out / "models" / "ft_pairwise_plain" / "demo_stage.json").read_text())["flags"]
+    data = ("--train_file", "--image_column", "--caption_column", "--negatives_from_captions", "--caption_parser",
+            "--negative_vocabulary", "--caption_types", "--output_dir")  # fmt: skip
+
+    def rest(f):
+        drop = {k for k, x in enumerate(f) if x in data}
+        drop |= {k + 1 for k in drop} | ({k + 2 for k in drop if f[k] == "--caption_types"})
+        return [x for k, x in enumerate(f) if k not in drop]
+
+    assert rest(plain) == rest(hnc_flags)
+    assert _value(plain, "--negatives_from_captions") == args.plain_rules
+    columns = dict(image_column="image", caption_column="caption", negative_caption_column="negative_captions",
+                   negative_image_column=None, negatives_per_row=None, negatives_from_captions=args.plain_rules)
+    common = dict(image_dir=_value(hnc_flags, "--image_dir"), on_missing_image="skip",
+                  preprocessing_num_workers=None, overwrite_cache=False)  # fmt: skip
+    hnc = build_split(_value(hnc_flags, "--train_file"), SimpleNamespace(caption_types=args.caption_types, **common),
+                      None, cache_dir=str(out / "cache_check"))  # fmt: skip
+    table = build_split(_value(plain, "--train_file"), SimpleNamespace(caption_types=None, **common, **columns),
+                        None, cache_dir=str(out / "cache_check"))  # fmt: skip
+    assert len(table) == len(hnc) > 0
+    assert table["image_file"] == hnc["image_file"] and table["positive"] == hnc["positive"]
+    assert all(not n for n in table["negatives"])  # no HNC negative came along
+    logged = json.loads((out / "models" / "ft_pairwise_plain" / "trainer_state.json").read_text())["log_history"]
+    made = {k: sum(e.get(k, 0) for e in logged) for k in logged[0] if k.startswith("negatives/")}
+    assert sum(made[f"negatives/{r}"] for r in ("swap-rel", "replace-rel", "swap-obj", "replace-att")) > 0, made
 
 
 def test_demo_fails_when_hnc_is_not_better(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ pipeline and collator as on HNC + GQA), and evaluated by the evaluation applicat
 1. a synthetic world of two coloured shapes in a spatial relation, with relation/swap/attribute/object negatives;
 2. "pre-train" a small CLIP from scratch with the standard CLIP loss: the stand-in for OpenAI CLIP;
 3. from that checkpoint, fine-tune with each loss of `--losses` (the standard `clip` loss and the hard-negative
-   ones) on the same batches, two runs at a time in one-thread processes;
+   ones) on the same batches, two runs at a time in one-thread processes; and the plain-caption variant: the main
+   loss on the same batches of positives with their negatives made by `--plain_rules` instead of HNC's;
 4. evaluate all of them (pairwise accuracy by negative type on held-out scenes, zero-shot object classification)
    and the WiSE-FT interpolations of the main hard-negative model with the base (the trade-off curve);
 5. write `report.md`, `results.json` and plots (accuracy by type; relational vs recognition accuracy).
@@ -38,6 +39,7 @@ logger = logging.getLogger("hnc_clip_demo")
 
 RELATIONAL_TYPES = ("relation", "swap")
 BASE, STANDARD, HNC = "pre-trained base", "standard fine-tune (`clip`)", "HNC fine-tune"
+PLAIN = "plain captions + rule negatives"
 
 
 @dataclass
@@ -58,8 +60,13 @@ class DemoArguments:
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
     losses: list[str] = field(
-        default_factory=lambda: ["clip", "negclip", "hnc", "pairwise"],
+        default_factory=lambda: ["clip", "negclip", "pairwise"],
         metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline)."},
+    )
+    plain_rules: str = field(
+        default="swap,replace",
+        metadata={"help": "The plain-caption variant: --main_loss on the same batches' positives with negatives made "
+                          "by these rules (--negatives_from_captions) instead of HNC's; empty: no such run."},
     )
     main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
     finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})
@@ -124,16 +131,17 @@ def _is_done(path: str, key: str) -> bool:
     return done is not None and done.get("key") == key and os.path.exists(os.path.join(path, "model.safetensors"))
 
 
-def train(args: DemoArguments, name: str, init: str, flags: list[str]) -> str:
-    """One training run (`hnc_clip.scripts.train.main`) from `init` with the stage's own `flags`; skipped when its
-    folder holds the same run."""
+def train(args: DemoArguments, name: str, init: str, flags: list[str], data: list[str] | None = None) -> str:
+    """One training run (`hnc_clip.scripts.train.main`) from `init` with the stage's own `flags` on the world's HNC
+    train split (or `data`'s flags); skipped when its folder holds the same run."""
     from hnc_clip.scripts import train as train_app
 
     world = os.path.join(args.output_dir, "world")
     out = os.path.join(args.output_dir, "models", name)
     cache = ["--image_cache_dir", os.path.join(world, "image_cache")] if args.image_cache else []
     flags = [
-        "--model_name_or_path", init, "--train_file", f"{world}/train.json", "--image_dir", f"{world}/images",
+        "--model_name_or_path", init, *(data or ["--train_file", f"{world}/train.json"]),
+        "--image_dir", f"{world}/images",
         *cache, "--output_dir", out, "--overwrite_output_dir", "--do_train", "--weight_decay", "0.1", "--seed",
         str(args.seed), "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--report_to", "none",
         "--cache_dir", os.path.join(args.output_dir, "cache"), *flags,
@@ -159,9 +167,9 @@ def pretrain_flags(args: DemoArguments) -> list[str]:
     ]  # fmt: skip
 
 
-def finetune_flags(args: DemoArguments, loss: str) -> list[str]:
+def finetune_flags(args: DemoArguments, loss: str, plain: bool = False) -> list[str]:
     """Every fine-tune sees the same batches (same sampler, seed, size, steps and caption types); only the loss
-    differs."""
+    differs. `plain`: the plain caption table holds only those types' pairs, in the same order (no --caption_types)."""
     from hnc_clip.losses import LOSSES
 
     steps = args.finetune_steps
@@ -173,9 +181,34 @@ def finetune_flags(args: DemoArguments, loss: str) -> list[str]:
     return [
         "--loss_type", loss, *weight, "--max_steps", str(steps),
         "--per_device_train_batch_size", str(args.finetune_batch_size), "--group_by_image", str(args.group_by_image),
-        "--caption_types", *args.caption_types, "--learning_rate", str(args.finetune_learning_rate),
+        *([] if plain else ["--caption_types", *args.caption_types]),
+        "--learning_rate", str(args.finetune_learning_rate),
         "--warmup_steps", str(max(1, steps // 10)), "--logging_steps", str(max(1, steps // 8)),
     ]  # fmt: skip
+
+
+def plain_data_flags(args: DemoArguments, world: str) -> list[str]:
+    """The plain-caption variant's data: the world's positives as a table, negatives made by `--plain_rules` with a
+    lexicon parser and class vocabulary of the world's words (`hnc_clip.demo.world.write_plain_captions`)."""
+    from hnc_clip.demo.world import write_plain_captions
+
+    paths = write_plain_captions(world, args.caption_types)
+    return [
+        "--train_file", paths["train.jsonl"], "--image_column", "image", "--caption_column", "caption",
+        "--negatives_from_captions", args.plain_rules, "--caption_parser", f"lexicon:{paths['lexicon.json']}",
+        "--negative_vocabulary", paths["vocabulary.json"],
+    ]  # fmt: skip
+
+
+def recovery(summary: dict, roles: dict) -> float | None:
+    """Share of the HNC fine-tune's relational gain over the standard one that the rule negatives recover."""
+    plain = next((r for r in roles if r.startswith(PLAIN)), None)
+    hnc = next(r for r in roles if r.startswith(HNC))
+    if plain is None:
+        return None
+    std_rel, hnc_rel = summary[roles[STANDARD]]["relational"], summary[roles[hnc]]["relational"]
+    gain = hnc_rel - std_rel
+    return (summary[roles[plain]]["relational"] - std_rel) / gain if gain > 0 else None
 
 
 def _train_job(job: tuple) -> str:
@@ -298,6 +331,7 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
         *[f"| {p['alpha']:g} | {p['relational']:.3f} | {p['acc_object']:.3f} | {p['zeroshot_top1']:.3f} |"
           for p in tradeoff],
         "",
+        *_plain_lines(args, summary, roles),
         "Targets:",
         "",
         *[f"- [{'x' if ok else ' '}] {what}" for what, ok in targets(summary, roles)],
@@ -309,6 +343,20 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def _plain_lines(args: DemoArguments, summary: dict, roles: dict) -> list[str]:
+    share = recovery(summary, roles)
+    if not args.plain_rules:
+        return []
+    found = "no relational gain of the HNC fine-tune to compare with" if share is None else (
+        f"the rule negatives recover {share:.0%} of the HNC fine-tune's relational gain over the standard one")
+    return [
+        f"Plain-caption variant: the same batches' positives, no HNC negatives; `{args.main_loss}` with negatives "
+        f"made by the rules `{args.plain_rules}` (`--negatives_from_captions`, a lexicon of the world's words): "
+        f"{found}.",
+        "",
+    ]
 
 
 def build_image_cache(world: str, init: str) -> str:
@@ -358,7 +406,12 @@ def main(args: DemoArguments) -> int:
     # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint, on the same batches
     base = train(args, "base", init, pretrain_flags(args))
     jobs = [(args, f"ft_{loss}", base, finetune_flags(args, loss)) for loss in args.losses]
-    tuned = dict(zip(args.losses, run_jobs(jobs, args.parallel_runs)))
+    if args.plain_rules:
+        plain_flags = finetune_flags(args, args.main_loss, plain=True)
+        jobs.append((args, f"ft_{args.main_loss}_plain", base, plain_flags, plain_data_flags(args, world)))
+    paths = run_jobs(jobs, args.parallel_runs)
+    tuned = dict(zip(args.losses, paths))
+    plain_model = paths[len(args.losses)] if args.plain_rules else None
 
     # 4. Evaluate every checkpoint, then the WiSE-FT path between the base and the main hard-negative model
     evaluation = {
@@ -371,7 +424,8 @@ def main(args: DemoArguments) -> int:
         "device": "cpu",
         "batch_size": 256,
     }
-    results = run_eval({**evaluation, "model_name_or_path": [base, *tuned.values()], "output_dir": f"{out}/eval"})
+    evaluated = [base, *tuned.values(), *([plain_model] if plain_model else [])]
+    results = run_eval({**evaluation, "model_name_or_path": evaluated, "output_dir": f"{out}/eval"})
     main_model = tuned[args.main_loss]
     wise = run_eval({
         **evaluation, "model_name_or_path": [base, main_model], "output_dir": f"{out}/eval/wise",
@@ -381,6 +435,8 @@ def main(args: DemoArguments) -> int:
     name = os.path.basename
     labels = role_names(args.losses, args.main_loss)
     roles = {BASE: name(base), **{labels[loss]: name(path) for loss, path in tuned.items()}}
+    if plain_model:
+        roles[f"{PLAIN} (`{args.main_loss}`; {args.plain_rules})"] = name(plain_model)
     wise_summary = summarise(wise)
     tradeoff = [{"alpha": 0.0, **summary[name(base)]}]
     tradeoff += [{"alpha": a, **wise_summary[f"{name(main_model)}@wise{a:g}"]} for a in args.wise_alphas]
@@ -393,9 +449,10 @@ def main(args: DemoArguments) -> int:
     plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
     seconds = time.time() - t0
     stages = {n: (_read_json(os.path.join(out, "models", n, "demo_stage.json")) or {}).get("seconds")
-              for n in [name(base), *map(name, tuned.values())]}  # fmt: skip
+              for n in map(name, evaluated)}  # fmt: skip
     record = {"config": asdict(args), "roles": roles, "models": summary, "tradeoff": tradeoff,
-              "targets": dict(targets(summary, roles)), "stage_seconds": stages, "seconds": round(seconds, 1)}
+              "targets": dict(targets(summary, roles)), "plain_recovery": recovery(summary, roles),
+              "stage_seconds": stages, "seconds": round(seconds, 1)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
     report = write_report(args, summary, roles, tradeoff, seconds)

@@ -28,6 +28,11 @@ Output layout of ``make_world(output_dir, ...)``::
     recognition/classnames.json {folder: "red circle"},  recognition/templates.json ["a {}.", ...]
     world.json                  config + counts; written last and atomically, so its presence means "complete"
 
+``write_plain_captions(output_dir, types)`` adds the plain-caption variant: the train split's positives without
+their negatives, as a caption table (``plain/train.jsonl``) in the order the HNC reader yields the pairs of
+``types``, so the same sampler seed gives the same batches; plus a lexicon and class vocabulary of the world's words
+for the negative rules (``plain/lexicon.json``, ``plain/vocabulary.json``).
+
 Generation is seeded per image (``random.Random("<seed>/<split>/<index>")``): the same seed gives byte-identical
 files, and a split's scenes do not change when another split's size does.
 """
@@ -46,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..data.hnc import HncPair, HncWriter, hnc_test_entry, hnc_train_entry
+from ..data.hnc import HncPair, HncWriter, hnc_test_entry, hnc_train_entry, iter_hnc_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ WORLD_FILE = "world.json"
 SCENES_FILE = "scenes.json"
 IMAGES_DIR = "images"
 RECOGNITION_DIR = "recognition"
+PLAIN_DIR = "plain"
 PARTIAL_MARKER = ".synthetic_world_partial"
 MODEL_MARKER = "synthetic_world_model.json"
 
@@ -538,6 +544,51 @@ def make_world(
         **config_kwargs,
     )
     return generate_world(output_dir, config, overwrite=overwrite, show_progress=show_progress)
+
+
+# ------------------------------------------------------------------------------------------ plain captions
+
+
+def world_lexicon(config: WorldConfig) -> dict[str, str]:
+    """Word -> Universal POS of every word a caption of the world holds (the rules' `lexicon:` parser)."""
+    relation_words = {w for rel in RELATIONS for w in rel.split()}
+    return {
+        "a": "DET", "is": "AUX", "of": "ADP",
+        **{w: "ADP" if w in ("above", "below", "of") else "ADV" for w in relation_words},
+        **dict.fromkeys(config.colors, "ADJ"), **dict.fromkeys(config.shapes, "NOUN"),
+    }  # fmt: skip
+
+
+def world_vocabulary(config: WorldConfig) -> dict:
+    """The world's classes in `hnc_clip.negatives.vocabulary`'s format: colours, shapes, relations and antonyms."""
+    return {
+        "about": "The synthetic world's words (hnc_clip.demo.world), for --negative_vocabulary.",
+        "attributes": {"color": [[c] for c in config.colors]},
+        "objects": {"shape": [[s] for s in config.shapes]},
+        "relations": {"spatial": [[r] for r in RELATIONS]},
+        "antonyms": [[a, b] for a, b in INVERSE_RELATION.items() if a < b],
+    }
+
+
+def write_plain_captions(output_dir: str, types: Iterable[str]) -> dict[str, str]:
+    """The plain-caption variant of a complete world (see the module docstring); returns the paths written."""
+    info = load_world_info(output_dir)
+    if info is None:
+        raise FileNotFoundError(f"{output_dir}: no complete synthetic world (world.json)")
+    config = WorldConfig(**info["config"])
+    wanted = set(types)
+    plain = os.path.join(output_dir, PLAIN_DIR)
+    os.makedirs(plain, exist_ok=True)
+    paths = {name: os.path.join(plain, name) for name in ("train.jsonl", "lexicon.json", "vocabulary.json")}
+    tmp = f"{paths['train.jsonl']}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for pair in iter_hnc_pairs(os.path.join(output_dir, "train.json")):
+            if pair["type"] in wanted:
+                f.write(json.dumps({"image": pair["image_file"], "caption": pair["positive"]}) + "\n")
+    os.replace(tmp, paths["train.jsonl"])
+    _write_json(paths["lexicon.json"], world_lexicon(config), indent=1)
+    _write_json(paths["vocabulary.json"], world_vocabulary(config), indent=1)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------ model
