@@ -64,6 +64,7 @@ def check_plain_variant(out, args, hnc_flags: list[str]) -> None:
     from types import SimpleNamespace
 
     from hnc_clip.data.pairs import build_split
+    from hnc_clip.negatives.rules import parse_rules
 
     plain = json.loads((out / "models" / "ft_pairwise_plain" / "demo_stage.json").read_text())["flags"]
     data = ("--train_file", "--image_column", "--caption_column", "--negatives_from_captions", "--caption_parser",
@@ -89,7 +90,9 @@ def check_plain_variant(out, args, hnc_flags: list[str]) -> None:
     assert all(not n for n in table["negatives"])  # no HNC negative came along
     logged = json.loads((out / "models" / "ft_pairwise_plain" / "trainer_state.json").read_text())["log_history"]
     made = {k: sum(e.get(k, 0) for e in logged) for k in logged[0] if k.startswith("negatives/")}
-    assert sum(made[f"negatives/{r}"] for r in ("swap-rel", "replace-rel", "swap-obj", "replace-att")) > 0, made
+    rules = parse_rules(args.plain_rules)
+    assert all(made[f"negatives/{r}"] > 0 for r in rules), made
+    assert made["negatives/no_rule_applied"] == 0  # every positive of the world has a relation to swap and replace
 
 
 def test_demo_fails_when_hnc_is_not_better(tmp_path, monkeypatch):
