@@ -140,6 +140,7 @@ class NegativesArguments:
     overwrite_output: bool = field(
         default=False, metadata={"help": "Replace an existing --output_file and start its parts over."}
     )
+    use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even where a GPU is."})
     cache_dir: str | None = field(default=None, metadata={"help": "Hub cache for the models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a model's own code (only if trusted)."})
 
@@ -174,6 +175,16 @@ def make_parser():
 # -- steps --------------------------------------------------------------------------------------------------------
 
 
+def has_accelerator() -> bool:
+    """A GPU (or another torch accelerator) to run on; without one, processes launched as `--multi_gpu` must be
+    told to be CPU processes, or each would run alone as process 0 of 1."""
+    import torch
+
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
 def load_lm(name: str, args: NegativesArguments, device):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -190,7 +201,8 @@ def load_lm(name: str, args: NegativesArguments, device):
 def run_settings(args: NegativesArguments, prompts: dict, input_key: str) -> dict:
     """What the part files' lines depend on: a resume with anything else would mix two runs."""
     made_by = {k: v for k, v in asdict(args).items() if k not in (
-        "output_file", "parts_dir", "keep_parts", "overwrite_output", "max_rows_without_negative", "cache_dir")}
+        "output_file", "parts_dir", "keep_parts", "overwrite_output", "max_rows_without_negative", "cache_dir",
+        "use_cpu")}
     used = {t: asdict(prompts[t]) for t in args.negative_types}
     return {**made_by, "input": input_key, "prompts": json.loads(json.dumps(used))}  # fmt: skip
 
@@ -329,7 +341,7 @@ def main(args: NegativesArguments) -> dict | None:
     from accelerate.utils import gather_object
 
     # 1. Processes, logging, prompts, the input
-    state = PartialState()
+    state = PartialState(cpu=args.use_cpu or not has_accelerator())
     rank, world = state.process_index, state.num_processes
     logger.setLevel(logging.INFO if state.is_main_process else logging.WARNING)
     prompts = load_prompts(args.prompts_file)
@@ -354,7 +366,7 @@ def main(args: NegativesArguments) -> dict | None:
     state.wait_for_everyone()
     lock = None
     if state.is_main_process:
-        lock = OutputDirLock(parts_dir).acquire()
+        lock = OutputDirLock(parts_dir, flag="--parts_dir").acquire()  # a second run into it stops here
         if not resuming:
             write_settings(parts_dir, settings)
     state.wait_for_everyone()
