@@ -9,6 +9,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,6 +34,7 @@ from hnc_clip.negatives.parts import PartsError, read_part
 from hnc_clip.output_dir import OutputDirLock
 from hnc_clip.scripts import negatives as app
 
+from .conftest import REPO
 from .test_trainer import changed, run, weights
 
 CAPTIONS = ["a red cup on a wooden table", "a dog chasing a cat in the park", "two men riding horses on a beach",
@@ -206,6 +210,24 @@ def test_a_killed_run_resumes_to_the_uninterrupted_table(tmp_path, uninterrupted
             app.main(parse(flags(lm_dir, captions_file, tmp_path / "busy.jsonl")))
     finally:
         held.release()
+
+
+def test_a_sigkilled_run_resumes_to_the_uninterrupted_table(tmp_path, uninterrupted, lm_dir, captions_file):
+    """A real kill: the process SIGKILLs itself halfway through writing batch 2's lines."""
+    out, summary = uninterrupted
+    killed = tmp_path / "killed.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_negatives.py"), "2", "--",
+                           *flags(lm_dir, captions_file, killed)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    part = tmp_path / "killed.jsonl.parts" / "part-0.jsonl"
+    assert not killed.exists() and not part.read_bytes().endswith(b"\n")  # cut in the middle of a line
+    done = [row for row, _, _ in read_part(str(part))]
+    assert 4 <= len(done) < 8 and done == list(range(len(done)))
+    got = app.main(parse(flags(lm_dir, captions_file, killed)))
+    assert killed.read_text() == out.read_text() and counts(got) == counts(summary)
+    assert got["this_run"]["rows_made"] == 11 - len(done) and not (tmp_path / "killed.jsonl.parts").exists()
 
 
 def test_two_processes_make_the_one_process_table(tmp_path, uninterrupted, lm_dir, captions_file):
