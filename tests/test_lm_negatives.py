@@ -175,6 +175,11 @@ def test_an_lm_that_echoes_or_writes_nothing_fails_with_counts(tmp_path, lm_dir,
     assert summary["dropped"] == {"empty": 10, "same_as_positive": 20} and summary["negatives"] == 0
     assert not out.exists() and (tmp_path / "neg.jsonl.parts").is_dir()  # the lines stay: a rerun merges them
     argv[argv.index("--max_rows_without_negative") + 1] = "1.0"
+
+    def unused(self, prompts, seed):
+        raise AssertionError("every row is in the parts: nothing to generate")
+
+    monkeypatch.setattr(LMGenerator, "__call__", unused)
     with pytest.raises(app.TooFewNegativesError, match="10 of 10"):  # none at all is never a success
         app.main(parse(argv))
 
@@ -316,6 +321,12 @@ def test_bad_input_tables_are_named(tmp_path, lm_dir):
             r"e\.jsonl: line 2: not a JSON object",
         table("f.json", "{}"): r"f\.json: an HNC \.json brings its own negatives",
     }  # fmt: skip
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image_path": ["x.jpg"], "caption": ["a cat"], "thumb": [b"\xff\xd8"]}),
+                   tmp_path / "g.parquet")  # fmt: skip
+    cases[tmp_path / "g.parquet"] = r"g\.parquet: row 0: column \['thumb'\] cannot be written as JSON"
     for path, message in cases.items():
         with pytest.raises(TableFormatError, match=message):
             app.main(parse(flags(lm_dir, path, tmp_path / f"{path.stem}.out.jsonl", "--overwrite_output", "true")))
@@ -326,3 +337,19 @@ def test_bad_input_tables_are_named(tmp_path, lm_dir):
     with pytest.raises(ValueError, match=r"--negative_types: no prompt for \['swap-rel'\]"):
         app.main(parse(flags(lm_dir, tmp_path / "a.jsonl", tmp_path / "x.jsonl", "--negative_types", "swap-rel")))
     assert not os.path.exists(tmp_path / "a.out.jsonl")
+
+
+def test_the_documented_commands_parse():
+    """docs/models_and_data.md's LM-negatives commands name real flags of both tools."""
+    import shlex
+
+    from hnc_clip.scripts import train as train_app
+
+    text = (REPO / "docs" / "models_and_data.md").read_text()
+    block = text.split("# negatives written by a language model", 1)[1].split("\n\n", 1)[0].split("\n", 1)[1]
+    make, train = [shlex.split(c) for c in block.replace("\\\n", " ").strip().split("\n")]
+    args = parse(make[make.index("hnc_clip.scripts.negatives") + 1 :])
+    assert args.chat_template and args.input_file == "captions.jsonl" and args.output_file == "negatives.jsonl"
+    assert train[0] == "hnc-clip-train" and "negatives.jsonl" in train
+    _, data, _ = train_app.make_parser().parse_args_into_dataclasses(args=train[1:])
+    assert data.negative_caption_column == args.negative_caption_column and data.negatives_per_row == 1
