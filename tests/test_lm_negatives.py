@@ -137,25 +137,25 @@ def test_each_filter_drops_what_it_should_and_counts_it():
     long = " ".join(["word"] * 41)
     by_type = {
         "replace-obj": lambda c: [f" {c.upper()}!\n"],  # the caption again, up to case and punctuation
-        "replace-att": lambda c: ["", "\n\n", " \"\" \nmore"],  # nothing, line ends only, empty quotes
+        "replace-att": lambda c: ["", "\n a line after a line end", " \"\" \nmore"],  # nothing; line end first; ""
         "replace-rel": lambda c: [f" {c} and a dog\n"],  # the one kept
         "swap-att": lambda c: [f" {c}, and a dog.\n"],  # the same as replace-rel's, normalised
         "swap-obj": lambda c: [f" {long}\n", f" {c} " + "x " * (len(c.split()) + 1) + "\n"],  # > 40 words; > 2x
         "add-att": lambda c: [(" a cut off", False)],  # ran into max_new_tokens
-        "add-obj": lambda c: [" 'a quoted caption'\n extra lines are ignored"],  # kept, without its quotes
+        "add-obj": lambda c: [" 'a quoted caption'\n extra lines are ignored", " the dogs' ball\n"],  # kept
     }
     generate = fake_lm(lambda c, kind: by_type[kind](c))
     filters = build_filters(["differs", "length", "dedupe"], FilterOptions(max_words=40, max_length_ratio=2.0))
     rows = write_negatives(CAPTIONS[:2], list(by_type), PROMPTS, generate, filters)
     for row, caption in zip(rows, CAPTIONS[:2], strict=True):
-        assert row.negatives == [f"{caption} and a dog", "a quoted caption"]
-        assert row.types == ["replace-rel", "add-obj"]
+        assert row.negatives == [f"{caption} and a dog", "a quoted caption", "the dogs' ball"]
+        assert row.types == ["replace-rel", "add-obj", "add-obj"]
         assert row.dropped == {"replace-obj": {"same_as_positive": 1}, "replace-att": {"empty": 3},
                                "swap-att": {"duplicate": 1}, "swap-obj": {"too_long": 2},
                                "add-att": {"truncated": 1}}  # fmt: skip
     # each filter alone: without it, what it dropped is kept
     rows = write_negatives(CAPTIONS[:1], list(by_type), PROMPTS, generate, [], allow_truncated=True)
-    assert len(rows[0].negatives) == 1 + 1 + 1 + 2 + 1 + 1 and rows[0].dropped == {"replace-att": {"empty": 3}}
+    assert len(rows[0].negatives) == 1 + 1 + 1 + 2 + 1 + 2 and rows[0].dropped == {"replace-att": {"empty": 3}}
     with pytest.raises(ValueError, match=r"--filters: unknown \['grammar'\]; available: \['dedupe', 'differs'"):
         build_filters(["differs", "grammar"], FilterOptions())
     with pytest.raises(ValueError, match="plausibility needs a scoring LM"):
@@ -264,6 +264,10 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(lm_dir):
                                                                        num_return_sequences=2))  # fmt: skip
     first, again = sampled(prompts, seed=1), sampled(prompts, seed=1)
     assert first == again and len(first[0]) == 2 and first != sampled(prompts, seed=2)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    tokenizer.chat_template = "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}ASSISTANT:"
+    chat = LMGenerator(model, tokenizer, GenerationSettings(max_new_tokens=6, chat_template=True))
+    assert chat.prompt_text("hi") == "USER: hi\nASSISTANT:" and len(chat(prompts)) == 3
 
 
 def test_plausibility_keeps_what_an_independent_log_likelihood_keeps(lm_dir):

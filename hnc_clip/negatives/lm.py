@@ -191,7 +191,9 @@ class LMGenerator:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], seed: int | None = None) -> list[list[Generation]]:
-        enc = self.tokenizer([self.prompt_text(p) for p in prompts], return_tensors="pt", padding=True)
+        # a chat template writes the special tokens (BOS) itself
+        enc = self.tokenizer([self.prompt_text(p) for p in prompts], return_tensors="pt", padding=True,
+                             add_special_tokens=not self.settings.chat_template)  # fmt: skip
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         if self.settings.do_sample and seed is not None:
             torch.manual_seed(seed)
@@ -202,16 +204,18 @@ class LMGenerator:
         for ids in new.tolist():
             ids = [t for t in ids if t != self.tokenizer.pad_token_id or t in self.eos_ids]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            ended = any(t in self.eos_ids for t in ids) or "\n" in text.lstrip()
+            ended = any(t in self.eos_ids for t in ids) or "\n" in text
             gens.append(Generation(text, ended))
         return [gens[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
 def parse_generation(gen: Generation, allow_truncated: bool = False) -> tuple[str | None, str | None]:
-    """(negative, None) or (None, reason): the continuation's first line, stripped of quotes."""
-    text = gen.text.lstrip()
-    line, sep, _ = text.partition("\n")
-    line = line.strip().strip(_QUOTES).strip()
+    """(negative, None) or (None, reason): the continuation's first line (generation stops at the first line end,
+    so a leading one is an empty answer), without quotes around it."""
+    line, sep, _ = gen.text.partition("\n")
+    line = line.strip()
+    if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
+        line = line[1:-1].strip()
     if not line:
         return None, "empty"
     if not sep and not gen.ended and not allow_truncated:

@@ -350,7 +350,8 @@ def main(args: NegativesArguments) -> dict | None:
     if not is_table(args.input_file):
         raise TableFormatError(f"{args.input_file}: an HNC .json brings its own negatives; the input is a caption "
                                "table (.jsonl, .csv, .tsv, .parquet, a dataset folder or a Hub name)")  # fmt: skip
-    rows, input_key = read_table(args.input_file, args.dataset_config_name, args.split)
+    with state.main_process_first():  # a Hub dataset is downloaded and cached once
+        rows, input_key = read_table(args.input_file, args.dataset_config_name, args.split)
     settings = run_settings(args, prompts, input_key)
     parts_dir = args.parts_dir or f"{args.output_file}.parts"
 
