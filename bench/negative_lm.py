@@ -1,7 +1,7 @@
 """Benchmark: negatives written by a causal LM (`hnc_clip.negatives.lm`, what `hnc-clip-negatives` runs per
 process), captions/s for each batch size, greedy and sampled, with and without the plausibility filter.
 
-    python bench/negative_lm.py                                  # random GPT-2 small shape (12 x 768), CPU
+    python bench/negative_lm.py                                  # a random GPT-2, 4 layers x 256, on the CPU
     python bench/negative_lm.py --n_layer 1 --n_embd 32 --captions 8 --batch_sizes 4 --max_new_tokens 4  # smoke
     python bench/negative_lm.py --model Qwen/Qwen2.5-1.5B-Instruct --device cuda    # a real LM, on a GPU
 
@@ -67,8 +67,8 @@ def measure(model, tokenizer, texts, types, batch_size, sample, plausibility, ma
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="A causal LM (Hub name or folder); default: a random GPT-2.")
-    parser.add_argument("--n_layer", type=int, default=12)
-    parser.add_argument("--n_embd", type=int, default=768)
+    parser.add_argument("--n_layer", type=int, default=4)
+    parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--captions", type=int, default=16)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max_new_tokens", type=int, default=16)
@@ -95,29 +95,30 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
         params = sum(p.numel() for p in model.parameters())
+        name = args.model or f"random GPT-2 {args.n_layer} x {args.n_embd}"
+        print(f"{name} ({params / 1e6:.1f} M parameters) on {args.device}, {args.threads} thread(s); {len(texts)} "
+              f"captions x {len(args.types)} types, {args.max_new_tokens} new tokens at most; one process")
+        print("| batch | decoding | plausibility | captions/s | prompts/s | captions/s of CPU time | kept/caption |")
+        print("|---|---|---|---|---|---|---|", flush=True)
         rows = []
         for batch_size in args.batch_sizes:
             for sample, plausibility in ((False, False), (True, False), (False, True)):
-                rows.append(measure(model, tokenizer, texts, args.types, batch_size, sample, plausibility,
-                                    args.max_new_tokens))  # fmt: skip
+                r = measure(model, tokenizer, texts, args.types, batch_size, sample, plausibility, args.max_new_tokens)
+                rows.append(r)
+                decoding, scored = "sampled" if r["sampling"] else "greedy", "yes" if r["plausibility"] else "-"
+                print(f"| {r['batch_size']} | {decoding} | {scored} | {r['captions_per_s']:,.2f} "
+                      f"| {r['prompts_per_s']:,.1f} | {r['cpu_captions_per_s']:,.2f} | {r['kept_per_caption']:.2f} |",
+                      flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     result = {
-        "model": args.model or f"random GPT-2 {args.n_layer} x {args.n_embd}", "parameters": params,
-        "device": args.device, "threads": args.threads, "captions": len(texts), "types": args.types,
-        "max_new_tokens": args.max_new_tokens, "commit": commit.stdout.strip(),
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "rows": rows,
+        "model": name, "parameters": params, "device": args.device, "threads": args.threads,
+        "captions": len(texts), "types": args.types, "max_new_tokens": args.max_new_tokens,
+        "commit": commit.stdout.strip(), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "rows": rows,
     }  # fmt: skip
-    print(f"{result['model']} ({params / 1e6:.1f} M parameters) on {args.device}, {args.threads} thread(s); "
-          f"{len(texts)} captions x {len(args.types)} types, {args.max_new_tokens} new tokens at most; one process")
-    print("| batch | decoding | plausibility | captions/s | prompts/s | captions/s of CPU time | kept/caption |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        decoding, plausibility = "sampled" if r["sampling"] else "greedy", "yes" if r["plausibility"] else "-"
-        print(f"| {r['batch_size']} | {decoding} | {plausibility} | {r['captions_per_s']:,.2f} "
-              f"| {r['prompts_per_s']:,.1f} | {r['cpu_captions_per_s']:,.2f} | {r['kept_per_caption']:.2f} |")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
