@@ -248,6 +248,36 @@ def test_two_processes_make_the_one_process_table(tmp_path, uninterrupted, lm_di
             for rank in (0, 1)}  # fmt: skip
     assert rows == {0: [0, 1, 2, 3, 8, 9, 10], 1: [4, 5, 6, 7]}  # batch j on process j mod 2, no row twice
 
+    # killed before the merge, process 1 in the middle of row 7; resumed with one process
+    part1 = tmp_path / "two.jsonl.parts" / "part-1.jsonl"
+    lines = part1.read_bytes().splitlines(keepends=True)
+    part1.write_bytes(b"".join(lines[:3]) + lines[3][:10])
+    two.unlink()
+    got = app.main(parse(flags(lm_dir, captions_file, two)))
+    assert two.read_text() == out.read_text() and got["this_run"] | {"seconds": 0} == {
+        "processes": 1, "rows_made": 1, "seconds": 0, "resumed": True}  # fmt: skip
+
+
+def test_csv_and_parquet_inputs_keep_their_columns(tmp_path, lm_dir, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    edit = fake_lm(lambda c, kind: [f" {c} and a {kind}\n"])
+    monkeypatch.setattr(LMGenerator, "__call__", lambda self, prompts, seed: edit(prompts, seed))
+    rows = [{"file": f"{i}.jpg", "text": c, "score": i / 2} for i, c in enumerate(CAPTIONS)]
+    (tmp_path / "in.csv").write_text("file,text,score\n" + "".join(f"{r['file']},{r['text']},{r['score']}\n"
+                                                                   for r in rows))  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    for source, cell in (("in.csv", str), ("in.parquet", float)):
+        out = tmp_path / f"{source}.jsonl"
+        app.main(parse(flags(lm_dir, tmp_path / source, out, "--image_column", "file", "--caption_column", "text",
+                             "--negative_types", "swap-obj", "add-att")))  # fmt: skip
+        got = read_jsonl(out)
+        assert [{k: r[k] for k in ("file", "text", "score")} for r in got] == [
+            {**r, "score": cell(r["score"])} for r in rows]  # fmt: skip
+        assert got[2]["negative_captions"] == [f"{CAPTIONS[2]} and a swap-obj", f"{CAPTIONS[2]} and a add-att"]
+        assert got[2]["negative_types"] == ["swap-obj", "add-att"]
+
 
 # -- generation, plausibility ---------------------------------------------------------------------------------------
 
