@@ -95,6 +95,7 @@ def test_table_reads_as_it_is_and_trains(tmp_path, uninterrupted, captions_file,
     assert rows[6]["negative_captions"] == [] and summary["rows_skipped"] == {"empty_caption": 1}
     kept = sum(len(r["negative_captions"]) for r in rows)
     assert kept == summary["negatives"] > 0 and summary["rows_prompted"] == 10
+    assert summary["blind_text_accuracy"] is None and summary["negatives_scored"] == 0  # no `plausibility`
     assert summary["candidates"] == 10 * len(TYPES) == kept + sum(summary["dropped"].values())
     assert summary["negatives_per_type"] == {t: sum(r["negative_types"].count(t) for r in rows) for t in TYPES}
     assert json.loads(open(str(out).replace(".jsonl", ".summary.json")).read()) == summary
@@ -324,6 +325,10 @@ def test_plausibility_keeps_what_an_independent_log_likelihood_keeps(lm_dir):
     rows = write_negatives(positives, ["replace-obj"], PROMPTS, generate, filters)
     want = [[c for c in cs if reference(c) >= reference(p) - margin] for p, cs in zip(positives, per_row, strict=True)]
     assert [r.negatives for r in rows] == want and sum(len(w) for w in want) == 3
+    assert [r.positive_score for r in rows] == pytest.approx([reference(p) for p in positives], abs=1e-5)
+    assert [s for r in rows for s in r.scores] == pytest.approx([reference(c) for w in want for c in w], abs=1e-5)
+    pairs = [(reference(p), reference(c)) for p, w in zip(positives, want, strict=True) for c in w]
+    assert lm.blind_accuracy(pairs) == sum(a > b for a, b in pairs) / 3 and lm.blind_accuracy([]) is None
     assert sum(r.dropped.get("replace-obj", {}).get("implausible", 0) for r in rows) == 3
 
 
@@ -333,6 +338,8 @@ def test_plausibility_through_the_application(tmp_path, lm_dir, captions_file):
                                    "--plausibility_margin", "0.0", "--plausibility_model", str(lm_dir))))
     assert summary["candidates"] == 30 and summary["dropped"].get("implausible", 0) > 0  # random text: less likely
     assert summary["negatives"] + sum(summary["dropped"].values()) == 30
+    # margin 0: every kept negative is at least as likely as its caption, so a blind model never finds it out
+    assert summary["negatives_scored"] == summary["negatives"] > 0 and summary["blind_text_accuracy"] == 0.0
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------

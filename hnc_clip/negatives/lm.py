@@ -26,7 +26,8 @@ negatives through the filters (`FILTERS`), in order; every candidate dropped is 
 
 The last is SugarCrepe's lesson: ARO's and CREPE's negatives were often ungrammatical or nonsensical, so a blind
 text model (no image) could tell them from the positive; SugarCrepe filtered those out. Here a negative whose mean
-per-token log-likelihood lies far below its caption's is one such giveaway.
+per-token log-likelihood lies far below its caption's is one such giveaway; `blind_accuracy` says how often the
+scoring LM still prefers the caption among the negatives kept (0.5: chance).
 """
 
 from __future__ import annotations
@@ -289,12 +290,16 @@ class PlausibilityFilter:
     scorer: Callable[[Sequence[str]], list[float]]
     margin: float
     reason = "implausible"
+    # the last call's scores, per caption: (its own, {candidate: score}); `write_negatives` keeps the kept ones'
+    scores: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
     def __call__(self, positives: Sequence[str], candidates: Candidates) -> list[list[bool]]:
         texts = list(positives) + [t for cs in candidates for _, t in cs]
         scores = self.scorer(texts)
         pos, rest = scores[: len(positives)], iter(scores[len(positives) :])
-        return [[next(rest) >= pos[i] - self.margin for _ in cs] for i, cs in enumerate(candidates)]
+        self.scores = [(pos[i], {t: next(rest) for _, t in cs}) for i, cs in enumerate(candidates)]
+        return [[own[t] >= p - self.margin for _, t in cs]
+                for (p, own), cs in zip(self.scores, candidates, strict=True)]  # fmt: skip
 
 
 def _needs_scorer(opts: FilterOptions) -> PlausibilityFilter:
@@ -368,6 +373,9 @@ class RowNegatives:
     negatives: list[str] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # type -> reason -> count
+    # with `plausibility`: the caption's and each kept negative's mean per-token log-likelihood
+    positive_score: float | None = None
+    scores: list[float] | None = None
 
     def drop(self, kind: str, reason: str) -> None:
         by_reason = self.dropped.setdefault(kind, {})
@@ -405,10 +413,20 @@ def write_negatives(
                 if not ok:
                     rows[i].drop(kind, filt.reason)
             candidates[i] = [c for c, ok in zip(cs, keep, strict=True) if ok]
-    for row, cs in zip(rows, candidates, strict=True):
+    scored = next((f.scores for f in filters if isinstance(f, PlausibilityFilter)), None)
+    for i, (row, cs) in enumerate(zip(rows, candidates, strict=True)):
         row.types = [kind for kind, _ in cs]
         row.negatives = [t for _, t in cs]
+        if scored is not None:
+            row.positive_score, own = scored[i]
+            row.scores = [own[t] for t in row.negatives]
     return rows
+
+
+def blind_accuracy(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Over (positive score, negative score) pairs: how often a blind text model that picks the likelier caption
+    is right. SugarCrepe's target is chance (0.5): above it, the text alone gives the negative away."""
+    return sum(p > n for p, n in pairs) / len(pairs) if pairs else None
 
 
 def count_dropped(dropped: dict[str, dict[str, int]]) -> Counter:

@@ -42,6 +42,7 @@ from hnc_clip.negatives.lm import (
     GenerationSettings,
     LMGenerator,
     LogLikelihoodScorer,
+    blind_accuracy,
     build_filters,
     load_prompts,
     write_negatives,
@@ -295,7 +296,9 @@ def make_part(
             got = by_row.get(n)
             record = {**row, args.negative_caption_column: got.negatives if got else [],
                       args.negative_type_column: got.types if got else []}  # fmt: skip
-            entries.append({"row": n, "record": record, "skipped": skip, "dropped": got.dropped if got else {}})
+            scores = {"positive": got.positive_score, "negatives": got.scores} if got and got.scores else None
+            entries.append({"row": n, "record": record, "skipped": skip, "dropped": got.dropped if got else {},
+                            "scores": scores})  # fmt: skip
         writer.append(entries)
     if n_rows == 0:
         raise TableFormatError(f"{source}: no rows")
@@ -307,8 +310,11 @@ def summarize(entries: Iterator[dict], args: NegativesArguments) -> dict:
     skipped, kept, dropped = Counter(), Counter(), Counter()
     dropped_per_type: dict[str, Counter] = {t: Counter() for t in args.negative_types}
     rows = without = 0
+    scored = []  # (positive, negative) log-likelihoods, with `plausibility`
     for e in entries:
         rows += 1
+        if e.get("scores"):
+            scored += [(e["scores"]["positive"], n) for n in e["scores"]["negatives"]]
         if e["skipped"]:
             skipped[e["skipped"]] += 1
         else:
@@ -328,6 +334,8 @@ def summarize(entries: Iterator[dict], args: NegativesArguments) -> dict:
         "dropped": {r: dropped[r] for r in DROP_REASONS if dropped[r]} | {r: n for r, n in dropped.items()
                                                                           if r not in DROP_REASONS},
         "dropped_per_type": {t: dict(c) for t, c in dropped_per_type.items() if c},
+        # kept negatives a blind text model (the scoring LM) finds less likely than their caption: 0.5 is chance
+        "blind_text_accuracy": blind_accuracy(scored), "negatives_scored": len(scored),
     }  # fmt: skip
 
 
