@@ -21,6 +21,7 @@ echoes its caption or writes nothing): the summary is written, the table is not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -345,6 +346,11 @@ def summarize(entries: Iterator[dict], args: NegativesArguments) -> dict:
 def main(args: NegativesArguments) -> dict | None:
     """Make this process's part, then (main process) merge the parts into --output_file. Returns the summary on the
     main process, None on the others."""
+    with contextlib.ExitStack() as run:  # holds the parts folder's lock until the end, however it ends
+        return make_table(args, run)
+
+
+def make_table(args: NegativesArguments, run: contextlib.ExitStack) -> dict | None:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -373,9 +379,9 @@ def main(args: NegativesArguments) -> dict | None:
     state.wait_for_everyone()
     resuming = check_settings(parts_dir, settings)
     state.wait_for_everyone()
-    lock = None
     if state.is_main_process:
         lock = OutputDirLock(parts_dir, flag="--parts_dir").acquire()  # a second run into it stops here
+        run.callback(lock.release)
         if not resuming:
             write_settings(parts_dir, settings)
     state.wait_for_everyone()
@@ -410,26 +416,22 @@ def main(args: NegativesArguments) -> dict | None:
         return None
 
     # 5. Merge (main process), summary, the table
-    try:
-        summary = summarize(merged_entries(parts_dir, n_rows), args)
-        summary["this_run"] = {"processes": world, "rows_made": n_rows - len(done), "seconds": max(times),
-                               "resumed": resuming}  # fmt: skip
-        write_atomic(args.summary_file, json.dumps(summary, indent=1) + "\n")
-        log_summary(summary, args.summary_file)
-        share = summary["rows_without_negative"] / max(1, summary["rows_prompted"])
-        if share > args.max_rows_without_negative or summary["negatives"] == 0:
-            raise TooFewNegativesError(
-                f"{summary['rows_without_negative']} of {summary['rows_prompted']} captions got no negative "
-                f"(> --max_rows_without_negative {args.max_rows_without_negative}); dropped: {summary['dropped']}. "
-                f"An LM that echoes its caption or writes nothing does this: check --model_name_or_path, "
-                f"--chat_template, --max_new_tokens and the prompts. No table written; {args.summary_file} has the "
-                f"counts, {parts_dir} the lines (rerun with a higher --max_rows_without_negative to write them)"
-            )
-        # a second pass over the parts: the table is never held in memory
-        write_jsonl_atomic(args.output_file, (e["record"] for e in merged_entries(parts_dir, n_rows)))
-    finally:
-        if lock is not None:
-            lock.release()
+    summary = summarize(merged_entries(parts_dir, n_rows), args)
+    summary["this_run"] = {"processes": world, "rows_made": n_rows - len(done), "seconds": max(times),
+                           "resumed": resuming}  # fmt: skip
+    write_atomic(args.summary_file, json.dumps(summary, indent=1) + "\n")
+    log_summary(summary, args.summary_file)
+    share = summary["rows_without_negative"] / max(1, summary["rows_prompted"])
+    if share > args.max_rows_without_negative or summary["negatives"] == 0:
+        raise TooFewNegativesError(
+            f"{summary['rows_without_negative']} of {summary['rows_prompted']} captions got no negative "
+            f"(> --max_rows_without_negative {args.max_rows_without_negative}); dropped: {summary['dropped']}. "
+            f"An LM that echoes its caption or writes nothing does this: check --model_name_or_path, "
+            f"--chat_template, --max_new_tokens and the prompts. No table written; {args.summary_file} has the "
+            f"counts, {parts_dir} the lines (rerun with a higher --max_rows_without_negative to write them)"
+        )
+    # a second pass over the parts: the table is never held in memory
+    write_jsonl_atomic(args.output_file, (e["record"] for e in merged_entries(parts_dir, n_rows)))
     if not args.keep_parts:
         shutil.rmtree(parts_dir, ignore_errors=True)
     return summary
