@@ -390,15 +390,17 @@ def make_table(args: NegativesArguments, run: contextlib.ExitStack) -> dict | No
         logger.info(f"resuming from {parts_dir}: {len(done)} rows made already")
     state.wait_for_everyone()
 
-    # 3. The LM(s) and the filters
-    model, tokenizer = load_lm(args.model_name_or_path, args, state.device)
+    # 3. The LM(s) and the filters (a Hub model downloaded once, by the main process, before the others load it)
+    with state.main_process_first():
+        model, tokenizer = load_lm(args.model_name_or_path, args, state.device)
     generate = LMGenerator(model, tokenizer, GenerationSettings(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
         num_return_sequences=args.negatives_per_type, chat_template=args.chat_template))  # fmt: skip
     scorer = None
     if "plausibility" in args.filters:
         own = (model, tokenizer)
-        scoring = load_lm(args.plausibility_model, args, state.device) if args.plausibility_model else own
+        with state.main_process_first():
+            scoring = load_lm(args.plausibility_model, args, state.device) if args.plausibility_model else own
         scorer = LogLikelihoodScorer(*scoring, batch_size=args.batch_size)
     filters = build_filters(args.filters, FilterOptions(args.max_words, args.max_length_ratio, scorer,
                                                         args.plausibility_margin))  # fmt: skip
