@@ -66,8 +66,8 @@ def previous_run(output_dir: str) -> list[str]:
 class OutputDirLock:
     """An exclusive `flock` on `<output_dir>/.hnc-clip.lock`, held until `release` or the process's end."""
 
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
+    def __init__(self, output_dir: str, flag: str = "--output_dir"):
+        self.output_dir, self.flag = output_dir, flag  # the flag that names the folder, for the message
         self.path = os.path.join(output_dir, LOCK_FILE)
         self.fd: int | None = None
 
@@ -80,8 +80,8 @@ class OutputDirLock:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process that wrote nothing yet"
             os.close(fd)
             raise OutputDirInUseError(
-                f"another run is writing to --output_dir {self.output_dir} ({holder}): wait for it to end, or choose "
-                "another --output_dir"
+                f"another run is writing to {self.flag} {self.output_dir} ({holder}): wait for it to end, or choose "
+                f"another {self.flag}"
             ) from None
         except OSError as err:  # e.g. ENOLCK on some network file systems
             os.close(fd)

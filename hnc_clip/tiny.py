@@ -1,4 +1,4 @@
-"""Small CLIP and SigLIP models and word-level tokenizers that are built in code and run offline.
+"""Small CLIP and SigLIP models, a small causal LM, and their tokenizers, built in code and run offline.
 
 Used by the tests and by the synthetic world (`hnc_clip.demo.world`): no machine here can download
 `openai/clip-vit-base-patch32`, so we build a `CLIPModel` + `CLIPProcessor` from scratch and save them
@@ -11,6 +11,9 @@ set `text_config.eos_token_id = 3`, so pooling reads the first EOS, whatever the
 SigLIP (`save_tiny_siglip`): a `SiglipModel` + `SiglipProcessor` whose tokenizer is laid out as SigLIP's
 sentencepiece one — no BOS, `</s>` appended, and `</s>` also the pad token — but word-level (the `tokenizers`
 library; no sentencepiece model to train). Its logit scale and bias start at the paper's t' = log 10, b = −10.
+
+Causal LM (`save_tiny_causal_lm`): a randomly initialised GPT-2 with a byte-level BPE tokenizer trained on the
+given texts (GPT-2's layout: `<|endoftext|>` is BOS, EOS and pad), for the LM negatives (`hnc-clip-negatives`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     CLIPProcessor,
+    GPT2Config,
+    GPT2LMHeadModel,
     PreTrainedTokenizerFast,
     Siglip2Config,
     Siglip2ImageProcessor,
@@ -250,4 +255,36 @@ def save_tiny_siglip2(
     image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=max_num_patches)
     model.save_pretrained(output_dir)
     Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir
+
+
+LM_EOS = "<|endoftext|>"
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts` (every byte is a token, so any text encodes; `\\n` too)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[LM_EOS], initial_alphabet=alphabet,
+                                  show_progress=False)  # fmt: skip
+    tok.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=LM_EOS, eos_token=LM_EOS, pad_token=LM_EOS)
+
+
+def save_tiny_causal_lm(output_dir: str, texts: Iterable[str], vocab_size: int = 400, seed: int = 0,
+                        **config_kwargs) -> str:  # fmt: skip
+    """A random GPT-2 (1 layer, width 32 unless `config_kwargs` say otherwise) + a BPE tokenizer for `texts`,
+    saved with `save_pretrained`: it loads through `AutoModelForCausalLM` / `AutoTokenizer` as a Hub model does."""
+    import torch
+
+    tokenizer = build_bpe_tokenizer(texts, vocab_size)
+    eos = tokenizer.convert_tokens_to_ids(LM_EOS)
+    config = GPT2Config(**{"vocab_size": len(tokenizer), "n_positions": 1024, "n_embd": 32, "n_layer": 1,
+                           "n_head": 2, "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
+                           **config_kwargs})  # fmt: skip
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
     return output_dir

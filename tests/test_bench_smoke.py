@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -152,3 +154,16 @@ def test_streaming_smoke(tmp_path):
     assert all(r["samples"] == 48 and r["samples_per_s"] > 0 for r in rows)  # 2 passes over 24 samples, no more
     assert rows[2]["workers_rss_mb"][0] > 0 and rows[0]["workers_rss_mb"] == [0, 0]
     assert "| 1 | all | 48 |" in stdout
+
+
+def test_negative_lm_smoke(tmp_path):
+    out = tmp_path / "negative_lm.json"
+    stdout = _run("negative_lm.py", "--n_layer", "1", "--n_embd", "32", "--captions", "8", "--batch_sizes", "4",
+                  "--max_new_tokens", "4", "--types", "replace-obj", "swap-att", "--output", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["parameters"] > 0 and result["captions"] == 8 and result["types"] == ["replace-obj", "swap-att"]
+    rows = result["rows"]
+    assert [(r["batch_size"], r["sampling"], r["plausibility"]) for r in rows] == [(4, False, False), (4, True, False),
+                                                                                  (4, False, True)]  # fmt: skip
+    assert all(r["captions_per_s"] > 0 and r["prompts_per_s"] == pytest.approx(2 * r["captions_per_s"]) for r in rows)
+    assert "| 4 | sampled | - |" in stdout

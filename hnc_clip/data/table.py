@@ -211,8 +211,11 @@ class _RowReader:
         }  # fmt: skip
 
 
-def _source(path: str, data_args, split: str) -> tuple[Iterator[tuple[str, dict]], str]:
-    """(rows, fingerprint key) of a file, a dataset folder or a Hub dataset."""
+def read_table(
+    path: str, config_name: str | None = None, split: str = "train"
+) -> tuple[Iterator[tuple[str, dict]], str]:
+    """(rows, fingerprint key) of a file, a dataset folder or a Hub dataset: rows as (position, row) pairs, the
+    position as an error names it (`line 3`, `row 2`)."""
     ext = os.path.splitext(path)[1].lower()
     if ext in FILE_READERS:
         if not os.path.isfile(path):
@@ -220,8 +223,12 @@ def _source(path: str, data_args, split: str) -> tuple[Iterator[tuple[str, dict]
         st = os.stat(path)
         return FILE_READERS[ext](path), f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
     # A folder or a Hub name: `datasets` caches it as Arrow already; its fingerprint names that version.
-    ds = datasets.load_dataset(path, data_args.dataset_config_name, split=split)
-    return _dataset_rows(ds), f"{path}|{data_args.dataset_config_name}|{split}|{ds._fingerprint}"
+    ds = datasets.load_dataset(path, config_name, split=split)
+    return _dataset_rows(ds), f"{path}|{config_name}|{split}|{ds._fingerprint}"
+
+
+def _source(path: str, data_args, split: str) -> tuple[Iterator[tuple[str, dict]], str]:
+    return read_table(path, data_args.dataset_config_name, split)
 
 
 def _column_flags(data_args) -> dict:
