@@ -247,8 +247,9 @@ class HncTrainingArguments(TrainingArguments):
     loss_type: str = field(
         default="hnc",
         metadata={
-            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`. A SigLIP "
-            "model trains `clip`, `hnc`, `pairwise`, `dpo` in their sigmoid form (hnc_clip/losses.py)."
+            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`, "
+            "`fsc_clip` (FSC-CLIP's global terms), `ce_clip` (CE-CLIP). A SigLIP model trains `clip`, `hnc`, "
+            "`pairwise`, `dpo`, `fsc_clip` in their sigmoid form (hnc_clip/losses.py)."
         },
     )
     hard_negative_weight: float = field(
@@ -276,6 +277,35 @@ class HncTrainingArguments(TrainingArguments):
     dpo_beta: float = field(default=0.1, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."})
     dpo_contrastive_weight: float = field(
         default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
+    )
+    fsc_focal_gamma: float = field(
+        default=2.0,
+        metadata={"help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
+                          "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."},
+    )
+    fsc_label_smoothing: float = field(
+        default=0.02,
+        metadata={"help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
+                          "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."},
+    )
+    fsc_local_weight: float = field(
+        default=0.0,
+        metadata={"help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
+                          "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
+                          "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
+                          "GradCache). Any value but 0 is refused."},
+    )
+    ce_clip_imc_weight: float = field(
+        default=0.2, metadata={"help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
+                                       "the hard negatives in text space; the authors' default 0.2)."},
+    )
+    ce_clip_cmr_weight: float = field(
+        default=0.2, metadata={"help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the "
+                                       "authors' default 0.2)."},
+    )
+    ce_clip_threshold_max: float = field(
+        default=10.0, metadata={"help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
+                                          "authors' --upper-bound, default 10)."},
     )
     max_logit_scale: float | None = field(
         default=None,
@@ -437,6 +467,7 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
         if self.gradcache_chunk_size and self.l2_reg_weight > 0:
             raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
+        self._check_loss_flags()
         from .trainer import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
@@ -485,6 +516,43 @@ class HncTrainingArguments(TrainingArguments):
         ("max_grad_norm", 0, None, False, False),
         ("label_smoothing_factor", 0, 1, False, False),
     )
+
+    # flag → the loss types that read it: set to anything but its default with another loss, it is refused.
+    LOSS_FLAGS = {
+        "fsc_focal_gamma": ("fsc_clip",),
+        "fsc_label_smoothing": ("fsc_clip",),
+        "fsc_local_weight": ("fsc_clip",),
+        "ce_clip_imc_weight": ("ce_clip",),
+        "ce_clip_cmr_weight": ("ce_clip",),
+        "ce_clip_threshold_max": ("ce_clip",),
+    }
+
+    def _check_loss_flags(self) -> None:
+        """The FSC-CLIP and CE-CLIP knobs: in range, used only with their loss; λ refused where a loss has none."""
+        check_range("fsc_focal_gamma", self.fsc_focal_gamma, 0)
+        check_range("fsc_label_smoothing", self.fsc_label_smoothing, 0, 1, high_open=True)
+        check_range("ce_clip_imc_weight", self.ce_clip_imc_weight, 0)
+        check_range("ce_clip_cmr_weight", self.ce_clip_cmr_weight, 0)
+        check_range("ce_clip_threshold_max", self.ce_clip_threshold_max, 0)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for flag, losses in self.LOSS_FLAGS.items():
+            if getattr(self, flag) != defaults[flag] and self.loss_type not in losses:
+                raise ValueError(f"--{flag} is read only by --loss_type {' / '.join(losses)}, not by "
+                                 f"--loss_type {self.loss_type}: leave it unset")
+        if self.fsc_local_weight != 0:
+            raise ValueError(
+                "--fsc_local_weight: FSC-CLIP's local token–patch hard-negative term is not implemented. It needs "
+                "per-token text and per-patch image embeddings; this recipe's forward produces pooled embeddings only "
+                "(hnc_clip/forward.py embed, GradCache caches those). --loss_type fsc_clip trains its global terms "
+                "(the focal hard-negative loss with smoothed targets); leave --fsc_local_weight 0"
+            )
+        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
+        if self.loss_type == "ce_clip" and weighted:
+            raise ValueError(
+                "--loss_type ce_clip has no λ: its hard negatives sit in the image→text softmax unweighted, and its "
+                "own terms have --ce_clip_imc_weight and --ce_clip_cmr_weight (leave --hard_negative_weight 1 and "
+                "--hard_negative_schedule constant)"
+            )
 
     def _check_ranges(self) -> None:
         for flag, low, high, low_open, high_open in self.RANGES:

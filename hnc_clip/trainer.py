@@ -135,6 +135,7 @@ class HncTrainer(Trainer):
         # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
         self._pending: tuple | None = None  # this micro-step's (loss, components, metrics, rows), until checked
+        self.loss_state: dict = {}  # what a loss carries from step to step (`LossConfig.state`)
         # This train() call's totals, from the logged counts (summed over processes), for --max_skipped_fraction.
         self.run_totals = dict.fromkeys(
             ("skipped_images", "pairs", "skipped_steps", "nonfinite_steps", *self._data_counts), 0.0
@@ -271,8 +272,11 @@ class HncTrainer(Trainer):
         k = getattr(collator, "negatives_per_row", None) or 1
         return placeholder_batch(model, self.args.device, k, getattr(collator, "allow_missing_negatives", False))
 
-    def loss_config(self) -> LossConfig:
+    def loss_config(self, training: bool = True) -> LossConfig:
+        """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
+        from a copy, so an evaluation does not move it."""
         a = self.args
+        state = self.loss_state
         return LossConfig(
             hard_negative_weight=self.current_hard_negative_weight(),
             l2_reg_weight=a.l2_reg_weight,
@@ -281,6 +285,12 @@ class HncTrainer(Trainer):
             dpo_beta=a.dpo_beta,
             dpo_contrastive_weight=a.dpo_contrastive_weight,
             mask_same_image=a.mask_same_image,
+            fsc_focal_gamma=a.fsc_focal_gamma,
+            fsc_label_smoothing=a.fsc_label_smoothing,
+            ce_clip_imc_weight=a.ce_clip_imc_weight,
+            ce_clip_cmr_weight=a.ce_clip_cmr_weight,
+            ce_clip_threshold_max=a.ce_clip_threshold_max,
+            state=state if training else dict(state),
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -295,7 +305,7 @@ class HncTrainer(Trainer):
                     self.step_guard.note_rows(0)
                 return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
-        cfg = self.loss_config()
+        cfg = self.loss_config(model.training)
         components = loss_components(self.loss_spec.fn, inp, cfg)
         loss = total_loss(components, inp)
         rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
@@ -395,6 +405,9 @@ class HncTrainer(Trainer):
         metrics.update(similarity_stats(local))
         metrics["hard_negative_weight"] = cfg.hard_negative_weight
         metrics["logit_scale"] = logit_scale
+        thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
+        if thresholds is not None:
+            metrics["ce_clip_threshold"] = thresholds.mean()
         return metrics
 
     def _add(self, mode: str, name: str, value, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:

@@ -168,6 +168,8 @@ def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_i
     components = {k for k in logged if k.endswith("_loss")}
     assert components, logged
     assert sum(logged[k] for k in components) == pytest.approx(logged["loss"], rel=1e-4)
+    if loss_type == "ce_clip":  # its adaptive thresholds, carried from step to step, are logged
+        assert math.isfinite(logged["ce_clip_threshold"]) and logged["ce_clip_threshold"] >= 0
 
 
 def test_hard_negative_weight_schedule_is_logged(tmp_path, tiny_clip_dir, sample_image_dir):
