@@ -307,6 +307,29 @@ class HncTrainingArguments(TrainingArguments):
         default=10.0, metadata={"help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
                                           "authors' --upper-bound, default 10)."},
     )
+    eval_benchmarks: list[str] | None = field(
+        default=None,
+        metadata={"help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
+                          "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
+                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1) or NAME=pairs:PAIR_FILE,"
+                          "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
+                          "(hnc_clip/evaluation/watch.py)."},
+    )
+    objective_metric: str | None = field(
+        default=None,
+        metadata={"help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
+                          "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
+                          "logged as eval_objective; --metric_for_best_model objective picks by it."},
+    )
+    objective_floor_metric: str | None = field(
+        default=None,
+        metadata={"help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
+                          "value falls more than --objective_floor_margin below the starting model's (measured by "
+                          "--eval_on_start, which this needs) scores its objective − 1."},
+    )
+    objective_floor_margin: float = field(
+        default=0.01, metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
+    )
     max_logit_scale: float | None = field(
         default=None,
         metadata={
@@ -468,6 +491,7 @@ class HncTrainingArguments(TrainingArguments):
         if self.gradcache_chunk_size and self.l2_reg_weight > 0:
             raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
         self._check_loss_flags()
+        self._check_watch_flags()
         from .trainer import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
@@ -516,6 +540,25 @@ class HncTrainingArguments(TrainingArguments):
         ("max_grad_norm", 0, None, False, False),
         ("label_smoothing_factor", 0, 1, False, False),
     )
+
+    def _check_watch_flags(self) -> None:
+        """--eval_benchmarks read now (a bad entry fails before any work); the objective's flags consistent."""
+        from .evaluation.watch import parse_watches
+
+        parse_watches(self.eval_benchmarks)
+        check_range("objective_floor_margin", self.objective_floor_margin, 0)
+        never = str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no"
+        if self.eval_benchmarks and never and not self.eval_on_start:
+            raise ValueError("--eval_benchmarks are scored at each evaluation: set --eval_strategy steps (with "
+                             "--eval_steps N) or epoch, or --eval_on_start")  # fmt: skip
+        if self.objective_floor_metric and not self.objective_metric:
+            raise ValueError("--objective_floor_metric is the floor of --objective_metric: give that too")
+        if self.objective_floor_metric and not self.eval_on_start:
+            raise ValueError("--objective_floor_metric is measured on the starting model by the evaluation before "
+                             "training: add --eval_on_start")  # fmt: skip
+        if self.metric_for_best_model in ("objective", "eval_objective") and not self.objective_metric:
+            raise ValueError("--metric_for_best_model objective needs --objective_metric (and optionally "
+                             "--objective_floor_metric)")  # fmt: skip
 
     # flag → the loss types that read it: set to anything but its default with another loss, it is refused.
     LOSS_FLAGS = {

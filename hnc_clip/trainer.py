@@ -36,6 +36,7 @@ from .data.hnc import PAIR_COLUMNS
 from .data.stream import StreamLoader, StreamStateError, TrainingStream
 from .data.table import TABLE_COLUMNS, HardImagePairs
 from .errors import NothingTrainedError, TooManySkippedError
+from .evaluation.watch import FLOOR_FILE, BenchmarkWatch, Objective, load_floor, parse_watches, save_floor
 from .families import ModelFamily, family_of
 from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
@@ -151,6 +152,10 @@ class HncTrainer(Trainer):
             self.sigterm.save = self.args.save_on_sigterm
             self.add_callback(self.sigterm)
         check_parallelism(self)
+        self.benchmark_watch = self._benchmark_watch()
+        self.objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
+                                   self.args.objective_floor_margin) if self.args.objective_metric else None
+        self.floor_minimum: float | None = None  # the objective's floor, from the starting model
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
@@ -485,6 +490,56 @@ class HncTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    # -- what an evaluation also scores, and the objective -----------------------------------------------------
+
+    def _benchmark_watch(self) -> BenchmarkWatch | None:
+        if not self.args.eval_benchmarks:
+            return None
+        if self.is_deepspeed_enabled:  # the watch runs the unwrapped model: ZeRO-3 shards its weights
+            raise ValueError("--eval_benchmarks run the model outside the engine: not under DeepSpeed (use DDP)")
+        if self.processing_class is None:
+            raise ValueError("--eval_benchmarks need the model's processor (HncTrainer(processing_class=...))")
+        return BenchmarkWatch(parse_watches(self.args.eval_benchmarks), self.processing_class,
+                              self.args.per_device_eval_batch_size, self.args.seed)  # fmt: skip
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
+        merged into the returned metrics (what --metric_for_best_model reads) and logged."""
+        outer = not getattr(self, "_evaluating", False)
+        self._evaluating = True
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._evaluating = not outer
+        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and self.objective is None):
+            return metrics
+        extra = {}
+        if self.benchmark_watch is not None:
+            # every process scores the whole benchmark (the same numbers everywhere, which the checkpoint choice
+            # on each process needs)
+            extra = {f"eval_{k}": v for k, v in self.benchmark_watch(self.model).items()}
+        if self.objective is not None:
+            extra.update(self.objective.values({**metrics, **extra}, self._floor({**metrics, **extra})))
+        metrics.update(extra)
+        self.log(extra)
+        return metrics
+
+    def _floor(self, metrics: dict) -> float | None:
+        """The objective's floor: from the start evaluation (step 0, saved for a resumed run), else that file."""
+        if self.objective.floor_metric is None:
+            return None
+        if self.state.global_step == 0:
+            self.floor_minimum = self.objective.floor_minimum(metrics)
+            if self.args.should_save:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + self.objective.floor_margin)
+        if self.floor_minimum is None:
+            self.floor_minimum = load_floor(self.args.output_dir)
+        if self.floor_minimum is None:
+            raise RuntimeError(f"--objective_floor_metric: no starting value (the --eval_on_start evaluation at step 0"
+                               f", or {self.args.output_dir}/{FLOOR_FILE} of the run being resumed)")  # fmt: skip
+        return self.floor_minimum
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
