@@ -113,3 +113,32 @@ def test_training_watches_the_benchmarks_and_keeps_the_checkpoint_the_objective_
     assert all(any(not torch.equal(kept[k], o[k]) for k in kept) for o in others)
     results = json.loads((out / "all_results.json").read_text())
     assert "eval_recognition_top1" in results and "eval_objective" in results  # the final evaluation too
+
+
+def test_a_resumed_run_reads_the_floor_of_its_start_and_says_when_it_cannot(tmp_path):
+    """`HncTrainer._floor`: measured at step 0 and saved; after a restart (step > 0, nothing in memory) read back from
+    objective_floor.json; without that file, an error instead of a floor from the resumed model."""
+    from types import SimpleNamespace
+
+    from hnc_clip.trainer import HncTrainer
+
+    def trainer(step):
+        return SimpleNamespace(objective=Objective("rel_accuracy", "zs_top1", 0.02), floor_minimum=None,
+                               state=SimpleNamespace(global_step=step),
+                               args=SimpleNamespace(output_dir=str(tmp_path), should_save=True))  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="no starting value"):
+        HncTrainer._floor(trainer(40), {"eval_zs_top1": 0.3})
+    assert HncTrainer._floor(trainer(0), {"eval_zs_top1": 0.5}) == pytest.approx(0.48)
+    assert HncTrainer._floor(trainer(40), {"eval_zs_top1": 0.3}) == pytest.approx(0.48)  # the start's, not 0.28
+
+
+def test_eval_benchmarks_are_refused_under_deepspeed():
+    from types import SimpleNamespace
+
+    from hnc_clip.trainer import HncTrainer
+
+    fake = SimpleNamespace(args=SimpleNamespace(eval_benchmarks=["a=zeroshot:x"]), is_deepspeed_enabled=True,
+                           processing_class=object())  # fmt: skip
+    with pytest.raises(ValueError, match="not under DeepSpeed"):
+        HncTrainer._benchmark_watch(fake)
