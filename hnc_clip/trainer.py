@@ -153,7 +153,8 @@ class HncTrainer(Trainer):
             self.add_callback(self.sigterm)
         check_parallelism(self)
         self.benchmark_watch = self._benchmark_watch()
-        self.objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
+        # (not `self.objective`: the Trainer's hyper-parameter search keeps a trial's number there)
+        self.checkpoint_objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
                                    self.args.objective_floor_margin) if self.args.objective_metric else None
         self.floor_minimum: float | None = None  # the objective's floor, from the starting model
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
@@ -512,28 +513,30 @@ class HncTrainer(Trainer):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self._evaluating = not outer
-        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and self.objective is None):
+        goal = self.checkpoint_objective
+        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and goal is None):
             return metrics
         extra = {}
         if self.benchmark_watch is not None:
             # every process scores the whole benchmark (the same numbers everywhere, which the checkpoint choice
             # on each process needs)
             extra = {f"eval_{k}": v for k, v in self.benchmark_watch(self.model).items()}
-        if self.objective is not None:
-            extra.update(self.objective.values({**metrics, **extra}, self._floor({**metrics, **extra})))
+        if goal is not None:
+            extra.update(goal.values({**metrics, **extra}, self._floor({**metrics, **extra})))
         metrics.update(extra)
         self.log(extra)
         return metrics
 
     def _floor(self, metrics: dict) -> float | None:
         """The objective's floor: from the start evaluation (step 0, saved for a resumed run), else that file."""
-        if self.objective.floor_metric is None:
+        goal = self.checkpoint_objective
+        if goal.floor_metric is None:
             return None
         if self.state.global_step == 0:
-            self.floor_minimum = self.objective.floor_minimum(metrics)
+            self.floor_minimum = goal.floor_minimum(metrics)
             if self.args.should_save:
                 os.makedirs(self.args.output_dir, exist_ok=True)
-                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + self.objective.floor_margin)
+                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + goal.floor_margin)
         if self.floor_minimum is None:
             self.floor_minimum = load_floor(self.args.output_dir)
         if self.floor_minimum is None:

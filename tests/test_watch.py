@@ -123,7 +123,7 @@ def test_a_resumed_run_reads_the_floor_of_its_start_and_says_when_it_cannot(tmp_
     from hnc_clip.trainer import HncTrainer
 
     def trainer(step):
-        return SimpleNamespace(objective=Objective("rel_accuracy", "zs_top1", 0.02), floor_minimum=None,
+        return SimpleNamespace(checkpoint_objective=Objective("rel_accuracy", "zs_top1", 0.02), floor_minimum=None,
                                state=SimpleNamespace(global_step=step),
                                args=SimpleNamespace(output_dir=str(tmp_path), should_save=True))  # fmt: skip
 
