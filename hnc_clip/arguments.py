@@ -311,7 +311,8 @@ class HncTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
                           "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
-                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1) or NAME=pairs:PAIR_FILE,"
+                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
+                          "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
                           "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
                           "(hnc_clip/evaluation/watch.py)."},
     )

@@ -22,6 +22,9 @@ def test_parse_watch():
                                                                         ("relation", "swap"), 50)  # fmt: skip
     w = parse_watch("zs=zeroshot:folder,classnames=c.json")
     assert (w.kind, w.path, w.classnames, w.max_items) == ("zeroshot", "folder", "c.json", None)
+    w = parse_watch("inet=hub:org/imagenet,split=validation,image=jpg,label=cls,max=1000")
+    assert (w.kind, w.path, w.split, w.image_column, w.label_column, w.max_items) == (
+        "hub", "org/imagenet", "validation", "jpg", "cls", 1000)
     for bad, message in (("rel:pairs:x", "expected NAME=KIND:PATH"), ("r=retrieval:x", "expected NAME=KIND:PATH"),
                          ("r=pairs:x.json", "pairs needs images=FOLDER"), ("r=zeroshot:x,images=y", "takes options"),
                          ("r=zeroshot:x,max=0", "max must be a whole number"), ("1r=zeroshot:x", "NAME=KIND")):
@@ -142,3 +145,34 @@ def test_eval_benchmarks_are_refused_under_deepspeed():
                            processing_class=object())  # fmt: skip
     with pytest.raises(ValueError, match="not under DeepSpeed"):
         HncTrainer._benchmark_watch(fake)
+
+
+def test_a_datasets_set_is_watched_like_an_image_folder(world, tmp_path):
+    """`hub:` reads a `datasets` set (here a local folder of parquet files, as a Hub set would be): the same top-1 as
+    the image folder it was made from, its class names from the label column; columns are checked by name."""
+    import datasets
+    from PIL import Image as PILImage
+    from transformers import CLIPModel, CLIPProcessor
+
+    from hnc_clip.evaluation.watch import BenchmarkWatch
+
+    w = world["world"]
+    folder = datasets.load_dataset("imagefolder", data_dir=f"{w}/recognition", split="train")
+    names = json.loads(open(f"{w}/recognition/classnames.json").read())
+    rows = {"img": [PILImage.open(x["path"]).convert("RGB") for x in
+                    folder.cast_column("image", datasets.Image(decode=False))["image"]],
+            "y": folder["label"]}  # fmt: skip
+    labels = datasets.ClassLabel(names=[names[f] for f in folder.features["label"].names])
+    parquet = tmp_path / "hubset" / "data"
+    parquet.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=datasets.Features(img=datasets.Image(), y=labels)).to_parquet(
+        str(parquet / "test-00000.parquet"))
+    specs = parse_watches([f"folder=zeroshot:{w}/recognition,classnames={w}/recognition/classnames.json",
+                           f"hubset=hub:{tmp_path / 'hubset'},image=img,label=y"])  # fmt: skip
+    model, processor = CLIPModel.from_pretrained(world["model"]), CLIPProcessor.from_pretrained(world["model"])
+    out = BenchmarkWatch(specs, processor, batch_size=16)(model)
+    assert out["hubset_items"] == out["folder_items"] == len(folder)
+    assert out["hubset_top1"] == pytest.approx(out["folder_top1"]) and out["hubset_top5"] == pytest.approx(
+        out["folder_top5"])
+    with pytest.raises(WatchSpecError, match="no image column 'image'.*image=COLUMN"):
+        BenchmarkWatch(parse_watches([f"h=hub:{tmp_path / 'hubset'},label=y"]), processor)

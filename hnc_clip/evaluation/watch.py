@@ -6,6 +6,9 @@
     zeroshot:FOLDER      zero-shot classification on an image folder (one sub-folder per class, `datasets`'
                          imagefolder layout); options `classnames=FILE`, `templates=FILE` (as `hnc-clip-eval`),
                          `split=NAME`                                   → `eval_NAME_top1`, `eval_NAME_top5`
+    hub:DATASET          the same on a `datasets` set (a Hub id, or a folder of data files) with an image and a
+                         class-label column: `split=`, `config=`, `image=COLUMN` (image), `label=COLUMN` (label),
+                         `classnames=`, `templates=`; class names default to the label column's names
     pairs:FILE           positive vs hard negative on a pair file (HNC train/val/test, SugarCrepe subset, ARO,
                          Structure-CLIP; detected), `images=FOLDER` required, `types=a+b` keeps those caption types
                                                                         → `eval_NAME_accuracy`, per type
@@ -36,12 +39,16 @@ from dataclasses import dataclass
 from ..modeling import unwrap_clip
 from .encode import CachedEncoder, ClipEncoder
 from .images import ImageRef
-from .tasks import score_pairwise, score_zeroshot
+from .tasks import DatasetColumn, score_pairwise, score_zeroshot
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("zeroshot", "pairs")
-OPTIONS = {"zeroshot": {"max", "classnames", "templates", "split"}, "pairs": {"max", "images", "types"}}
+KINDS = ("zeroshot", "hub", "pairs")
+OPTIONS = {
+    "zeroshot": {"max", "classnames", "templates", "split"},
+    "hub": {"max", "classnames", "templates", "split", "config", "image", "label"},
+    "pairs": {"max", "images", "types"},
+}
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 FLOOR_FILE = "objective_floor.json"
 
@@ -58,9 +65,12 @@ class WatchSpec:
     max_items: int | None = None
     images: str | None = None  # pairs: the image folder
     types: tuple[str, ...] | None = None  # pairs: caption types kept
-    classnames: str | None = None  # zeroshot
+    classnames: str | None = None  # zeroshot, hub
     templates: str | None = None
     split: str | None = None
+    config: str | None = None  # hub: the dataset's configuration, its image and label columns
+    image_column: str = "image"
+    label_column: str = "label"
 
 
 def parse_watch(spec: str) -> WatchSpec:
@@ -87,7 +97,8 @@ def parse_watch(spec: str) -> WatchSpec:
         raise WatchSpecError(f"--eval_benchmarks {spec!r}: pairs needs images=FOLDER (where the pairs' images are)")
     types = tuple(values["types"].split("+")) if "types" in values else None
     return WatchSpec(name, kind, path, max_items, values.get("images"), types, values.get("classnames"),
-                     values.get("templates"), values.get("split"))  # fmt: skip
+                     values.get("templates"), values.get("split"), values.get("config"), values.get("image", "image"),
+                     values.get("label", "label"))  # fmt: skip
 
 
 def parse_watches(specs: list[str] | None) -> list[WatchSpec]:
@@ -126,6 +137,8 @@ class Watched:
             self.images = [ImageRef(f["path"]) for f in files]
             self.labels = [int(x) for x in dataset["label"]]
             self.items = len(dataset)
+        elif spec.kind == "hub":
+            self._load_hub(spec, seed, cache_dir)
         else:
             from .formats import load_pairs
 
@@ -144,11 +157,42 @@ class Watched:
                 logger.warning("--eval_benchmarks %s: records skipped while reading %s: %s", spec.name, spec.path,
                                dict(skips))  # fmt: skip
 
-    def score(self, encoder) -> dict[str, float]:
-        """This benchmark's numbers for the encoder's model, keys prefixed with its name."""
+    def _load_hub(self, spec: WatchSpec, seed: int, cache_dir: str | None) -> None:
+        import datasets
+
+        from .zeroshot_data import _SPLIT_PREFERENCE, read_classnames, read_templates
+
+        loaded = datasets.load_dataset(spec.path, spec.config, cache_dir=cache_dir)
+        split = spec.split or next((s for s in _SPLIT_PREFERENCE if s in loaded), next(iter(loaded)))
+        if split not in loaded:
+            raise WatchSpecError(f"--eval_benchmarks {spec.name}: no split {split!r} in {spec.path} "
+                                 f"(splits: {list(loaded)})")  # fmt: skip
+        dataset = loaded[split]
+        for role, column in (("image", spec.image_column), ("label", spec.label_column)):
+            if column not in dataset.column_names:
+                raise WatchSpecError(f"--eval_benchmarks {spec.name}: no {role} column {column!r} in {spec.path} "
+                                     f"(columns: {dataset.column_names}; name it with {role}=COLUMN)")  # fmt: skip
+        keep = _subset(len(dataset), spec.max_items, seed)
+        if keep is not None:
+            dataset = dataset.select(keep)
+        names = getattr(dataset.features[spec.label_column], "names", None)
+        if names is None and spec.classnames is None:
+            raise WatchSpecError(f"--eval_benchmarks {spec.name}: {spec.label_column!r} is not a class-label column "
+                                 "with names: give classnames=FILE")  # fmt: skip
+        self.labels = [int(x) for x in dataset[spec.label_column]]
+        # without names, the file must hold one per class id 0..max
+        self.classnames = read_classnames(spec.classnames, names or [str(i) for i in range(max(self.labels) + 1)])
+        self.templates = read_templates(spec.templates)
+        self.images = DatasetColumn(dataset, spec.image_column)  # decoded one batch at a time by the encoder
+        self.items = len(dataset)
+
+    def score(self, encoder, plain=None) -> dict[str, float]:
+        """This benchmark's numbers for the encoder's model, keys prefixed with its name. `plain`: the encoder
+        without the cache, for decoded images (a Hub set's), which cannot key it."""
         name, start = self.spec.name, time.perf_counter()
-        if self.spec.kind == "zeroshot":
-            out = score_zeroshot(encoder, self.images, self.labels, self.classnames, self.templates)
+        if self.spec.kind in ("zeroshot", "hub"):
+            user = plain if self.spec.kind == "hub" and plain is not None else encoder
+            out = score_zeroshot(user, self.images, self.labels, self.classnames, self.templates)
             values = {k: out[k] for k in ("top1", "top5", "mean_per_class_recall") if k in out}
             values["unreadable_images"] = out["unreadable_images"]
         else:
@@ -176,10 +220,11 @@ class BenchmarkWatch:
         clip.eval()
         try:
             # one encoder per evaluation: benchmarks sharing images encode them once, for this model's weights
-            encoder = CachedEncoder(ClipEncoder(clip, self.processor, self.batch_size, progress=False))
+            plain = ClipEncoder(clip, self.processor, self.batch_size, progress=False)
+            encoder = CachedEncoder(plain)
             out: dict[str, float] = {}
             for w in self.watched:
-                out.update(w.score(encoder))
+                out.update(w.score(encoder, plain))
             return out
         finally:
             clip.train(was_training)
