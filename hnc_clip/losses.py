@@ -506,8 +506,9 @@ def ce_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     Negative slot k plays the role of the authors' negative type k (they have 4). w_imc = `--ce_clip_imc_weight`,
     w_cmr = `--ce_clip_cmr_weight` (0.2 each), τ_max = `--ce_clip_threshold_max` (10). No λ. Where this differs from
     their code: a missing negative is no candidate of any term here (theirs stay in the contrast and intra-modal
-    softmaxes); same-image pairs are masked with `--mask_same_image` (they mask none); their later
-    `get_imc_loss` versions (labels 1, or no positive column) point the target at another caption, taken as slips.
+    softmaxes); same-image pairs are masked with `--mask_same_image` (they mask none). Other versions of their
+    `get_imc_loss` (3cd1cf2: target column 1; 47cef4e: no image–text column, target column 0) point the target at
+    a hard negative's logit, read here as slips: 2d07821 is the one whose target is the positive pair.
     """
     lg = get_logits(inp, cfg.mask_same_image)
     s = inp.logit_scale
