@@ -247,8 +247,9 @@ class HncTrainingArguments(TrainingArguments):
     loss_type: str = field(
         default="hnc",
         metadata={
-            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`. A SigLIP "
-            "model trains `clip`, `hnc`, `pairwise`, `dpo` in their sigmoid form (hnc_clip/losses.py)."
+            "help": "Loss: `clip`, `hnc` (default), `pairwise`, `thesis_l2`, `kl_teacher`, `dpo`, `negclip`, "
+            "`fsc_clip` (FSC-CLIP's global terms), `ce_clip` (CE-CLIP). A SigLIP model trains `clip`, `hnc`, "
+            "`pairwise`, `dpo`, `fsc_clip` in their sigmoid form (hnc_clip/losses.py)."
         },
     )
     hard_negative_weight: float = field(
@@ -276,6 +277,59 @@ class HncTrainingArguments(TrainingArguments):
     dpo_beta: float = field(default=0.1, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."})
     dpo_contrastive_weight: float = field(
         default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
+    )
+    fsc_focal_gamma: float = field(
+        default=2.0,
+        metadata={"help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
+                          "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."},
+    )
+    fsc_label_smoothing: float = field(
+        default=0.02,
+        metadata={"help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
+                          "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."},
+    )
+    fsc_local_weight: float = field(
+        default=0.0,
+        metadata={"help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
+                          "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
+                          "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
+                          "GradCache). Any value but 0 is refused."},
+    )
+    ce_clip_imc_weight: float = field(
+        default=0.2, metadata={"help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
+                                       "the hard negatives in text space; the authors' default 0.2)."},
+    )
+    ce_clip_cmr_weight: float = field(
+        default=0.2, metadata={"help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the "
+                                       "authors' default 0.2)."},
+    )
+    ce_clip_threshold_max: float = field(
+        default=10.0, metadata={"help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
+                                          "authors' --upper-bound, default 10)."},
+    )
+    eval_benchmarks: list[str] | None = field(
+        default=None,
+        metadata={"help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
+                          "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
+                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
+                          "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
+                          "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
+                          "(hnc_clip/evaluation/watch.py)."},
+    )
+    objective_metric: str | None = field(
+        default=None,
+        metadata={"help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
+                          "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
+                          "logged as eval_objective; --metric_for_best_model objective picks by it."},
+    )
+    objective_floor_metric: str | None = field(
+        default=None,
+        metadata={"help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
+                          "value falls more than --objective_floor_margin below the starting model's (measured by "
+                          "--eval_on_start, which this needs) scores its objective − 1."},
+    )
+    objective_floor_margin: float = field(
+        default=0.01, metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
     )
     max_logit_scale: float | None = field(
         default=None,
@@ -437,6 +491,8 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError(f"--gradcache_chunk_size does not support --loss_type {self.loss_type} yet")
         if self.gradcache_chunk_size and self.l2_reg_weight > 0:
             raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
+        self._check_loss_flags()
+        self._check_watch_flags()
         from .trainer import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
@@ -485,6 +541,62 @@ class HncTrainingArguments(TrainingArguments):
         ("max_grad_norm", 0, None, False, False),
         ("label_smoothing_factor", 0, 1, False, False),
     )
+
+    def _check_watch_flags(self) -> None:
+        """--eval_benchmarks read now (a bad entry fails before any work); the objective's flags consistent."""
+        from .evaluation.watch import parse_watches
+
+        parse_watches(self.eval_benchmarks)
+        check_range("objective_floor_margin", self.objective_floor_margin, 0)
+        never = str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no"
+        if self.eval_benchmarks and never and not self.eval_on_start:
+            raise ValueError("--eval_benchmarks are scored at each evaluation: set --eval_strategy steps (with "
+                             "--eval_steps N) or epoch, or --eval_on_start")  # fmt: skip
+        if self.objective_floor_metric and not self.objective_metric:
+            raise ValueError("--objective_floor_metric is the floor of --objective_metric: give that too")
+        if self.objective_floor_metric and not self.eval_on_start:
+            raise ValueError("--objective_floor_metric is measured on the starting model by the evaluation before "
+                             "training: add --eval_on_start")  # fmt: skip
+        if self.metric_for_best_model in ("objective", "eval_objective") and not self.objective_metric:
+            raise ValueError("--metric_for_best_model objective needs --objective_metric (and optionally "
+                             "--objective_floor_metric)")  # fmt: skip
+
+    # flag → the loss types that read it: set to anything but its default with another loss, it is refused.
+    LOSS_FLAGS = {
+        "fsc_focal_gamma": ("fsc_clip",),
+        "fsc_label_smoothing": ("fsc_clip",),
+        "fsc_local_weight": ("fsc_clip",),
+        "ce_clip_imc_weight": ("ce_clip",),
+        "ce_clip_cmr_weight": ("ce_clip",),
+        "ce_clip_threshold_max": ("ce_clip",),
+    }
+
+    def _check_loss_flags(self) -> None:
+        """The FSC-CLIP and CE-CLIP knobs: in range, used only with their loss; λ refused where a loss has none."""
+        check_range("fsc_focal_gamma", self.fsc_focal_gamma, 0)
+        check_range("fsc_label_smoothing", self.fsc_label_smoothing, 0, 1, high_open=True)
+        check_range("ce_clip_imc_weight", self.ce_clip_imc_weight, 0)
+        check_range("ce_clip_cmr_weight", self.ce_clip_cmr_weight, 0)
+        check_range("ce_clip_threshold_max", self.ce_clip_threshold_max, 0)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for flag, losses in self.LOSS_FLAGS.items():
+            if getattr(self, flag) != defaults[flag] and self.loss_type not in losses:
+                raise ValueError(f"--{flag} is read only by --loss_type {' / '.join(losses)}, not by "
+                                 f"--loss_type {self.loss_type}: leave it unset")
+        if self.fsc_local_weight != 0:
+            raise ValueError(
+                "--fsc_local_weight: FSC-CLIP's local token–patch hard-negative term is not implemented. It needs "
+                "per-token text and per-patch image embeddings; this recipe's forward produces pooled embeddings only "
+                "(hnc_clip/forward.py embed, GradCache caches those). --loss_type fsc_clip trains its global terms "
+                "(the focal hard-negative loss with smoothed targets); leave --fsc_local_weight 0"
+            )
+        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
+        if self.loss_type == "ce_clip" and weighted:
+            raise ValueError(
+                "--loss_type ce_clip has no λ: its hard negatives sit in the image→text softmax unweighted, and its "
+                "own terms have --ce_clip_imc_weight and --ce_clip_cmr_weight (leave --hard_negative_weight 1 and "
+                "--hard_negative_schedule constant)"
+            )
 
     def _check_ranges(self) -> None:
         for flag, low, high, low_open, high_open in self.RANGES:

@@ -115,6 +115,15 @@ class LossConfig:
     dpo_beta: float = 0.1
     dpo_contrastive_weight: float = 1.0
     mask_same_image: bool = True
+    fsc_focal_gamma: float = 2.0  # γ of FSC-CLIP's hard-negative focal term
+    fsc_label_smoothing: float = 0.02  # ε of FSC-CLIP's smoothed hard-negative targets
+    ce_clip_imc_weight: float = 0.2  # CE-CLIP's intra-modal contrast
+    ce_clip_cmr_weight: float = 0.2  # CE-CLIP's cross-modal rank term
+    ce_clip_threshold_max: float = 10.0  # CE-CLIP's clamp of its adaptive thresholds
+    # Values a loss carries from one training step to the next (CE-CLIP's thresholds, detached tensors), read and
+    # written by the loss. The trainer keeps one dict per run and passes a copy at evaluation, which then reads them
+    # without moving them. None: every call starts from the initial values and records nothing.
+    state: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,6 +421,124 @@ def negclip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     }
 
 
+def _hard_negative_focal(inp: LossInputs, gamma: float, smoothing: float) -> torch.Tensor:
+    """FSC-CLIP's hard-negative focal term with smoothed targets (0-dim): mean over the B pairs of
+    Σ_j y_ij · −(1 − p_ij)^γ · log p_ij, p_i = softmax over [own positive; own K negatives]."""
+    logits = _own_pair_logits(inp)  # [B, 1+K] a missing negative's column is -inf
+    mask = inp.local.own_negative_mask()  # [K, B]
+    b, k = logits.shape[0], logits.shape[1] - 1
+    valid = torch.ones(b, k, dtype=torch.bool, device=logits.device) if mask is None else mask.T  # [B, K]
+    n = valid.sum(1, keepdim=True).to(logits.dtype)  # [B, 1] real negatives of each pair
+    target = torch.cat([1.0 - smoothing + smoothing / (n + 1), valid * (smoothing / (n + 1))], 1)  # [B, 1+K]
+    logp = F.log_softmax(logits, dim=1)  # [B, 1+K]
+    columns = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)  # [B, 1+K] the candidates
+    # A missing column's -inf would give 0·inf = NaN (value and gradient); it has no target mass anyway.
+    safe = logp.masked_fill(~columns, 0.0)  # [B, 1+K]
+    # (1 − p) clamped above 0: at p = 1 exactly (a pair without negatives, or fp32 rounding) the gradient of x^γ
+    # for γ < 1 is infinite, times a zero upstream gradient.
+    modulation = (1.0 - logp.exp()).clamp(min=torch.finfo(logp.dtype).tiny) ** gamma  # [B, 1+K]
+    per_pair = (target * -(modulation * safe)).sum(1)  # [B]
+    # a pair without any negative adds 0 to the mean over all B (its row is one certain class)
+    return per_pair.masked_fill(n[:, 0] == 0, 0.0).mean()
+
+
+def fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """FSC-CLIP's global terms (Oh et al., EMNLP 2024, "Preserving Multi-Modal Capabilities of Pre-trained VLMs for
+    Improving Vision-Linguistic Compositionality"), as ytaek-oh/fsc-clip computes them
+    (`src/training/losses/loss.py`: `Global_HNLoss` with `neg_loss_name="focal_loss"`, `_focal_loss_with_nsr`):
+    CLIP over the positives, plus λ · the hard-negative focal loss (HNF) with smoothed hard-negative targets.
+
+    z_i = s·[⟨i, p_i⟩, ⟨i, n_i1⟩, …, ⟨i, n_iK⟩]   (own positive, own K negatives; [B, 1+K])
+    p_i = softmax(z_i);  y_i0 = 1 − ε + ε/(1+K_i),  y_ik = ε/(1+K_i)   (K_i: pair i's real negatives)
+    L = ½ [CE(s·I P_allᵀ, y) + CE(s·P I_allᵀ, y)] + λ · mean_i Σ_j y_ij · −(1 − p_ij)^γ log p_ij
+
+    γ = `--fsc_focal_gamma` (the authors' runs: 2), ε = `--fsc_label_smoothing` (0.02), λ = `--hard_negative_weight`
+    (their `--neg-loss-weight`: 0.5). γ = 0 and ε = 0: `pairwise`. Under W processes the HNF term is the pair's own
+    (nothing to gather) and the CLIP term is over the global batch, as theirs. Where the authors differ: a missing
+    negative is a zero vector in their softmax (logit 0) and they average over the pairs that have one; here it is
+    no candidate (-inf) and a pair without any adds 0 to the mean over all B, as in every loss here (exact under
+    DDP). Their local token–patch term (LHN) is not here: it needs per-token text and per-patch image embeddings,
+    which `hnc_clip.forward.embed` does not produce (`--fsc_local_weight` is refused).
+    """
+    return {
+        "contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image)),
+        "hard_negative_loss": cfg.hard_negative_weight
+        * _hard_negative_focal(inp, cfg.fsc_focal_gamma, cfg.fsc_label_smoothing),
+    }
+
+
+def ce_clip_thresholds(inp: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE-CLIP's adaptive thresholds from this (global) batch, detached: ([K] τ_k, [K] bool whether slot k had a
+    real negative). τ_k = mean_j s⟨i_j, p_j⟩ − mean over the real k-th negatives of s⟨i_j, n_jk⟩, over the real rows
+    of every process (the gathered embeddings), so that every process holds the same τ."""
+    glob, s = inp.everywhere, inp.logit_scale.detach()
+    k = glob.negatives_per_pair()
+    block = glob.block if glob.block is not None else len(glob)  # P
+    w = len(glob) // block
+    image = glob.image.detach().view(w, block, -1)  # [W, P, D]
+    pos = s * (image * glob.positive.detach().view(w, block, -1)).sum(-1)  # [W, P]
+    neg = s * (image[:, None] * glob.negative.detach().view(w, k, block, -1)).sum(-1)  # [W, K, P]
+    offsets = torch.arange(block, device=pos.device)  # [P]
+    real = offsets[None, :] < glob.rows[:, None] if glob.rows is not None else torch.ones_like(pos, dtype=torch.bool)
+    valid = real[:, None, :].expand(-1, k, -1)  # [W, K, P]
+    if glob.negative_mask is not None:
+        valid = valid & glob.negative_mask.view(w, k, block)
+    gt_mean = (pos * real).sum() / real.sum().clamp(min=1)  # 0-dim
+    count = valid.sum((0, 2))  # [K]
+    neg_mean = (neg * valid).sum((0, 2)) / count.clamp(min=1)  # [K]
+    return gt_mean - neg_mean, count > 0
+
+
+def ce_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """CE-CLIP (Zhang, Awal & Agrawal, CVPR 2024, "Contrasting Intra-Modal and Ranking Cross-Modal Hard Negatives to
+    Enhance Visio-Linguistic Compositional Understanding"), as lezhang7/Enhance-FineGrained computes it
+    (`src/open_clip/loss.py` at 2d07821: `Clip_DALoss` with `hardnegative`, `get_imc_loss`, `get_cmr_loss`,
+    `threshold_type="mean"`, the thresholds clamped to [0, `--upper-bound`] in `src/training/train.py`):
+
+    L_itc = ½ [CE(s·I [P_all; N_all]ᵀ, y) + CE(s·P I_allᵀ, y)]                  (NegCLIP's contrast)
+    L_imc = mean_i −log softmax([s⟨i, p_i⟩, s⟨p_i, n⟩ for n ∈ N_all])_0          (intra-modal: [B, 1+K·W·B])
+    L_cmr = mean_{i,k} relu(τ_k + s⟨i, n_ik⟩ − s⟨i, p_i⟩)                        (cross-modal rank: [B, K])
+    L = L_itc + w_imc · L_imc + w_cmr · L_cmr
+
+    τ_k is adaptive: after each training step τ_k ← clamp(mean_j s⟨i_j, p_j⟩ − mean_j s⟨i_j, n_jk⟩, 0, τ_max) over
+    the global batch (`ce_clip_thresholds`), used from the next step on (0 at the first; a slot without a real
+    negative keeps its τ), kept in `cfg.state` (lost on resume: it restarts from 0 and is back after one step).
+    Negative slot k plays the role of the authors' negative type k (they have 4). w_imc = `--ce_clip_imc_weight`,
+    w_cmr = `--ce_clip_cmr_weight` (0.2 each), τ_max = `--ce_clip_threshold_max` (10). No λ. Where this differs from
+    their code: a missing negative is no candidate of any term here (theirs stay in the contrast and intra-modal
+    softmaxes); same-image pairs are masked with `--mask_same_image` (they mask none). Other versions of their
+    `get_imc_loss` (3cd1cf2: target column 1; 47cef4e: no image–text column, target column 0) point the target at
+    a hard negative's logit, read here as slips: 2d07821 is the one whose target is the positive pair.
+    """
+    lg = get_logits(inp, cfg.mask_same_image)
+    s = inp.logit_scale
+    i2t = torch.cat([lg.image_to_positive, lg.image_to_negative], dim=1)  # [B, (1+K)·W·B]
+    itc = 0.5 * (F.cross_entropy(i2t, lg.labels) + F.cross_entropy(lg.positive_to_image, lg.labels))
+    pair = _own_pair_logits(inp, masked=False)  # [B, 1+K] s⟨i, p_i⟩, s⟨i, n_ik⟩
+    # text–text logits; the image→negative logits' -inf marks exactly the columns that are no candidate (padding,
+    # a missing negative), and a real logit is never -inf
+    p2n = s * inp.local.positive @ inp.everywhere.negative.T  # [B, W·K·P]
+    p2n = p2n.masked_fill(torch.isneginf(lg.image_to_negative), float("-inf"))
+    imc_logits = torch.cat([pair[:, :1], p2n], dim=1)  # [B, 1+W·K·P] the positive at column 0
+    imc = F.cross_entropy(imc_logits, torch.zeros_like(lg.labels))
+    k = pair.shape[1] - 1
+    state = cfg.state
+    tau = state.get("ce_clip_thresholds") if state is not None else None
+    if tau is None or tau.shape != (k,):
+        tau = torch.zeros(k, dtype=pair.dtype, device=pair.device)  # [K] the authors' start
+    rank = F.relu(tau[None, :] + pair[:, 1:] - pair[:, :1])  # [B, K]
+    mask = inp.local.own_negative_mask()  # [K, B]
+    cmr = (rank if mask is None else rank.masked_fill(~mask.T, 0.0)).mean()  # over all B·K slots, as theirs
+    if state is not None:
+        new, seen = ce_clip_thresholds(inp)
+        state["ce_clip_thresholds"] = torch.where(seen, new.clamp(0.0, cfg.ce_clip_threshold_max), tau)  # [K]
+    return {
+        "contrastive_loss": itc,
+        "intra_modal_loss": cfg.ce_clip_imc_weight * imc,
+        "rank_loss": cfg.ce_clip_cmr_weight * cmr,
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # SigLIP's pairwise sigmoid (Zhai et al., ICCV 2023, eq. 1; big_vision `trainers/proj/image_text/siglip.py`):
 # every (image, text) pair is one binary problem, z = s·⟨i, t⟩ + b, label +1 for the image's own caption and −1
@@ -473,6 +600,15 @@ def sigmoid_dpo_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor
     return out
 
 
+def sigmoid_fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """SigLIP's loss + λ · FSC-CLIP's focal term (a softmax over the pair's own texts: the bias cancels in it)."""
+    return {
+        "contrastive_loss": sigmoid_terms(inp, cfg)[0],
+        "hard_negative_loss": cfg.hard_negative_weight
+        * _hard_negative_focal(inp, cfg.fsc_focal_gamma, cfg.fsc_label_smoothing),
+    }
+
+
 @dataclass(frozen=True)
 class LossSpec:
     fn: Callable[[LossInputs, LossConfig], dict[str, torch.Tensor]]  # the softmax (CLIP) form
@@ -481,13 +617,16 @@ class LossSpec:
     uses_weight: bool = False  # λ (`--hard_negative_weight`, its schedule) scales a term of this loss
     # Forms for other contrastive terms, by `ModelFamily.contrastive` ("sigmoid": SigLIP).
     variants: dict = field(default_factory=dict)
+    # Why a form is missing, by kind, for the refusal's message.
+    no_variant_reasons: dict = field(default_factory=dict)
 
     def for_contrastive(self, kind: str) -> LossSpec:
         """This loss in the form for a family's contrastive term; ValueError if it has none."""
         if kind == "softmax":
             return self
         if kind not in self.variants:
-            raise ValueError(f"no {kind} form of this loss (loss types with one: {losses_for(kind)})")
+            reason = f": {self.no_variant_reasons[kind]}" if kind in self.no_variant_reasons else ""
+            raise ValueError(f"no {kind} form of this loss{reason} (loss types with one: {losses_for(kind)})")
         return replace(self, fn=self.variants[kind])
 
 
@@ -499,6 +638,10 @@ LOSSES: dict[str, LossSpec] = {
     "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True),
     "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss}),
     "negclip": LossSpec(negclip_loss),
+    "fsc_clip": LossSpec(fsc_clip_loss, uses_weight=True, variants={"sigmoid": sigmoid_fsc_clip_loss}),
+    "ce_clip": LossSpec(ce_clip_loss, no_variant_reasons={"sigmoid": (
+        "CE-CLIP's intra-modal softmax weighs an image–text logit against text–text ones, and SigLIP's image–text "
+        "logits carry a learned bias that text–text similarities have no counterpart of")}),
 }
 
 

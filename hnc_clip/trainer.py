@@ -36,6 +36,7 @@ from .data.hnc import PAIR_COLUMNS
 from .data.stream import StreamLoader, StreamStateError, TrainingStream
 from .data.table import TABLE_COLUMNS, HardImagePairs
 from .errors import NothingTrainedError, TooManySkippedError
+from .evaluation.watch import FLOOR_FILE, BenchmarkWatch, Objective, load_floor, parse_watches, save_floor
 from .families import ModelFamily, family_of
 from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
@@ -135,6 +136,7 @@ class HncTrainer(Trainer):
         # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
         self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
         self._pending: tuple | None = None  # this micro-step's (loss, components, metrics, rows), until checked
+        self.loss_state: dict = {}  # what a loss carries from step to step (`LossConfig.state`)
         # This train() call's totals, from the logged counts (summed over processes), for --max_skipped_fraction.
         self.run_totals = dict.fromkeys(
             ("skipped_images", "pairs", "skipped_steps", "nonfinite_steps", *self._data_counts), 0.0
@@ -150,6 +152,11 @@ class HncTrainer(Trainer):
             self.sigterm.save = self.args.save_on_sigterm
             self.add_callback(self.sigterm)
         check_parallelism(self)
+        self.benchmark_watch = self._benchmark_watch()
+        # (not `self.objective`: the Trainer's hyper-parameter search keeps a trial's number there)
+        self.checkpoint_objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
+                                   self.args.objective_floor_margin) if self.args.objective_metric else None
+        self.floor_minimum: float | None = None  # the objective's floor, from the starting model
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
@@ -271,8 +278,11 @@ class HncTrainer(Trainer):
         k = getattr(collator, "negatives_per_row", None) or 1
         return placeholder_batch(model, self.args.device, k, getattr(collator, "allow_missing_negatives", False))
 
-    def loss_config(self) -> LossConfig:
+    def loss_config(self, training: bool = True) -> LossConfig:
+        """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
+        from a copy, so an evaluation does not move it."""
         a = self.args
+        state = self.loss_state
         return LossConfig(
             hard_negative_weight=self.current_hard_negative_weight(),
             l2_reg_weight=a.l2_reg_weight,
@@ -281,6 +291,12 @@ class HncTrainer(Trainer):
             dpo_beta=a.dpo_beta,
             dpo_contrastive_weight=a.dpo_contrastive_weight,
             mask_same_image=a.mask_same_image,
+            fsc_focal_gamma=a.fsc_focal_gamma,
+            fsc_label_smoothing=a.fsc_label_smoothing,
+            ce_clip_imc_weight=a.ce_clip_imc_weight,
+            ce_clip_cmr_weight=a.ce_clip_cmr_weight,
+            ce_clip_threshold_max=a.ce_clip_threshold_max,
+            state=state if training else dict(state),
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -295,7 +311,7 @@ class HncTrainer(Trainer):
                     self.step_guard.note_rows(0)
                 return self._zero_loss(model)
         inp = self._loss_inputs(model, inputs)
-        cfg = self.loss_config()
+        cfg = self.loss_config(model.training)
         components = loss_components(self.loss_spec.fn, inp, cfg)
         loss = total_loss(components, inp)
         rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
@@ -395,6 +411,9 @@ class HncTrainer(Trainer):
         metrics.update(similarity_stats(local))
         metrics["hard_negative_weight"] = cfg.hard_negative_weight
         metrics["logit_scale"] = logit_scale
+        thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
+        if thresholds is not None:
+            metrics["ce_clip_threshold"] = thresholds.mean()
         return metrics
 
     def _add(self, mode: str, name: str, value, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:
@@ -472,6 +491,58 @@ class HncTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    # -- what an evaluation also scores, and the objective -----------------------------------------------------
+
+    def _benchmark_watch(self) -> BenchmarkWatch | None:
+        if not self.args.eval_benchmarks:
+            return None
+        if self.is_deepspeed_enabled:  # the watch runs the unwrapped model: ZeRO-3 shards its weights
+            raise ValueError("--eval_benchmarks run the model outside the engine: not under DeepSpeed (use DDP)")
+        if self.processing_class is None:
+            raise ValueError("--eval_benchmarks need the model's processor (HncTrainer(processing_class=...))")
+        return BenchmarkWatch(parse_watches(self.args.eval_benchmarks), self.processing_class,
+                              self.args.per_device_eval_batch_size, self.args.seed)  # fmt: skip
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
+        merged into the returned metrics (what --metric_for_best_model reads) and logged."""
+        outer = not getattr(self, "_evaluating", False)
+        self._evaluating = True
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._evaluating = not outer
+        goal = self.checkpoint_objective
+        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and goal is None):
+            return metrics
+        extra = {}
+        if self.benchmark_watch is not None:
+            # every process scores the whole benchmark (the same numbers everywhere, which the checkpoint choice
+            # on each process needs)
+            extra = {f"eval_{k}": v for k, v in self.benchmark_watch(self.model).items()}
+        if goal is not None:
+            extra.update(goal.values({**metrics, **extra}, self._floor({**metrics, **extra})))
+        metrics.update(extra)
+        self.log(extra)
+        return metrics
+
+    def _floor(self, metrics: dict) -> float | None:
+        """The objective's floor: from the start evaluation (step 0, saved for a resumed run), else that file."""
+        goal = self.checkpoint_objective
+        if goal.floor_metric is None:
+            return None
+        if self.state.global_step == 0:
+            self.floor_minimum = goal.floor_minimum(metrics)
+            if self.args.should_save:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + goal.floor_margin)
+        if self.floor_minimum is None:
+            self.floor_minimum = load_floor(self.args.output_dir)
+        if self.floor_minimum is None:
+            raise RuntimeError(f"--objective_floor_metric: no starting value (the --eval_on_start evaluation at step 0"
+                               f", or {self.args.output_dir}/{FLOOR_FILE} of the run being resumed)")  # fmt: skip
+        return self.floor_minimum
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

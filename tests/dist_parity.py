@@ -94,10 +94,25 @@ def local_rows(batch: dict, rows: list[int]) -> dict:
     return out
 
 
-def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None):
+def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None, state=None):
     inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1, block=block)
-    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7))
+    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7, state=state))
     return total_loss(out, inp)
+
+
+def carried_state(loss_type: str) -> dict | None:
+    """CE-CLIP's thresholds from a previous step (margins for its rank term), updated by the call from the global
+    batch; None for the losses that carry nothing."""
+    if loss_type != "ce_clip":
+        return None
+    return {"ce_clip_thresholds": torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)}
+
+
+def state_diff(a: dict | None, b: dict | None) -> dict:
+    """The largest difference between the thresholds a distributed and a one-process call left ({} without)."""
+    if a is None:
+        return {}
+    return {"state_diff": (a["ce_clip_thresholds"] - b["ce_clip_thresholds"]).abs().max().item()}
 
 
 def tiny_clip():
@@ -122,6 +137,9 @@ FAMILY_CASES = {
     "hnc_missing": (tiny_clip, missing_negative_batch, "hnc", "softmax"),
     "pairwise_missing": (tiny_clip, missing_negative_batch, "pairwise", "softmax"),
     "siglip_hnc_missing": (tiny_siglip, missing_negative_batch, "hnc", "sigmoid"),
+    # FSC-CLIP's own-pair focal term, CE-CLIP's three terms and its thresholds over the gathered real rows
+    "fsc_clip_missing": (tiny_clip, missing_negative_batch, "fsc_clip", "softmax"),
+    "ce_clip_missing": (tiny_clip, missing_negative_batch, "ce_clip", "softmax"),
 }
 
 
@@ -131,17 +149,19 @@ def compare(acc, build, batch, loss_type, contrastive, gather) -> dict | None:
     model = build()
     single = copy.deepcopy(model)
     ddp = acc.prepare_model(model)
-    loss = loss_of(ddp, local_slice(batch, rank, world), loss_type, rank, world, gather, contrastive)
+    state, single_state = carried_state(loss_type), carried_state(loss_type)
+    loss = loss_of(ddp, local_slice(batch, rank, world), loss_type, rank, world, gather, contrastive, state=state)
     loss.backward()  # DDP averages the gradients over the processes
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
     mean_loss /= world
     if rank != 0:
         return None
-    full = loss_of(single, batch, loss_type, 0, 1, contrastive=contrastive)
+    full = loss_of(single, batch, loss_type, 0, 1, contrastive=contrastive, state=single_state)
     full.backward()
     pairs = [(p, q) for p, q in zip(ddp.module.parameters(), single.parameters()) if q.grad is not None]
     return {
+        **state_diff(state, single_state),
         "distributed_loss": mean_loss.item(),
         "single_process_loss": full.item(),
         "max_grad_diff": max((p.grad - q.grad).abs().max().item() for p, q in pairs),
@@ -163,23 +183,26 @@ def uneven_case(acc, batch, loss_type, split, gradcache=False, build=None, contr
     k = batch["input_ids"].shape[0] // G - 1  # negatives per pair: the placeholder brings as many
     masked = "negative_mask" in batch  # the placeholder then brings a mask too: every process gathers one
     inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", k, masked)
+    state, single_state = carried_state(loss_type), carried_state(loss_type)
     if gradcache:
         loss, *_ = gradcache_backward(
-            ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn, LossConfig(hard_negative_weight=0.7),
+            ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn,
+            LossConfig(hard_negative_weight=0.7, state=state),
             rank=rank, world_size=world, block=BLOCK[split], real_rows=inputs.get("real_rows"),
             no_sync=lambda: acc.no_sync(ddp),
         )
     else:
-        loss = loss_of(ddp, inputs, loss_type, rank, world, contrastive=contrastive, block=BLOCK[split])
+        loss = loss_of(ddp, inputs, loss_type, rank, world, contrastive=contrastive, block=BLOCK[split], state=state)
         loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
     if rank != 0:
         return None
     union = [r for part in UNEVEN[split] if part is not None for r in part]
-    full = loss_of(single, local_rows(batch, union), loss_type, 0, 1, contrastive=contrastive)
+    full = loss_of(single, local_rows(batch, union), loss_type, 0, 1, contrastive=contrastive, state=single_state)
     full.backward()
     return {
+        **state_diff(state, single_state),
         "distributed_loss": mean_loss.item() / world,
         "single_process_loss": full.item(),
         "max_grad_diff": max((p.grad - q.grad).abs().max().item()

@@ -77,3 +77,39 @@ def test_schedules_never_leave_the_span_of_the_two_weights(name):
     assert all(0.2 <= v <= 1.0 for v in values), values
     args.hard_negative_weight, args.hard_negative_weight_min = -1.0, -2.0
     assert all(SCHEDULES[name](t, args) == 0.0 for t in (0, 5, 100))
+
+
+@pytest.mark.parametrize("flag, value, loss", [
+    ("fsc_focal_gamma", 1.0, "hnc"), ("fsc_label_smoothing", 0.1, "ce_clip"), ("ce_clip_imc_weight", 0.5, "fsc_clip"),
+    ("ce_clip_cmr_weight", 0.0, "negclip"), ("ce_clip_threshold_max", 5.0, "hnc"),
+])  # fmt: skip
+def test_a_loss_flag_with_a_loss_that_does_not_read_it_is_refused(tmp_path, flag, value, loss):
+    with pytest.raises(ValueError, match=f"--{flag} is read only by --loss_type .*, not by --loss_type {loss}"):
+        training_args(tmp_path, loss_type=loss, **{flag: value})
+
+
+def test_fsc_and_ce_clip_flags_with_their_loss(tmp_path):
+    args = training_args(tmp_path, loss_type="fsc_clip", fsc_focal_gamma=1.0, fsc_label_smoothing=0.1,
+                         hard_negative_weight=0.5)
+    assert (args.fsc_focal_gamma, args.fsc_label_smoothing) == (1.0, 0.1)
+    args = training_args(tmp_path, loss_type="ce_clip", ce_clip_imc_weight=0.5, ce_clip_cmr_weight=0.1,
+                         ce_clip_threshold_max=5.0)
+    assert args.ce_clip_threshold_max == 5.0
+    for flag, value, message in (("fsc_focal_gamma", -1.0, ">= 0"), ("fsc_label_smoothing", 1.0, "< 1"),
+                                 ("ce_clip_cmr_weight", -0.2, ">= 0"), ("ce_clip_threshold_max", -1.0, ">= 0")):
+        loss = "fsc_clip" if flag.startswith("fsc") else "ce_clip"
+        with pytest.raises(ValueError, match=f"--{flag} must be .*{message}, got {value}"):
+            training_args(tmp_path, loss_type=loss, **{flag: value})
+
+
+def test_fsc_local_term_is_refused_saying_why(tmp_path):
+    with pytest.raises(ValueError, match="--fsc_local_weight: .* not implemented. It needs per-token text and "
+                                         "per-patch image embeddings"):
+        training_args(tmp_path, loss_type="fsc_clip", fsc_local_weight=0.2)
+
+
+def test_ce_clip_has_no_lambda(tmp_path):
+    with pytest.raises(ValueError, match="--loss_type ce_clip has no λ"):
+        training_args(tmp_path, loss_type="ce_clip", hard_negative_weight=0.5)
+    with pytest.raises(ValueError, match="--loss_type ce_clip has no λ"):
+        training_args(tmp_path, loss_type="ce_clip", hard_negative_schedule="linear")

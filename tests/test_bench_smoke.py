@@ -121,6 +121,16 @@ def test_eval_benchmarks_smoke(tmp_path):
     assert record["names"] == ["sugarcrepe", "winoground"] and record["items"] == 35 + 8
     assert record["cpu_s_per_1000_items"] > 0 and record["wall_s_per_1000_items"] > 0
     assert json.dumps(record) in stdout
+def test_watch_cost_smoke(tmp_path):
+    out = tmp_path / "watch.json"
+    stdout = _run("watch_cost.py", "--model", "tiny", "--repeat", "1", "--test_images", "3", "--per_class", "1",
+                  "--image_size", "32", "--output", str(out))
+    result = json.loads(out.read_text())
+    assert result["benchmarks"]["recognition"]["items"] == 24 and result["benchmarks"]["pairs"]["items"] == 24
+    assert all(r["seconds_per_1000_items"] > 0 for r in result["benchmarks"].values())
+    assert "s/1000 items" in stdout
+
+
 def test_soak_smoke(tmp_path):
     out = tmp_path / "soak.json"
     stdout = _run("soak.py", "--steps", "20", "--warmup_steps", "4", "--samples", "3", "--images", "24",

@@ -19,7 +19,7 @@ from .conftest import REPO
 LOSS_TYPES = ("clip", "hnc", "pairwise")
 # dist_parity.FAMILY_CASES: other families and layouts, pairs without (some of) their negatives among them
 FAMILY_CASES = ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3", "hnc_missing", "pairwise_missing",
-                "siglip_hnc_missing"]
+                "siglip_hnc_missing", "fsc_clip_missing", "ce_clip_missing"]
 
 
 def free_port() -> str:
@@ -85,6 +85,8 @@ def test_other_losses_and_layouts_equal_single_process_when_gathered(parity, cas
     r = parity[f"{case}/gather"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
     assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+    assert r.get("state_diff", 0.0) <= 1e-12  # CE-CLIP's thresholds: the global batch's on every process
+    assert ("state_diff" in r) == (case == "ce_clip_missing")
     r = parity[f"{case}/local"]
     assert r["distributed_loss"] != pytest.approx(r["single_process_loss"], rel=1e-3)
     assert r["max_grad_diff"] > 1e-3
@@ -157,6 +159,7 @@ def test_uneven_batches_of_the_other_families_and_layouts_give_the_loss_of_their
     r = parity[f"{case}/{split}"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
     assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
+    assert r.get("state_diff", 0.0) <= 1e-12  # padding and the placeholder are left out of CE-CLIP's thresholds
 
 
 def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_save(tmp_path, tiny_clip_dir,

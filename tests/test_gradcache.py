@@ -47,20 +47,27 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("case", ["siglip_hnc", "siglip_clip", "hnc_k3", "siglip_hnc_k3"])
+@pytest.mark.parametrize("case", ["siglip_hnc", "siglip_clip", "hnc_k3", "siglip_hnc_k3", "fsc_clip_missing",
+                                  "ce_clip_missing"])
 def test_gradcache_equals_full_batch_for_siglip_and_k_negatives(case):
-    """SigLIP's sigmoid (its logit bias takes its gradient in step 2) and K = 3 negatives per pair."""
-    from .dist_parity import FAMILY_CASES
+    """SigLIP's sigmoid (its logit bias takes its gradient in step 2), K = 3 negatives per pair, FSC-CLIP and CE-CLIP
+    (whose thresholds, computed once over the whole batch in step 2, are those of the full batch)."""
+    from .dist_parity import FAMILY_CASES, carried_state
 
     build, make_batch, loss_type, contrastive = FAMILY_CASES[case]
-    batch, cfg = make_batch(), LossConfig(hard_negative_weight=0.7)
+    batch = make_batch()
+    full_state, cached_state = carried_state(loss_type), carried_state(loss_type)
     spec = LOSSES[loss_type].for_contrastive(contrastive)
     full_model, cached_model = build(), build()
     inp = build_loss_inputs(full_model, batch, with_negatives=spec.uses_negatives)
-    full = torch.stack(list(spec.fn(inp, cfg).values())).sum()
+    full = torch.stack(list(spec.fn(inp, LossConfig(hard_negative_weight=0.7, state=full_state)).values())).sum()
     full.backward()
+    cfg = LossConfig(hard_negative_weight=0.7, state=cached_state)
     loss, *_ = gradcache_backward(cached_model, batch, 3, spec.fn, cfg, with_negatives=spec.uses_negatives)
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)
+    if full_state is not None:
+        torch.testing.assert_close(cached_state["ce_clip_thresholds"], full_state["ce_clip_thresholds"], rtol=1e-12,
+                                   atol=1e-14)
     for (name, p), q in zip(full_model.named_parameters(), cached_model.parameters()):
         if p.grad is None:
             assert q.grad is None or torch.count_nonzero(q.grad) == 0, name

@@ -468,9 +468,9 @@ def test_sigmoid_dpo_has_the_dpo_term_and_sigmoid_contrast():
 def test_loss_forms_per_family():
     from hnc_clip.losses import losses_for
 
-    assert losses_for("sigmoid") == ["clip", "dpo", "hnc", "pairwise"]
+    assert losses_for("sigmoid") == ["clip", "dpo", "fsc_clip", "hnc", "pairwise"]
     assert losses_for("softmax") == sorted(LOSSES)
-    for name in ("thesis_l2", "kl_teacher", "negclip"):
+    for name in ("thesis_l2", "kl_teacher", "negclip", "ce_clip"):
         with pytest.raises(ValueError, match="no sigmoid form"):
             LOSSES[name].for_contrastive("sigmoid")
     _, emb = make_embeddings()
@@ -591,3 +591,246 @@ def test_missing_negatives_similarity_stats_over_real_negatives_only():
     none = torch.zeros(4, dtype=torch.bool)
     stats = similarity_stats(Embeddings(img, img.clone(), neg, negative_mask=none))
     assert math.isnan(float(stats["hard_negative_accuracy"]))  # no evidence, not a score of 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FSC-CLIP, against a re-implementation of ytaek-oh/fsc-clip `src/training/losses/loss.py` (world size 1):
+# `Global_HNLoss.forward` (`_fill_empty_negatives`, `ClipLoss.forward` over the positives, the per-image logits over
+# [positive; its negatives]) with `neg_loss_name="focal_loss"` and `neg_label_smoothing` set: `_focal_loss_with_nsr`.
+# Its text features are [B positives; the real negatives only], type-major, and `neg_text_masks` is [N·B] type-major.
+
+
+def fsc_focal_with_nsr_official(logits, labels, gamma, label_smoothing, valid_neg_mask):
+    assert labels.ndim == 1 and torch.all(labels == 0)
+    num_cls_per_row = valid_neg_mask.sum(dim=-1) + 1
+    num_batch, num_cls = logits.size(0), logits.size(1)
+    labels_2d = torch.zeros((num_batch, num_cls), dtype=logits.dtype)
+    labels_2d[:, 0] = (1.0 - label_smoothing) + label_smoothing / num_cls_per_row
+    labels_2d[:, 1:] = label_smoothing / num_cls_per_row.unsqueeze(-1)
+    labels_2d[:, 1:] *= valid_neg_mask
+    celoss_2d = -1.0 * F.log_softmax(logits, dim=-1)  # -log(p)
+    celoss_2d *= torch.pow(1.0 - torch.exp(-celoss_2d), gamma)  # -(1-p)^r log(p)
+    return torch.sum(labels_2d * celoss_2d, dim=-1).mean()
+
+
+def fsc_global_hn_official(image_features, text_features, neg_text_masks, logit_scale, gamma, smoothing, weight):
+    lbs = image_features.shape[0]
+    text_features, neg_text_features = text_features[:lbs], text_features[lbs:]
+    filled = torch.zeros((neg_text_masks.size(0), neg_text_features.shape[1]), dtype=neg_text_features.dtype)
+    filled[neg_text_masks > 0] = neg_text_features
+    logits_per_image = logit_scale * image_features @ text_features.T
+    logits_per_text = logit_scale * text_features @ image_features.T
+    labels = torch.arange(lbs)
+    clip_loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    neg = torch.stack(filled.split(lbs, dim=0), dim=1)  # (B, N, D)
+    neg_logits_per_img = logit_scale * torch.einsum(
+        "bkd,bld->bkl", image_features.unsqueeze(1), torch.cat((text_features.unsqueeze(1), neg), dim=1)).squeeze(1)
+    neg_labels = torch.zeros(lbs, dtype=torch.long)
+    valid_neg_mask = torch.stack(neg_text_masks.split(lbs, dim=0), dim=1)
+    valid_neg_weight = torch.any(valid_neg_mask > 0, dim=1)
+    clip_neg_loss = fsc_focal_with_nsr_official(neg_logits_per_img[valid_neg_weight], neg_labels[valid_neg_weight],
+                                                gamma, smoothing, valid_neg_mask[valid_neg_weight])
+    return clip_loss + weight * clip_neg_loss
+
+
+def related_embeddings(seed, k, pull=1.0):
+    """Positives and negatives near their images (not random directions): the focal weights and CE-CLIP's thresholds
+    then take values away from their trivial ones."""
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(B, D, generator=g, dtype=torch.float64), dim=-1)
+    pos = F.normalize(img + 0.5 * pull * torch.randn(B, D, generator=g, dtype=torch.float64), dim=-1)
+    neg = F.normalize(img.repeat(k, 1) + pull * torch.randn(k * B, D, generator=g, dtype=torch.float64), dim=-1)
+    return [t.clone().requires_grad_() for t in (img, pos, neg)]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("gamma,eps,lam", [(2.0, 0.02, 0.5), (0.5, 0.1, 1.3), (0.0, 0.0, 1.0)])
+def test_fsc_clip_equals_the_official_code(k, gamma, eps, lam):
+    """Value and gradient of every embedding and of the logit scale, every pair with its K negatives."""
+    def run(fn):
+        leaves = related_embeddings(3, k)
+        scale = torch.tensor(14.0, dtype=torch.float64, requires_grad=True)
+        value = fn(*leaves, scale)
+        value.backward()
+        return value, [*leaves, scale]
+
+    cfg = LossConfig(hard_negative_weight=lam, fsc_focal_gamma=gamma, fsc_label_smoothing=eps, mask_same_image=False)
+    got, mine = run(lambda i, p, n, s: sum(LOSSES["fsc_clip"].fn(LossInputs(Embeddings(i, p, n), Embeddings(i, p, n),
+                                                                            s, 0), cfg).values()))
+    ones = torch.ones(k * B, dtype=torch.float64)  # float32 would round ε/(1+K) in their targets
+    want, theirs = run(lambda i, p, n, s: fsc_global_hn_official(i, torch.cat([p, n]), ones, s, gamma, eps, lam))
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    for x, y in zip(mine, theirs):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-13)
+    if gamma == 0.0 and eps == 0.0:  # no focusing, no smoothing: `pairwise`
+        leaves = related_embeddings(3, k)
+        emb = Embeddings(*leaves)
+        pair = LOSSES["pairwise"].fn(LossInputs(emb, emb, torch.tensor(14.0, dtype=torch.float64), 0), cfg)
+        assert sum(pair.values()).item() == pytest.approx(got.item(), rel=1e-12)
+
+
+def ref_fsc_masked(img, pos, neg, s, gamma, eps, lam):
+    """The documented convention for missing negatives: no candidate; a pair without any adds 0 to the mean."""
+    total = 0.0
+    for i in range(B):
+        cols = [s * dot(img[i], pos[i])] + [s * dot(img[i], own(neg, i, k)) for k in range(K) if real(k * B + i)]
+        if len(cols) == 1:
+            continue
+        logz = lse(cols)
+        n = len(cols) - 1
+        for j, z in enumerate(cols):
+            y = (1 - eps + eps / (n + 1)) if j == 0 else eps / (n + 1)
+            logp = z - logz
+            total = total + y * -((1 - torch.exp(logp)) ** gamma) * logp
+    return ref_clip(img, pos, s) + lam * total / B
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_missing_negatives_fsc_clip(gamma):
+    """Pair 1 has no negative (its term is 0, finite gradients even for γ < 1), pair 3 one of its three."""
+    check_masked("fsc_clip", LossConfig(hard_negative_weight=0.5, fsc_focal_gamma=gamma, fsc_label_smoothing=0.1),
+                 lambda i, p, n: ref_fsc_masked(i, p, n, S, gamma, 0.1, 0.5))
+
+
+def test_sigmoid_fsc_clip_is_siglip_plus_the_focal_term():
+    leaves = related_embeddings(4, K)
+    s, b = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
+    cfg = LossConfig(hard_negative_weight=0.5, mask_same_image=False)
+    out = LOSSES["fsc_clip"].for_contrastive("sigmoid").fn(sigmoid_inputs(leaves, s, b), cfg)
+    assert out["contrastive_loss"].item() == pytest.approx(ref_sigmoid(*leaves[:2], s, b).item(), rel=1e-10)
+    softmax = LOSSES["fsc_clip"].fn(LossInputs(Embeddings(*leaves), Embeddings(*leaves), s, 0), cfg)
+    assert out["hard_negative_loss"].item() == pytest.approx(softmax["hard_negative_loss"].item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CE-CLIP, against a re-implementation of lezhang7/Enhance-FineGrained `src/open_clip/loss.py` (2d07821)
+# `Clip_DALoss.forward`'s gathered branch (world_size > 1, not local_loss; here one process holding the global batch)
+# with hardnegative, cmr_loss and imc_loss on, `get_cmr_loss` (threshold_type "mean"), `get_imc_loss`, and the clamp
+# of the returned thresholds in `src/training/train.py`. Their texts are [B positives; B·4 negatives, pair-major];
+# the 4 is K here, and `.squeeze()` of the [B, K, 1] rank logits is `squeeze(-1)` (theirs breaks at K = 1).
+
+
+def ceclip_cmr_official(gt_logits_per_image, da_logits_per_image, valid_caption_mask, thresholds):
+    gt_similarity = gt_logits_per_image.diag().reshape(-1, 1).expand(da_logits_per_image.shape)
+    cmr_loss = F.relu(thresholds + da_logits_per_image - gt_similarity) * valid_caption_mask
+    mask = da_logits_per_image != 0
+    average_similarity_for_types = (da_logits_per_image * mask).sum(dim=0) / mask.sum(dim=0)
+    thresholds = (gt_similarity.mean(0) - average_similarity_for_types).expand(gt_similarity.shape).detach()
+    return cmr_loss.mean(), thresholds
+
+
+def ceclip_imc_official(gt_logits_per_image, embedding_matrix):
+    gt_similarity = gt_logits_per_image.diag().reshape(-1, 1)
+    logtis_matrix = torch.cat([gt_similarity, embedding_matrix], dim=-1)
+    labels = torch.zeros(logtis_matrix.shape[0], dtype=torch.long)
+    return F.cross_entropy(logtis_matrix, labels)
+
+
+def ceclip_official(image_features, text_features, valid_caption_mask, logit_scale, thresholds, k,
+                    imc_weight=0.2, cmr_weight=0.2, upper_bound=10):
+    all_image_features, all_text_features = image_features, text_features  # the gather of one process
+    b = image_features.shape[0]
+    caption_types = torch.tensor([1] * b + [2] * b * k)
+    gt_all_text_features = all_text_features[caption_types == 1]
+    da_all_text_features = all_text_features[caption_types == 2]
+    gt_len, feature_size = all_image_features.shape[0], all_image_features.shape[-1]
+    all_text_features = torch.cat([gt_all_text_features, da_all_text_features])
+    logits_per_image = logit_scale * all_image_features @ all_text_features.T
+    logits_per_text = logit_scale * gt_all_text_features @ all_image_features.T
+    da_logits_per_image = logit_scale * (da_all_text_features.reshape(gt_len, -1, feature_size)
+                                         @ all_image_features.unsqueeze(-1)).squeeze(-1) * valid_caption_mask
+    cmr_loss, thresholds = ceclip_cmr_official(logits_per_image, da_logits_per_image, valid_caption_mask, thresholds)
+    text_embedding_matrix = logit_scale * gt_all_text_features @ da_all_text_features.T
+    imc_loss = ceclip_imc_official(logits_per_image, text_embedding_matrix)
+    labels = torch.arange(logits_per_image.shape[0])
+    total_loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    total_loss = total_loss + cmr_loss * cmr_weight + imc_loss * imc_weight
+    return total_loss, torch.clamp(thresholds, 0, upper_bound)  # train.py clamps what the loss returns
+
+
+def pair_major(neg, k):
+    """[K·B, D] k-major (this repo) → [B·K, D] pair-major (CE-CLIP's `reshape(B, K, D)`)."""
+    return neg.view(k, B, -1).transpose(0, 1).reshape(k * B, -1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_ce_clip_equals_the_official_code_over_two_steps(k):
+    """Step 1 starts from τ = 0; step 2 (other embeddings) uses the thresholds step 1 left, as their training loop
+    passes them on: values, gradients (embeddings and logit scale) and the thresholds themselves."""
+    cfg = LossConfig(mask_same_image=False, ce_clip_imc_weight=0.3, ce_clip_cmr_weight=0.7, ce_clip_threshold_max=4.0,
+                     state={})
+    theirs_tau = torch.tensor(0.0, dtype=torch.float64)
+    for step, seed in enumerate((5, 6)):
+        leaves = related_embeddings(seed, k, pull=0.6)
+        scale = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
+        emb = Embeddings(*leaves)
+        got = sum(LOSSES["ce_clip"].fn(LossInputs(emb, emb, scale, 0), cfg).values())
+        got.backward()
+        ref_leaves = related_embeddings(seed, k, pull=0.6)
+        ref_scale = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
+        img, pos, neg = ref_leaves
+        want, theirs_tau = ceclip_official(img, torch.cat([pos, pair_major(neg, k)]), torch.ones(B, k), ref_scale,
+                                           theirs_tau, k, imc_weight=0.3, cmr_weight=0.7, upper_bound=4.0)
+        want.backward()
+        assert got.item() == pytest.approx(want.item(), rel=1e-12), step
+        for x, y in zip([*leaves, scale], [*ref_leaves, ref_scale]):
+            torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(cfg.state["ce_clip_thresholds"], theirs_tau[0], rtol=1e-12, atol=0)
+        if step == 0:  # step 2 then has margins to enforce, not τ = 0
+            assert (cfg.state["ce_clip_thresholds"] > 0).all()
+
+
+def test_ce_clip_without_state_starts_from_zero_every_call_and_evaluation_reads_a_copy():
+    leaves = related_embeddings(5, K, pull=0.6)
+    emb = Embeddings(*leaves)
+    inp = LossInputs(emb, emb, torch.tensor(12.0, dtype=torch.float64), 0)
+    fresh = [sum(LOSSES["ce_clip"].fn(inp, LossConfig()).values()).item() for _ in range(2)]
+    assert fresh[0] == fresh[1]
+    state = {"ce_clip_thresholds": torch.full((K,), 3.0, dtype=torch.float64)}
+    read_only = dict(state)
+    with_tau = sum(LOSSES["ce_clip"].fn(inp, LossConfig(state=read_only)).values()).item()
+    assert with_tau > fresh[0]  # a margin τ = 3 adds rank violations
+    assert torch.equal(state["ce_clip_thresholds"], torch.full((K,), 3.0, dtype=torch.float64))
+
+
+def ref_ce_clip_masked(img, pos, neg, s, tau, w_imc=0.2, w_cmr=0.2):
+    """The documented convention: a missing negative is no candidate of the contrast, the intra-modal softmax or the
+    rank term (its slot adds 0 to the mean over B·K)."""
+    reals = [m for m in range(K * B) if real(m)]
+    i2t = [ce_row([s * dot(img[i], pos[j]) for j in range(B)] + [s * dot(img[i], neg[m]) for m in reals], i)
+           for i in range(B)]
+    t2i = [ce_row([s * dot(pos[i], img[j]) for j in range(B)], i) for i in range(B)]
+    imc = [ce_row([s * dot(img[i], pos[i])] + [s * dot(pos[i], neg[m]) for m in reals], 0) for i in range(B)]
+    cmr = [F.relu(tau[k] + s * dot(img[i], own(neg, i, k)) - s * dot(img[i], pos[i]))
+           for i in range(B) for k in range(K) if real(k * B + i)]
+    return 0.5 * (sum(i2t) / B + sum(t2i) / B) + w_imc * sum(imc) / B + w_cmr * sum(cmr) / (B * K)
+
+
+def test_missing_negatives_ce_clip_and_its_thresholds():
+    tau = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    state = {"ce_clip_thresholds": tau.clone()}
+    check_masked("ce_clip", LossConfig(state=state), lambda i, p, n: ref_ce_clip_masked(i, p, n, S, tau))
+    # the new thresholds over the real negatives of each slot only
+    leaves, _ = make_k_embeddings()
+    i, p, n = [x.detach() for x in leaves]
+    gt = sum(S * dot(i[a], p[a]) for a in range(B)) / B
+    for k in range(K):
+        negs = [S * dot(i[a], own(n, a, k)) for a in range(B) if real(k * B + a)]
+        want = min(max(float(gt - sum(negs) / len(negs)), 0.0), 10.0)
+        assert state["ce_clip_thresholds"][k].item() == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_ce_clip_keeps_the_threshold_of_a_slot_without_any_negative():
+    leaves, emb = make_k_embeddings()
+    mask = torch.ones(K, B, dtype=torch.bool)
+    mask[2] = False  # no pair has a third negative
+    emb.negative_mask = mask.reshape(-1)
+    state = {"ce_clip_thresholds": torch.tensor([1.0, 1.0, 7.5], dtype=torch.float64)}
+    out = LOSSES["ce_clip"].fn(inputs(emb), LossConfig(state=state))
+    assert all(torch.isfinite(v) for v in out.values())
+    assert state["ce_clip_thresholds"][2].item() == 7.5
+
+
+def test_ce_clip_has_no_sigmoid_form_and_says_why():
+    with pytest.raises(ValueError, match="no sigmoid form of this loss: CE-CLIP's intra-modal softmax"):
+        LOSSES["ce_clip"].for_contrastive("sigmoid")

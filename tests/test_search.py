@@ -33,7 +33,7 @@ def flags(world, out) -> list[str]:
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--use_cpu",
         "--dataloader_num_workers", "0", "--report_to", "none", "--save_strategy", "no", "--seed", "0",
         "--cache_dir", str(out / "cache"), "--n_trials", "3", "--loss_types", "hnc", "pairwise",
-        "--learning_rate_range", "1e-4", "1e-3",
+        "--learning_rate_range", "1e-4", "1e-3", "--objective_types", "relation", "swap",
     ]  # fmt: skip
 
 
@@ -92,6 +92,44 @@ def test_each_trial_trains_a_fresh_model_with_its_own_loss(world, tmp_path):
     assert {id(p) for p, _ in trainer._theta0} == {id(p) for p in second.parameters() if p.requires_grad}
     trainer.args.loss_type = "pairwise"
     assert trainer.loss_spec.fn.__name__ == "pairwise_loss"
+
+
+def test_the_defaults_fit_a_pretrained_clip_on_real_hnc():
+    """Caption types that occur in HNC's train/val schema (the validation split's), learning rates a pre-trained CLIP
+    is fine-tuned with (CE-CLIP and FSC-CLIP: 5e-6), not the toy world's from-scratch ones."""
+    from collections import Counter
+
+    from hnc_clip.data.hnc import iter_hnc_pairs
+
+    from .conftest import TRAIN_SAMPLE
+
+    types = Counter(p["type"] for p in iter_hnc_pairs(str(TRAIN_SAMPLE)))
+    defaults = search.SearchArguments()
+    assert set(defaults.objective_types) <= set(types) and set(defaults.floor_types) <= set(types)
+    assert all(t.startswith("relation") for t in defaults.objective_types)
+    lo, hi = defaults.learning_rate_range
+    assert 1e-7 <= lo < 5e-6 < hi <= 1e-5
+
+
+def test_search_can_score_trials_with_the_in_training_objective(world, tmp_path):
+    """`--objective_metric` (with `--eval_benchmarks`): each trial scores `eval_objective`, relational accuracy on the
+    world's test pairs subject to zero-shot recognition of its objects, the floor measured once on the start."""
+    w, out = world["world"], tmp_path / "search"
+    argv = flags(world, out)
+    argv[argv.index("--n_trials") + 1] = "2"
+    argv += [
+        "--eval_on_start", "--objective_metric", "rel_accuracy", "--objective_floor_metric",
+        "zs_top1", "--objective_floor_margin", "0.05", "--eval_benchmarks",
+        f"rel=pairs:{w}/test.json,images={w}/images,types=relation+swap",
+        f"zs=zeroshot:{w}/recognition,classnames={w}/recognition/classnames.json",
+    ]  # fmt: skip
+    summary = search.main(*search.make_parser().parse_args_into_dataclasses(args=argv))
+    base = summary["base"]
+    assert summary["floor_minimum"] == pytest.approx(base["eval_zs_top1"] - 0.05)
+    for t in summary["trials"]:
+        assert t["feasible"] == (t["floor_accuracy"] >= summary["floor_minimum"])
+        assert t["objective"] == pytest.approx(t["relational_accuracy"] - (0 if t["feasible"] else 1))
+    assert summary["best"]["objective"] == max(t["objective"] for t in summary["trials"])
 
 
 def test_search_arguments_are_checked():

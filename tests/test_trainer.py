@@ -168,6 +168,8 @@ def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_i
     components = {k for k in logged if k.endswith("_loss")}
     assert components, logged
     assert sum(logged[k] for k in components) == pytest.approx(logged["loss"], rel=1e-4)
+    if loss_type == "ce_clip":  # its adaptive thresholds, carried from step to step, are logged
+        assert math.isfinite(logged["ce_clip_threshold"]) and logged["ce_clip_threshold"] >= 0
 
 
 def test_hard_negative_weight_schedule_is_logged(tmp_path, tiny_clip_dir, sample_image_dir):
@@ -487,3 +489,21 @@ def test_patch_embedding_as_matmul_is_the_convolution(tmp_path, tiny_clip_dir):
     reloaded = CLIPModel.from_pretrained(tmp_path / "saved")
     assert type(reloaded.vision_model.embeddings.patch_embedding) is torch.nn.Conv2d
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+def test_evaluation_reads_the_carried_loss_state_without_moving_it(tmp_path):
+    """CE-CLIP's thresholds: training steps pass the run's own dict (the loss updates it), evaluation a copy."""
+    from types import SimpleNamespace
+
+    from hnc_clip.arguments import HncTrainingArguments
+    from hnc_clip.trainer import HncTrainer
+
+    args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", loss_type="ce_clip")
+    state = {"ce_clip_thresholds": torch.tensor([1.5])}
+    fake = SimpleNamespace(args=args, loss_state=state, current_hard_negative_weight=lambda: 1.0)
+    assert HncTrainer.loss_config(fake, training=True).state is state
+    copy = HncTrainer.loss_config(fake, training=False).state
+    assert copy == state and copy is not state
+    copy["ce_clip_thresholds"] = torch.tensor([9.0])
+    assert state["ce_clip_thresholds"].item() == 1.5
+    assert HncTrainer.loss_config(fake).ce_clip_cmr_weight == args.ce_clip_cmr_weight == 0.2

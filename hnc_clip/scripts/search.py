@@ -10,6 +10,15 @@ learning rate, λ schedule) and is scored on the validation split: the objective
 share of validation pairs of `--objective_types` whose positive scores above its hard negative) subject to a
 **recognition floor**: the accuracy on `--floor_types` pairs (object negatives) may not fall below the starting
 model's by more than `--floor_margin`; a trial under the floor scores its relational accuracy minus 1 (infeasible).
+The defaults fit a pre-trained CLIP on real HNC: HNC val's relation types (`relation_subj`, `relation_obj`,
+`relation_pred`) against its `object` negatives, and learning rates of 1e-7 to 1e-5 around the 5e-6 at which CE-CLIP
+and FSC-CLIP fine-tune ViT-B/32 (their training scripts). A toy world needs its own
+(`--objective_types relation swap --learning_rate_range 1e-4 3e-3`).
+
+With `--objective_metric` (hnc-clip-train's in-training objective, `hnc_clip.evaluation.watch`) the trials are scored
+by it instead: `eval_objective` of each trial's final evaluation, e.g. relational accuracy on `--eval_benchmarks`
+pairs subject to zero-shot recognition on an image folder (`--objective_floor_metric`, with `--eval_on_start`), the
+floor measured once on the starting model.
 Each trial goes to `trials.jsonl` with its configuration and numbers (and `trials.png`); the best trial's
 configuration is written as `best.yaml`, which `hnc-clip-train best.yaml` takes as it is.
 """
@@ -32,6 +41,7 @@ from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArgume
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import make_collator, needs_stream, prepare_split, training_sources
 from hnc_clip.errors import OutputDirInUseError, RunAbortedError
+from hnc_clip.evaluation.watch import Objective
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
 from hnc_clip.schedules import SCHEDULES
@@ -54,7 +64,9 @@ class SearchArguments:
         default_factory=lambda: [0.5, 8.0], metadata={"help": "λ range (log-uniform), `--hard_negative_weight`."}
     )
     learning_rate_range: list[float] = field(
-        default_factory=lambda: [1e-4, 3e-3], metadata={"help": "Learning-rate range (log-uniform)."}
+        default_factory=lambda: [1e-7, 1e-5],
+        metadata={"help": "Learning-rate range (log-uniform); the default fits a pre-trained CLIP (the demo's toy "
+                          "model, trained from scratch, used 3e-4 to 3e-3)."},
     )
     schedules: list[str] = field(
         default_factory=lambda: ["constant", "linear"],
@@ -62,12 +74,14 @@ class SearchArguments:
                   "start λ to λ over a searched share of --max_steps: a warm-up or a decay)."},
     )  # fmt: skip
     objective_types: list[str] = field(
-        default_factory=lambda: ["relation", "swap"],
-        metadata={"help": "Caption types of the validation pairs the objective scores (relational)."},
+        default_factory=lambda: ["relation_subj", "relation_obj", "relation_pred"],
+        metadata={"help": "Caption types of the validation pairs the objective scores (relational; HNC val's names, "
+                          "the synthetic world's are `relation swap`). Unused with --objective_metric."},
     )
     floor_types: list[str] = field(
         default_factory=lambda: ["object"],
-        metadata={"help": "Caption types of the validation pairs the recognition floor scores."},
+        metadata={"help": "Caption types of the validation pairs the recognition floor scores (HNC's and the world's "
+                          "`object`). Unused with --objective_metric."},
     )
     floor_margin: float = field(
         default=0.01, metadata={"help": "How far below the starting model's floor accuracy a trial may fall."}
@@ -178,12 +192,14 @@ def plot_trials(trials: list[dict], path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for loss in sorted({t["params"]["loss_type"] for t in trials}):
         mine = [t for t in trials if t["params"]["loss_type"] == loss]
-        ax.scatter([t["floor_accuracy"] for t in mine], [t["relational_accuracy"] for t in mine], label=loss)
-        for t in mine:
-            ax.annotate(str(t["number"]), (t["floor_accuracy"], t["relational_accuracy"]), fontsize=8,
+        xs = [t["floor_accuracy"] if t["floor_accuracy"] is not None else t["number"] for t in mine]  # no floor: #
+        ax.scatter(xs, [t["relational_accuracy"] for t in mine], label=loss)
+        for t, x in zip(mine, xs):
+            ax.annotate(str(t["number"]), (x, t["relational_accuracy"]), fontsize=8,
                         textcoords="offset points", xytext=(3, 3))  # fmt: skip
     floor = trials[0]["floor_minimum"]
-    ax.axvline(floor, color="grey", linestyle=":", label="recognition floor")
+    if floor is not None:
+        ax.axvline(floor, color="grey", linestyle=":", label="recognition floor")
     ax.set_xlabel("recognition: accuracy on floor-type pairs")
     ax.set_ylabel("relational accuracy (objective)")
     ax.set_title("Hyper-parameter search trials")
@@ -242,10 +258,13 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
 
     train_dataset = split(data_args.train_file, data_args.caption_types, data_args.max_train_samples,
                           data_args.train_split)  # fmt: skip
+    goal = training_args.objective_metric is not None  # the in-training objective scores the trials
+    roles = (("objective", search_args.objective_types), ("floor", search_args.floor_types))
     eval_sets = {
         role: split(data_args.validation_file, types, data_args.max_eval_samples, data_args.validation_split)
-        for role, types in (("objective", search_args.objective_types), ("floor", search_args.floor_types))
-    }
+        for role, types in roles
+    } if not goal else split(data_args.validation_file, data_args.caption_types, data_args.max_eval_samples,
+                             data_args.validation_split)  # fmt: skip
     config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     trainer = HncTrainer(
         model_init=model_init,
@@ -260,11 +279,16 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
 
     # 4. The starting model's numbers set the floor
     base = trainer.evaluate()
-    floor_minimum = base["eval_floor_hard_negative_accuracy"] - search_args.floor_margin
-    logger.warning(
-        f"starting model: relational {base['eval_objective_hard_negative_accuracy']:.4f}, floor-type accuracy "
-        f"{base['eval_floor_hard_negative_accuracy']:.4f}; trials must stay at or above {floor_minimum:.4f}"
-    )
+    if goal:  # the trainer measured its floor on this evaluation of the start (step 0)
+        floor_minimum = trainer.floor_minimum
+        logger.warning(f"starting model: {base['eval_objective_score']:.4f} ({training_args.objective_metric}); "
+                       f"floor {floor_minimum}")  # fmt: skip
+    else:
+        floor_minimum = base["eval_floor_hard_negative_accuracy"] - search_args.floor_margin
+        logger.warning(
+            f"starting model: relational {base['eval_objective_hard_negative_accuracy']:.4f}, floor-type accuracy "
+            f"{base['eval_floor_hard_negative_accuracy']:.4f}; trials must stay at or above {floor_minimum:.4f}"
+        )
 
     # 5. The search; each trial recorded as it ends
     trials: list[dict] = []
@@ -276,9 +300,14 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
         return current["params"]
 
     def objective(metrics: dict) -> float:
-        relational = metrics["eval_objective_hard_negative_accuracy"]
-        floor = metrics["eval_floor_hard_negative_accuracy"]
-        feasible = floor >= floor_minimum
+        if goal:
+            relational, feasible = metrics["eval_objective_score"], bool(metrics["eval_objective_feasible"])
+            floor_metric = training_args.objective_floor_metric
+            floor = metrics[Objective.key(floor_metric)] if floor_metric else None
+        else:
+            relational = metrics["eval_objective_hard_negative_accuracy"]
+            floor = metrics["eval_floor_hard_negative_accuracy"]
+            feasible = floor >= floor_minimum
         record = {
             "number": current["number"],
             "params": current["params"],
