@@ -442,12 +442,7 @@ class HncTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
-        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
-        if self.loss_type == "negclip" and weighted:
-            raise ValueError(
-                "--loss_type negclip has no λ: NegCLIP puts the hard negatives in its image→text softmax unweighted "
-                "(leave --hard_negative_weight 1 and --hard_negative_schedule constant)"
-            )
+        self._check_flags_the_loss_reads(LOSSES)
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
@@ -485,6 +480,36 @@ class HncTrainingArguments(TrainingArguments):
         ("max_grad_norm", 0, None, False, False),
         ("label_smoothing_factor", 0, 1, False, False),
     )
+
+    # Knobs only some loss types read: (flags, does loss `name` with spec `spec` read them). A flag moved off its
+    # default for a loss that ignores it is refused, since the run would train something other than what was asked.
+    LOSS_FLAGS = (
+        (
+            ("hard_negative_weight", "hard_negative_schedule", "hard_negative_weight_min",
+             "hard_negative_warmup_steps", "hard_negative_step_size", "hard_negative_step_every"),
+            lambda name, spec: spec.uses_weight,  # NegCLIP's negatives sit in its image→text softmax unweighted
+        ),
+        (("kl_weight", "kl_temperature"), lambda name, spec: name == "kl_teacher"),
+        (("dpo_beta", "dpo_contrastive_weight"), lambda name, spec: name == "dpo"),
+    )  # fmt: skip
+
+    def _check_flags_the_loss_reads(self, losses: dict) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for flags, reads in self.LOSS_FLAGS:
+            if reads(self.loss_type, losses[self.loss_type]):
+                continue
+            for flag in flags:
+                if getattr(self, flag) != defaults[flag]:
+                    readers = ", ".join(name for name, spec in losses.items() if reads(name, spec))
+                    raise ValueError(
+                        f"--{flag} has no effect with --loss_type {self.loss_type}: it is read by --loss_type "
+                        f"{readers} (leave it at its default, {defaults[flag]}, or pick one of those losses)"
+                    )
+        if self.label_smoothing_factor != 0:
+            raise ValueError(
+                f"--label_smoothing_factor {self.label_smoothing_factor} has no effect: hnc-clip's losses never call "
+                "the Trainer's label smoother (leave it 0)"
+            )
 
     def _check_ranges(self) -> None:
         for flag, low, high, low_open, high_open in self.RANGES:

@@ -77,3 +77,31 @@ def test_schedules_never_leave_the_span_of_the_two_weights(name):
     assert all(0.2 <= v <= 1.0 for v in values), values
     args.hard_negative_weight, args.hard_negative_weight_min = -1.0, -2.0
     assert all(SCHEDULES[name](t, args) == 0.0 for t in (0, 5, 100))
+
+
+@pytest.mark.parametrize("loss, flag, value", [
+    ("clip", "hard_negative_weight", 2.0), ("clip", "hard_negative_schedule", "linear"),
+    ("dpo", "hard_negative_weight_min", 0.5), ("negclip", "hard_negative_warmup_steps", 100),
+    ("clip", "hard_negative_step_size", 0.2), ("dpo", "hard_negative_step_every", 50),
+    ("hnc", "kl_weight", 2.0), ("pairwise", "kl_temperature", 2.0), ("clip", "dpo_beta", 0.5),
+    ("kl_teacher", "dpo_contrastive_weight", 0.0),
+])  # fmt: skip
+def test_a_flag_the_loss_never_reads_is_refused(tmp_path, loss, flag, value):
+    """A knob set away from its default that `--loss_type` ignores would train something other than what was asked
+    (`--loss_type clip --hard_negative_weight 2` trained plain CLIP): refused, naming the flag and the losses that
+    read it. The same flags with a loss that reads them pass, and defaults pass with every loss."""
+    with pytest.raises(ValueError, match=rf"--{flag} has no effect with --loss_type {loss}: .*read by"):
+        training_args(tmp_path, loss_type=loss, **{flag: value})
+    users = {"kl_weight": "kl_teacher", "kl_temperature": "kl_teacher", "dpo_beta": "dpo",
+             "dpo_contrastive_weight": "dpo"}  # fmt: skip
+    training_args(tmp_path, loss_type=users.get(flag, "hnc"), **{flag: value})
+    for name in ("clip", "hnc", "pairwise", "thesis_l2", "kl_teacher", "dpo", "negclip"):
+        training_args(tmp_path, loss_type=name)
+
+
+def test_label_smoothing_is_refused(tmp_path):
+    """The Trainer's label smoother is never called (HncTrainer computes its own losses): a non-zero factor would be
+    range-checked and ignored."""
+    with pytest.raises(ValueError, match="--label_smoothing_factor 0.1 has no effect"):
+        training_args(tmp_path, label_smoothing_factor=0.1)
+    training_args(tmp_path, label_smoothing_factor=0.0)

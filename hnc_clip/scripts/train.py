@@ -27,7 +27,14 @@ from hnc_clip.arguments import (
     describe_machine_defaults,
 )
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import make_collator, needs_stream, prepare_split, prepare_stream, training_sources
+from hnc_clip.data import (
+    make_collator,
+    needs_stream,
+    prepare_split,
+    prepare_stream,
+    text_length,
+    training_sources,
+)
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
@@ -149,6 +156,7 @@ def main(
         # 2. Model and processor
         processor = load_processor(model_args)
         model = load_model(model_args)
+        text_length(data_args, model.config)  # a --max_text_length past the positions: refused before any data
         reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
         model = apply_finetune_mode(model, training_args)
 
