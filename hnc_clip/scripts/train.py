@@ -38,7 +38,13 @@ from hnc_clip.data import (
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
-from hnc_clip.output_dir import claim_output_dir, is_complete, last_complete_checkpoint, save_final_model
+from hnc_clip.output_dir import (
+    claim_output_dir,
+    disk_full_after_the_model,
+    is_complete,
+    last_complete_checkpoint,
+    save_final_model,
+)
 from hnc_clip.peers import collective_failure, exit_with, is_peer_lost, peer_lost_message, watch_peers
 from hnc_clip.trainer import HncTrainer
 
@@ -220,28 +226,32 @@ def main(
             # Into a temporary folder, then renamed into place (`hnc_clip.output_dir`). Under --push_to_hub the one
             # push happens at the end, with the eval metrics and the card.
             save_final_model(trainer)
-            trainer.save_state()
+            with disk_full_after_the_model("the trainer state", training_args.output_dir):
+                trainer.save_state()
             totals = {f"train_{k}": int(v) for k, v in trainer.run_totals.items()}  # summed over processes
             # a stream has no length: the pairs it trained on
             seen = len(train_dataset) if stream is None else int(trainer.run_totals["pairs"])
             metrics = {**train_result.metrics, "train_samples": seen, **totals}
             trainer.log_metrics("train", metrics)
-            trainer.save_metrics("train", metrics)
+            with disk_full_after_the_model("the training metrics", training_args.output_dir):
+                trainer.save_metrics("train", metrics)
             results.update(metrics)
         if training_args.do_eval:
             metrics = trainer.evaluate()  # eval_samples: the pairs scored
             trainer.log_metrics("eval", metrics)
-            trainer.save_metrics("eval", metrics)
+            with disk_full_after_the_model("the evaluation metrics", training_args.output_dir):
+                trainer.save_metrics("eval", metrics)
             results.update(metrics)
-        if training_args.should_save:
-            record_settings(training_args.output_dir, training_args.machine_defaults)
-        # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
-        if training_args.do_train:
-            trainer.card_info["metrics"] = results
-            if training_args.push_to_hub:
-                trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
-            elif training_args.should_save:
-                trainer.create_model_card()
+        with disk_full_after_the_model("the run's settings and model card", training_args.output_dir):
+            if training_args.should_save:
+                record_settings(training_args.output_dir, training_args.machine_defaults)
+            # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
+            if training_args.do_train:
+                trainer.card_info["metrics"] = results
+                if training_args.push_to_hub:
+                    trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
+                elif training_args.should_save:
+                    trainer.create_model_card()
         return results
 
 
