@@ -8,6 +8,7 @@ method's own knobs. Choices are checked against the registries in `__post_init__
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,59 @@ def check_finite(args) -> None:
         value = getattr(args, f.name, None)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--{f.name} must be a finite number, got {value}")
+
+
+def deepspeed_zero_stage(deepspeed, environ) -> int | None:
+    """The DeepSpeed ZeRO stage this run will use (0 for DeepSpeed without ZeRO), None without DeepSpeed or where the
+    config cannot be read (left to DeepSpeed to report). From `--deepspeed` (a dict or a JSON file), else from what
+    `accelerate launch --config_file zero3.yaml` puts in the environment (its `deepspeed_config_file`, or
+    `zero_stage`, default 2 as accelerate's)."""
+    config = deepspeed
+    if config is None:
+        if str(environ.get("ACCELERATE_USE_DEEPSPEED", "false")).lower() != "true":
+            return None
+        config = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+        if config in ("none", ""):
+            return int(environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))
+    if isinstance(config, str):
+        try:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else None
+    return stage if isinstance(stage, int) else None
+
+
+# What ZeRO-3 would get wrong: (flag as named, is it in use, why). Under ZeRO-3 a parameter outside its module's
+# forward is an empty shard on most processes (`hnc_clip.modeling.LogitScaleTap`).
+ZERO3_UNSUPPORTED = (
+    (
+        "--l2_reg_weight",
+        lambda a: a.l2_reg_weight > 0,
+        "‖θ−θ₀‖² reads θ and captures θ₀ outside the forward, where ZeRO-3 holds each parameter as a shard "
+        "(an empty tensor on most processes): the term would be 0 or a shape error",
+    ),
+    (
+        "--finetune_mode lora",
+        lambda a: a.finetune_mode == "lora",
+        "the adapters are merged into the weights before the final save, outside the forward, where ZeRO-3 holds "
+        "the weights as shards (peft's LoRA merge does not gather them); LoRA's few trainable parameters gain "
+        "little from ZeRO-3",
+    ),
+)
+
+
+def check_zero3(args, stage: int | None) -> None:
+    """`ValueError` for a setting ZeRO-3 would silently get wrong (`ZERO3_UNSUPPORTED`), naming the flag."""
+    if stage != 3:
+        return
+    for flag, used, why in ZERO3_UNSUPPORTED:
+        if used(args):
+            raise ValueError(
+                f"{flag} is not supported under DeepSpeed ZeRO-3: {why}. Use ZeRO-2 "
+                "(accelerate_configs/zero2.yaml) or DDP (accelerate_configs/multi_gpu.yaml)"
+            )
 
 
 def check_range(flag: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
@@ -443,6 +497,9 @@ class HncTrainingArguments(TrainingArguments):
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
         self._check_flags_the_loss_reads(LOSSES)
+        # before super(): transformers imports DeepSpeed there, and what ZeRO-3 would get wrong is named first
+        self.zero_stage = deepspeed_zero_stage(self.deepspeed, os.environ)
+        check_zero3(self, self.zero_stage)
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
