@@ -23,9 +23,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
-import zipfile
 
 import torch
 import torch.distributed as dist
@@ -621,7 +619,7 @@ class HncTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         try:
             super()._load_optimizer_and_scheduler(checkpoint)
-        except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        except Exception as err:  # torch.load and load_state_dict fail in many ways: one line each
             # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
             raise refuse(checkpoint, f"its optimizer.pt / scheduler.pt do not fit this run "
                                      f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
@@ -629,7 +627,7 @@ class HncTrainer(Trainer):
     def _load_rng_state(self, checkpoint) -> None:
         try:
             super()._load_rng_state(checkpoint)
-        except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        except Exception as err:  # as above
             raise refuse(checkpoint, f"its RNG state cannot be read ({type(err).__name__}: {err})") from err
 
     def _save_checkpoint(self, model, trial) -> None:

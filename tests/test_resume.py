@@ -52,6 +52,10 @@ DAMAGE = {
     "cut scheduler": (lambda c: cut(c / "scheduler.pt"), r"scheduler\.pt is damaged \(cut short\?"),
     "cut trainer state": (lambda c: cut(c / "trainer_state.json"), r"trainer_state\.json is damaged \(cut short\?"),
     "cut rng state": (lambda c: cut(c / "rng_state.pth"), r"rng_state\.pth is damaged \(cut short\?"),
+    "foreign optimizer": (
+        lambda c: torch.save(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))]).state_dict(), c / "optimizer.pt"),
+        r"its optimizer\.pt / scheduler\.pt do not fit this run \(ValueError",
+    ),
 }
 
 
