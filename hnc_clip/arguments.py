@@ -8,6 +8,7 @@ method's own knobs. Choices are checked against the registries in `__post_init__
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,59 @@ def check_finite(args) -> None:
         value = getattr(args, f.name, None)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"--{f.name} must be a finite number, got {value}")
+
+
+def deepspeed_zero_stage(deepspeed, environ) -> int | None:
+    """The DeepSpeed ZeRO stage this run will use (0 for DeepSpeed without ZeRO), None without DeepSpeed or where the
+    config cannot be read (left to DeepSpeed to report). From `--deepspeed` (a dict or a JSON file), else from what
+    `accelerate launch --config_file zero3.yaml` puts in the environment (its `deepspeed_config_file`, or
+    `zero_stage`, default 2 as accelerate's)."""
+    config = deepspeed
+    if config is None:
+        if str(environ.get("ACCELERATE_USE_DEEPSPEED", "false")).lower() != "true":
+            return None
+        config = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+        if config in ("none", ""):
+            return int(environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))
+    if isinstance(config, str):
+        try:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, dict) else None
+    return stage if isinstance(stage, int) else None
+
+
+# What ZeRO-3 would get wrong: (flag as named, is it in use, why). Under ZeRO-3 a parameter outside its module's
+# forward is an empty shard on most processes (`hnc_clip.modeling.LogitScaleTap`).
+ZERO3_UNSUPPORTED = (
+    (
+        "--l2_reg_weight",
+        lambda a: a.l2_reg_weight > 0,
+        "‖θ−θ₀‖² reads θ and captures θ₀ outside the forward, where ZeRO-3 holds each parameter as a shard "
+        "(an empty tensor on most processes): the term would be 0 or a shape error",
+    ),
+    (
+        "--finetune_mode lora",
+        lambda a: a.finetune_mode == "lora",
+        "the adapters are merged into the weights before the final save, outside the forward, where ZeRO-3 holds "
+        "the weights as shards (peft's LoRA merge does not gather them); LoRA's few trainable parameters gain "
+        "little from ZeRO-3",
+    ),
+)
+
+
+def check_zero3(args, stage: int | None) -> None:
+    """`ValueError` for a setting ZeRO-3 would silently get wrong (`ZERO3_UNSUPPORTED`), naming the flag."""
+    if stage != 3:
+        return
+    for flag, used, why in ZERO3_UNSUPPORTED:
+        if used(args):
+            raise ValueError(
+                f"{flag} is not supported under DeepSpeed ZeRO-3: {why}. Use ZeRO-2 "
+                "(accelerate_configs/zero2.yaml) or DDP (accelerate_configs/multi_gpu.yaml)"
+            )
 
 
 def check_range(flag: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
@@ -498,12 +552,10 @@ class HncTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
-        weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
-        if self.loss_type == "negclip" and weighted:
-            raise ValueError(
-                "--loss_type negclip has no λ: NegCLIP puts the hard negatives in its image→text softmax unweighted "
-                "(leave --hard_negative_weight 1 and --hard_negative_schedule constant)"
-            )
+        self._check_flags_the_loss_reads(LOSSES)
+        # before super(): transformers imports DeepSpeed there, and what ZeRO-3 would get wrong is named first
+        self.zero_stage = deepspeed_zero_stage(self.deepspeed, os.environ)
+        check_zero3(self, self.zero_stage)
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
@@ -561,16 +613,6 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError("--metric_for_best_model objective needs --objective_metric (and optionally "
                              "--objective_floor_metric)")  # fmt: skip
 
-    # flag → the loss types that read it: set to anything but its default with another loss, it is refused.
-    LOSS_FLAGS = {
-        "fsc_focal_gamma": ("fsc_clip",),
-        "fsc_label_smoothing": ("fsc_clip",),
-        "fsc_local_weight": ("fsc_clip",),
-        "ce_clip_imc_weight": ("ce_clip",),
-        "ce_clip_cmr_weight": ("ce_clip",),
-        "ce_clip_threshold_max": ("ce_clip",),
-    }
-
     def _check_loss_flags(self) -> None:
         """The FSC-CLIP and CE-CLIP knobs: in range, used only with their loss; λ refused where a loss has none."""
         check_range("fsc_focal_gamma", self.fsc_focal_gamma, 0)
@@ -578,11 +620,6 @@ class HncTrainingArguments(TrainingArguments):
         check_range("ce_clip_imc_weight", self.ce_clip_imc_weight, 0)
         check_range("ce_clip_cmr_weight", self.ce_clip_cmr_weight, 0)
         check_range("ce_clip_threshold_max", self.ce_clip_threshold_max, 0)
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for flag, losses in self.LOSS_FLAGS.items():
-            if getattr(self, flag) != defaults[flag] and self.loss_type not in losses:
-                raise ValueError(f"--{flag} is read only by --loss_type {' / '.join(losses)}, not by "
-                                 f"--loss_type {self.loss_type}: leave it unset")
         if self.fsc_local_weight != 0:
             raise ValueError(
                 "--fsc_local_weight: FSC-CLIP's local token–patch hard-negative term is not implemented. It needs "
@@ -596,6 +633,38 @@ class HncTrainingArguments(TrainingArguments):
                 "--loss_type ce_clip has no λ: its hard negatives sit in the image→text softmax unweighted, and its "
                 "own terms have --ce_clip_imc_weight and --ce_clip_cmr_weight (leave --hard_negative_weight 1 and "
                 "--hard_negative_schedule constant)"
+            )
+
+    # Knobs only some loss types read: (flags, does loss `name` with spec `spec` read them). A flag moved off its
+    # default for a loss that ignores it is refused, since the run would train something other than what was asked.
+    LOSS_FLAGS = (
+        (
+            ("hard_negative_weight", "hard_negative_schedule", "hard_negative_weight_min",
+             "hard_negative_warmup_steps", "hard_negative_step_size", "hard_negative_step_every"),
+            lambda name, spec: spec.uses_weight,  # NegCLIP's negatives sit in its image→text softmax unweighted
+        ),
+        (("kl_weight", "kl_temperature"), lambda name, spec: name == "kl_teacher"),
+        (("dpo_beta", "dpo_contrastive_weight"), lambda name, spec: name == "dpo"),
+        (("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight"), lambda name, spec: name == "fsc_clip"),
+        (("ce_clip_imc_weight", "ce_clip_cmr_weight", "ce_clip_threshold_max"), lambda name, spec: name == "ce_clip"),
+    )  # fmt: skip
+
+    def _check_flags_the_loss_reads(self, losses: dict) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for flags, reads in self.LOSS_FLAGS:
+            if reads(self.loss_type, losses[self.loss_type]):
+                continue
+            for flag in flags:
+                if getattr(self, flag) != defaults[flag]:
+                    readers = ", ".join(name for name, spec in losses.items() if reads(name, spec))
+                    raise ValueError(
+                        f"--{flag} has no effect with --loss_type {self.loss_type}: it is read by --loss_type "
+                        f"{readers} (leave it at its default, {defaults[flag]}, or pick one of those losses)"
+                    )
+        if self.label_smoothing_factor != 0:
+            raise ValueError(
+                f"--label_smoothing_factor {self.label_smoothing_factor} has no effect: hnc-clip's losses never call "
+                "the Trainer's label smoother (leave it 0)"
             )
 
     def _check_ranges(self) -> None:

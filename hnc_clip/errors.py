@@ -22,3 +22,7 @@ class DiskFullError(RunAbortedError):
 
 class OutputDirInUseError(RunAbortedError):
     """`--output_dir` holds another run, or another run is writing to it now."""
+
+
+class CheckpointError(RunAbortedError):
+    """A checkpoint to resume from cannot continue the run: incomplete, damaged or another model's."""

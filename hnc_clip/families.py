@@ -54,6 +54,33 @@ def _siglip_last_block(config) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def _square_placeholder(config, dtype, device) -> dict:
+    """A black image_size × image_size image (CLIP, SigLIP: fixed-size vision input)."""
+    import torch
+
+    vision = config.vision_config
+    size = vision.image_size
+    return {"pixel_values": torch.zeros(1, vision.num_channels, size, size, dtype=dtype, device=device)}
+
+
+def _naflex_placeholder(config, dtype, device) -> dict:
+    """A black image as SigLIP 2 NaFlex takes it: [1, N, C·p²] patch rows, the first side² of them real (a square
+    grid), `pixel_attention_mask` [1, N] and `spatial_shapes` [1, 2] as `Siglip2ImageProcessor` returns them."""
+    import math
+
+    import torch
+
+    vision = config.vision_config
+    n, side = vision.num_patches, math.isqrt(vision.num_patches)
+    mask = torch.zeros(1, n, dtype=torch.int32, device=device)
+    mask[0, : side * side] = 1
+    return {
+        "pixel_values": torch.zeros(1, n, vision.num_channels * vision.patch_size**2, dtype=dtype, device=device),
+        "pixel_attention_mask": mask,
+        "spatial_shapes": torch.tensor([[side, side]], dtype=torch.long, device=device),
+    }
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
@@ -73,6 +100,9 @@ class ModelFamily:
     last_block: Callable[[object], tuple[str, ...]]  # `--finetune_mode last_block`, from the model's config
     # Per-image inputs the image processor returns beside `pixel_values` (NaFlex: patch mask and grid shape).
     pixel_inputs: tuple[str, ...] = ()
+    # One stand-in image in this family's input layout (`hnc_clip.forward.placeholder_batch`): (config, dtype, device)
+    # → {"pixel_values": ..., and each of `pixel_inputs`}.
+    placeholder_pixels: Callable[..., dict] = _square_placeholder
 
     @property
     def cls(self) -> type:
@@ -112,7 +142,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "metaclip_2": ModelFamily("metaclip_2", "MetaClip2Model", **_CLIP),
     "siglip": ModelFamily("siglip", "SiglipModel", **_SIGLIP),
     "siglip2": ModelFamily(
-        "siglip2", "Siglip2Model", **_SIGLIP, pixel_inputs=("pixel_attention_mask", "spatial_shapes")
+        "siglip2", "Siglip2Model", **_SIGLIP, pixel_inputs=("pixel_attention_mask", "spatial_shapes"),
+        placeholder_pixels=_naflex_placeholder,
     ),
 }  # fmt: skip
 

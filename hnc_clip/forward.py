@@ -90,7 +90,6 @@ def placeholder_batch(model, device, negatives: int = 1, negative_mask: bool = F
 run's batches carry one (`HncCollator.allow_missing_negatives`), so that every process gathers it."""
     clip = unwrap_clip(model)
     config = clip.config
-    size = config.vision_config.image_size
     dtype = clip.vision_model.embeddings.patch_embedding.weight.dtype  # float pixels reach the model as they are
     ids = torch.zeros((1, 2), dtype=torch.long, device=device)
     ids[0, 1].fill_(min(config.text_config.eos_token_id, config.text_config.vocab_size - 1))  # [BOS-ish, EOS]
@@ -98,7 +97,7 @@ run's batches carry one (`HncCollator.allow_missing_negatives`), so that every p
     extra = {"negative_mask": torch.ones(negatives, dtype=torch.bool, device=device)} if negative_mask else {}
     return {
         **extra,
-        "pixel_values": torch.zeros(1, 3, size, size, dtype=dtype, device=device),
+        **family_of(clip).placeholder_pixels(config, dtype, device),  # NaFlex: patch rows, their mask and grid
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
         "image_index": zero,

@@ -205,10 +205,28 @@ def disk_full_error(what: str, path: str, output_dir: str, removed: bool) -> Dis
     resume = (f"resume from {last} (--resume_from_checkpoint last)" if last else "no complete checkpoint to resume "
               "from")  # fmt: skip
     return DiskFullError(
-        f"disk full while saving {what} to {path} ({free} free now): "
+        f"No space left on device while saving {what} to {path} (disk full: {free} free now): "
         f"{'what was written of it has been removed' if removed else 'it is not marked complete'}, so nothing "
         f"half-written will be resumed from. Free space (or choose another --output_dir); {resume}"
     )
+
+
+@contextlib.contextmanager
+def disk_full_after_the_model(what: str, output_dir: str) -> Iterator[None]:
+    """Writes after the final model is published (trainer state, metrics, card): a full disk is a `DiskFullError`
+    that says the model is saved, not a traceback."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err, output_dir):
+            raise
+        free = "?"
+        with contextlib.suppress(OSError):
+            free = f"{shutil.disk_usage(output_dir).free / 2**20:,.0f} MiB"
+        raise DiskFullError(
+            f"No space left on device while saving {what} to {output_dir} (disk full: {free} free now); the final "
+            "model was saved there before. Free space to keep these files"
+        ) from err
 
 
 def _fsync_dir(path: str) -> None:

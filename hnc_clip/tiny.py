@@ -227,23 +227,22 @@ def build_siglip2_char_tokenizer(model_max_length: int = 64) -> Siglip2Tokenizer
     return Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def save_tiny_siglip2(
-    output_dir: str, patch_size: int = 8, max_num_patches: int = 16, hidden_size: int = 32, num_layers: int = 2,
+def build_tiny_siglip2(
+    vocab_size: int, patch_size: int = 8, max_num_patches: int = 16, hidden_size: int = 32, num_layers: int = 2,
     num_heads: int = 2, max_position_embeddings: int = 64, seed: int = 0,
-) -> str:
-    """A tiny SigLIP 2 NaFlex (`Siglip2Model`: each image resized to at most `max_num_patches` patches, keeping its
-    aspect ratio) + `Siglip2Processor` with a character-level tokenizer, saved with `save_pretrained`."""
+) -> Siglip2Model:
+    """A randomly initialised SigLIP 2 NaFlex `Siglip2Model` (images as up to `max_num_patches` patch rows of
+    3·patch_size² values; deterministic for `seed`)."""
     import math
 
     import torch
 
-    tokenizer = build_siglip2_char_tokenizer(max_position_embeddings)
     tower = dict(
         hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
     )  # fmt: skip
     config = Siglip2Config(
-        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings, pad_token_id=0,
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, pad_token_id=0,
                          eos_token_id=1, **tower),
         vision_config=dict(patch_size=patch_size, num_patches=max_num_patches, **tower),
     )
@@ -252,6 +251,18 @@ def save_tiny_siglip2(
     with torch.no_grad():
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)
+    return model
+
+
+def save_tiny_siglip2(
+    output_dir: str, patch_size: int = 8, max_num_patches: int = 16, hidden_size: int = 32, num_layers: int = 2,
+    num_heads: int = 2, max_position_embeddings: int = 64, seed: int = 0,
+) -> str:
+    """A tiny SigLIP 2 NaFlex (`Siglip2Model`: each image resized to at most `max_num_patches` patches, keeping its
+    aspect ratio) + `Siglip2Processor` with a character-level tokenizer, saved with `save_pretrained`."""
+    tokenizer = build_siglip2_char_tokenizer(max_position_embeddings)
+    model = build_tiny_siglip2(len(tokenizer), patch_size, max_num_patches, hidden_size, num_layers, num_heads,
+                               max_position_embeddings, seed)  # fmt: skip
     image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=max_num_patches)
     model.save_pretrained(output_dir)
     Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)

@@ -43,6 +43,7 @@ from .gradcache import gradcache_backward
 from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
 from .modeling import LogitScaleTap
 from .output_dir import disk_full_error, is_disk_full, mark_complete, write_atomic
+from .resume import check_resumable, describe_key_mismatch, refuse
 from .schedules import SCHEDULES
 
 # Per-process counts: summed per log period, and over processes.
@@ -643,6 +644,8 @@ class HncTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._resume_from = resume_from_checkpoint
+        if isinstance(resume_from_checkpoint, str):  # before the Trainer reads any of it
+            check_resumable(resume_from_checkpoint, deepspeed=self.is_deepspeed_enabled)
         self.run_totals = dict.fromkeys(self.run_totals, 0.0)
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.model.training is False:  # the last log came after an evaluation: the last steps' counts are here
@@ -666,6 +669,37 @@ class HncTrainer(Trainer):
             self.check_skips(final=False)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        self._loading_from = resume_from_checkpoint  # named by `_issue_warnings_after_load`
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            self._loading_from = None
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The Trainer loads resumed weights with `strict=False` and only warns: other keys than the model's mean
+        another model's checkpoint, and resuming from it would train from a mix of its weights and fresh ones."""
+        ignored = set(getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # tied again by the Trainer
+        missing = [k for k in load_result.missing_keys if k not in ignored]
+        if getattr(self, "_loading_from", None) and (missing or load_result.unexpected_keys):
+            raise refuse(self._loading_from, describe_key_mismatch("model.safetensors", missing,
+                                                                   list(load_result.unexpected_keys)))  # fmt: skip
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as err:  # torch.load and load_state_dict fail in many ways: one line each
+            # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
+            raise refuse(checkpoint, f"its optimizer.pt / scheduler.pt do not fit this run "
+                                     f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
+
+    def _load_rng_state(self, checkpoint) -> None:
+        try:
+            super()._load_rng_state(checkpoint)
+        except Exception as err:  # as above
+            raise refuse(checkpoint, f"its RNG state cannot be read ({type(err).__name__}: {err})") from err
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")

@@ -160,7 +160,8 @@ def build_sugarcrepe_pp(root: Path) -> Path:
     return root
 
 
-ARO_RELATIONS = ["on", "behind", "next to", "attached to"]  # the last two are in ARO's exclusion list
+# the last two are in ARO's exclusion list; "reaching for" sat at the start of a wrapped line of the old parsed string
+ARO_RELATIONS = ["on", "behind", "next to", "reaching for"]
 
 
 def build_aro_vg(root: Path, kind: str) -> Path:

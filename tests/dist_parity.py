@@ -7,7 +7,8 @@ Pairs 1 (rank 0) and 5 (rank 1) show the same image, so same-image masking acros
 
 Uneven splits too, as when pairs are dropped for unreadable images: 3 + 5 rows padded to blocks of 6, and 8 + none
 (rank 1 holds only the placeholder pair); the reference is one process holding the union of the real rows. The
-other families and layouts (NegCLIP, K = 3 negatives per pair, SigLIP's sigmoid) go through the same checks.
+other families and layouts (NegCLIP, K = 3 negatives per pair, SigLIP's sigmoid, SigLIP 2 NaFlex's patch rows)
+go through the same checks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hnc_clip.data import image_group_id
 from hnc_clip.forward import build_loss_inputs, placeholder_batch
 from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig, total_loss
-from hnc_clip.tiny import EOS_ID, build_tiny_clip, build_tiny_siglip
+from hnc_clip.tiny import EOS_ID, build_tiny_clip, build_tiny_siglip, build_tiny_siglip2
 
 G, L, VOCAB = 8, 7, 40
 
@@ -68,6 +69,19 @@ def missing_negative_batch(k: int = 3) -> dict:
     return batch
 
 
+def naflex_batch() -> dict:
+    """`global_batch` with SigLIP 2 NaFlex images: 16 patch rows of 3·8² values each, grids of other shapes (the
+    rows past h·w are padding), image 5 = image 1."""
+    batch = global_batch()
+    g = torch.Generator().manual_seed(7)
+    grids = torch.tensor([[4, 4], [3, 5], [2, 8], [4, 4], [2, 7], [3, 5], [1, 16], [3, 4]])
+    grids[5] = grids[1]
+    pixels = torch.randn(G, 16, 3 * 8 * 8, generator=g)
+    pixels[5] = pixels[1]
+    mask = (torch.arange(16)[None, :] < grids.prod(1)[:, None]).to(torch.int32)  # [G, 16]
+    return {**batch, "pixel_values": pixels * mask[..., None], "pixel_attention_mask": mask, "spatial_shapes": grids}
+
+
 def local_slice(batch: dict, rank: int, world: int) -> dict:
     b = G // world
     return local_rows(batch, list(range(rank * b, (rank + 1) * b)))
@@ -88,6 +102,9 @@ def local_rows(batch: dict, rows: list[int]) -> dict:
         "attention_mask": per_block(batch["attention_mask"]),
         "image_ids": batch["image_ids"][rows],
     }
+    for k in ("pixel_attention_mask", "spatial_shapes"):  # NaFlex: per image, as pixel_values
+        if k in batch:
+            out[k] = batch[k][rows]
     if "negative_mask" in batch:
         mask = batch["negative_mask"]
         out["negative_mask"] = torch.cat([mask[k * G : (k + 1) * G][rows] for k in range(mask.numel() // G)])
@@ -126,6 +143,13 @@ def tiny_siglip():
     return model
 
 
+def tiny_siglip2():
+    model = build_tiny_siglip2(VOCAB, patch_size=8, max_num_patches=16, hidden_size=32, seed=0).double()
+    with torch.no_grad():
+        model.logit_bias.fill_(-1.0)
+    return model
+
+
 # name → (model, global batch, loss type, contrastive form): the other families and layouts, same checks.
 FAMILY_CASES = {
     "negclip": (tiny_clip, global_batch, "negclip", "softmax"),
@@ -140,6 +164,8 @@ FAMILY_CASES = {
     # FSC-CLIP's own-pair focal term, CE-CLIP's three terms and its thresholds over the gathered real rows
     "fsc_clip_missing": (tiny_clip, missing_negative_batch, "fsc_clip", "softmax"),
     "ce_clip_missing": (tiny_clip, missing_negative_batch, "ce_clip", "softmax"),
+    # SigLIP 2 NaFlex: patch rows with their mask and grid; an empty process runs a placeholder in that layout
+    "siglip2_naflex_hnc": (tiny_siglip2, naflex_batch, "hnc", "sigmoid"),
 }
 
 

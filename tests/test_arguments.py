@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from types import SimpleNamespace
 
@@ -84,7 +85,7 @@ def test_schedules_never_leave_the_span_of_the_two_weights(name):
     ("ce_clip_cmr_weight", 0.0, "negclip"), ("ce_clip_threshold_max", 5.0, "hnc"),
 ])  # fmt: skip
 def test_a_loss_flag_with_a_loss_that_does_not_read_it_is_refused(tmp_path, flag, value, loss):
-    with pytest.raises(ValueError, match=f"--{flag} is read only by --loss_type .*, not by --loss_type {loss}"):
+    with pytest.raises(ValueError, match=f"--{flag} has no effect with --loss_type {loss}: it is read by --loss_type"):
         training_args(tmp_path, loss_type=loss, **{flag: value})
 
 
@@ -113,3 +114,75 @@ def test_ce_clip_has_no_lambda(tmp_path):
         training_args(tmp_path, loss_type="ce_clip", hard_negative_weight=0.5)
     with pytest.raises(ValueError, match="--loss_type ce_clip has no λ"):
         training_args(tmp_path, loss_type="ce_clip", hard_negative_schedule="linear")
+@pytest.mark.parametrize("loss, flag, value", [
+    ("clip", "hard_negative_weight", 2.0), ("clip", "hard_negative_schedule", "linear"),
+    ("dpo", "hard_negative_weight_min", 0.5), ("negclip", "hard_negative_warmup_steps", 100),
+    ("clip", "hard_negative_step_size", 0.2), ("dpo", "hard_negative_step_every", 50),
+    ("hnc", "kl_weight", 2.0), ("pairwise", "kl_temperature", 2.0), ("clip", "dpo_beta", 0.5),
+    ("kl_teacher", "dpo_contrastive_weight", 0.0),
+])  # fmt: skip
+def test_a_flag_the_loss_never_reads_is_refused(tmp_path, loss, flag, value):
+    """A knob set away from its default that `--loss_type` ignores would train something other than what was asked
+    (`--loss_type clip --hard_negative_weight 2` trained plain CLIP): refused, naming the flag and the losses that
+    read it. The same flags with a loss that reads them pass, and defaults pass with every loss."""
+    with pytest.raises(ValueError, match=rf"--{flag} has no effect with --loss_type {loss}: .*read by"):
+        training_args(tmp_path, loss_type=loss, **{flag: value})
+    users = {"kl_weight": "kl_teacher", "kl_temperature": "kl_teacher", "dpo_beta": "dpo",
+             "dpo_contrastive_weight": "dpo"}  # fmt: skip
+    training_args(tmp_path, loss_type=users.get(flag, "hnc"), **{flag: value})
+    for name in ("clip", "hnc", "pairwise", "thesis_l2", "kl_teacher", "dpo", "negclip"):
+        training_args(tmp_path, loss_type=name)
+
+
+def test_label_smoothing_is_refused(tmp_path):
+    """The Trainer's label smoother is never called (HncTrainer computes its own losses): a non-zero factor would be
+    range-checked and ignored."""
+    with pytest.raises(ValueError, match="--label_smoothing_factor 0.1 has no effect"):
+        training_args(tmp_path, label_smoothing_factor=0.1)
+    training_args(tmp_path, label_smoothing_factor=0.0)
+
+
+ZERO3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+
+
+@pytest.mark.parametrize("how", ["dict", "file", "accelerate", "accelerate_file"])
+@pytest.mark.parametrize("flags, message", [
+    ({"l2_reg_weight": 0.1}, r"--l2_reg_weight is not supported under DeepSpeed ZeRO-3: .*θ₀"),
+    ({"finetune_mode": "lora"}, r"--finetune_mode lora is not supported under DeepSpeed ZeRO-3: .*merge"),
+])  # fmt: skip
+def test_what_zero3_would_get_wrong_is_refused_before_deepspeed_starts(tmp_path, monkeypatch, how, flags, message):
+    """Under ZeRO-3 a parameter outside its module's forward is an empty shard: θ₀ for --l2_reg_weight (so
+    ‖θ−θ₀‖² is 0 or a shape error) and peft's LoRA merge before the final save read it there. Refused at parse
+    time, from `--deepspeed` (dict or file) or from `accelerate launch --config_file zero3.yaml` (its environment),
+    before transformers imports DeepSpeed (not installed on this machine)."""
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ZERO3))
+    kw = {"dict": {"deepspeed": ZERO3}, "file": {"deepspeed": str(path)}}.get(how, {})
+    if how.startswith("accelerate"):
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        if how == "accelerate":
+            monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+        else:
+            monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    with pytest.raises(ValueError, match=message):
+        training_args(tmp_path, **kw, **flags)
+
+
+def test_the_zero_stage_is_read_from_every_way_of_giving_it(tmp_path):
+    from hnc_clip.arguments import check_zero3, deepspeed_zero_stage
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert deepspeed_zero_stage(ZERO3, {}) == 3 and deepspeed_zero_stage(str(path), {}) == 2
+    assert deepspeed_zero_stage(None, {}) is None and deepspeed_zero_stage({"bf16": {}}, {}) == 0
+    env = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    assert deepspeed_zero_stage(None, env) == 2  # accelerate's default stage
+    assert deepspeed_zero_stage(None, {**env, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}) == 3
+    assert deepspeed_zero_stage(None, {**env, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}) == 2
+    assert deepspeed_zero_stage(None, {"ACCELERATE_USE_DEEPSPEED": "false", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}) \
+        is None
+    args = SimpleNamespace(l2_reg_weight=0.1, finetune_mode="lora")
+    check_zero3(args, 2)  # ZeRO-2 keeps whole parameters on every process: both work
+    check_zero3(args, None)
+    with pytest.raises(ValueError, match="--l2_reg_weight"):
+        check_zero3(args, 3)

@@ -4,6 +4,7 @@ in each test), with the same fake embeddings. Plus the registry's own behaviour:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -15,9 +16,12 @@ import pytest
 from PIL import Image
 
 from hnc_clip.evaluation.benchmarks import REGISTRY, SUITES, BenchmarkError, BenchmarkNotFound, expand, locate
+from hnc_clip.evaluation.benchmarks.protocols import ARO_EXCLUDED_RELATIONS
 from hnc_clip.evaluation.benchmarks.runner import run_benchmark
 
 from . import benchmark_fixtures as fx
+
+DATA = Path(__file__).parent / "data"
 
 
 def run(name: str, root: Path) -> dict:
@@ -177,12 +181,28 @@ def _aro_reference(root: Path, annotation: str, kind: str) -> dict[str, tuple[fl
     return {k: (correct[keys == k].mean(), int((keys == k).sum())) for k in np.unique(keys)}
 
 
+def _aro_notebook_symmetric() -> list[str]:
+    """The `symmetric` list of ARO's 'Replicate ARO!' notebook, read from its line quoted in tests/data."""
+    line = next(
+        ln for ln in (DATA / "aro_notebook_symmetric.txt").read_text().splitlines() if ln.startswith("symmetric = ")
+    )
+    return ast.literal_eval(line.split("=", 1)[1].strip())
+
+
+def test_aro_exclusion_list_is_the_official_notebooks():
+    official = _aro_notebook_symmetric()
+    assert len(official) == 157 and len(set(official)) == 157
+    assert ARO_EXCLUDED_RELATIONS == tuple(official)  # every relation, spelled and ordered as the notebook
+
+
 def test_aro_vg_relation_macro_without_the_excluded_relations(tmp_path):
     root = fx.build_aro_vg(tmp_path / "vgr", "relation")
     out = run("aro_vg_relation", root)
     ref = _aro_reference(root, "visual_genome_relation.json", "relation")
-    # the notebook drops 'next to' and 'attached to' (both in its `symmetric` list) before the mean
-    assert out["headline"] == pytest.approx(np.mean([ref["on"][0], ref["behind"][0]]))
+    # the notebook: `df = df[~df.Relation.isin(symmetric)]; df.Accuracy.mean()` ('next to', 'reaching for' drop)
+    symmetric = set(_aro_notebook_symmetric())
+    assert out["headline"] == pytest.approx(np.mean([v for k, (v, _) in ref.items() if k not in symmetric]))
+    assert out["num_relations_kept"] == 2
     assert out["macro_accuracy_all_relations"] == pytest.approx(np.mean([v for v, _ in ref.values()]))
     assert out["by_type"] == pytest.approx({k: v for k, (v, _) in ref.items()})
 

@@ -140,3 +140,28 @@ def test_evaluation_encoder_feeds_siglip_as_it_was_trained(tiny_siglip_dir):
     torch.testing.assert_close(texts, want_t, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(encoder.encode_images(images), want_i, rtol=1e-5, atol=1e-6)
     assert encoder.encode_texts([]).shape == (0, 32)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FAMILIES))
+def test_the_placeholder_pair_runs_through_every_family(name):
+    """A process whose batch has no readable image runs a placeholder pair so that it enters the collectives the
+    others enter (`placeholder_batch`): it must be an input its family's model takes (SigLIP 2 NaFlex: patch rows,
+    their mask and grid; its config has no image_size), with every per-image input the collator would bring."""
+    from hnc_clip.forward import build_loss_inputs, placeholder_batch
+    from hnc_clip.tiny import build_tiny_clip, build_tiny_siglip, build_tiny_siglip2
+
+    builders = {"clip": lambda: build_tiny_clip(40, image_size=32, patch_size=8, hidden_size=32, projection_dim=16),
+                "metaclip_2": None, "siglip": lambda: build_tiny_siglip(40), "siglip2": lambda: build_tiny_siglip2(40)}
+    if builders[name] is None:
+        config = MetaClip2Config(text_config=dict(vocab_size=40, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=1, num_attention_heads=2, eos_token_id=3),
+                                 vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=1, num_attention_heads=2), projection_dim=16)
+        model = MODEL_FAMILIES[name].cls(config)
+    else:
+        model = builders[name]()
+    batch = placeholder_batch(model, "cpu", negatives=2, negative_mask=True)
+    assert set(MODEL_FAMILIES[name].pixel_inputs) <= set(batch)
+    inputs = build_loss_inputs(model, batch, world_size=1)
+    assert inputs.local.image.shape[0] == 1 and inputs.local.negative.shape[0] == 2
+    assert torch.isfinite(inputs.local.image).all() and torch.isfinite(inputs.local.positive).all()

@@ -168,3 +168,25 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
     assert [tuple(p.values()) for p in iter_hnc_pairs(str(path))] == [
         tuple(p.values()) for p in iter_hnc_pairs(str(TRAIN_SAMPLE))]
     assert len(load_hnc_pairs(str(path), cache_dir=str(tmp_path / "c"), num_proc=2)) == 594
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDC00", "\\ud83d x"])
+def test_a_lone_utf16_surrogate_is_a_format_error_with_file_and_byte(tmp_path, escape):
+    """`"\\ud800"` is valid JSON but no Unicode text: the decoder returns a string that cannot be written as UTF-8
+    (Arrow, the tokenizer). It is an HncFormatError naming the file and the escape's byte; a surrogate *pair* (an
+    emoji written `\\ud83d\\ude00`) is text and is read."""
+    from hnc_clip.data import load_hnc_pairs
+
+    good = '"img0": {"captions": {"0": {"caption": "a cat \\ud83d\\ude00", "label": 1, "cpt_p_id": null}, '
+    good += '"1": {"caption": "a dog", "label": 0, "cpt_p_id": 0}}}'
+    bad = '"img1": {"captions": {"0": {"caption": "a ' + escape + ' cat", "label": 1, "cpt_p_id": null}, '
+    bad += '"1": {"caption": "a dog", "label": 0, "cpt_p_id": 0}}}'
+    text = "{" + good + ", " + bad + "}"
+    path = write(tmp_path, text, "sur.json")
+    byte = text.index(escape.split()[0], text.index('"img1"'))
+    with pytest.raises(HncFormatError, match=rf"sur\.json: invalid JSON near byte {byte} \(.*surrogate"):
+        list(iter_hnc_pairs(path, TRAIN_SCHEMA))
+    with pytest.raises(HncFormatError, match=rf"sur\.json: invalid JSON near byte {byte} \(.*surrogate"):
+        load_hnc_pairs(path, cache_dir=str(tmp_path / "c"))
+    ok = write(tmp_path, "{" + good + "}", "ok.json")
+    assert [p["positive"] for p in iter_hnc_pairs(ok, TRAIN_SCHEMA)] == ["a cat \U0001f600"]

@@ -141,3 +141,38 @@ def test_image_names_that_leave_image_dir_are_never_read(tmp_path, caplog):
     assert kept["image_file"] == ["in.jpg"]
     with pytest.raises(ImageLoadError, match="2 of 3 images named outside"):
         drop_missing_images(ds, str(root), on_missing="error")
+
+
+def _sideways_jpeg(path) -> None:
+    """A 40x20 JPEG stored sideways (left half white) with EXIF Orientation 6: upright it is 20x40, white on top."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, "JPEG", exif=exif, quality=95)
+
+
+def _upright(hwc: np.ndarray) -> bool:
+    """White top half and black bottom half (as a viewer shows the photo), not white left and black right."""
+    h, w = hwc.shape[:2]
+    top, bottom = hwc[: h // 2 - 2].mean(), hwc[h // 2 + 2 :].mean()
+    left, right = hwc[:, : w // 2 - 2].mean(), hwc[:, w // 2 + 2 :].mean()
+    return top > bottom + 100 and abs(left - right) < 30
+
+
+def test_exif_orientation_is_applied_in_training_the_image_cache_and_evaluation_alike(tmp_path):
+    """Left/right captions flip if one path decodes the stored pixels: the on-the-fly join, the image cache and the
+    evaluation loader (a file, a crop of it and an image a caller already opened) all see the photo upright."""
+    from hnc_clip.data.image_cache import resize_and_crop
+    from hnc_clip.evaluation.images import ImageRef, load_image
+
+    _sideways_jpeg(tmp_path / "rot.jpg")
+    processor = build_image_processor(32)
+    pixels = ImageJoin(str(tmp_path), processor)({"image_file": ["rot.jpg"]})["pixel_values"][0]  # [3, 32, 32]
+    assert _upright(pixels.numpy().transpose(1, 2, 0) * 100)
+    assert _upright(resize_and_crop(processor, str(tmp_path / "rot.jpg")).astype(float))
+    assert np.asarray(load_image(ImageRef(str(tmp_path / "rot.jpg")))).shape == (40, 20, 3)
+    assert _upright(np.asarray(load_image(ImageRef(str(tmp_path / "rot.jpg")))).astype(float))
+    assert np.asarray(load_image(ImageRef(str(tmp_path / "rot.jpg"), bbox=(0, 0, 20, 20)))).mean() > 200  # top
+    with Image.open(tmp_path / "rot.jpg") as opened:
+        assert _upright(np.asarray(load_image(opened)).astype(float))

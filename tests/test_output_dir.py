@@ -134,7 +134,8 @@ def test_a_full_disk_while_checkpointing_says_so_and_leaves_nothing_to_resume_fr
     disk_fills_on_call(monkeypatch, fail_on=2)
     assert train_app.cli(train_flags(tmp_path, tiny_clip_dir, sample_image_dir, out)) == 1
     err = capsys.readouterr().err
-    assert "disk full while saving checkpoint checkpoint-6" in err and f"resume from {out}/checkpoint-3" in err
+    assert "No space left on device while saving checkpoint checkpoint-6" in err
+    assert f"resume from {out}/checkpoint-3" in err
     assert not (out / "checkpoint-6").exists() and (out / "checkpoint-3" / COMPLETE_MARKER).exists()
     assert not (out / "model.safetensors").exists()
 
@@ -145,7 +146,8 @@ def test_a_full_disk_during_the_final_save_publishes_no_model(tmp_path, tiny_cli
     no half model appears in --output_dir and the temporary folder is gone; the checkpoints stay."""
     out = tmp_path / "out"
     disk_fills_on_call(monkeypatch, fail_on=3)  # checkpoint-3, checkpoint-6, then the final model
-    with pytest.raises(DiskFullError, match="disk full while saving the final model.*resume from .*checkpoint-6"):
+    full = "No space left on device while saving the final model.*resume from .*checkpoint-6"
+    with pytest.raises(DiskFullError, match=full):
         train(tmp_path, tiny_clip_dir, sample_image_dir, out)
     assert not (out / "model.safetensors").exists() and not (out / FINAL_TMP).exists()
     assert (out / "checkpoint-6" / COMPLETE_MARKER).exists()

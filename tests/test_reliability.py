@@ -503,3 +503,14 @@ def test_a_signal_during_conversion_takes_its_workers_along_and_leaves_no_cache(
     monkeypatch.undo()
     load_hnc_pairs(str(TRAIN_SAMPLE), cache_dir=str(tmp_path / "cache"))
     assert not [p for p in cache.iterdir() if ".incomplete-" in p.name]
+
+
+def test_max_text_length_beyond_the_models_positions_is_refused_at_start(tmp_path, tiny_clip_dir, sample_image_dir,
+                                                                         monkeypatch):
+    """The position table has `max_position_embeddings` rows: a longer cut fails at the first long caption, hours in.
+    Refused once the model's config is known, before any data is converted, with both numbers."""
+    flags = train_flags(tmp_path, tiny_clip_dir, sample_image_dir, tmp_path / "out", "--max_text_length", "1000")
+    model_args, data_args, training_args = train_app.parse_args(flags)
+    monkeypatch.setattr(train_app, "prepare_split", lambda *a, **k: pytest.fail("data converted before the check"))
+    with pytest.raises(ValueError, match=r"--max_text_length 1000 is more than the text model's 32 positions"):
+        train_app.main(model_args, data_args, training_args)

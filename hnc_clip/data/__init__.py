@@ -38,6 +38,7 @@ from .pairs import (
     prepare_split,
     prepare_stream,
     select_pairs,
+    text_length,
     with_pixels,
 )
 from .sampler import ImageGroupedSampler
@@ -54,5 +55,5 @@ __all__ = [
     "with_images", "write_hnc", "TableFormatError", "load_table_pairs", "with_hard_image_pairs", "with_pixels",
     "make_collator", "prepare_split", "prepare_stream", "RECORD_FEATURES", "SourceError", "SourceSpec",
     "needs_stream", "parse_source", "training_sources", "StreamCollator", "StreamLoader", "StreamStateError",
-    "TrainingStream",
+    "TrainingStream", "text_length",
 ]  # fmt: skip

@@ -130,12 +130,18 @@ def load_rgb(path: str, max_pixels: int = MAX_IMAGE_PIXELS, image_processor=None
                     "the model's input"
                 )
         img.load()
-        out = img
-        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-            out = ImageOps.exif_transpose(img)
-        if out.mode in ("I", "F") or out.mode.startswith("I;16"):
-            out = _to_8bit(out)
-        return out.convert("RGB")
+        return upright_rgb(img)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as a viewer shows it: EXIF orientation applied, high bit depths scaled, 8-bit RGB. The one
+    step every path (training, the image cache, evaluation, an image a caller opened) goes through."""
+    out = img
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        out = ImageOps.exif_transpose(img)
+    if out.mode in ("I", "F") or out.mode.startswith("I;16"):
+        out = _to_8bit(out)
+    return out.convert("RGB")
 
 
 def process_images(image_processor, images: dict, on_error) -> dict[str, dict]:

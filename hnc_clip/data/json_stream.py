@@ -70,6 +70,39 @@ def _maybe_cut(err: json.JSONDecodeError) -> bool:
     return err.pos >= len(err.doc) - 16 or err.msg.startswith("Unterminated string")
 
 
+# A `\uD800`-`\uDFFF` escape: half of a UTF-16 surrogate pair. Valid JSON, but alone it is no Unicode text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(obj) -> bool:
+    """Does any string (key or value) in a decoded JSON value hold a lone surrogate (unencodable as UTF-8)?"""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(obj, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_lone_surrogate(v) for v in obj)
+    return False
+
+
+def _lone_surrogate_at(buf: str, start: int, end: int) -> int:
+    """Index of the first surrogate escape in `buf[start:end]` that is not half of a high+low pair (else `start`)."""
+    matches = list(_SURROGATE_ESCAPE.finditer(buf, start, end))
+    i = 0
+    while i < len(matches):
+        high = int(matches[i][0][2:], 16) < 0xDC00
+        paired = i + 1 < len(matches) and matches[i + 1].start() == matches[i].end()
+        if high and paired and int(matches[i + 1][0][2:], 16) >= 0xDC00:
+            i += 2
+            continue
+        return matches[i].start()
+    return start
+
+
 def _parse_member(buf: str, pos: int) -> tuple[str, object, int]:
     """`"key": value` at `pos` → (key, value, index after the value); `json.JSONDecodeError` if incomplete/invalid."""
     key, end = _DECODER.raw_decode(buf, pos)
@@ -182,8 +215,15 @@ class MemberReader:
                 # by the window parses as its head and stops at (or 1-2 characters before: `1.|`, `1e+|`) the
                 # window's end: read on before trusting one there.
                 if self.eof or isinstance(value, (dict, list, str)) or len(self.buf) - end > 8:
+                    if _SURROGATE_ESCAPE.search(self.buf, self.pos, end) and _has_lone_surrogate((key, value)):
+                        raise self.error(
+                            "a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair): not Unicode text",
+                            _lone_surrogate_at(self.buf, self.pos, end),
+                        )
                     self.pos = end
                     return key, value
+            except HncFormatError:
+                raise
             except json.JSONDecodeError as err:
                 if self.eof or not _maybe_cut(err):  # more text cannot help: the file is wrong here
                     raise self.error(err.msg, err.pos) from None

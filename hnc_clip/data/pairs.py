@@ -195,6 +195,18 @@ def prepare_stream(
     )
 
 
+def text_length(data_args, config) -> int:
+    """The token length captions are cut to: `--max_text_length`, default the text tower's positions. More than the
+    positions is a `ValueError` (the position table has no row for them: the first long caption would fail)."""
+    positions = config.text_config.max_position_embeddings
+    if data_args.max_text_length is not None and data_args.max_text_length > positions:
+        raise ValueError(
+            f"--max_text_length {data_args.max_text_length} is more than the text model's {positions} positions "
+            f"(text_config.max_position_embeddings): pass at most {positions}, or leave it unset"
+        )
+    return data_args.max_text_length or positions
+
+
 def make_collator(data_args, processor, config, stream: TrainingStream | None = None, seed: int = 0):
     """The collator for `with_pixels` rows of a model with this `config`: captions cut at `--max_text_length`
     (default: the text tower's positions) and padded as its family's text was trained (`hnc_clip.families`), K
@@ -203,7 +215,7 @@ def make_collator(data_args, processor, config, stream: TrainingStream | None = 
     each pair's id (`NegativesFromCaptions`); `stream`: streamed records decoded first (`StreamCollator`)."""
     affine = pixel_affine(processor.image_processor) if data_args.image_cache_dir else None
     collator = HncCollator(
-        processor.tokenizer, max_length=data_args.max_text_length or config.text_config.max_position_embeddings,
+        processor.tokenizer, max_length=text_length(data_args, config),
         pixel_affine=affine, negatives_per_row=data_args.negatives_per_row, **family_of(config).collator_kwargs(),
     )  # fmt: skip
     if data_args.negatives_from_captions:

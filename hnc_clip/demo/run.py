@@ -66,8 +66,9 @@ class DemoArguments:
     plain_rules: str = field(
         default="swap-rel,replace-rel",
         metadata={"help": "The plain-caption variant: --main_loss on the same batches' positives with negatives made "
-                          "by these rules (--negatives_from_captions) instead of HNC's; empty: no such run. The default "
-                          "makes what HNC's relation/swap types are (`swap,replace` stays at chance: docs/demo.md)."},
+                          "by these rules (--negatives_from_captions) instead of HNC's; empty: no such run. The "
+                          "default makes what HNC's relation/swap types are (`swap,replace` stays at chance: "
+                          "docs/demo.md)."},
     )
     main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
     finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})

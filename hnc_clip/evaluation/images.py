@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..data.images import load_rgb, resolve_in_root
+from ..data.images import load_rgb, resolve_in_root, upright_rgb
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def _tar_member(path: str, member: str) -> io.BytesIO:
 
 
 def load_image(source: ImageRef | Image.Image) -> Image.Image:
-    """An RGB PIL image from a resolved `ImageRef` (decoded by `load_rgb`, then cropped) or an already-open image."""
+    """An RGB PIL image from a resolved `ImageRef` (decoded by `load_rgb`, then cropped) or an already-open image
+    (made upright as `load_rgb` does)."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return upright_rgb(source)
     if source.member is not None:
         try:
             return crop_box(load_rgb(_tar_member(source.file, source.member)), source.bbox)

@@ -27,11 +27,24 @@ from hnc_clip.arguments import (
     describe_machine_defaults,
 )
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
-from hnc_clip.data import make_collator, needs_stream, prepare_split, prepare_stream, training_sources
+from hnc_clip.data import (
+    make_collator,
+    needs_stream,
+    prepare_split,
+    prepare_stream,
+    text_length,
+    training_sources,
+)
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
-from hnc_clip.output_dir import claim_output_dir, is_complete, last_complete_checkpoint, save_final_model
+from hnc_clip.output_dir import (
+    claim_output_dir,
+    disk_full_after_the_model,
+    is_complete,
+    last_complete_checkpoint,
+    save_final_model,
+)
 from hnc_clip.peers import collective_failure, exit_with, is_peer_lost, peer_lost_message, watch_peers
 from hnc_clip.trainer import HncTrainer
 
@@ -149,6 +162,7 @@ def main(
         # 2. Model and processor
         processor = load_processor(model_args)
         model = load_model(model_args)
+        text_length(data_args, model.config)  # a --max_text_length past the positions: refused before any data
         reference = load_reference(model_args, model) if LOSSES[training_args.loss_type].needs_reference else None
         model = apply_finetune_mode(model, training_args)
 
@@ -212,28 +226,32 @@ def main(
             # Into a temporary folder, then renamed into place (`hnc_clip.output_dir`). Under --push_to_hub the one
             # push happens at the end, with the eval metrics and the card.
             save_final_model(trainer)
-            trainer.save_state()
+            with disk_full_after_the_model("the trainer state", training_args.output_dir):
+                trainer.save_state()
             totals = {f"train_{k}": int(v) for k, v in trainer.run_totals.items()}  # summed over processes
             # a stream has no length: the pairs it trained on
             seen = len(train_dataset) if stream is None else int(trainer.run_totals["pairs"])
             metrics = {**train_result.metrics, "train_samples": seen, **totals}
             trainer.log_metrics("train", metrics)
-            trainer.save_metrics("train", metrics)
+            with disk_full_after_the_model("the training metrics", training_args.output_dir):
+                trainer.save_metrics("train", metrics)
             results.update(metrics)
         if training_args.do_eval:
             metrics = trainer.evaluate()  # eval_samples: the pairs scored
             trainer.log_metrics("eval", metrics)
-            trainer.save_metrics("eval", metrics)
+            with disk_full_after_the_model("the evaluation metrics", training_args.output_dir):
+                trainer.save_metrics("eval", metrics)
             results.update(metrics)
-        if training_args.should_save:
-            record_settings(training_args.output_dir, training_args.machine_defaults)
-        # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
-        if training_args.do_train:
-            trainer.card_info["metrics"] = results
-            if training_args.push_to_hub:
-                trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
-            elif training_args.should_save:
-                trainer.create_model_card()
+        with disk_full_after_the_model("the run's settings and model card", training_args.output_dir):
+            if training_args.should_save:
+                record_settings(training_args.output_dir, training_args.machine_defaults)
+            # A card only for a model this run trained and saved (an evaluation-only run describes no new model).
+            if training_args.do_train:
+                trainer.card_info["metrics"] = results
+                if training_args.push_to_hub:
+                    trainer.push_to_hub(commit_message=f"hnc-clip: {training_args.loss_type} fine-tune")
+                elif training_args.should_save:
+                    trainer.create_model_card()
         return results
 
 

@@ -1,0 +1,102 @@
+"""Can this checkpoint continue the run? Checked before the Trainer reads it, so a checkpoint saved without its
+optimizer (`--save_only_model`), another model's weights or a file cut short is one `CheckpointError` naming the
+checkpoint and the file, not a silent restart of the optimizer and schedule, a `load_state_dict(strict=False)`
+warning, or a traceback from safetensors / torch.load / json.
+
+The file checks read headers and directories only (a safetensors header and its data length, a torch.save zip's
+central directory, which sits at the file's end): a cut file fails them without loading gigabytes of state.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+import zipfile
+
+from .errors import CheckpointError
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = ("optimizer.pt", "optimizer.bin")
+SCHEDULER = "scheduler.pt"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+WITHOUT_OPTIMIZER = (
+    "a checkpoint saved with --save_only_model holds no optimizer, scheduler or RNG state, so resuming would restart "
+    "AdamW's moments and the learning-rate schedule; to train on from its weights start a new run with "
+    "--model_name_or_path {ckpt}"
+)
+
+
+def refuse(ckpt: str, why: str) -> CheckpointError:
+    return CheckpointError(f"cannot resume from {ckpt}: {why}")
+
+
+def safetensors_problem(path: str) -> str | None:
+    """Why a safetensors file cannot be read (header cut or not JSON, data shorter than the header says), or None."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "cut short? the header is missing"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"cut short? a {length:,}-byte header in a {size:,}-byte file"
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"its header is not JSON: {err}"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + length + max(ends, default=0) > size:
+        return f"cut short? {size:,} bytes of {8 + length + max(ends, default=0):,}"
+    return None
+
+
+def torch_save_problem(path: str) -> str | None:
+    """Why a torch.save file cannot be read (its zip directory, at the end, is missing: cut short), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"cut short? not a complete torch.save archive ({err})"
+    return None
+
+
+def check_resumable(ckpt: str, deepspeed: bool = False) -> None:
+    """Raise `CheckpointError` unless `ckpt` holds what a resume reads, each file whole. Under DeepSpeed the engine
+    keeps the optimizer in `global_step*/` (and checks it itself); the trainer state and any weights are checked."""
+    if not os.path.isdir(ckpt):
+        raise refuse(ckpt, "no such folder")
+    if not os.path.isfile(os.path.join(ckpt, TRAINER_STATE)):
+        raise refuse(ckpt, f"it has no {TRAINER_STATE} (the step, epoch and logs to continue from)")
+    try:
+        with open(os.path.join(ckpt, TRAINER_STATE), encoding="utf-8") as f:
+            json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise refuse(ckpt, f"{TRAINER_STATE} is damaged (cut short?): {err}") from None
+    if not deepspeed:
+        if not any(os.path.isfile(os.path.join(ckpt, name)) for name in WEIGHTS):
+            raise refuse(ckpt, f"it has no weights (none of {', '.join(WEIGHTS)})")
+        for name in (OPTIMIZER[0], SCHEDULER):
+            if name == OPTIMIZER[0] and any(os.path.isfile(os.path.join(ckpt, n)) for n in OPTIMIZER):
+                continue
+            if not os.path.isfile(os.path.join(ckpt, name)):
+                raise refuse(ckpt, f"it has no {name}: " + WITHOUT_OPTIMIZER.format(ckpt=ckpt))
+    for path in sorted(glob.glob(os.path.join(ckpt, "*.safetensors"))):
+        if problem := safetensors_problem(path):
+            raise refuse(ckpt, f"{os.path.basename(path)} is damaged ({problem})")
+    pickled = [os.path.join(ckpt, n) for n in (*OPTIMIZER, SCHEDULER, "scaler.pt")]
+    for path in [*pickled, *sorted(glob.glob(os.path.join(ckpt, "rng_state*.pth")))]:
+        if os.path.isfile(path) and (problem := torch_save_problem(path)):
+            raise refuse(ckpt, f"{os.path.basename(path)} is damaged ({problem})")
+
+
+def describe_key_mismatch(weights: str, missing: list[str], unexpected: list[str], shown: int = 5) -> str:
+    """`model.safetensors does not hold this model's weights: 2 missing (a, b), 1 unexpected (c)`."""
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+    parts = [f"{len(missing)} missing ({some(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected else []
+    return f"{weights} does not hold this model's weights: {', '.join(parts)}"
