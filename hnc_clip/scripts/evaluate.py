@@ -338,6 +338,14 @@ def run(args: EvalArguments | dict) -> dict:
     """
     if isinstance(args, dict):
         args = EvalArguments(**args)
+    from hnc_clip.output_dir import claim_folder
+
+    # Held for the whole run: two evaluations into one folder would each overwrite the other's results.json.
+    with claim_folder(args.output_dir, "hnc-clip-eval"):
+        return _run(args)
+
+
+def _run(args: EvalArguments) -> dict:
     import torch
 
     from hnc_clip.evaluation.encode import default_device
@@ -424,8 +432,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`hnc-clip-eval`: exit status 0 once the outputs are written (errors raise)."""
-    main(argv)
+    """`hnc-clip-eval`: exit status 0 once the outputs are written; 1 when another run holds --output_dir (other
+    errors raise)."""
+    from hnc_clip.errors import RunAbortedError
+
+    try:
+        main(argv)
+    except RunAbortedError as err:
+        print(f"hnc-clip-eval: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
