@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import AutoConfig, HfArgumentParser
 
-from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments, check_finite
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import make_collator, needs_stream, prepare_split, training_sources
 from hnc_clip.errors import RunAbortedError
@@ -78,6 +78,7 @@ class SearchArguments:
     sampler_seed: int = field(default=0, metadata={"help": "Seed of optuna's TPE sampler."})
 
     def __post_init__(self):
+        check_finite(self)
         if self.n_trials < 1:
             raise ValueError("--n_trials must be >= 1")
         if unknown := sorted(set(self.loss_types) - set(SEARCHABLE_LOSSES)):
