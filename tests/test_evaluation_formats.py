@@ -188,3 +188,44 @@ def test_records_with_empty_captions_are_counted(tmp_path):
     assert skips == {"empty_caption": 1, "record_missing_keys": 1}
     with pytest.raises(ValueError, match="no positive/negative pairs"):
         load_pairs(_write(tmp_path / "y.json", [{"image": "a.jpg", "text": "", "neg_text": "x"}]))
+
+
+@pytest.mark.parametrize(
+    "records, where",
+    [
+        ({"k": {"filename": "a.jpg", "caption": 5, "negative_caption": "b"}}, "record 'k': field 'caption' holds a "
+         "number"),
+        ([{"image": "a.jpg", "text": "a b", "neg_text": ["b a", None]}], "record 0: field 'neg_text' holds a list"),
+        ([{"image_path": "a.jpg", "true_caption": "a", "false_caption": "b", "relation_name": "on", "bbox_x": "1",
+           "bbox_y": 0, "bbox_w": 1, "bbox_h": 1}], "record 0: field 'bbox_x' holds a string"),
+    ],
+    ids=["sugarcrepe", "structure_clip", "aro"],
+)
+def test_a_field_of_the_wrong_type_names_file_record_and_field(tmp_path, records, where):
+    """A caption that is not text used to become "" (counted as an empty caption) or reach the tokenizer."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    path = _write(tmp_path / "data.json", records)
+    with pytest.raises(DataFileError, match=f"data.json: {where}"):
+        load_pairs(path)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [(b"", "empty file"), (b" \n", "empty file"), (b"[]", r"empty JSON list \(\[\]\)"),
+     (b"{}", r"empty JSON object \(\{\}\)")],
+)  # fmt: skip
+def test_empty_files_say_which_and_a_byte_order_mark_is_read(tmp_path, content, why):
+    """Empty, `[]` and `{}` files each say what they are, on the detection path and the forced-format one (which
+    reads the file whole); a file with a UTF-8 byte order mark is valid JSON and is read."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    path = tmp_path / "data.json"
+    path.write_bytes(content)
+    with pytest.raises(UnknownFormatError, match=why):
+        load_pairs(str(path))
+    with pytest.raises(DataFileError, match=why):
+        load_pairs(str(path), data_format=STRUCTURE_CLIP)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image": "a.jpg", "text": "a b", "neg_text": "b a"}]).encode())
+    assert [p["negative"] for p in load_pairs(str(path))] == ["b a"]
+    assert [p["negative"] for p in load_pairs(str(path), data_format=STRUCTURE_CLIP)] == ["b a"]

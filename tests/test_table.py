@@ -230,3 +230,21 @@ def test_a_killed_conversion_leaves_nothing_behind_and_a_rerun_removes_its_folde
     assert len(load_table_pairs(path, args(), cache_dir=str(cache))) == len(rows)
     assert not stale.exists()
     assert not [p for p in root.iterdir() if ".incomplete-" in p.name]
+
+
+def test_every_row_is_checked_and_named_by_line(tmp_path, rows):
+    """An unquoted comma used to shift a CSV row's cells ("the cup, which is red" read as positive "the cup" and
+    negative "which is red"), and a JSONL row after the first without a column was a bare KeyError: every row's
+    cell count and columns are checked now, the error naming the file and the line."""
+    path = tmp_path / "t.csv"
+    path.write_text("image_path,caption,negative_captions\na.jpg,a red cup,a blue cup\n"
+                    "b.jpg,the cup, which is red,the cup which is blue\n")  # fmt: skip
+    with pytest.raises(TableFormatError, match=r"t.csv: line 3: 4 cells, the header has 3 .*comma must be quoted"):
+        load_table_pairs(str(path), args(negative_image_column=None), cache_dir=str(tmp_path / "c"))
+    broken = [rows[0], {k: v for k, v in rows[1].items() if k != "caption"}]
+    with pytest.raises(TableFormatError, match=r"t.jsonl: line 2: --caption_column 'caption' not found"):
+        load_table_pairs(str(write_jsonl(tmp_path / "t.jsonl", broken)), args(), cache_dir=str(tmp_path / "c"))
+    path = tmp_path / "deep.csv"
+    path.write_text("image_path,caption,negative_captions\n" + "a.jpg,a cup," + "[" * 5000 + "\n")
+    with pytest.raises(TableFormatError, match=r"deep.csv: line 2: column 'negative_captions' is not a list"):
+        load_table_pairs(str(path), args(negative_image_column=None), cache_dir=str(tmp_path / "c"))
