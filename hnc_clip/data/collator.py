@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
@@ -13,6 +14,10 @@ from ..families import PIXEL_INPUTS
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
+# The pairs whose negative reads as their positive named in the log, per collator (each DataLoader worker its own).
+MAX_NAMED_IDENTICAL = 5
 
 
 class HncBatch(TypedDict, total=False):
@@ -122,6 +127,11 @@ class HncCollator:
     count_names: tuple = ()
 
     def __post_init__(self):
+        # A negative the text tower reads as its positive (the same text, or the same tokens once truncated to
+        # max_length: SigLIP's 16 tokens cut many captions before the word that differs) teaches nothing and
+        # pushes the loss's hard-negative term to log 2; counted in every batch, the first few named.
+        self.declare_counts("identical_negatives")
+        self._named_identical = 0
         if self.allow_missing_negatives:
             self.declare_counts("pairs_without_negative")
 
@@ -191,8 +201,8 @@ class HncCollator:
             extra["right_padded"] = True
         if mask is not None:
             extra["negative_mask"] = torch.tensor(mask, dtype=torch.bool).reshape(-1)  # [K·B'] k-major
-        if counts:
-            extra["counts"] = counts
+        counts["identical_negatives"] = self._identical_negatives(tok, rows, text_slot, kept, mask)
+        extra["counts"] = counts
         if all("pair_id" in f for f in kept):
             extra["pair_ids"] = [f["pair_id"] for f in kept]
         return {
@@ -208,6 +218,25 @@ class HncCollator:
             "kept_rows": torch.tensor(kept_rows, dtype=torch.long),
             "truncated_captions": torch.tensor(truncated),
         }
+
+    def _identical_negatives(self, tok, rows: list[str], text_slot: dict, kept: list[dict], mask) -> int:
+        """How many (pair, negative) slots hold the same token ids as the pair's positive (masked slots aside)."""
+        import torch
+
+        b = len(kept)
+        index = torch.tensor([text_slot[t] for t in rows], dtype=torch.long)  # [(1+K)·B']
+        pos, neg = index[:b].repeat(len(rows) // b - 1), index[b:]  # [K·B'] each
+        ids, attention = tok["input_ids"], tok["attention_mask"]
+        same = (ids[pos] == ids[neg]).all(-1) & (attention[pos] == attention[neg]).all(-1)  # [K·B']
+        if mask is not None:
+            same &= torch.tensor(mask, dtype=torch.bool).reshape(-1)
+        found = same.nonzero().flatten().tolist()
+        for slot in found[: max(0, MAX_NAMED_IDENTICAL - self._named_identical)]:
+            f = kept[slot % b]
+            logger.warning(f"pair {f.get('pair_id', f['image_id'])!r}: negative {rows[b + slot]!r} reads as the "
+                           f"positive {f['positive']!r} to the text tower ({self.max_length} tokens)")  # fmt: skip
+            self._named_identical += 1
+        return len(found)
 
     def _draw_negatives(self, feature: dict) -> list[str]:
         negatives, k = negatives_of(feature), self.negatives_per_row

@@ -192,7 +192,9 @@ def to_hf_model(sd: dict[str, torch.Tensor], activation: str = "quick_gelu"):
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ValueError(f"conversion left parameters unset {missing[:5]} or unused {unexpected[:5]}")
-    return model.eval()
+    from ..modeling import check_finite_weights
+
+    return check_finite_weights(model, "the checkpoint").eval()
 
 
 def default_bpe_path() -> str | None:
