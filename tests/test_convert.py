@@ -152,3 +152,17 @@ def test_training_checkpoint_with_args_loads_weights_only(oc_model, tmp_path):
     torch.save({"state_dict": oc_model.state_dict(), "extra": Arbitrary()}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="weights-only loader refuses"):
         load_checkpoint(str(tmp_path / "odd.pt"), allow_pickle=True)
+
+
+def test_shapes_that_describe_a_model_larger_than_the_file_are_refused_before_allocating(oc_model, tmp_path):
+    """The architecture is read off tensor shapes, and a [100_000, 0] tensor holds nothing while naming an MLP width:
+    such a file (683 KB described ~150 GiB) used to be built at that size; now the model is counted on the meta
+    device first and refused."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in oc_model.state_dict().items()}
+    sd["transformer.resblocks.0.mlp.c_fc.weight"] = torch.empty(100_000, 0)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"describe a CLIP of [\d,]+ parameters, but it holds [\d,]+ values"):
+        convert_checkpoint(str(path))

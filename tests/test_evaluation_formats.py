@@ -229,3 +229,22 @@ def test_empty_files_say_which_and_a_byte_order_mark_is_read(tmp_path, content, 
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image": "a.jpg", "text": "a b", "neg_text": "b a"}]).encode())
     assert [p["negative"] for p in load_pairs(str(path))] == ["b a"]
     assert [p["negative"] for p in load_pairs(str(path), data_format=STRUCTURE_CLIP)] == ["b a"]
+
+
+def test_a_crop_box_is_bounded_before_anything_is_allocated(tmp_path):
+    """PIL allocates the whole box, padding included: a 10x10 image with a 30,000² box from a data file took 2.7 GB.
+    A box beyond the pixel bound, off the image or not finite is an image error now (counted as unreadable)."""
+    from hnc_clip.data.images import IMAGE_ERRORS, ImageTooLargeError
+    from hnc_clip.evaluation.images import crop_box
+
+    image = Image.new("RGB", (10, 10))
+    assert crop_box(image, (2, 2, 12, 4), max_pixels=100).size == (12, 4)  # past the border: padded, as ARO
+    with pytest.raises(ImageTooLargeError, match=r"spans 1,000,000 pixels, more than the 10,000 allowed"):
+        crop_box(image, (0, 0, 1000, 1000), max_pixels=10_000)
+    for box, why in (((50, 50, 5, 5), "outside the 10x10 image"), ((0, float("nan"), 5, 5), "not finite")):
+        with pytest.raises(IMAGE_ERRORS, match=why):
+            crop_box(image, box)
+    path = tmp_path / "small.png"
+    image.save(path)
+    with pytest.raises(ImageTooLargeError):
+        load_image(ImageRef(str(path), (0, 0, 1e5, 1e5)))  # 10^10 pixels: refused at once
