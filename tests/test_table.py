@@ -248,3 +248,19 @@ def test_every_row_is_checked_and_named_by_line(tmp_path, rows):
     path.write_text("image_path,caption,negative_captions\n" + "a.jpg,a cup," + "[" * 5000 + "\n")
     with pytest.raises(TableFormatError, match=r"deep.csv: line 2: column 'negative_captions' is not a list"):
         load_table_pairs(str(path), args(negative_image_column=None), cache_dir=str(tmp_path / "c"))
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_read_again(tmp_path, rows):
+    """The table cache was keyed by size and mtime: a rewrite that keeps both (`cp -p`, `rsync -t`) was served
+    stale. It takes the HNC cache's key now (ctime and sampled content)."""
+    import os
+
+    path = write_jsonl(tmp_path / "t.jsonl", rows[:2])
+    cache = str(tmp_path / "cache")
+    assert load_table_pairs(str(path), args(), cache_dir=cache)["positive"][0] == rows[0]["caption"]
+    st = path.stat()
+    edited = dict(rows[0], caption=rows[0]["caption"][::-1])  # same length, other text
+    write_jsonl(path, [edited, rows[1]])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_table_pairs(str(path), args(), cache_dir=cache)["positive"][0] == edited["caption"].strip()

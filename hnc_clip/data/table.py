@@ -17,7 +17,8 @@ COCO TSV (columns `filepath`, `title`, `neg_caption`, `neg_image`) reads as it i
     --negative_image_column neg_image
 
 Files are read row by row (never whole into memory) into Arrow files under a cache directory named by a
-fingerprint of the file (path, size, mtime) and of the column flags, committed by a rename as the HNC cache
+fingerprint of the file (the HNC cache's: path, size, mtime, ctime and a hash of sampled content blocks,
+`hnc_clip.data.arrow_cache.fingerprint`) and of the column flags, committed by a rename as the HNC cache
 (`hnc_clip.data.arrow_cache`). Bad input, as for HNC: a file that is not the format its name says, a configured
 column that is missing (the available ones are listed) or a cell of the wrong type raise `TableFormatError` naming
 the file and the row; rows that cannot make a pair (empty caption, no negative, fewer negatives than
@@ -43,7 +44,7 @@ from collections.abc import Iterator
 import datasets
 from datasets.arrow_writer import ArrowWriter
 
-from .arrow_cache import build_cache_dir, report_skips
+from .arrow_cache import build_cache_dir, fingerprint, report_skips
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +230,8 @@ def _source(path: str, data_args, split: str) -> tuple[Iterator[tuple[str, dict]
     if ext in FILE_READERS:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"table file not found: {path}")
-        st = os.stat(path)
-        return FILE_READERS[ext](path), f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        # The HNC cache's key (ctime and sampled content): a rewrite that keeps size and mtime is not served stale.
+        return FILE_READERS[ext](path), fingerprint(path, f"table{ext}")
     # A folder or a Hub name: `datasets` caches it as Arrow already; its fingerprint names that version.
     ds = datasets.load_dataset(path, data_args.dataset_config_name, split=split)
     return _dataset_rows(ds), f"{path}|{data_args.dataset_config_name}|{split}|{ds._fingerprint}"
