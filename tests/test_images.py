@@ -141,3 +141,21 @@ def test_image_names_that_leave_image_dir_are_never_read(tmp_path, caplog):
     assert kept["image_file"] == ["in.jpg"]
     with pytest.raises(ImageLoadError, match="2 of 3 images named outside"):
         drop_missing_images(ds, str(root), on_missing="error")
+
+
+def test_the_file_system_root_as_image_dir_contains_its_files(tmp_path):
+    """`--image_dir /` reported every image as outside the root: the prefix check compared with "//". Containment is
+    by path components now; a sibling folder sharing the root's prefix stays outside."""
+    from hnc_clip.data.images import resolve_in_root
+    from hnc_clip.evaluation.images import ImageRef, resolve_image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.jpg")
+    name = str(tmp_path / "ok.jpg").lstrip("/")
+    assert resolve_in_root("/", name) == str(tmp_path / "ok.jpg")
+    assert resolve_in_root("/", "../" + name) == str(tmp_path / "ok.jpg")  # nothing lies above the root
+    assert resolve_image("/", ImageRef(name)) == ImageRef(str(tmp_path / "ok.jpg"))
+    out = ImageJoin("/", build_image_processor(32))({"image_file": [name]})
+    assert out["pixel_values"][0] is not None
+    (tmp_path / "images").mkdir()
+    assert resolve_in_root(str(tmp_path / "images"), "../images2/a.jpg") is None
+    assert resolve_in_root("/", "") is None
