@@ -166,3 +166,19 @@ def test_shapes_that_describe_a_model_larger_than_the_file_are_refused_before_al
     save_file(sd, str(path))
     with pytest.raises(ValueError, match=r"describe a CLIP of [\d,]+ parameters, but it holds [\d,]+ values"):
         convert_checkpoint(str(path))
+
+
+def test_the_allow_pickle_help_says_a_torchscript_archive_runs_its_own_code():
+    """torch.jit.load runs a TorchScript archive's code: the flag of both applications, and the docs, say so."""
+    import dataclasses
+
+    from hnc_clip.scripts.convert import ConvertArguments
+    from hnc_clip.scripts.evaluate import EvalArguments
+
+    for args in (ConvertArguments, EvalArguments):
+        (flag,) = [f for f in dataclasses.fields(args) if f.name == "allow_pickle"]
+        assert "TorchScript" in flag.metadata["help"] and "runs the archive's own code" in flag.metadata["help"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("docs/failure_modes.md", "eval/README.md"):
+        with open(os.path.join(repo, doc), encoding="utf-8") as f:
+            assert "runs the archive's own code" in f.read(), doc

@@ -3,8 +3,10 @@
 The published compositionality baselines (NegCLIP, CE-CLIP, FSC-CLIP, DAC, ...) ship `.pt` files: an OpenAI JIT
 archive, a bare OpenAI/open_clip state dict (`visual.conv1.weight`, `transformer.resblocks.N...`), or an open_clip
 training checkpoint `{"epoch", "state_dict": {"module.visual...": ...}, ...}`. All three are pickles, which can run
-code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and even then reads
-them with `torch.jit.load` (OpenAI's archives) or torch's weights-only unpickler, never a full `pickle.load`.
+code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and then reads them
+with `torch.jit.load` (OpenAI's archives) or torch's weights-only unpickler, never a full `pickle.load`. Note that
+`torch.jit.load` runs the archive's own code (TorchScript, the serialized model's methods and its class setup): a
+JIT archive is as trusted as a pickle, which is why it needs the flag too.
 `open_clip_model.safetensors` files need no such permission.
 
 The architecture is read off the tensors as OpenAI's `build_model` does (widths, layer counts, patch size, context

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 
 from hnc_clip.errors import RunAbortedError
 
+# Shared with hnc-clip-eval's flag: what --allow_pickle lets run.
+ALLOW_PICKLE_HELP = (
+    "Allow loading a pickled .pt/.pth/.bin/.ckpt: only for files you trust. An OpenAI TorchScript (JIT) archive is "
+    "loaded with torch.jit.load, which runs the archive's own code; other pickles go through torch's weights-only "
+    "unpickler."
+)
+
 
 @dataclass
 class ConvertArguments:
@@ -21,7 +28,7 @@ class ConvertArguments:
     output_dir: str = field(metadata={"help": "Folder for the HF CLIPModel + CLIPProcessor."})
     allow_pickle: bool = field(
         default=False,
-        metadata={"help": "Allow loading a pickled .pt/.pth/.bin (it can run code): only for files you trust."},
+        metadata={"help": ALLOW_PICKLE_HELP},
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace the model already in --output_dir (refused without this flag)."}

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from hnc_clip.evaluation.formats import FORMAT_SHAPES, detect_format, load_image_captions, load_pairs
 from hnc_clip.evaluation.wise import parse_alphas
+from hnc_clip.scripts.convert import ALLOW_PICKLE_HELP
 
 logger = logging.getLogger("hnc_clip.evaluate")
 
@@ -62,7 +63,7 @@ class EvalArguments:
     )
     allow_pickle: bool = field(
         default=False,
-        metadata={"help": "Load pickled .pt/.pth/.bin baselines (a pickle can run code): only files you trust."},
+        metadata={"help": ALLOW_PICKLE_HELP},
     )
     activation: str = field(
         default="quick_gelu", metadata={"help": "Activation of converted .pt baselines: quick_gelu (OpenAI) or gelu."}
