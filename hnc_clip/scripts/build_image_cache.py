@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     args = make_parser().parse_args(argv)
-    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
-    # A rebuild replaces the cache atomically (`prepare`); two builds at once would only waste each other's work.
+    # Claimed first: a rebuild replaces the cache atomically (`prepare`), two builds at once would only waste each
+    # other's work (the HNC conversion included).
     with claim_folder(args.output_dir, "hnc-clip-image-cache"):
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+        files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
         index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers,
                         max_pixels=args.max_image_pixels)  # fmt: skip
     print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
