@@ -199,10 +199,11 @@ def test_two_process_evaluation_scores_every_hard_image_pair_of_the_last_uneven_
              "hard_images": [(i + 1) % 11]} for i, p in enumerate(sample_pairs["train"][:11])]  # fmt: skip
     table = tmp_path / "t.jsonl"
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # --overwrite_output_dir: a launch retried after a rendezvous failure finds the first try's files
     out = launch_training("run_hnc_clip.py", tmp_path, tiny_clip_dir, sample_image_dir, "--train_file", str(table),
                           "--negative_image_column", "hard_images", "--max_steps", "1", "--save_strategy", "no",
                           "--do_eval", "--validation_file", str(table), "--per_device_eval_batch_size", "8",
                           "--loss_type", "negclip", "--mask_same_image", "false",
-                          "--overwrite_output_dir")  # fmt: skip  (a retried launch finds the first try's files)
+                          "--overwrite_output_dir")  # fmt: skip
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_samples"] + results["eval_skipped_images"] == 22
