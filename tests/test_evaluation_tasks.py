@@ -345,3 +345,27 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, eval_tiny_clip_dir):
         load_clip(str(broken), "cpu")
     with pytest.raises(NonFiniteWeightsError, match="visual_projection.weight"):
         load_model(ModelArguments(model_name_or_path=str(broken)))
+
+
+def test_classnames_and_templates_files_that_are_empty_or_carry_a_bom(tmp_path):
+    """Empty, `[]`/`{}` and wrongly typed class-name and template files say which (a bare JSONDecodeError or
+    `str()` of a list before); a file with a UTF-8 byte order mark is read."""
+    from hnc_clip.evaluation.records import DataFileError
+    from hnc_clip.evaluation.zeroshot_data import read_classnames, read_templates
+
+    folders = ["dog", "cat"]
+    path = tmp_path / "names.json"
+    for content, why in ((b"", "empty file"), (b"[]", r"empty JSON list \(\[\]\)"), (b"{}", r"empty JSON object"),
+                         (b'{"cat": ["a", "b"]}', "field 'cat' holds a list")):  # fmt: skip
+        path.write_bytes(content)
+        with pytest.raises(DataFileError, match=why):
+            read_classnames(str(path), folders)
+    path.write_bytes(b"\xef\xbb\xbf" + b'["hound", "tabby"]')
+    assert read_classnames(str(path), folders) == ["hound", "tabby"]
+    (tmp_path / "names.txt").write_bytes(b"\xef\xbb\xbfhound\ntabby\n")
+    assert read_classnames(str(tmp_path / "names.txt"), folders) == ["hound", "tabby"]
+    path.write_bytes(b"")
+    with pytest.raises(DataFileError, match="empty file"):
+        read_templates(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + b'["a photo of a {}."]')
+    assert read_templates(str(path)) == ["a photo of a {}."]
