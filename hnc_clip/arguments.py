@@ -20,10 +20,12 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 def check_finite(args) -> None:
     """Every float a dataclass of flags holds is finite: NaN passes every `<`/`>` range check (all comparisons with
-    it are false), so it is refused here, naming the flag, before any range check runs."""
+    it are false), so it is refused here, naming the flag, before any range check runs; so is each float of a list
+    flag (`--learning_rate_range 1e-4 inf`)."""
     for f in dataclasses.fields(args):
         value = getattr(args, f.name, None)
-        if isinstance(value, float) and not math.isfinite(value):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ValueError(f"--{f.name} must be a finite number, got {value}")
 
 

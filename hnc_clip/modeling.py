@@ -21,6 +21,24 @@ from .families import MODEL_FAMILIES, family_of
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights."""
+
+
+def check_finite_weights(model: nn.Module, source: str) -> nn.Module:
+    """`model`, or `NonFiniteWeightsError` naming the tensors of `source` that hold NaN/inf: such a model scores
+    every pair 0.0 and its NaN image embeddings read as "unreadable images" (one pass over the weights, at load)."""
+    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+           if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())]  # fmt: skip
+    if bad:
+        shown = ", ".join(f"{name} ({n:,} values)" for name, n in bad[:5])
+        raise NonFiniteWeightsError(
+            f"{source}: {len(bad)} weight tensors hold NaN or inf, e.g. {shown}{' ...' if len(bad) > 5 else ''}: the "
+            "checkpoint is broken (a diverged run, a bad conversion); use an earlier checkpoint"
+        )
+    return model
+
+
 def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
     """The checkpoint as its family's class (`hnc_clip.families`: CLIPModel, SiglipModel, ...), from its config."""
     config = AutoConfig.from_pretrained(
@@ -41,6 +59,7 @@ def load_model(model_args, dtype: torch.dtype | None = None) -> CLIPModel:
         use_safetensors=True,
         dtype=dtype,
     )
+    check_finite_weights(model, model_args.model_name_or_path)
     if model_args.patch_embedding_as_matmul:
         patch_embedding_as_matmul(model)
     return with_input_embeddings(model)

@@ -1,4 +1,8 @@
-"""A training run's output folder: this run's alone, and nothing half-written in it is ever trusted.
+"""An application's output folder: this run's alone, and nothing half-written in it is ever trusted.
+
+- `claim_folder`: the claim every application takes (training, search, evaluation, conversion, the image cache):
+  the lock below for the whole run, and another run's files it would replace refused unless the user passes the
+  application's overwrite flag. Training's own rules (resume, old checkpoints) are `claim_output_dir`.
 
 - `claim_output_dir`: a folder that holds another run's model or checkpoints is refused, unless the run resumes
   (`--resume_from_checkpoint`) or `--overwrite_output_dir` is given (the old checkpoints are then deleted, so that
@@ -26,7 +30,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .errors import DiskFullError, OutputDirInUseError
 
@@ -39,6 +43,9 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What a training run leaves in its folder: another run's, if found before this one starts.
 RUN_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "trainer_state.json",
              "train_results.json")  # fmt: skip
+# What a model folder holds (a conversion's or a training run's output): replaced only on an explicit flag.
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
+               "config.json")  # fmt: skip
 # Published last, in this order: a folder with them holds a whole model (shards before their index).
 WEIGHT_FILE = re.compile(r"^(model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
 
@@ -64,10 +71,11 @@ def previous_run(output_dir: str) -> list[str]:
 
 
 class OutputDirLock:
-    """An exclusive `flock` on `<output_dir>/.hnc-clip.lock`, held until `release` or the process's end."""
+    """An exclusive `flock` on `<output_dir>/.hnc-clip.lock`, held until `release` or the process's end. `app` names
+    the holder in the lock file, so a refused run of any application says which one holds the folder."""
 
-    def __init__(self, output_dir: str, flag: str = "--output_dir"):
-        self.output_dir, self.flag = output_dir, flag  # the flag that names the folder, for the message
+    def __init__(self, output_dir: str, app: str = "hnc-clip-train", flag: str = "--output_dir"):
+        self.output_dir, self.app, self.flag = output_dir, app, flag  # `flag` names the folder in the message
         self.path = os.path.join(output_dir, LOCK_FILE)
         self.fd: int | None = None
 
@@ -88,8 +96,8 @@ class OutputDirLock:
             logger.warning(f"cannot lock {self.path} ({err}): a concurrent run into this folder would go unnoticed")
             return self
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                  .encode(), 0)  # fmt: skip
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"{self.app}, pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
         self.fd = fd
         return self
 
@@ -100,6 +108,30 @@ class OutputDirLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+@contextlib.contextmanager
+def claim_folder(output_dir: str, app: str, owned: Iterable[str] = (), overwrite: bool = False,
+                 overwrite_flag: str = "--overwrite_output_dir", lock: bool = True) -> Iterator[list[str]]:
+    """Hold `output_dir` for one run of `app`: the lock for the whole run (a concurrent run of any application into
+    the folder stops at once), and the files of `owned` that exist (another run's output this one would replace)
+    refused unless `overwrite`. Yields the files found (to be replaced). `lock=False` on processes that write
+    nothing (all but the main one)."""
+    held = OutputDirLock(output_dir, app).acquire() if lock else None
+    try:
+        found = [name for name in owned if os.path.exists(os.path.join(output_dir, name))]
+        if found and not overwrite:
+            raise OutputDirInUseError(
+                f"--output_dir {output_dir} holds another run's output ({', '.join(found[:6])}"
+                f"{', ...' if len(found) > 6 else ''}): pass {overwrite_flag} to replace it, or choose another "
+                "--output_dir"
+            )
+        if found:
+            logger.warning(f"{overwrite_flag}: replacing {', '.join(found)} in {output_dir}")
+        yield found
+    finally:
+        if held is not None:
+            held.release()
 
 
 @contextlib.contextmanager

@@ -331,7 +331,7 @@ class HncTrainer(Trainer):
         """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
         (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
         repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
-        the Trainer's own loss)."""
+        the Trainer's own loss). A hard-image pair goes with the row that brought it (`kept_rows`, `input_rows`)."""
         state = self.accelerator.gradient_state
         if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
             return inputs
@@ -340,7 +340,9 @@ class HncTrainer(Trainer):
         kept = inputs.get("kept_rows")
         keep = kept < real if kept is not None else None  # [B'] bool
         readable = int(keep.sum()) if keep is not None else 0
-        inputs = dict(inputs, skipped_images=real - readable)
+        origins = inputs.get("input_rows")  # [B + E] with hard-image pairs: the real rows' pairs are more than `real`
+        expected = int((origins < real).sum()) if origins is not None else real
+        inputs = dict(inputs, skipped_images=expected - readable)
         if readable == 0:
             return {"pixel_values": inputs["pixel_values"][:0], "skipped_images": inputs["skipped_images"]}
         if readable == len(kept):

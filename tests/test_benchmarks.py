@@ -632,3 +632,79 @@ def test_winoground_hub_parquet_is_written_out_in_the_official_layout(tmp_path, 
     out = run("winoground", Path(root))
     assert out["num_items"] == 2 and set(out["count_by_type"]) == {"Relation", "Object"}
     assert (Path(root) / "data" / "images" / "1_1.png").is_file()
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, files, where",
+    [
+        ("eqben", {"ann.json": [{"image0": "a/1.jpg", "caption0": 3, "image1": "a/2.jpg", "caption1": "b"}]},
+         r"ann.json: record 0: field 'caption0' holds a number"),
+        ("winoground", {"data/examples.jsonl": ['{"id": 0, "caption_0": "a", "caption_1": "b", "image_0": "x", '
+                                                '"image_1": "y"}', '{"id": 1, "caption_0": ']},
+         r"examples.jsonl: line 2: not valid JSON"),
+        ("mmvp_vlm", {"Questions.csv": ["Index,Type,Statement", "1,Color,a red cup", "two,Color,a blue cup"]},
+         r"Questions.csv: line 3: expected Index, Type, Statement"),
+        ("aro_vg_relation", {"visual_genome_relation.json": [{"image_path": "1.jpg", "true_caption": "a",
+                                                              "false_caption": "b", "bbox_x": 0, "bbox_y": 0,
+                                                              "bbox_w": 4, "bbox_h": 4}]},
+         None),  # no relation_name: counted, not a KeyError
+    ],
+    ids=["eqben", "winoground", "mmvp", "aro"],
+)  # fmt: skip
+def test_benchmark_readers_check_every_record_and_name_file_and_record(tmp_path, name, files, where):
+    """Readers used to check that a record exists, not its content: a caption of the wrong type reached the
+    tokenizer, a broken JSON line or CSV row was a bare JSONDecodeError/ValueError, a missing field a KeyError."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    for rel, content in files.items():
+        if rel.endswith(".json"):
+            fx.write_json(tmp_path / rel, content)
+        else:
+            _write_lines(tmp_path / rel, content)
+    if where is None:
+        assert REGISTRY[name].read(str(tmp_path)).parse_skips == {"record_missing_keys": 1}
+        return
+    with pytest.raises(DataFileError, match=where):
+        REGISTRY[name].read(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "name, rel, content",
+    [
+        ("coco_5k", "coco_karpathy_test.json", [{"image": "val2014/1.jpg", "caption": "a man riding a horse"}]),
+        ("whatsup", "data/controlled_images_dataset.json", [{"image_path": "a.jpg", "caption_options": "a cup"}]),
+        ("aro_coco_order", "coco_karpathy_test.json", [{"image": "val2014/1.jpg", "caption": "a man on a horse"}]),
+        ("vl_checklist", "data/Attribute/vg/color.json", [["a.jpg", {"POS": "a red cup", "NEG": ["a blue cup"]}]]),
+    ],
+)
+def test_a_string_where_a_list_belongs_is_refused_not_read_as_characters(tmp_path, name, rel, content):
+    """A Karpathy caption given as a string (the train files' layout) used to become one-character captions
+    (`list("a man...")`): coco_5k scored 15 "captions" for it."""
+    from hnc_clip.evaluation.benchmarks.readers import read_retrieval
+    from hnc_clip.evaluation.records import DataFileError
+
+    fx.write_json(tmp_path / rel, content)
+    bench = REGISTRY[name]
+    read = bench.read or (lambda root: read_retrieval(root, bench.meta["annotation"], bench.meta["image_folder"]))
+    with pytest.raises(DataFileError, match=r"holds a string .*a string would be read as its characters"):
+        read(str(tmp_path))
+
+
+@pytest.mark.parametrize("content, why", [(b"", "empty file"), (b"{}", r"empty JSON object \(\{\}\)"),
+                                          (b"[]", r"empty JSON list \(\[\]\)")])  # fmt: skip
+def test_benchmark_files_that_are_empty_say_which_and_a_byte_order_mark_is_read(tmp_path, content, why):
+    from hnc_clip.evaluation.records import DataFileError
+
+    path = tmp_path / "ann.json"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=f"ann.json: (an )?{why}"):
+        REGISTRY["eqben"].read(str(tmp_path))
+    record = {"image0": "a/1.jpg", "caption0": "a", "image1": "a/2.jpg", "caption1": "b"}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([record]).encode())
+    assert [it.captions for it in REGISTRY["eqben"].read(str(tmp_path)).items] == [["a", "b"]]

@@ -190,7 +190,25 @@ def test_pairs_without_negatives_get_masked_stand_ins_and_are_counted():
     rows = [tok.decode(batch["input_ids"][r], skip_special_tokens=True) for r in batch["text_index"].tolist()]
     assert rows == ["a", "d", "e", "b", "d", "c", "c", "d", "e"]  # stand-ins are the pair's own positive
     assert batch["input_ids"].shape[0] == 5  # a b c d e, each once
-    assert batch["counts"] == {"pairs_without_negative": 1}
+    assert batch["counts"] == {"pairs_without_negative": 1, "identical_negatives": 0}
     # without the flag a pair lacking negatives is an error, as before (tables skip such rows at load)
     with pytest.raises(ValueError, match="hard negatives"):
         HncCollator(tok, negatives_per_row=2)(feats)
+
+
+def test_negatives_identical_to_their_positive_after_truncation_are_counted_and_named(caplog):
+    """Cut to 4 tokens (BOS, 3 words; SigLIP cuts at 16), "the cup is left ..." and "the cup is right ..." are one
+    caption: such a pair used to train silently; now every batch counts it and the first ones are named."""
+    import logging
+
+    tok = build_word_tokenizer("the cup is left right of plate a".split())
+    px = torch.zeros(3, 4, 4)
+    feats = [{"pixel_values": px, "positive": "the cup is left of the plate", "pair_id": "p0",
+              "negative": "the cup is right of the plate", "image_id": "a"},
+             {"pixel_values": px, "positive": "a cup", "negative": "a plate", "image_id": "b",
+              "pair_id": "p1"}]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hnc_clip.data.collator"):
+        batch = HncCollator(tok, max_length=4)(feats)
+    assert batch["counts"]["identical_negatives"] == 1
+    assert "pair 'p0': negative 'the cup is right of the plate' reads as the positive" in caplog.text
+    assert HncCollator(tok)(feats)["counts"]["identical_negatives"] == 0  # at full length they differ

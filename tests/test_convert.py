@@ -152,3 +152,33 @@ def test_training_checkpoint_with_args_loads_weights_only(oc_model, tmp_path):
     torch.save({"state_dict": oc_model.state_dict(), "extra": Arbitrary()}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="weights-only loader refuses"):
         load_checkpoint(str(tmp_path / "odd.pt"), allow_pickle=True)
+
+
+def test_shapes_that_describe_a_model_larger_than_the_file_are_refused_before_allocating(oc_model, tmp_path):
+    """The architecture is read off tensor shapes, and a [100_000, 0] tensor holds nothing while naming an MLP width:
+    such a file (683 KB described ~150 GiB) used to be built at that size; now the model is counted on the meta
+    device first and refused."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in oc_model.state_dict().items()}
+    sd["transformer.resblocks.0.mlp.c_fc.weight"] = torch.empty(100_000, 0)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"describe a CLIP of [\d,]+ parameters, but it holds [\d,]+ values"):
+        convert_checkpoint(str(path))
+
+
+def test_the_allow_pickle_help_says_a_torchscript_archive_runs_its_own_code():
+    """torch.jit.load runs a TorchScript archive's code: the flag of both applications, and the docs, say so."""
+    import dataclasses
+
+    from hnc_clip.scripts.convert import ConvertArguments
+    from hnc_clip.scripts.evaluate import EvalArguments
+
+    for args in (ConvertArguments, EvalArguments):
+        (flag,) = [f for f in dataclasses.fields(args) if f.name == "allow_pickle"]
+        assert "TorchScript" in flag.metadata["help"] and "runs the archive's own code" in flag.metadata["help"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("docs/failure_modes.md", "eval/README.md"):
+        with open(os.path.join(repo, doc), encoding="utf-8") as f:
+            assert "runs the archive's own code" in f.read(), doc

@@ -197,3 +197,21 @@ def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_
     assert (logged["eval_samples"], logged["eval_skipped_images"]) == (results["eval_samples"],
                                                                        results["eval_skipped_images"])
     CLIPModel.from_pretrained(out, use_safetensors=True)
+
+
+def test_two_process_evaluation_scores_every_hard_image_pair_of_the_last_uneven_batch(tmp_path, tiny_clip_dir,
+                                                                                     sample_image_dir, sample_pairs):
+    """11 table rows, each bringing one hard-image pair, evaluated 8 per process: the last (only) batch is uneven,
+    and dropping accelerate's even-out repeats by position dropped the hard-image pairs too (22 pairs scored 11)."""
+    rows = [{"image_path": p["image_file"], "caption": p["positive"], "negative_captions": [p["negative"]],
+             "hard_images": [(i + 1) % 11]} for i, p in enumerate(sample_pairs["train"][:11])]  # fmt: skip
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # --overwrite_output_dir: a launch retried after a rendezvous failure finds the first try's files
+    out = launch_training("run_hnc_clip.py", tmp_path, tiny_clip_dir, sample_image_dir, "--train_file", str(table),
+                          "--negative_image_column", "hard_images", "--max_steps", "1", "--save_strategy", "no",
+                          "--do_eval", "--validation_file", str(table), "--per_device_eval_batch_size", "8",
+                          "--loss_type", "negclip", "--mask_same_image", "false",
+                          "--overwrite_output_dir")  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] + results["eval_skipped_images"] == 22

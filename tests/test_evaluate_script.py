@@ -195,3 +195,50 @@ def test_argument_checks(eval_tiny_clip_dir):
         EvalArguments(model_name_or_path=["m"], data_file=["x"], data_format="csv")
     assert model_names(["org/clip", eval_tiny_clip_dir]) == ["org/clip", os.path.basename(eval_tiny_clip_dir)]
     assert model_names(["a/ckpt", "b/ckpt"]) == ["a/ckpt", "b/ckpt"]  # Hub-style ids kept whole
+
+
+def test_every_model_is_checked_before_the_first_is_evaluated(eval_tiny_clip_dir, eval_sample_files,
+                                                              eval_sample_image_dir, tmp_path, monkeypatch):
+    """A bad second --model used to be found after the first was evaluated (no results.json); now every model is
+    checked first and every problem is named at once."""
+    import hnc_clip.scripts.evaluate as app
+
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(eval_tiny_clip_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    (tmp_path / "baseline.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    evaluated = []
+    monkeypatch.setattr(app, "evaluate_model", lambda *a, **k: evaluated.append(a) or ({}, None))
+    models = [eval_tiny_clip_dir, str(no_config), str(no_weights), str(tmp_path / "baseline.pt"),
+              str(tmp_path / "notes.txt")]  # fmt: skip
+    common = dict(data_file=[eval_sample_files["train"]], image_dir=eval_sample_image_dir, plots=False, device="cpu",
+                  num_workers=0, output_dir=str(tmp_path / "eval"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"4 of 5 models cannot be loaded, nothing evaluated") as err:
+        run(EvalArguments(model_name_or_path=models, **common))
+    text = str(err.value)
+    assert f"{no_config}: " in text and f"{no_weights}: no .safetensors weights" in text
+    assert "baseline.pt: a pickle" in text and "notes.txt: not a model folder" in text
+    assert evaluated == [] and not (tmp_path / "eval" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "make, flag",
+    [
+        (lambda: EvalArguments(model_name_or_path=["m"], data_file=["x"], thresholds="1.0,nan"), "--thresholds"),
+        (lambda: EvalArguments(model_name_or_path=["m"], data_file=["x"], thresholds="inf"), "--thresholds"),
+        (lambda: EvalArguments(model_name_or_path=["m"], data_file=["x"], max_pairs=0), "--max_pairs"),
+        (lambda: EvalArguments(model_name_or_path=["m"], data_file=["x"], max_images=0), "--max_images"),
+        (lambda: __import__("hnc_clip.scripts.search").scripts.search.SearchArguments(floor_margin=float("nan")),
+         "--floor_margin"),
+        (lambda: __import__("hnc_clip.scripts.search").scripts.search.SearchArguments(
+            learning_rate_range=[1e-4, float("inf")]), "--learning_rate_range"),
+    ],
+)
+def test_non_finite_and_empty_numbers_are_refused_at_parse_time(make, flag):
+    """NaN passes every range check (all comparisons with it are false) and used to make every Acc@tau 0 or the
+    floor never binding; --max_pairs 0 used to mean every pair."""
+    with pytest.raises(ValueError, match=flag):
+        make()

@@ -188,3 +188,63 @@ def test_records_with_empty_captions_are_counted(tmp_path):
     assert skips == {"empty_caption": 1, "record_missing_keys": 1}
     with pytest.raises(ValueError, match="no positive/negative pairs"):
         load_pairs(_write(tmp_path / "y.json", [{"image": "a.jpg", "text": "", "neg_text": "x"}]))
+
+
+@pytest.mark.parametrize(
+    "records, where",
+    [
+        ({"k": {"filename": "a.jpg", "caption": 5, "negative_caption": "b"}}, "record 'k': field 'caption' holds a "
+         "number"),
+        ([{"image": "a.jpg", "text": "a b", "neg_text": ["b a", None]}], "record 0: field 'neg_text' holds a list"),
+        ([{"image_path": "a.jpg", "true_caption": "a", "false_caption": "b", "relation_name": "on", "bbox_x": "1",
+           "bbox_y": 0, "bbox_w": 1, "bbox_h": 1}], "record 0: field 'bbox_x' holds a string"),
+    ],
+    ids=["sugarcrepe", "structure_clip", "aro"],
+)
+def test_a_field_of_the_wrong_type_names_file_record_and_field(tmp_path, records, where):
+    """A caption that is not text used to become "" (counted as an empty caption) or reach the tokenizer."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    path = _write(tmp_path / "data.json", records)
+    with pytest.raises(DataFileError, match=f"data.json: {where}"):
+        load_pairs(path)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [(b"", "empty file"), (b" \n", "empty file"), (b"[]", r"empty JSON list \(\[\]\)"),
+     (b"{}", r"empty JSON object \(\{\}\)")],
+)  # fmt: skip
+def test_empty_files_say_which_and_a_byte_order_mark_is_read(tmp_path, content, why):
+    """Empty, `[]` and `{}` files each say what they are, on the detection path and the forced-format one (which
+    reads the file whole); a file with a UTF-8 byte order mark is valid JSON and is read."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    path = tmp_path / "data.json"
+    path.write_bytes(content)
+    with pytest.raises(UnknownFormatError, match=why):
+        load_pairs(str(path))
+    with pytest.raises(DataFileError, match=why):
+        load_pairs(str(path), data_format=STRUCTURE_CLIP)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image": "a.jpg", "text": "a b", "neg_text": "b a"}]).encode())
+    assert [p["negative"] for p in load_pairs(str(path))] == ["b a"]
+    assert [p["negative"] for p in load_pairs(str(path), data_format=STRUCTURE_CLIP)] == ["b a"]
+
+
+def test_a_crop_box_is_bounded_before_anything_is_allocated(tmp_path):
+    """PIL allocates the whole box, padding included: a 10x10 image with a 30,000² box from a data file took 2.7 GB.
+    A box beyond the pixel bound, off the image or not finite is an image error now (counted as unreadable)."""
+    from hnc_clip.data.images import IMAGE_ERRORS, ImageTooLargeError
+    from hnc_clip.evaluation.images import crop_box
+
+    image = Image.new("RGB", (10, 10))
+    assert crop_box(image, (2, 2, 12, 4), max_pixels=100).size == (12, 4)  # past the border: padded, as ARO
+    with pytest.raises(ImageTooLargeError, match=r"spans 1,000,000 pixels, more than the 10,000 allowed"):
+        crop_box(image, (0, 0, 1000, 1000), max_pixels=10_000)
+    for box, why in (((50, 50, 5, 5), "outside the 10x10 image"), ((0, float("nan"), 5, 5), "not finite")):
+        with pytest.raises(IMAGE_ERRORS, match=why):
+            crop_box(image, box)
+    path = tmp_path / "small.png"
+    image.save(path)
+    with pytest.raises(ImageTooLargeError):
+        load_image(ImageRef(str(path), (0, 0, 1e5, 1e5)))  # 10^10 pixels: refused at once

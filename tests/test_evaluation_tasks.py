@@ -293,3 +293,79 @@ def test_classnames_and_templates_files(tmp_path):
     (tmp_path / "bad.json").write_text('["no slot"]')
     with pytest.raises(ValueError, match="slot"):
         read_templates(str(tmp_path / "bad.json"))
+
+
+def test_pairs_identical_after_truncation_are_counted_not_scored(tmp_path, caplog):
+    """A text tower of 5 positions (BOS, 3 words, EOS) reads "the cup is left ..." and "the cup is right ..." as one
+    caption: such a pair used to be scored (always wrong: no caption beats itself); now it is counted and named
+    with the identical pairs, in pairwise scoring and in the benchmarks."""
+    import logging
+
+    from hnc_clip.evaluation.benchmarks.items import BenchmarkData, ChoiceItem
+    from hnc_clip.evaluation.benchmarks.runner import drop_identical
+    from hnc_clip.evaluation.encode import ClipEncoder, load_clip
+    from hnc_clip.evaluation.tasks import evaluate_pairwise
+    from hnc_clip.tiny import save_tiny_clip
+
+    texts = ["the cup is left of the plate", "the cup is right of the plate", "a red cup", "a blue cup"]
+    model, processor = load_clip(save_tiny_clip(str(tmp_path / "m"), texts, max_position_embeddings=5), "cpu")
+    for name in ("x.jpg", "y.jpg"):
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    pairs = [{"pair_id": "cut", "image_file": "x.jpg", "positive": texts[0], "negative": texts[1], "type": "rel"},
+             {"pair_id": "ok", "image_file": "y.jpg", "positive": texts[2], "negative": texts[3],
+              "type": "att"}]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hnc_clip.evaluation.tasks"):
+        out = evaluate_pairwise(model, processor, pairs, str(tmp_path))
+    assert out["num_pairs"] == 1 and out["identical_pairs"] == 1 and out["identical_after_truncation"] == 1
+    assert out["skipped_examples"]["identical_pairs"] == ["cut"] and "1 of them only after truncation" in caplog.text
+    data = BenchmarkData(str(tmp_path), [ChoiceItem("cut", ImageRef("x.jpg"), texts[:2], 0),
+                                         ChoiceItem("ok", ImageRef("y.jpg"), texts[2:], 0)])  # fmt: skip
+    kept, counts = drop_identical(data, ClipEncoder(model, processor, progress=False))
+    assert [it.item_id for it in kept.items] == ["ok"] and counts["identical_after_truncation"] == 1
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path, eval_tiny_clip_dir):
+    """A checkpoint with a NaN weight used to score 0.0, its NaN image embeddings reported as unreadable images;
+    now evaluation, conversion and training refuse it at load, naming the tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hnc_clip.arguments import ModelArguments
+    from hnc_clip.evaluation.encode import load_clip
+    from hnc_clip.modeling import NonFiniteWeightsError, load_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(eval_tiny_clip_dir, broken)
+    state = load_file(broken / "model.safetensors")
+    state["visual_projection.weight"][0, 0] = float("nan")
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NonFiniteWeightsError, match=r"broken: 1 weight tensors hold NaN or inf, e.g. "
+                                                    r"visual_projection.weight \(1 values\)"):
+        load_clip(str(broken), "cpu")
+    with pytest.raises(NonFiniteWeightsError, match="visual_projection.weight"):
+        load_model(ModelArguments(model_name_or_path=str(broken)))
+
+
+def test_classnames_and_templates_files_that_are_empty_or_carry_a_bom(tmp_path):
+    """Empty, `[]`/`{}` and wrongly typed class-name and template files say which (a bare JSONDecodeError or
+    `str()` of a list before); a file with a UTF-8 byte order mark is read."""
+    from hnc_clip.evaluation.records import DataFileError
+    from hnc_clip.evaluation.zeroshot_data import read_classnames, read_templates
+
+    folders = ["dog", "cat"]
+    path = tmp_path / "names.json"
+    for content, why in ((b"", "empty file"), (b"[]", r"empty JSON list \(\[\]\)"), (b"{}", r"empty JSON object"),
+                         (b'{"cat": ["a", "b"]}', "field 'cat' holds a list")):  # fmt: skip
+        path.write_bytes(content)
+        with pytest.raises(DataFileError, match=why):
+            read_classnames(str(path), folders)
+    path.write_bytes(b"\xef\xbb\xbf" + b'["hound", "tabby"]')
+    assert read_classnames(str(path), folders) == ["hound", "tabby"]
+    (tmp_path / "names.txt").write_bytes(b"\xef\xbb\xbfhound\ntabby\n")
+    assert read_classnames(str(tmp_path / "names.txt"), folders) == ["hound", "tabby"]
+    path.write_bytes(b"")
+    with pytest.raises(DataFileError, match="empty file"):
+        read_templates(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + b'["a photo of a {}."]')
+    assert read_templates(str(path)) == ["a photo of a {}."]

@@ -207,3 +207,66 @@ def test_the_cache_builder_keeps_to_the_image_folder_and_the_size_bounds(image_d
         json.dump(crafted, f)
     out = CachedImageJoin(str(cache), processor)(_batch(["../outside.jpg", "a.jpg"]))
     assert [p is None for p in out["pixel_values"]] == [True, False]
+
+
+def test_the_pixels_file_is_allocated_before_any_image_is_written(image_dir, processor, tmp_path, monkeypatch):
+    """The pixels file used to be sparse: a worker writing a page the full disk could not back got SIGBUS. Every
+    block is reserved now before the first image is written through the map."""
+    seen = []
+    real = image_cache.resize_and_crop
+
+    def check(proc, path, *bounds):
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.endswith(".npy.tmp")]
+        seen.append(tmp.stat().st_blocks * 512 >= tmp.stat().st_size)
+        return real(proc, path, *bounds)
+
+    monkeypatch.setattr(image_cache, "resize_and_crop", check)
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.png", "broken.jpg"]  # 18 KiB of rows: blocks a sparse file lacks
+    prepare(str(image_dir), str(tmp_path), processor, names, progress=False)
+    assert seen == [True] * 6
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_full_disk_says_so_and_leaves_the_old_cache(image_dir, processor, tmp_path, monkeypatch, num_workers):
+    """ENOSPC when the pixels are reserved: `DiskFullError` naming the space needed, no .tmp left, and the previous
+    cache still reads (one worker used to die of SIGBUS, two to hang)."""
+    import errno
+
+    from hnc_clip.errors import DiskFullError
+
+    prepare(str(image_dir), str(tmp_path), processor, ["a.jpg"], progress=False)
+    before = sorted(os.listdir(tmp_path))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(image_cache.os, "posix_fallocate", full)
+    with pytest.raises(DiskFullError, match=r"No space left on device\): the pixels need 0 MiB \(3 images at 32x32"):
+        prepare(str(image_dir), str(tmp_path), processor, ["b.jpg", "c.jpg", "d.jpg"], num_workers=num_workers,
+                progress=False)  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == before
+    assert CachedImageJoin(str(tmp_path), processor)(_batch(["a.jpg"]))["pixel_values"][0] is not None
+
+
+def test_a_worker_that_dies_fails_the_build_instead_of_hanging(image_dir, processor, tmp_path, monkeypatch):
+    """A worker killed mid-build (SIGBUS, the OOM killer) left `multiprocessing.Pool` waiting forever for its tasks;
+    the build now fails at once, naming what happened, and leaves no .tmp."""
+    import signal
+
+    def killed(proc, path, *bounds):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does (a SIGBUS ends it alike, with a core dump)
+
+    def too_long(signum, frame):
+        raise TimeoutError("the build hung")
+
+    monkeypatch.setattr(image_cache, "resize_and_crop", killed)  # forked workers inherit it
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match="an image-cache worker died"):
+            prepare(str(image_dir), str(tmp_path), processor, ["a.jpg", "b.jpg", "c.jpg"], num_workers=2,
+                    progress=False)  # fmt: skip
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert os.listdir(tmp_path) == []

@@ -176,3 +176,21 @@ def test_exif_orientation_is_applied_in_training_the_image_cache_and_evaluation_
     assert np.asarray(load_image(ImageRef(str(tmp_path / "rot.jpg"), bbox=(0, 0, 20, 20)))).mean() > 200  # top
     with Image.open(tmp_path / "rot.jpg") as opened:
         assert _upright(np.asarray(load_image(opened)).astype(float))
+
+
+def test_the_file_system_root_as_image_dir_contains_its_files(tmp_path):
+    """`--image_dir /` reported every image as outside the root: the prefix check compared with "//". Containment is
+    by path components now; a sibling folder sharing the root's prefix stays outside."""
+    from hnc_clip.data.images import resolve_in_root
+    from hnc_clip.evaluation.images import ImageRef, resolve_image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.jpg")
+    name = str(tmp_path / "ok.jpg").lstrip("/")
+    assert resolve_in_root("/", name) == str(tmp_path / "ok.jpg")
+    assert resolve_in_root("/", "../" + name) == str(tmp_path / "ok.jpg")  # nothing lies above the root
+    assert resolve_image("/", ImageRef(name)) == ImageRef(str(tmp_path / "ok.jpg"))
+    out = ImageJoin("/", build_image_processor(32))({"image_file": [name]})
+    assert out["pixel_values"][0] is not None
+    (tmp_path / "images").mkdir()
+    assert resolve_in_root(str(tmp_path / "images"), "../images2/a.jpg") is None
+    assert resolve_in_root("/", "") is None

@@ -151,3 +151,59 @@ def test_a_full_disk_during_the_final_save_publishes_no_model(tmp_path, tiny_cli
         train(tmp_path, tiny_clip_dir, sample_image_dir, out)
     assert not (out / "model.safetensors").exists() and not (out / FINAL_TMP).exists()
     assert (out / "checkpoint-6" / COMPLETE_MARKER).exists()
+
+
+def _search(out, _):
+    from hnc_clip.scripts import search
+
+    return search.cli(["--model_name_or_path", "m", "--train_file", "t.json", "--validation_file", "v.json",
+                       "--output_dir", str(out), "--use_cpu", "--report_to", "none"])  # fmt: skip
+
+
+def _convert(out, _):
+    from hnc_clip.scripts import convert
+
+    return convert.cli(["--checkpoint", "absent.safetensors", "--output_dir", str(out)])
+
+
+def _evaluate(out, model):
+    from hnc_clip.scripts import evaluate
+
+    return evaluate.cli(["--model", model, "--data_file", "absent.json", "--output_dir", str(out)])
+
+
+def _image_cache(out, model):
+    from hnc_clip.scripts import build_image_cache
+
+    return build_image_cache.cli(["--image_dir", "absent", "--output_dir", str(out), "--model_name_or_path", model])
+
+
+@pytest.mark.parametrize("app", [_search, _convert, _evaluate, _image_cache], ids=lambda f: f.__name__[1:])
+def test_every_application_claims_its_output_folder(app, tmp_path, tiny_clip_dir, capsys):
+    """Only training used to lock its folder: two searches interleaved their trials, two evaluations overwrote each
+    other's results. Each application now stops at once (exit 1, the holder named) when another run holds the
+    folder, before it reads anything (the inputs here do not exist)."""
+    out = tmp_path / "out"
+    holder = OutputDirLock(str(out), app="hnc-clip-train").acquire()
+    try:
+        assert app(out, str(tiny_clip_dir)) == 1
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert f"another run is writing to --output_dir {out} (hnc-clip-train, pid {os.getpid()}" in err
+
+
+def test_convert_refuses_to_replace_another_model_without_the_flag(tmp_path, capsys):
+    """hnc-clip-convert used to write over whatever model --output_dir held; now it is refused, the model untouched,
+    and --overwrite_output_dir lets the conversion through (here to the missing checkpoint's error)."""
+    from hnc_clip.scripts import convert
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the first model")
+    flags = ["--checkpoint", str(tmp_path / "absent.safetensors"), "--output_dir", str(out)]
+    assert convert.cli(flags) == 1
+    assert "holds another run's output (model.safetensors): pass --overwrite_output_dir" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == b"the first model"
+    with pytest.raises(FileNotFoundError):
+        convert.cli([*flags, "--overwrite_output_dir"])

@@ -376,3 +376,27 @@ def test_a_plain_caption_table_gets_its_negatives_made(tmp_path, tiny_clip_dir):
     made = {k: v for k, v in results.items() if k.startswith("train_negatives/")}
     assert sum(made.values()) == results["train_pairs"] == 16
     assert results["train_pairs_without_negative"] == made["train_negatives/no_rule_applied"]
+
+
+def test_a_shard_sample_holds_only_the_fields_it_uses_within_the_bound(tmp_path, monkeypatch):
+    """A 4.5 MB gzipped shard of many zero-filled fields per sample used to take 1 GB: every field of a sample was
+    read and held. Now only its first image, json and txt/text are read, and together they must stay within
+    MAX_MEMBER_BYTES (else `member_too_large`)."""
+    from hnc_clip.data import sources
+
+    shard = tmp_path / "00000.tar.gz"
+    with tarfile.open(shard, "w:gz") as tar:
+        add_member(tar, "x.jpg", jpeg(1))
+        add_member(tar, "x.txt", b"a caption")
+        for i in range(40):
+            add_member(tar, f"x.extra{i}.bin", bytes(2**20))  # 40 MiB of zeros, a few KB gzipped
+        add_member(tar, "x.seg.png", jpeg(2))  # a second image field: not used, not read
+        add_member(tar, "y.jpg", jpeg(3))
+        add_member(tar, "y.json", json.dumps({"caption": "y" * 500}).encode())
+    read = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real(self, m))
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", len(jpeg(3)) + 200)  # y's image fits alone, not with its json
+    x, y = sources.read_shards([str(shard)], ("wds", "wds"), "caption", None)
+    assert read == ["x.jpg", "x.txt", "y.jpg"]
+    assert x["positive"] == "a caption" and not x["skip"] and y["skip"] == "member_too_large"

@@ -230,3 +230,37 @@ def test_a_killed_conversion_leaves_nothing_behind_and_a_rerun_removes_its_folde
     assert len(load_table_pairs(path, args(), cache_dir=str(cache))) == len(rows)
     assert not stale.exists()
     assert not [p for p in root.iterdir() if ".incomplete-" in p.name]
+
+
+def test_every_row_is_checked_and_named_by_line(tmp_path, rows):
+    """An unquoted comma used to shift a CSV row's cells ("the cup, which is red" read as positive "the cup" and
+    negative "which is red"), and a JSONL row after the first without a column was a bare KeyError: every row's
+    cell count and columns are checked now, the error naming the file and the line."""
+    path = tmp_path / "t.csv"
+    path.write_text("image_path,caption,negative_captions\na.jpg,a red cup,a blue cup\n"
+                    "b.jpg,the cup, which is red,the cup which is blue\n")  # fmt: skip
+    with pytest.raises(TableFormatError, match=r"t.csv: line 3: 4 cells, the header has 3 .*comma must be quoted"):
+        load_table_pairs(str(path), args(negative_image_column=None), cache_dir=str(tmp_path / "c"))
+    broken = [rows[0], {k: v for k, v in rows[1].items() if k != "caption"}]
+    with pytest.raises(TableFormatError, match=r"t.jsonl: line 2: --caption_column 'caption' not found"):
+        load_table_pairs(str(write_jsonl(tmp_path / "t.jsonl", broken)), args(), cache_dir=str(tmp_path / "c"))
+    path = tmp_path / "deep.csv"
+    path.write_text("image_path,caption,negative_captions\n" + "a.jpg,a cup," + "[" * 5000 + "\n")
+    with pytest.raises(TableFormatError, match=r"deep.csv: line 2: column 'negative_captions' is not a list"):
+        load_table_pairs(str(path), args(negative_image_column=None), cache_dir=str(tmp_path / "c"))
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_read_again(tmp_path, rows):
+    """The table cache was keyed by size and mtime: a rewrite that keeps both (`cp -p`, `rsync -t`) was served
+    stale. It takes the HNC cache's key now (ctime and sampled content)."""
+    import os
+
+    path = write_jsonl(tmp_path / "t.jsonl", rows[:2])
+    cache = str(tmp_path / "cache")
+    assert load_table_pairs(str(path), args(), cache_dir=cache)["positive"][0] == rows[0]["caption"]
+    st = path.stat()
+    edited = dict(rows[0], caption=rows[0]["caption"][::-1])  # same length, other text
+    write_jsonl(path, [edited, rows[1]])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_table_pairs(str(path), args(), cache_dir=cache)["positive"][0] == edited["caption"].strip()

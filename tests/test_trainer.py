@@ -507,3 +507,37 @@ def test_evaluation_reads_the_carried_loss_state_without_moving_it(tmp_path):
     copy["ce_clip_thresholds"] = torch.tensor([9.0])
     assert state["ce_clip_thresholds"].item() == 1.5
     assert HncTrainer.loss_config(fake).ce_clip_cmr_weight == args.ce_clip_cmr_weight == 0.2
+
+
+def test_the_last_uneven_evaluation_batch_keeps_the_hard_image_pairs_of_its_real_rows():
+    """Under two processes accelerate evens out the last evaluation batch with repeated rows, which the trainer
+    drops by input row. Hard-image pairs sit after the B rows in the batch and were dropped as if repeats: 11 real
+    rows with one hard-image pair each scored 11 pairs, not 22. They now go with the row that brought them."""
+    from types import SimpleNamespace
+
+    from hnc_clip.data import HncCollator
+    from hnc_clip.tiny import build_word_tokenizer
+    from hnc_clip.trainer import HncTrainer
+
+    tok = build_word_tokenizer("a b c d".split())
+    px = torch.zeros(3, 2, 2)
+
+    def row(i, readable=True):
+        extra = {"pixel_values": px if readable else None, "positive": "c", "negative": "d", "image_id": f"h{i}"}
+        return {"pixel_values": px, "positive": "a", "negative": "b", "image_id": f"r{i}", "hard_image_pair": extra}
+
+    b, remainder = 8, 11  # process 0: 8 real rows; process 1: 3 real rows, 5 repeats
+    scored, skipped = 0, 0
+    for rank in (0, 1):
+        rows = [row(rank * b + i, readable=(rank, i) != (1, 2)) for i in range(b)]  # one hard image unreadable
+        batch = HncCollator(tok)(rows)
+        fake = SimpleNamespace(
+            accelerator=SimpleNamespace(num_processes=2, process_index=rank, gradient_state=SimpleNamespace(
+                end_of_dataloader=True, remainder=remainder)),
+            args=SimpleNamespace(eval_batch_size=b),
+        )  # fmt: skip
+        out = HncTrainer._without_repeats(fake, batch)
+        scored += len(out["image_index"])
+        skipped += int(out["skipped_images"])
+        assert out["text_index"].numel() == 2 * len(out["image_index"])
+    assert (scored, skipped) == (2 * remainder - 1, 1)

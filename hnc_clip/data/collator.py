@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
@@ -13,6 +14,10 @@ from ..families import PIXEL_INPUTS
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
+# The pairs whose negative reads as their positive named in the log, per collator (each DataLoader worker its own).
+MAX_NAMED_IDENTICAL = 5
 
 
 class HncBatch(TypedDict, total=False):
@@ -31,7 +36,8 @@ class HncBatch(TypedDict, total=False):
     positive_captions: int  # input_ids rows 0..positive_captions-1 are the distinct positives
     image_ids: torch.Tensor  # [B] int64 per image (same-image masking)
     skipped_images: torch.Tensor  # [] pairs dropped for an unreadable image
-    kept_rows: torch.Tensor  # [B'] int64 the input position of each pair kept
+    kept_rows: torch.Tensor  # [B'] int64 the input row of each pair kept (a hard-image pair: the row that brought it)
+    input_rows: torch.Tensor  # [B + E] int64 (with hard-image pairs) the input row of every pair, kept or not
     truncated_captions: torch.Tensor  # [] captions cut to max_length
     right_padded: bool  # the text tower may ignore attention_mask (causal, pooled at EOS)
     negative_mask: torch.Tensor  # [K·B] bool (`allow_missing_negatives`): False where a pair has no k-th negative
@@ -89,7 +95,9 @@ class HncCollator:
                             each pair's k-th), as input_ids rows (K = 1 for HNC),
           "positive_captions": int        the distinct positives are input_ids rows 0..positive_captions-1,
           "image_ids":      [B'] int64, "skipped_images": [] int64, "truncated_captions": [] int64,
-          "kept_rows":      [B'] int64    each kept pair's position in the input (to drop repeated ones later),
+          "kept_rows":      [B'] int64    each kept pair's input row (a hard-image pair: the row that brought it),
+                            to drop the rows repeated to even out the last evaluation batch,
+          "input_rows":     [B + E] int64 (with E hard-image pairs) the input row of every pair, kept or not,
           "right_padded":   True          (with `omit_padding_mask`) the text tower may ignore attention_mask,
           "negative_mask":  [K·B'] bool   (with `allow_missing_negatives`) False where pair i has no k-th negative}
     where B' = B plus the hard-image pairs rows bring, minus the pairs whose image could not be read (counted in
@@ -122,6 +130,11 @@ class HncCollator:
     count_names: tuple = ()
 
     def __post_init__(self):
+        # A negative the text tower reads as its positive (the same text, or the same tokens once truncated to
+        # max_length: SigLIP's 16 tokens cut many captions before the word that differs) teaches nothing and
+        # pushes the loss's hard-negative term to log 2; counted in every batch, the first few named.
+        self.declare_counts("identical_negatives")
+        self._named_identical = 0
         if self.allow_missing_negatives:
             self.declare_counts("pairs_without_negative")
 
@@ -132,12 +145,19 @@ class HncCollator:
     def __call__(self, features: list[dict]) -> HncBatch:
         import torch
 
+        # The input row of each pair: a hard-image pair is its row's (it is dropped or kept with it, never by its
+        # position after the B rows, which made the last uneven evaluation batch lose them: 14 pairs scored 11).
+        origins = [*range(len(features)), *(i for i, f in enumerate(features) if f.get("hard_image_pair") is not None)]
         features = expand_hard_image_pairs(features)
-        kept_rows = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
-        kept = [features[i] for i in kept_rows]
+        positions = [i for i, f in enumerate(features) if f.get("pixel_values") is not None]
+        kept = [features[i] for i in positions]
+        kept_rows = [origins[i] for i in positions]
         counts = dict.fromkeys(self.count_names, 0)
+        extra: dict = {}
+        if len(origins) > len(set(origins)):
+            extra["input_rows"] = torch.tensor(origins, dtype=torch.long)
         if not kept:  # every image in the batch unreadable: the trainer skips the step and counts them
-            empty = {"pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
+            empty = {**extra, "pixel_values": torch.zeros(0), "skipped_images": torch.tensor(len(features))}
             return {**empty, "counts": counts} if counts else empty
         negatives = [self._draw_negatives(f) for f in kept]  # [B'][K]
         mask = None
@@ -182,7 +202,7 @@ class HncCollator:
         slot = {image_id: i for i, image_id in enumerate(pixels)}
         text_slot = {text: i for i, text in enumerate(texts)}
         stacked = torch.stack(list(pixels.values()))
-        extra = per_image_inputs(kept, slot)
+        extra.update(per_image_inputs(kept, slot))
         if not torch.is_floating_point(stacked):
             if self.pixel_affine is None:
                 raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")
@@ -191,8 +211,8 @@ class HncCollator:
             extra["right_padded"] = True
         if mask is not None:
             extra["negative_mask"] = torch.tensor(mask, dtype=torch.bool).reshape(-1)  # [K·B'] k-major
-        if counts:
-            extra["counts"] = counts
+        counts["identical_negatives"] = self._identical_negatives(tok, rows, text_slot, kept, mask)
+        extra["counts"] = counts
         if all("pair_id" in f for f in kept):
             extra["pair_ids"] = [f["pair_id"] for f in kept]
         return {
@@ -208,6 +228,25 @@ class HncCollator:
             "kept_rows": torch.tensor(kept_rows, dtype=torch.long),
             "truncated_captions": torch.tensor(truncated),
         }
+
+    def _identical_negatives(self, tok, rows: list[str], text_slot: dict, kept: list[dict], mask) -> int:
+        """How many (pair, negative) slots hold the same token ids as the pair's positive (masked slots aside)."""
+        import torch
+
+        b = len(kept)
+        index = torch.tensor([text_slot[t] for t in rows], dtype=torch.long)  # [(1+K)·B']
+        pos, neg = index[:b].repeat(len(rows) // b - 1), index[b:]  # [K·B'] each
+        ids, attention = tok["input_ids"], tok["attention_mask"]
+        same = (ids[pos] == ids[neg]).all(-1) & (attention[pos] == attention[neg]).all(-1)  # [K·B']
+        if mask is not None:
+            same &= torch.tensor(mask, dtype=torch.bool).reshape(-1)
+        found = same.nonzero().flatten().tolist()
+        for slot in found[: max(0, MAX_NAMED_IDENTICAL - self._named_identical)]:
+            f = kept[slot % b]
+            logger.warning(f"pair {f.get('pair_id', f['image_id'])!r}: negative {rows[b + slot]!r} reads as the "
+                           f"positive {f['positive']!r} to the text tower ({self.max_length} tokens)")  # fmt: skip
+            self._named_identical += 1
+        return len(found)
 
     def _draw_negatives(self, feature: dict) -> list[str]:
         negatives, k = negatives_of(feature), self.negatives_per_row

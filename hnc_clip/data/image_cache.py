@@ -16,6 +16,12 @@ written to its own `*.tmp` and renamed over the old one (`os.replace` is atomic 
 pixels under a fresh token, so an interrupted rebuild never changes the rows an existing index points at, and a
 reader sees either the old cache or the new one, never half of one.
 
+A full disk: the pixels file is allocated whole (`posix_fallocate`) before any worker maps it, so running out of
+space is an `OSError` at the start, reported as `DiskFullError` with the bytes needed, not a SIGBUS in a worker that
+writes to a sparse page the file system cannot back. A worker that dies all the same (a signal, the OOM killer)
+fails the build with a message instead of leaving the pool waiting for its lost tasks; the `.tmp` is removed and the
+previous cache stays valid either way.
+
 Semantics equal the on-the-fly path: the resize and crop are done by the model's own image processor (with
 `do_rescale=False, do_normalize=False`), so whatever backend and interpolation it uses, the cache holds its
 output rounded to uint8 (≤ 0.5/255 per pixel; the PIL backend already returns uint8, so there it is exact).
@@ -29,16 +35,21 @@ Size: 224×224×3 bytes = 147 KiB per image, so the 67,807 images of the HNC tra
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 
 import numpy as np
 
+from ..errors import DiskFullError
+from ..output_dir import is_disk_full
 from .images import IMAGE_ERRORS, MAX_IMAGE_PIXELS, ImageLoadError, load_rgb, resolve_in_root
 from .workers import die_with_parent
 
@@ -142,6 +153,47 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def allocate(path: str) -> None:
+    """Reserve every block of `path` (created sparse by `open_memmap`): a page a worker writes through its map later
+    can then not meet a full disk, which the kernel reports as SIGBUS. Where the file system cannot reserve
+    (EOPNOTSUPP: some network and FUSE mounts), its free space is checked instead."""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        if shutil.disk_usage(os.path.dirname(path) or ".").free < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from err
+        logger.warning(f"{path}: the file system cannot reserve space ({err}); a disk that fills during the build "
+                       "would stop a worker")  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def _run_pool(tasks: list, num_workers: int, init: tuple, on_result) -> None:
+    """`_process_one` over `tasks` in `num_workers` processes. A worker that dies (a signal, the OOM killer) fails
+    the build at once (`multiprocessing.Pool` would wait forever for its lost tasks); on any exit but the normal one
+    the workers are terminated."""
+    pool = ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=init)
+    done = False
+    try:
+        for result in pool.map(_process_one, tasks, chunksize=16):
+            on_result(*result)
+        done = True
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "an image-cache worker died (killed by a signal: out of memory, or SIGBUS from a disk that filled "
+            "while it wrote); nothing of this build was kept"
+        ) from err
+    finally:
+        if not done:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _write_json_atomic(path: str, obj: dict) -> None:
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
@@ -180,18 +232,20 @@ def prepare(
     pixels_name = f"pixels-{token}.npy"
     pixels_tmp = os.path.join(output_dir, pixels_name + ".tmp")
     failed: dict[str, str] = {}
+
+    def record(row: int, err: str | None) -> None:
+        if err is not None:
+            failed[names[row]] = err
+        bar.update()
+
     try:
         # .npy header + raw rows; np.load(mmap_mode=...) maps it without reading it.
         np.lib.format.open_memmap(pixels_tmp, mode="w+", dtype=np.uint8, shape=(len(names), height, width, 3)).flush()
+        allocate(pixels_tmp)
         tasks = [(row, resolve_in_root(image_dir, name)) for row, name in enumerate(names)]
         bar = tqdm(total=len(tasks), desc="caching images", unit="img", disable=not progress)
         if num_workers > 1 and len(tasks) > 1:
-            init = (image_processor, pixels_tmp, max_pixels, os.getpid())
-            with Pool(num_workers, initializer=_init_worker, initargs=init) as pool:
-                for row, err in pool.imap_unordered(_process_one, tasks, chunksize=16):
-                    if err is not None:
-                        failed[names[row]] = err
-                    bar.update()
+            _run_pool(tasks, num_workers, (image_processor, pixels_tmp, max_pixels, os.getpid()), record)
         else:
             _init_worker(image_processor, pixels_tmp, max_pixels)
             try:
@@ -206,6 +260,15 @@ def prepare(
         bar.close()
         _fsync(pixels_tmp)
         os.replace(pixels_tmp, os.path.join(output_dir, pixels_name))
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        need = len(names) * height * width * 3
+        raise DiskFullError(
+            f"disk full while building the image cache in {output_dir} ({err.strerror or err}): the pixels need "
+            f"{need / 2**20:,.0f} MiB ({len(names):,} images at {height}x{width}); nothing of this build was kept, "
+            "the previous cache (if any) stays valid. Free space or choose another --output_dir"
+        ) from err
     finally:
         if os.path.exists(pixels_tmp):  # interrupted or failed: leave nothing half-written behind
             os.remove(pixels_tmp)

@@ -63,7 +63,8 @@ def resolve_in_root(root: str, name: str, allow_absolute: bool = False) -> str |
         return os.path.normpath(name) if allow_absolute else None
     base = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.join(base, name))
-    return path if path.startswith(base + os.sep) else None
+    # By components, not by prefix: `base + os.sep` is "//" for the root folder, which no path starts with.
+    return path if path != base and os.path.commonpath([base, path]) == base else None
 
 
 def _size_field(size, key: str):

@@ -56,7 +56,7 @@ SKIP_REASONS = (
     "no_image",  # the sample has no image (or an empty one)
     "no_caption",  # no caption, an empty one, or one that is not text
     "unreadable_shard",  # a shard that is not a tar, or is truncated: the rest of it is lost (logged with its name)
-    "member_too_large",  # a tar member beyond MAX_MEMBER_BYTES, not read
+    "member_too_large",  # a tar member, or the fields a sample uses together, beyond MAX_MEMBER_BYTES: not read
     "bad_json",  # a sample's .json that is not a JSON object
     "unreadable_image",  # decoding failed or the image passes the size bounds (counted in the collator)
 )
@@ -146,13 +146,28 @@ def _split_key(name: str) -> tuple[str, str] | None:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
+def _is_image(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+
+
+def _wanted(ext: str, fields: dict) -> bool:
+    """Whether a sample's field is read: its first image, `json`, `txt`/`text`, each once (a repeated field keeps
+    the first), and none once the sample is skipped. What a sample holds in memory is so bounded by
+    MAX_MEMBER_BYTES, whatever the shard (a gzipped shard of many large zero-filled fields decompresses to GBs)."""
+    if "__skip__" in fields or ext in fields:
+        return False
+    if _is_image(ext):
+        return not any(_is_image(k) for k in fields)
+    return ext in ("json", "txt", "text")
+
+
 def _shard_sample(source: tuple, shard: str, key: str, fields: dict, caption_key: str, negatives_key: str | None):
     """The fields of one tar sample → a record (or a skip record). `source`: (name, label)."""
     pair_id = f"{source[0]}|{os.path.basename(shard)}|{key}"
     source = source[1]
     if "__skip__" in fields:
         return skip_record(source, pair_id, fields["__skip__"])
-    image_ext = next((e for e in fields if e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
+    image_ext = next((e for e in fields if _is_image(e)), None)
     meta = {}
     if "json" in fields:
         try:
@@ -220,9 +235,12 @@ def read_shards(shards: list[str], source: tuple, caption_key: str, negatives_ke
                         yield _shard_sample(source, shard, key, fields, caption_key, negatives_key)
                         n, fields = n + 1, {}
                     key = parts[0]
-                    if member.size > MAX_MEMBER_BYTES:
+                    if not _wanted(parts[1], fields):  # never read: a shard may hold any number of other fields
+                        continue
+                    held = sum(len(v) for k, v in fields.items() if k != "__skip__")
+                    if member.size > MAX_MEMBER_BYTES or held + member.size > MAX_MEMBER_BYTES:
                         fields["__skip__"] = "member_too_large"
-                    elif parts[1] not in fields:  # a repeated field keeps the first
+                    else:
                         fields[parts[1]] = tar.extractfile(member).read()
                 if not counted.ends_at(tar.offset):
                     raise tarfile.ReadError("the archive ends without its end-of-archive block (truncated)")

@@ -17,7 +17,8 @@ COCO TSV (columns `filepath`, `title`, `neg_caption`, `neg_image`) reads as it i
     --negative_image_column neg_image
 
 Files are read row by row (never whole into memory) into Arrow files under a cache directory named by a
-fingerprint of the file (path, size, mtime) and of the column flags, committed by a rename as the HNC cache
+fingerprint of the file (the HNC cache's: path, size, mtime, ctime and a hash of sampled content blocks,
+`hnc_clip.data.arrow_cache.fingerprint`) and of the column flags, committed by a rename as the HNC cache
 (`hnc_clip.data.arrow_cache`). Bad input, as for HNC: a file that is not the format its name says, a configured
 column that is missing (the available ones are listed) or a cell of the wrong type raise `TableFormatError` naming
 the file and the row; rows that cannot make a pair (empty caption, no negative, fewer negatives than
@@ -43,7 +44,7 @@ from collections.abc import Iterator
 import datasets
 from datasets.arrow_writer import ArrowWriter
 
-from .arrow_cache import build_cache_dir, report_skips
+from .arrow_cache import build_cache_dir, fingerprint, report_skips
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,31 @@ class TableFormatError(ValueError):
 
 
 def _csv_rows(path: str, delimiter: str) -> Iterator[tuple[str, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+    """Rows of a CSV/TSV file, each with exactly the header's number of cells: a caption with an unquoted comma
+    would otherwise shift its row's cells into the next columns ("the cup, which is red" read as positive "the cup"
+    and negative "which is red")."""
+    name = "comma" if delimiter == "," else "tab"
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
         try:
-            for row in reader:
-                yield f"line {reader.line_num}", row
+            header = next(reader, None)
+            if header is None:
+                raise TableFormatError(f"{path}: empty file (no header line)")
+            for cells in reader:
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise TableFormatError(
+                        f"{path}: line {reader.line_num}: {len(cells)} cells, the header has {len(header)} "
+                        f"({', '.join(header)}); a cell holding a {name} must be quoted"
+                    )
+                yield f"line {reader.line_num}", dict(zip(header, cells))
         except csv.Error as err:
             raise TableFormatError(f"{path}: line {reader.line_num}: not valid CSV: {err}") from err
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -132,7 +147,7 @@ def _list_cell(value, source: str, where: str, column: str) -> list:
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError) as err:
+        except (ValueError, SyntaxError, RecursionError, MemoryError) as err:  # the last two: "[[[[..." nested deep
             why = f"column {column!r} is not a list literal: {value[:80]!r}"
             raise TableFormatError(f"{source}: {where}: {why}") from err
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -147,10 +162,10 @@ class _RowReader:
         # `plain`: negatives are made from the captions later (--negatives_from_captions): a row needs none, and the
         # negative column may be absent
         self.plain = plain
-        self.checked = False
         self.count: int | None = None  # with K unset: every row's number of negatives, set by the first row
 
     def _check_columns(self, row: dict, where: str) -> None:
+        """Every row has the configured columns (JSONL and Hub rows need not share the first row's keys)."""
         optional = ("negative_caption_column",) if self.plain else ()
         missing = [f"--{flag} {name!r}" for flag, name in self.columns.items()
                    if name is not None and name not in row and flag not in optional]  # fmt: skip
@@ -159,7 +174,6 @@ class _RowReader:
                 f"{self.source}: {where}: {', '.join(missing)} not found; available columns: {sorted(row)}. "
                 "Name them with --image_column, --caption_column, --negative_caption_column, --negative_image_column"
             )
-        self.checked = True
 
     def _text(self, value, where: str, column: str) -> str:
         if value is None:
@@ -169,8 +183,7 @@ class _RowReader:
         return value.strip()
 
     def __call__(self, n: int, where: str, row: dict) -> dict | None:
-        if not self.checked:
-            self._check_columns(row, where)
+        self._check_columns(row, where)
         c = self.columns
         image = self._text(row[c["image_column"]], where, c["image_column"])
         positive = self._text(row[c["caption_column"]], where, c["caption_column"])
@@ -220,8 +233,8 @@ def read_table(
     if ext in FILE_READERS:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"table file not found: {path}")
-        st = os.stat(path)
-        return FILE_READERS[ext](path), f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        # The HNC cache's key (ctime and sampled content): a rewrite that keeps size and mtime is not served stale.
+        return FILE_READERS[ext](path), fingerprint(path, f"table{ext}")
     # A folder or a Hub name: `datasets` caches it as Arrow already; its fingerprint names that version.
     ds = datasets.load_dataset(path, config_name, split=split)
     return _dataset_rows(ds), f"{path}|{config_name}|{split}|{ds._fingerprint}"

@@ -3,8 +3,10 @@
 The published compositionality baselines (NegCLIP, CE-CLIP, FSC-CLIP, DAC, ...) ship `.pt` files: an OpenAI JIT
 archive, a bare OpenAI/open_clip state dict (`visual.conv1.weight`, `transformer.resblocks.N...`), or an open_clip
 training checkpoint `{"epoch", "state_dict": {"module.visual...": ...}, ...}`. All three are pickles, which can run
-code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and even then reads
-them with `torch.jit.load` (OpenAI's archives) or torch's weights-only unpickler, never a full `pickle.load`.
+code when loaded: `load_checkpoint` refuses them unless `allow_pickle=True` (`--allow_pickle`), and then reads them
+with `torch.jit.load` (OpenAI's archives) or torch's weights-only unpickler, never a full `pickle.load`. Note that
+`torch.jit.load` runs the archive's own code (TorchScript, the serialized model's methods and its class setup): a
+JIT archive is as trusted as a pickle, which is why it needs the flag too.
 `open_clip_model.safetensors` files need no such permission.
 
 The architecture is read off the tensors as OpenAI's `build_model` does (widths, layer counts, patch size, context
@@ -92,7 +94,10 @@ def infer_config(sd: dict[str, torch.Tensor], activation: str = "quick_gelu"):
 
     if "visual.conv1.weight" not in sd:
         raise ValueError("only ViT image towers convert to HF CLIP (no visual.conv1.weight: a ResNet checkpoint?)")
-    missing = [k for k in ("text_projection", "visual.proj", "token_embedding.weight") if k not in sd]
+    read = ("text_projection", "visual.proj", "token_embedding.weight", "visual.positional_embedding",
+            "ln_final.weight", "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight",
+            "visual.transformer.resblocks.0.mlp.c_fc.weight")  # fmt: skip
+    missing = [k for k in read if k not in sd]
     if missing:
         raise ValueError(f"not an OpenAI/open_clip CLIP state dict: missing {missing}")
     vision_width, _, patch, _ = sd["visual.conv1.weight"].shape
@@ -181,18 +186,37 @@ def convert_state_dict(sd: dict[str, torch.Tensor], config) -> dict[str, torch.T
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
+def check_size(sd: dict[str, torch.Tensor], config) -> None:
+    """The model `config` describes, counted on the meta device (nothing allocated), must not need more values than
+    the checkpoint holds: the config is read off tensor shapes, and a tensor of shape [1_000_000, 0] holds nothing
+    while naming a width (a 683 KB file described a model of ~150 GiB)."""
+    from transformers import CLIPModel
+
+    with torch.device("meta"):
+        needed = sum(p.numel() for p in CLIPModel(config).parameters())
+    held = sum(t.numel() for t in sd.values())
+    if needed > held:
+        raise ValueError(
+            f"the checkpoint's tensor shapes describe a CLIP of {needed:,} parameters, but it holds {held:,} values: "
+            "not a consistent OpenAI/open_clip state dict (nothing was allocated)"
+        )
+
+
 def to_hf_model(sd: dict[str, torch.Tensor], activation: str = "quick_gelu"):
     """A `CLIPModel` (eval mode, fp32) with the checkpoint's weights; every HF parameter must be filled."""
     from transformers import CLIPModel
 
     config = infer_config(sd, activation)
+    check_size(sd, config)
     model = CLIPModel(config)
     state = convert_state_dict(sd, config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ValueError(f"conversion left parameters unset {missing[:5]} or unused {unexpected[:5]}")
-    return model.eval()
+    from ..modeling import check_finite_weights
+
+    return check_finite_weights(model, "the checkpoint").eval()
 
 
 def default_bpe_path() -> str | None:

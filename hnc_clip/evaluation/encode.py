@@ -38,6 +38,13 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
+def text_keys(encoder: Encoder, texts: Sequence[str]) -> list:
+    """What the text tower sees of each text (its token ids after truncation, where the encoder tokenizes; the text
+    itself otherwise): two captions with one key get one embedding, so a pair of them cannot be told apart."""
+    keys = getattr(encoder, "text_keys", None)
+    return keys(texts) if keys is not None else list(texts)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -47,8 +54,11 @@ def load_clip(model_name_or_path: str, device: str | torch.device | None = None)
     ...: `hnc_clip.families`): safetensors only and never remote code."""
     from transformers import AutoConfig, AutoProcessor
 
+    from ..modeling import check_finite_weights
+
     config = AutoConfig.from_pretrained(model_name_or_path)
     model = family_of(config).cls.from_pretrained(model_name_or_path, config=config, use_safetensors=True)
+    check_finite_weights(model, model_name_or_path)
     processor = AutoProcessor.from_pretrained(model_name_or_path)
     return model.to(torch.device(device) if device else default_device()).eval(), processor
 
@@ -166,6 +176,14 @@ class ClipEncoder:
             out.append(F.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out) if out else self._empty()
 
+    def text_keys(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """Each text's token ids as `encode_texts` feeds them (truncated to the tower's length, padding dropped)."""
+        if not texts:
+            return []
+        tokens = self.processor(text=list(texts), **self.family.text_kwargs(self.max_text_length))
+        masks = tokens.get("attention_mask") or [[1] * len(ids) for ids in tokens["input_ids"]]
+        return [tuple(i for i, m in zip(ids, mask) if m) for ids, mask in zip(tokens["input_ids"], masks)]
+
 
 class CachedEncoder:
     """Memoises another encoder per image reference and per text, so benchmarks sharing images (SugarCrepe and
@@ -193,6 +211,9 @@ class CachedEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         return self._lookup(list(texts), self._texts, self.encoder.encode_texts)
+
+    def text_keys(self, texts: Sequence[str]) -> list:
+        return text_keys(self.encoder, texts)
 
 
 def unreadable_rows(embeddings: torch.Tensor) -> torch.Tensor:

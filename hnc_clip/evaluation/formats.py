@@ -3,11 +3,14 @@
 Every pairwise reader yields the records of `hnc_clip.data.hnc` (`pair_id, image_id, image_file, positive, negative,
 type`) plus `bbox` (None, or ARO's crop box), so the scoring code never sees a format. Formats are detected from the
 first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
+Every record's fields are read by type (`.records.Record`): a record that lacks a field is counted
+(`record_missing_keys`), a field of the wrong type raises `DataFileError` naming the file, the record and the field.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +20,9 @@ import ijson
 
 from ..data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
 from .images import ImageRef
+from .records import BOM, DataFileError, read_json, records
+
+logger = logging.getLogger(__name__)
 
 STRUCTURE_CLIP = "structure_clip"
 SUGARCREPE = "sugarcrepe"
@@ -38,7 +44,7 @@ PAIR_FORMATS = (TEST_SCHEMA, TRAIN_SCHEMA, STRUCTURE_CLIP, SUGARCREPE, ARO_RELAT
 RETRIEVAL_FORMATS = (COCO_KARPATHY, *PAIR_FORMATS)
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(DataFileError):
     """A data file matches none of the supported formats (the message lists them)."""
 
 
@@ -61,8 +67,11 @@ def unknown_format(path: str, why: str, formats: Iterable[str] = FORMAT_SHAPES) 
 def _first_record(path: str) -> tuple[str, str | None, object]:
     """('list', None, first item) or ('dict', first key, first value), reading only the start of the file."""
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
-        f.seek(0)
+        head = f.read(4096)
+        f.seek(len(BOM) if head.startswith(BOM) else 0)  # a byte order mark: valid JSON follows it
+        head = head.removeprefix(BOM).lstrip()
+        if not head:
+            raise unknown_format(path, f"empty file ({os.path.getsize(path)} bytes)")
         try:
             if head.startswith(b"["):
                 return "list", None, next(ijson.items(f, "item", use_float=True), None)
@@ -80,7 +89,8 @@ def detect_format(path: str) -> str:
         raise FileNotFoundError(f"data file not found: {path}")
     kind, _, first = _first_record(path)
     if first is None:
-        raise unknown_format(path, f"empty JSON {kind}")
+        raise unknown_format(path, "an empty JSON list ([]): no records" if kind == "list" else
+                             "an empty JSON object ({}): no records")  # fmt: skip
     if kind == "dict":
         try:
             return detect_schema(path)
@@ -118,14 +128,10 @@ def _pair(pair_id: str, image_file: str, positive, negative, type_: str, bbox=No
 
 
 def _load_json(path: str, expected: type, fmt: str):
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise unknown_format(path, f"invalid JSON ({err})") from err
-    if not isinstance(data, expected):
-        raise unknown_format(path, f"format {fmt} needs a JSON {expected.__name__}, got {type(data).__name__}")
-    return data
+    try:
+        return read_json(path, expected)
+    except DataFileError as err:
+        raise DataFileError(f"{err} (format {fmt}: {FORMAT_SHAPES[fmt]})") from None
 
 
 def _read_hnc(schema: str) -> Callable[[str, Counter], Iterator[dict]]:
@@ -138,23 +144,24 @@ def _read_hnc(schema: str) -> Callable[[str, Counter], Iterator[dict]]:
 
 def _read_structure_clip(path: str, skips: Counter) -> Iterator[dict]:
     """One pair per negative: Structure-CLIP's COCO files give `neg_text` as a string or a list of strings."""
-    for i, rec in enumerate(_load_json(path, list, STRUCTURE_CLIP)):
-        if not isinstance(rec, dict) or not {"image", "text", "neg_text"} <= rec.keys():
+    for rec in records(path, _load_json(path, list, STRUCTURE_CLIP)):
+        if not rec.has("image", "text", "neg_text"):
             skips["record_missing_keys"] += 1
             continue
-        negatives = rec["neg_text"] if isinstance(rec["neg_text"], list) else [rec["neg_text"]]
-        for j, neg in enumerate(negatives):
-            yield _pair(f"{i}/{j}", rec["image"], rec["text"], neg, str(rec.get("type") or STRUCTURE_CLIP))
+        image, positive, type_ = rec.text("image"), rec.text("text"), str(rec.value.get("type") or STRUCTURE_CLIP)
+        for j, neg in enumerate(rec.text_or_texts("neg_text")):
+            yield _pair(f"{rec.key}/{j}", image, positive, neg, type_)
 
 
 def _read_sugarcrepe(path: str, skips: Counter) -> Iterator[dict]:
     """SugarCrepe ships one file per subset (`replace_att.json`, `swap_obj.json`, ...): the file name is the type."""
     subset = os.path.splitext(os.path.basename(path))[0]
-    for key, rec in _load_json(path, dict, SUGARCREPE).items():
-        if not isinstance(rec, dict) or not {"filename", "caption", "negative_caption"} <= rec.keys():
+    for rec in records(path, _load_json(path, dict, SUGARCREPE)):
+        if not rec.has("filename", "caption", "negative_caption"):
             skips["record_missing_keys"] += 1
             continue
-        yield _pair(f"{subset}/{key}", rec["filename"], rec["caption"], rec["negative_caption"], subset)
+        yield _pair(f"{subset}/{rec.key}", rec.text("filename"), rec.text("caption"), rec.text("negative_caption"),
+                    subset)  # fmt: skip
 
 
 def _read_aro(kind: str) -> Callable[[str, Counter], Iterator[dict]]:
@@ -162,19 +169,20 @@ def _read_aro(kind: str) -> Callable[[str, Counter], Iterator[dict]]:
 
     def read(path: str, skips: Counter) -> Iterator[dict]:
         needed = {"image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
-        for i, rec in enumerate(_load_json(path, list, kind)):
-            if not isinstance(rec, dict) or not needed <= rec.keys():
+        for rec in records(path, _load_json(path, list, kind)):
+            if not rec.has(*needed):
                 skips["record_missing_keys"] += 1
                 continue
             if kind == ARO_RELATION:
-                type_ = str(rec.get("relation_name") or "unknown")
+                type_ = str(rec.value.get("relation_name") or "unknown")
             else:
-                attrs = rec.get("attributes") or ["unknown"]
+                attrs = rec.value.get("attributes") or ["unknown"]
                 # ARO names attribute pairs `<a1>_<a2>` (its per-attribute-pair macro accuracy).
                 type_ = "_".join(map(str, attrs)) if isinstance(attrs, list) else str(attrs)
-            bbox = tuple(float(rec[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-            pair_id = f"{rec.get('image_id', i)}/{i}"
-            yield _pair(pair_id, rec["image_path"], rec["true_caption"], rec["false_caption"], type_, bbox)
+            bbox = tuple(rec.number(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+            pair_id = f"{rec.value.get('image_id', rec.key)}/{rec.key}"
+            yield _pair(pair_id, rec.text("image_path"), rec.text("true_caption"), rec.text("false_caption"), type_,
+                        bbox)  # fmt: skip
 
     return read
 
@@ -242,12 +250,16 @@ class ImageCaptions:
 
 
 def _karpathy_records(path: str) -> Iterator[tuple[ImageRef, str]]:
-    for rec in _load_json(path, list, COCO_KARPATHY):
-        if not isinstance(rec, dict) or "image" not in rec or "caption" not in rec:
+    missing = 0
+    for rec in records(path, _load_json(path, list, COCO_KARPATHY)):
+        if not rec.has("image", "caption"):
+            missing += 1
             continue
-        captions = rec["caption"] if isinstance(rec["caption"], list) else [rec["caption"]]
-        for caption in captions:
-            yield ImageRef(rec["image"]), caption
+        image = ImageRef(rec.text("image"))
+        for caption in rec.text_or_texts("caption"):  # a list per image (test files), or one per record (train)
+            yield image, caption
+    if missing:
+        logger.warning(f"{path}: {missing} records without 'image' and 'caption' skipped")
 
 
 def load_image_captions(

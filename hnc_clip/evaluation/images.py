@@ -9,13 +9,14 @@ high-bit-depth and palette images handled there, for training and evaluation ali
 from __future__ import annotations
 
 import io
+import math
 import os
 import tarfile
 from dataclasses import dataclass
 
 from PIL import Image
 
-from ..data.images import load_rgb, resolve_in_root, upright_rgb
+from ..data.images import MAX_IMAGE_PIXELS, ImageTooLargeError, load_rgb, resolve_in_root, upright_rgb
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,25 @@ def resolve_image(image_dir: str | None, ref: ImageRef, allow_absolute: bool = F
     return None
 
 
-def crop_box(image: Image.Image, bbox: tuple[float, float, float, float] | None) -> Image.Image:
-    """Exactly ARO's crop `(x, y, x + w, y + h)` (PIL rounds float boxes, pads past the border); >= 1 px each way."""
+def crop_box(image: Image.Image, bbox: tuple[float, float, float, float] | None,
+             max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Exactly ARO's crop `(x, y, x + w, y + h)` (PIL rounds float boxes, pads past the border); >= 1 px each way.
+
+    The box comes from the data file and PIL allocates all of it, padding included: a box that spans more than
+    `max_pixels` (a 10×10 image with a 30,000² box took 2.7 GB) raises `ImageTooLargeError`, one that is not finite
+    or misses the image `ValueError`, before anything is allocated (both are `IMAGE_ERRORS`: counted as an
+    unreadable image)."""
     if bbox is None:
         return image
     x, y, w, h = bbox
-    return image.crop((x, y, x + max(w, 1), y + max(h, 1)))
+    w, h = max(w, 1), max(h, 1)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"crop box {bbox} is not finite")
+    if w * h > max_pixels:
+        raise ImageTooLargeError(f"crop box {bbox} spans {w * h:,.0f} pixels, more than the {max_pixels:,} allowed")
+    if x >= image.width or y >= image.height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"crop box {bbox} lies outside the {image.width}x{image.height} image")
+    return image.crop((x, y, x + w, y + h))
 
 
 _OPEN_TARS: dict[str, tarfile.TarFile] = {}  # per process (each DataLoader worker opens its own)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .encode import ClipEncoder, Encoder, unreadable_rows
+from .encode import ClipEncoder, Encoder, text_keys, unreadable_rows
 from .formats import ImageCaptions
 from .images import ImageRef, resolve_image
 from .linear_probe import linear_probe_rankings
@@ -121,7 +121,8 @@ class PairwiseScores:
     missing_images: int
     skipped_pairs: int
     unreadable_images: int = 0
-    identical_pairs: int = 0
+    identical_pairs: int = 0  # the same text, or the same tokens after truncation (`identical_after_truncation`)
+    identical_after_truncation: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few named skipped items
 
 
@@ -147,13 +148,21 @@ def pairwise_scores(
 ) -> PairwiseScores:
     """Similarities of every pair that can be scored; each distinct image and caption is encoded once.
 
-    Skipped and counted, never scored as wrong: a positive identical to its negative (no caption can beat itself),
-    an image that is missing or outside `image_dir`, and an image that cannot be decoded.
+    Skipped and counted, never scored as wrong: a positive identical to its negative as the text tower sees it (the
+    same text, or the same tokens after truncation: SigLIP's 16 tokens cut many captions before the word that
+    differs; no caption can beat itself), an image that is missing or outside `image_dir`, and an image that cannot
+    be decoded.
     """
-    identical = [p for p in pairs if p["positive"] == p["negative"]]
+    texts = list(dict.fromkeys([p["positive"] for p in pairs] + [p["negative"] for p in pairs]))
+    key = dict(zip(texts, text_keys(encoder, texts)))
+    same = [key[p["positive"]] == key[p["negative"]] for p in pairs]
+    identical = [p for p, s in zip(pairs, same) if s]
+    truncated = sum(p["positive"] != p["negative"] for p in identical)
     if identical:
-        logger.warning("%d pair(s) have a positive identical to the negative, e.g. %s", len(identical), identical[0])
-    candidates = [p for p in pairs if p["positive"] != p["negative"]]
+        logger.warning("%d pair(s) have a positive identical to the negative (%d of them only after truncation to "
+                       "the text tower's length), e.g. %s; they are not scored", len(identical), truncated,
+                       identical[0])  # fmt: skip
+    candidates = [p for p, s in zip(pairs, same) if not s]
     refs = [ImageRef(p["image_file"], p.get("bbox")) for p in candidates]
     found, missing = _present_images(refs, image_dir, allow_absolute)
     present = [(p, found[r]) for p, r in zip(candidates, refs) if r in found]
@@ -192,6 +201,7 @@ def pairwise_scores(
         skipped_pairs=len(pairs) - n,
         unreadable_images=len(unreadable),
         identical_pairs=len(identical),
+        identical_after_truncation=truncated,
         examples={k: v for k, v in examples.items() if v},
     )
 
@@ -211,6 +221,7 @@ def pairwise_metrics(scores: PairwiseScores, thresholds: Sequence[float] = DEFAU
         missing_images=scores.missing_images,
         unreadable_images=scores.unreadable_images,
         identical_pairs=scores.identical_pairs,
+        identical_after_truncation=scores.identical_after_truncation,
         skipped_pairs=scores.skipped_pairs,
         num_input_pairs=len(scores.positive) + scores.skipped_pairs,
     )

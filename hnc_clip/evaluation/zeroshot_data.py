@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
+
+from .records import Record, read_json
 
 # A small CLIP-style ensemble (a subset of the 80 ImageNet templates of Radford et al. 2021, notebook
 # `Prompt_Engineering_for_ImageNet.ipynb`): enough to average out single-prompt noise, cheap to encode.
@@ -55,15 +56,15 @@ def read_classnames(path: str | None, folder_names: Sequence[str]) -> list[str]:
     defaults = [default_classname(f) for f in folder_names]
     if not path:
         return defaults
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".json"):
-        data = json.loads(text)
+    if path.endswith(".json"):  # empty, [], {} and a byte order mark as every evaluation file (`records`)
+        data = read_json(path, (list, dict))
         if isinstance(data, dict):
-            return [str(data.get(folder, default)) for folder, default in zip(folder_names, defaults)]
-        names = [str(x) for x in data]
+            by_folder = Record(path, "the top level", data)
+            return [by_folder.text(f) if f in data else default for f, default in zip(folder_names, defaults)]
+        names = Record(path, "the top level", {"class names": data}).texts("class names")
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+        with open(path, encoding="utf-8-sig") as f:
+            names = [line.strip() for line in f.read().splitlines() if line.strip()]
     if len(names) != len(folder_names):
         raise ValueError(
             f"{path}: {len(names)} class names for {len(folder_names)} class folders {list(folder_names)}"
@@ -75,8 +76,7 @@ def read_templates(path: str | None) -> list[str]:
     """Prompt templates from a JSON list of strings containing `{}`; default `DEFAULT_TEMPLATES`."""
     if not path:
         return list(DEFAULT_TEMPLATES)
-    with open(path, encoding="utf-8") as f:
-        templates = json.load(f)
+    templates = read_json(path, list)
     if (
         not isinstance(templates, list)
         or not templates

@@ -15,6 +15,8 @@ import sys
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data.image_cache import list_hnc_images, prepare
 from hnc_clip.data.images import MAX_IMAGE_PIXELS
+from hnc_clip.errors import RunAbortedError
+from hnc_clip.output_dir import claim_folder
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -37,10 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     args = make_parser().parse_args(argv)
-    processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
-    index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers,
-                    max_pixels=args.max_image_pixels)  # fmt: skip
+    # Claimed first: a rebuild replaces the cache atomically (`prepare`), two builds at once would only waste each
+    # other's work (the HNC conversion included).
+    with claim_folder(args.output_dir, "hnc-clip-image-cache"):
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+        files = list_hnc_images(args.hnc_file, args.cache_dir) if args.hnc_file else None
+        index = prepare(args.image_dir, args.output_dir, processor, files, num_workers=args.num_workers,
+                        max_pixels=args.max_image_pixels)  # fmt: skip
     print(json.dumps({"cached": len(index["files"]), "failed": len(index["failed"]), "shape": index["shape"]}))
     return index
 
@@ -53,6 +58,9 @@ def cli(argv: list[str] | None = None) -> int:
         main(argv)
     except Preempted:
         return 143
+    except RunAbortedError as err:  # another build writes to --output_dir
+        print(f"hnc-clip-image-cache: error: {err}", file=sys.stderr)
+        return 1
     finally:
         sigterm.uninstall()
     return 0

@@ -12,6 +12,15 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+from hnc_clip.errors import RunAbortedError
+
+# Shared with hnc-clip-eval's flag: what --allow_pickle lets run.
+ALLOW_PICKLE_HELP = (
+    "Allow loading a pickled .pt/.pth/.bin/.ckpt: only for files you trust. An OpenAI TorchScript (JIT) archive is "
+    "loaded with torch.jit.load, which runs the archive's own code; other pickles go through torch's weights-only "
+    "unpickler."
+)
+
 
 @dataclass
 class ConvertArguments:
@@ -19,7 +28,10 @@ class ConvertArguments:
     output_dir: str = field(metadata={"help": "Folder for the HF CLIPModel + CLIPProcessor."})
     allow_pickle: bool = field(
         default=False,
-        metadata={"help": "Allow loading a pickled .pt/.pth/.bin (it can run code): only for files you trust."},
+        metadata={"help": ALLOW_PICKLE_HELP},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the model already in --output_dir (refused without this flag)."}
     )
     activation: str = field(
         default="quick_gelu",
@@ -39,10 +51,12 @@ class ConvertArguments:
 
 def main(args: ConvertArguments) -> str:
     from hnc_clip.evaluation.convert import convert_checkpoint
+    from hnc_clip.output_dir import MODEL_FILES, claim_folder
 
-    model, _ = convert_checkpoint(
-        args.checkpoint, args.output_dir, args.allow_pickle, args.activation, args.bpe_path, args.tokenizer
-    )
+    with claim_folder(args.output_dir, "hnc-clip-convert", owned=MODEL_FILES, overwrite=args.overwrite_output_dir):
+        model, _ = convert_checkpoint(
+            args.checkpoint, args.output_dir, args.allow_pickle, args.activation, args.bpe_path, args.tokenizer
+        )
     c = model.config
     logging.getLogger("hnc_clip.convert").info(
         "wrote %s: ViT %d layers x %d, patch %d, %d px; text %d layers x %d; projection %d",
@@ -57,7 +71,11 @@ def cli(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(ConvertArguments, prog="hnc-clip-convert").parse_args_into_dataclasses(args=argv)
-    main(args)
+    try:
+        main(args)
+    except RunAbortedError as err:  # the folder holds another model, or another run writes to it
+        print(f"hnc-clip-convert: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

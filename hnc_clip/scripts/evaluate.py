@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from hnc_clip.evaluation.formats import FORMAT_SHAPES, detect_format, load_image_captions, load_pairs
 from hnc_clip.evaluation.wise import parse_alphas
+from hnc_clip.scripts.convert import ALLOW_PICKLE_HELP
 
 logger = logging.getLogger("hnc_clip.evaluate")
 
@@ -61,7 +63,7 @@ class EvalArguments:
     )
     allow_pickle: bool = field(
         default=False,
-        metadata={"help": "Load pickled .pt/.pth/.bin baselines (a pickle can run code): only files you trust."},
+        metadata={"help": ALLOW_PICKLE_HELP},
     )
     activation: str = field(
         default="quick_gelu", metadata={"help": "Activation of converted .pt baselines: quick_gelu (OpenAI) or gelu."}
@@ -167,6 +169,13 @@ class EvalArguments:
             self.tau = [float(t) for t in self.thresholds.split(",") if t.strip()]
         except ValueError as err:
             raise ValueError(f"--thresholds: expected comma-separated numbers, got {self.thresholds!r}") from err
+        # NaN makes every Acc@tau 0 (each comparison with it is false); a ratio threshold is positive.
+        if not self.tau or not all(math.isfinite(t) and t > 0 for t in self.tau):
+            raise ValueError(f"--thresholds: expected positive finite ratios, got {self.thresholds!r}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"--max_pairs must be at least 1 (leave it out for every pair), got {self.max_pairs}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"--max_images must be at least 1 (leave it out for every image), got {self.max_images}")
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1")
 
@@ -300,6 +309,43 @@ def evaluate_model(model, processor, args: EvalArguments, data: _Data) -> tuple[
     return out, scores
 
 
+def check_models(args: EvalArguments) -> None:
+    """Every `--model_name_or_path` checked before anything is evaluated (a bad second model used to stop the run
+    after the first was evaluated, with no results.json): a checkpoint file's kind (a pickle needs --allow_pickle),
+    a folder's or Hub id's config and family, and a local folder's safetensors weights. All problems are named at
+    once."""
+    from transformers import AutoConfig
+
+    from hnc_clip.evaluation.convert import PICKLE_SUFFIXES, PickleRefused, is_checkpoint_file
+    from hnc_clip.families import family_of
+
+    problems, pickles = [], []
+    for path in args.model_name_or_path:
+        if is_checkpoint_file(path):
+            if path.endswith(PICKLE_SUFFIXES) and not args.allow_pickle:
+                pickles.append(path)
+            continue
+        if os.path.isfile(path):
+            kinds = ", ".join((".safetensors", *PICKLE_SUFFIXES))
+            problems.append(f"{path}: not a model folder, nor a checkpoint file ({kinds})")
+            continue
+        if os.path.isdir(path) and not any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+                                           for n in os.listdir(path)):  # fmt: skip
+            problems.append(f"{path}: no .safetensors weights (models load with use_safetensors=True only)")
+            continue
+        try:
+            family_of(AutoConfig.from_pretrained(path))
+        except (OSError, ValueError, KeyError) as err:  # no config.json / not JSON / unknown model_type / no such id
+            problems.append(f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else err}")
+    if pickles:
+        problems.append(f"{', '.join(pickles)}: a pickle (.pt/.pth/.bin): loading it can run arbitrary code; pass "
+                        "--allow_pickle if you trust its source")  # fmt: skip
+    if problems:
+        error = PickleRefused if pickles and len(problems) == 1 else ValueError
+        raise error(f"--model_name_or_path: {len(problems)} of {len(args.model_name_or_path)} models cannot be "
+                    "loaded, nothing evaluated: " + "; ".join(problems))  # fmt: skip
+
+
 def load_model(path: str, device, args: EvalArguments):
     """(model, processor): an HF CLIP folder / Hub id, or an OpenAI/open_clip checkpoint file converted in memory."""
     from hnc_clip.evaluation.convert import convert_checkpoint, is_checkpoint_file
@@ -338,6 +384,14 @@ def run(args: EvalArguments | dict) -> dict:
     """
     if isinstance(args, dict):
         args = EvalArguments(**args)
+    from hnc_clip.output_dir import claim_folder
+
+    # Held for the whole run: two evaluations into one folder would each overwrite the other's results.json.
+    with claim_folder(args.output_dir, "hnc-clip-eval"):
+        return _run(args)
+
+
+def _run(args: EvalArguments) -> dict:
     import torch
 
     from hnc_clip.evaluation.encode import default_device
@@ -347,13 +401,14 @@ def run(args: EvalArguments | dict) -> dict:
     # 1. Inputs, read once for all models. Fail before loading any model on bad data or incompatible checkpoints.
     device = torch.device(args.device) if args.device else default_device()
     args.device = str(device)
-    data = load_data(args)
+    check_models(args)
     if args.alphas:
         from hnc_clip.evaluation.convert import is_checkpoint_file
 
         if any(is_checkpoint_file(p) for p in args.model_name_or_path):
             raise ValueError("--wise_alpha needs HF CLIP folders: convert .pt baselines first (hnc-clip-convert)")
         check_wise_configs(args.model_name_or_path)
+    data = load_data(args)
     names = model_names(args.model_name_or_path)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -424,8 +479,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`hnc-clip-eval`: exit status 0 once the outputs are written (errors raise)."""
-    main(argv)
+    """`hnc-clip-eval`: exit status 0 once the outputs are written; 1 when another run holds --output_dir (other
+    errors raise)."""
+    from hnc_clip.errors import RunAbortedError
+
+    try:
+        main(argv)
+    except RunAbortedError as err:
+        print(f"hnc-clip-eval: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

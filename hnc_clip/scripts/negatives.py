@@ -380,7 +380,8 @@ def make_table(args: NegativesArguments, run: contextlib.ExitStack) -> dict | No
     resuming = check_settings(parts_dir, settings)
     state.wait_for_everyone()
     if state.is_main_process:
-        lock = OutputDirLock(parts_dir, flag="--parts_dir").acquire()  # a second run into it stops here
+        # a second run into it stops here
+        lock = OutputDirLock(parts_dir, "hnc-clip-negatives", flag="--parts_dir").acquire()
         run.callback(lock.release)
         if not resuming:
             write_settings(parts_dir, settings)

@@ -37,19 +37,22 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import AutoConfig, HfArgumentParser
 
-from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments
+from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments, check_finite
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import make_collator, needs_stream, prepare_split, training_sources
-from hnc_clip.errors import OutputDirInUseError, RunAbortedError
+from hnc_clip.errors import RunAbortedError
 from hnc_clip.evaluation.watch import Objective
 from hnc_clip.losses import LOSSES
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
+from hnc_clip.output_dir import claim_folder
 from hnc_clip.schedules import SCHEDULES
 from hnc_clip.scripts.train import setup_logging
 from hnc_clip.trainer import HncTrainer
 
 logger = logging.getLogger("hnc_clip.search")
 
+# What a search leaves in --output_dir: found there before it starts, another search's (its trials would interleave).
+SEARCH_FILES = ("trials.jsonl", "search.json", "best.yaml")
 SEARCHABLE_LOSSES = sorted(name for name, spec in LOSSES.items() if not spec.needs_reference)
 
 
@@ -89,6 +92,7 @@ class SearchArguments:
     sampler_seed: int = field(default=0, metadata={"help": "Seed of optuna's TPE sampler."})
 
     def __post_init__(self):
+        check_finite(self)
         if self.n_trials < 1:
             raise ValueError("--n_trials must be >= 1")
         if unknown := sorted(set(self.loss_types) - set(SEARCHABLE_LOSSES)):
@@ -216,7 +220,10 @@ def main(model_args, data_args, training_args, search_args: SearchArguments) -> 
     unrecorded: a trial cut short would score as if it had trained, and the search cannot resume a trial."""
     sigterm = SaveOnSigterm(save=False).install()
     try:
-        return _search(model_args, data_args, training_args, search_args, sigterm)
+        # Held for the whole search: a second search into the folder would interleave its trials with these.
+        with claim_folder(training_args.output_dir, "hnc-clip-search", owned=SEARCH_FILES,
+                          overwrite=training_args.overwrite_output_dir, lock=training_args.should_save):  # fmt: skip
+            return _search(model_args, data_args, training_args, search_args, sigterm)
     finally:
         sigterm.uninstall()
 
@@ -236,12 +243,8 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
     training_args.do_train = True
     os.makedirs(training_args.output_dir, exist_ok=True)
     trials_file = os.path.join(training_args.output_dir, "trials.jsonl")
-    if os.path.exists(trials_file):  # appending would mix two searches' trials
-        if not training_args.overwrite_output_dir:
-            raise OutputDirInUseError(
-                f"{trials_file} holds another search's trials: pass --overwrite_output_dir or another --output_dir"
-            )
-        os.remove(trials_file)
+    if os.path.exists(trials_file) and training_args.should_save:  # claimed with --overwrite_output_dir
+        os.remove(trials_file)  # appending would mix two searches' trials
 
     # 2. A fresh starting model per trial (the Trainer calls model_init)
     processor = load_processor(model_args)

@@ -1,7 +1,9 @@
 """One reader per official on-disk layout: benchmark root -> `BenchmarkData` (items + parse skips).
 
 Each reader reads the files exactly as the benchmark's own code does (named in each docstring); image paths stay
-relative to the root and are resolved inside it by `encode_items`.
+relative to the root and are resolved inside it by `encode_items`. Every field is read by type (`..records.Record`):
+a record that lacks a field is counted (`record_missing_keys`), one whose field has the wrong type (a number for a
+caption, a string for a list of captions) raises `DataFileError` naming the file, the record and the field.
 """
 
 from __future__ import annotations
@@ -15,21 +17,19 @@ from collections import Counter
 from ...data.hnc import TEST_SCHEMA
 from ..formats import load_pairs
 from ..images import ImageRef
+from ..records import DataFileError, Record, read_json, records
 from . import wds
 from .aro_order import OrderPerturber, order_test_cases, spacy_nltk_perturber
 from .items import BenchmarkData, ChoiceItem, GroupItem
 
 
-def _json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _json(path: str, expected: type | tuple[type, ...] = (list, dict)):
+    return read_json(path, expected)
 
 
-def _records(data) -> list[tuple[str, dict]]:
-    """(key, record) of a JSON list or a JSON object of records."""
-    if isinstance(data, dict):
-        return [(str(k), v) for k, v in data.items()]
-    return [(str(i), v) for i, v in enumerate(data)]
+def _records(path: str, expected: type | tuple[type, ...] = (list, dict)) -> list[Record]:
+    """The records of a JSON list or a JSON object of records."""
+    return list(records(path, read_json(path, expected)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -57,12 +57,13 @@ def read_sugarcrepe(root: str) -> BenchmarkData:
     """SugarCrepe's `data/<subset>.json` (`{id: {filename, caption, negative_caption}}`), COCO `val2017/` images."""
     items, skips = [], Counter()
     for subset in SUGARCREPE_SUBSETS:
-        for key, rec in _records(_json(os.path.join(root, "data", f"{subset}.json"))):
-            if not isinstance(rec, dict) or not {"filename", "caption", "negative_caption"} <= rec.keys():
+        for rec in _records(os.path.join(root, "data", f"{subset}.json")):
+            if not rec.has("filename", "caption", "negative_caption"):
                 skips["record_missing_keys"] += 1
                 continue
-            image = ImageRef(os.path.join("val2017", rec["filename"]))
-            items.append(ChoiceItem(f"{subset}/{key}", image, [rec["caption"], rec["negative_caption"]], 0, subset))
+            image = ImageRef(os.path.join("val2017", rec.text("filename")))
+            captions = [rec.text("caption"), rec.text("negative_caption")]
+            items.append(ChoiceItem(f"{subset}/{rec.key}", image, captions, 0, subset))
     return BenchmarkData(root, items, skips)
 
 
@@ -73,31 +74,35 @@ def read_sugarcrepe_pp(root: str) -> BenchmarkData:
     """
     items, skips = [], Counter()
     for subset in SUGARCREPE_PP_SUBSETS:
-        for key, rec in _records(_json(os.path.join(root, "data", f"{subset}.json"))):
-            if not isinstance(rec, dict) or not {"filename", "caption", "caption2", "negative_caption"} <= rec.keys():
+        for rec in _records(os.path.join(root, "data", f"{subset}.json")):
+            if not rec.has("filename", "caption", "caption2", "negative_caption"):
                 skips["record_missing_keys"] += 1
                 continue
-            captions = [rec["caption"], rec["caption2"], rec["negative_caption"]]
-            items.append(ChoiceItem(f"{subset}/{key}", ImageRef(os.path.join("val2017", rec["filename"])), captions,
-                                    0, subset))  # fmt: skip
+            captions = [rec.text("caption"), rec.text("caption2"), rec.text("negative_caption")]
+            items.append(ChoiceItem(f"{subset}/{rec.key}", ImageRef(os.path.join("val2017", rec.text("filename"))),
+                                    captions, 0, subset))  # fmt: skip
     return BenchmarkData(root, items, skips)
 
 
 def _read_aro_vg(root: str, annotation: str, kind: str) -> BenchmarkData:
     """ARO VG-Relation / VG-Attribution: `images/<image_path>` cropped to the bbox; captions [false, true]."""
     items, skips = [], Counter()
-    for i, rec in enumerate(_json(os.path.join(root, annotation))):
-        keys = {"image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
-        if not isinstance(rec, dict) or not keys <= rec.keys():
+    keys = ("image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
+    type_key = "relation_name" if kind == "relation" else "attributes"
+    for rec in _records(os.path.join(root, annotation), list):
+        if not rec.has(*keys, type_key):
             skips["record_missing_keys"] += 1
             continue
         if kind == "relation":
-            type_ = str(rec["relation_name"])
+            type_ = rec.text("relation_name")
         else:
-            type_ = f"{rec['attributes'][0]}_{rec['attributes'][1]}"  # ARO's `all_attributes`
-        bbox = tuple(float(rec[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-        image = ImageRef(os.path.join("images", rec["image_path"]), bbox)
-        items.append(ChoiceItem(str(i), image, [rec["false_caption"], rec["true_caption"]], 1, type_))
+            attributes = rec.texts("attributes")
+            if len(attributes) < 2:
+                raise rec.error("attributes", f"holds {len(attributes)} attributes, expected two")
+            type_ = f"{attributes[0]}_{attributes[1]}"  # ARO's `all_attributes`
+        bbox = tuple(rec.number(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+        image = ImageRef(os.path.join("images", rec.text("image_path")), bbox)
+        items.append(ChoiceItem(rec.key, image, [rec.text("false_caption"), rec.text("true_caption")], 1, type_))
     return BenchmarkData(root, items, skips)
 
 
@@ -113,13 +118,24 @@ def _read_order(root: str, annotation: str, perturber: OrderPerturber | None = N
     """ARO Order: test cases from the BLIP-format Karpathy file, written once to `<stem>_test_cases.json`."""
     cases_path = os.path.join(root, annotation.replace(".json", "_test_cases.json"))
     if os.path.isfile(cases_path) and perturber is None:
-        cases = _json(cases_path)
+        cases = [{"image": c.text("image"), "caption_options": c.texts("caption_options")}
+                 for c in _records(cases_path, list) if _needs(c, "image", "caption_options")]  # fmt: skip
     else:
-        cases = order_test_cases(_json(os.path.join(root, annotation)), perturber or spacy_nltk_perturber())
+        path = os.path.join(root, annotation)
+        annotation_records = [{"image": a.text("image"), "caption": a.texts("caption")}
+                              for a in _records(path, list) if _needs(a, "image", "caption")]  # fmt: skip
+        cases = order_test_cases(annotation_records, perturber or spacy_nltk_perturber())
         with open(cases_path, "w", encoding="utf-8") as f:
             json.dump(cases, f)
     items = [ChoiceItem(str(i), ImageRef(c["image"]), list(c["caption_options"]), 0) for i, c in enumerate(cases)]
     return BenchmarkData(root, items, Counter(), {"test_cases": cases_path})
+
+
+def _needs(rec: Record, *names: str) -> bool:
+    """`rec.has(*names)`, or `DataFileError`: a file this reader generates or reads whole has no optional records."""
+    if not rec.has(*names):
+        raise DataFileError(f"{rec.path}: {rec.where}: expected an object with {', '.join(names)}")
+    return True
 
 
 def read_coco_order(root: str, perturber: OrderPerturber | None = None) -> BenchmarkData:
@@ -168,16 +184,21 @@ def read_valse(root: str) -> BenchmarkData:
         if not os.path.isfile(path):
             continue
         pieces.append(piece)
-        for key, foil in _records(_json(path)):
-            if not isinstance(foil, dict) or not {"image_file", "caption", "foil"} <= foil.keys():
+        for foil in _records(path):
+            if not foil.has("image_file", "caption", "foil"):
                 skips["record_missing_keys"] += 1
                 continue
-            if (foil.get("mturk") or {}).get("caption", 0) < 2:  # valid examples only (validated by mturkers)
+            mturk = Record(foil.path, foil.where, foil.value.get("mturk") or {})
+            if not isinstance(mturk.value, dict):
+                raise foil.error("mturk", f"holds {mturk.value!r:.60}, expected an object of annotator counts")
+            if (mturk.number("caption") if "caption" in mturk.value else 0) < 2:  # validated by >= 2 annotators
                 skips["not_validated"] += 1
                 continue
-            caption = foil["caption"][0] if isinstance(foil["caption"], list) else foil["caption"]
-            image = ImageRef(os.path.join(image_dir, foil["image_file"]))
-            items.append(ChoiceItem(f"{piece}/{key}", image, [caption, foil["foil"]], 0, piece))
+            captions = foil.text_or_texts("caption")
+            if not captions:
+                raise foil.error("caption", "is an empty list")
+            image = ImageRef(os.path.join(image_dir, foil.text("image_file")))
+            items.append(ChoiceItem(f"{piece}/{foil.key}", image, [captions[0], foil.text("foil")], 0, piece))
     if not pieces:
         raise FileNotFoundError(f"{root}: no VALSE piece found (expected e.g. {root}/data/existence.json)")
     return BenchmarkData(root, items, skips, {"pieces": pieces})
@@ -205,20 +226,23 @@ def read_whatsup(root: str) -> BenchmarkData:
         if not os.path.isfile(path):
             continue
         subsets.append(subset)
-        for i, rec in enumerate(_json(path)):
+        for rec in _records(path, list):
             if subset.startswith("controlled"):
-                if not isinstance(rec, dict) or not {"image_path", "caption_options"} <= rec.keys():
+                if not rec.has("image_path", "caption_options"):
                     skips["record_missing_keys"] += 1
                     continue
-                image, captions = ImageRef(rec["image_path"]), list(rec["caption_options"])
+                image, captions = ImageRef(rec.text("image_path")), rec.texts("caption_options")
             else:
-                if not isinstance(rec, list) or len(rec) < 3:
+                if not isinstance(rec.value, list) or len(rec.value) < 3:
                     skips["record_missing_keys"] += 1
                     continue
-                name = f"data/val2017/{str(rec[0]).zfill(12)}.jpg" if subset.startswith("coco") else (
-                    f"data/vg_images/{rec[0]}.jpg")  # fmt: skip
-                image, captions = ImageRef(name), [rec[1], rec[2]]
-            items.append(ChoiceItem(f"{subset}/{i}", image, captions, 0, subset))
+                # [image_id, true caption, false caption]: as an object of fields "0", "1", "2"
+                row = Record(rec.path, rec.where, {str(k): v for k, v in enumerate(rec.value)})
+                image_id = row.integer("0") if not isinstance(rec.value[0], str) else row.text("0")
+                name = f"data/val2017/{str(image_id).zfill(12)}.jpg" if subset.startswith("coco") else (
+                    f"data/vg_images/{image_id}.jpg")  # fmt: skip
+                image, captions = ImageRef(name), [row.text("1"), row.text("2")]
+            items.append(ChoiceItem(f"{subset}/{rec.key}", image, captions, 0, subset))
     if not subsets:
         raise FileNotFoundError(
             f"{root}: no What'sUp subset found (expected e.g. {root}/{WHATSUP_SUBSETS['controlled_a']})"
@@ -247,15 +271,18 @@ def read_vl_checklist(root: str) -> BenchmarkData:
         rel = os.path.relpath(path, os.path.join(root, "data"))
         type_ = os.path.splitext(rel)[0].replace(os.sep, "/")
         image_root = _vl_checklist_image_root(rel)
-        for i, rec in enumerate(_json(path)):
-            try:
-                image_path, texts = rec
-                pos, neg = texts["POS"][0], texts["NEG"][0]
-            except (TypeError, ValueError, KeyError, IndexError):
+        for rec in _records(path, list):
+            if not isinstance(rec.value, list) or len(rec.value) != 2 or not isinstance(rec.value[1], dict):
+                raise DataFileError(f"{path}: {rec.where}: expected [image_path, {{\"POS\": [..], \"NEG\": [..]}}], "
+                                    f"got {json.dumps(rec.value, default=str)[:80]}")  # fmt: skip
+            image_path = Record(path, rec.where, {"image_path": rec.value[0]}).text("image_path")
+            texts = Record(path, rec.where, rec.value[1])
+            if not texts.has("POS", "NEG") or not texts.value["POS"] or not texts.value["NEG"]:
                 skips["record_missing_keys"] += 1
                 continue
-            items.append(ChoiceItem(f"{type_}/{i}", ImageRef(os.path.join(image_root, image_path)), [pos, neg], 0,
-                                    type_))  # fmt: skip
+            pos, neg = texts.texts("POS")[0], texts.texts("NEG")[0]
+            items.append(ChoiceItem(f"{type_}/{rec.key}", ImageRef(os.path.join(image_root, image_path)), [pos, neg],
+                                    0, type_))  # fmt: skip
     return BenchmarkData(root, items, skips)
 
 
@@ -268,17 +295,24 @@ def read_winoground(root: str) -> BenchmarkData:
     """Winoground's `data/examples.jsonl` (`id, caption_0, caption_1, image_0, image_1, collapsed_tag, ..`) and
     `data/images/<image_k>.png`, the layout of the `facebook/winoground` repository."""
     items, skips = [], Counter()
-    with open(os.path.join(root, "data", "examples.jsonl"), encoding="utf-8") as f:
-        for line in f:
+    path = os.path.join(root, "data", "examples.jsonl")
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
-            if not {"id", "caption_0", "caption_1", "image_0", "image_1"} <= rec.keys():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{path}: line {n}: not valid JSON: {err.msg} at column {err.colno}") from err
+            rec = Record(path, f"line {n}", value)
+            if not rec.has("id", "caption_0", "caption_1", "image_0", "image_1"):
                 skips["record_missing_keys"] += 1
                 continue
-            images = [ImageRef(os.path.join("data", "images", f"{rec[k]}.png")) for k in ("image_0", "image_1")]
-            captions = [rec["caption_0"], rec["caption_1"]]
-            items.append(GroupItem(str(rec["id"]), images, captions, str(rec.get("collapsed_tag", "all"))))
+            images = [ImageRef(os.path.join("data", "images", f"{rec.text(k)}.png")) for k in ("image_0", "image_1")]
+            captions = [rec.text("caption_0"), rec.text("caption_1")]
+            items.append(GroupItem(str(rec.value["id"]), images, captions, str(rec.value.get("collapsed_tag", "all"))))
+    if not items and not skips:
+        raise DataFileError(f"{path}: no records")
     return BenchmarkData(root, items, skips)
 
 
@@ -316,12 +350,13 @@ def read_eqben(root: str) -> BenchmarkData:
     """EqBen's labelled release as its 2x2 readers take it: `ann.json` = `[{image0, caption0, image1, caption1}]`,
     images under `images/`; the sub-dataset (first path part of `image0`) is the type."""
     items, skips = [], Counter()
-    for i, rec in enumerate(_json(os.path.join(root, "ann.json"))):
-        if not isinstance(rec, dict) or not {"image0", "caption0", "image1", "caption1"} <= rec.keys():
+    for rec in _records(os.path.join(root, "ann.json"), list):
+        if not rec.has("image0", "caption0", "image1", "caption1"):
             skips["record_missing_keys"] += 1
             continue
-        images = [ImageRef(os.path.join("images", rec[k])) for k in ("image0", "image1")]
-        items.append(GroupItem(str(i), images, [rec["caption0"], rec["caption1"]], rec["image0"].split("/")[0]))
+        images = [ImageRef(os.path.join("images", rec.text(k))) for k in ("image0", "image1")]
+        captions = [rec.text("caption0"), rec.text("caption1")]
+        items.append(GroupItem(rec.key, images, captions, rec.text("image0").split("/")[0]))
     return BenchmarkData(root, items, skips)
 
 
@@ -344,8 +379,14 @@ def read_mmvp_vlm(root: str) -> BenchmarkData:
     `categories[pair_index // 15]`. Stored as a group: images (img1, img2), captions (text1, text2), and in `meta`
     which image each text's ground truth is (odd id -> img1)."""
     items = []
-    with open(os.path.join(root, "Questions.csv"), encoding="utf-8", newline="") as f:
+    path = os.path.join(root, "Questions.csv")
+    with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f))[1:]
+    for line, row in enumerate(rows, 2):
+        if len(row) < 3 or not row[0].strip().isdigit():
+            raise DataFileError(f"{path}: line {line}: expected Index, Type, Statement (an integer Index), got {row}")
+    if len(rows) % 2:
+        raise DataFileError(f"{path}: {len(rows)} questions, expected pairs (an even number)")
     for n, start in enumerate(range(0, len(rows) - 1, 2)):
         (qid1, qtype1, s1), (qid2, _, s2) = rows[start][:3], rows[start + 1][:3]
         qid1, qid2 = int(qid1), int(qid2)
@@ -373,23 +414,35 @@ def read_retrieval(root: str, annotation: str, image_folder: str = "") -> Benchm
     path = os.path.join(root, annotation)
     if annotation.endswith(".txt"):  # CLIP_benchmark's `Flickr`: header line, then `<image>.jpg,<caption>`
         by_image: dict[str, list[str]] = {}
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             f.readline()
-            for line in f:
+            for n, line in enumerate(f, 2):
                 if line.strip():
+                    if ".jpg," not in line:
+                        raise DataFileError(f"{path}: line {n}: expected <image>.jpg,<caption>, got {line[:80]!r}")
                     image, caption = line.strip().split(".jpg,", 1)
                     by_image.setdefault(image + ".jpg", []).append(caption)
         items = [ImageCaptions(ImageRef(os.path.join(image_folder, k)), v) for k, v in by_image.items()]
         return BenchmarkData(root, items, Counter())
     data = _json(path)
-    if isinstance(data, dict) and "annotations" in data:  # COCO format, as torchvision's `CocoCaptions` reads it
-        files = {img["id"]: img["file_name"] for img in data["images"]}
+    if isinstance(data, dict):  # COCO format, as torchvision's `CocoCaptions` reads it
+        coco = Record(path, "the top level", data)
+        if not coco.has("images", "annotations"):
+            raise DataFileError(f"{path}: a JSON object without 'images' and 'annotations' (COCO format), nor a "
+                                "list of {image, caption: [..]} records")  # fmt: skip
+        files = {}
+        for img in records(path, {f"images[{i}]": v for i, v in enumerate(data["images"])}):
+            _needs(img, "id", "file_name")
+            files[img.value["id"]] = img.text("file_name")
         caps: dict = {}
-        for ann in data["annotations"]:
-            caps.setdefault(ann["image_id"], []).append(ann["caption"])
+        for ann in records(path, {f"annotations[{i}]": v for i, v in enumerate(data["annotations"])}):
+            _needs(ann, "image_id", "caption")
+            caps.setdefault(ann.value["image_id"], []).append(ann.text("caption"))
         items = [ImageCaptions(ImageRef(os.path.join(image_folder, files[i])), caps.get(i, [])) for i in sorted(files)]
         return BenchmarkData(root, [it for it in items if it.captions], Counter())
-    items = [ImageCaptions(ImageRef(rec["image"]), list(rec["caption"])) for rec in data]
+    # BLIP/ARO's test files: a list of captions per image (a string is the train files' one caption per record)
+    items = [ImageCaptions(ImageRef(rec.text("image")), rec.texts("caption"))
+             for rec in records(path, data) if _needs(rec, "image", "caption")]  # fmt: skip
     return BenchmarkData(root, items, Counter())
 
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..encode import Encoder
+from ..encode import Encoder, text_keys
 from ..images import ImageRef
 from ..tasks import score_retrieval, score_zeroshot
 from . import readers
@@ -18,16 +18,35 @@ from .zeroshot_metadata import CIFAR_TEMPLATES, IMAGENET_CLASSNAMES, IMAGENET_TE
 logger = logging.getLogger(__name__)
 
 
-def drop_identical(data: BenchmarkData) -> tuple[BenchmarkData, dict]:
-    """Items whose true caption equals one of its distractors cannot be answered: removed, counted and named."""
-    same = [it for it in data.items if any(c == it.captions[it.correct] for j, c in enumerate(it.captions)
-                                            if j != it.correct)]  # fmt: skip
+def identical_items(data: BenchmarkData, encoder: Encoder | None = None) -> tuple[list, list]:
+    """(items whose true caption equals a distractor as the text tower sees it, those of them that differ only past
+    the tower's length): such an item cannot be answered, whatever the model."""
+    choice = [it for it in data.items if hasattr(it, "correct")]
+    texts = list(dict.fromkeys(c for it in choice for c in it.captions))
+    key = dict(zip(texts, text_keys(encoder, texts) if encoder is not None else texts))
+    same, truncated = [], []
+    for it in choice:
+        true = it.captions[it.correct]
+        others = [c for j, c in enumerate(it.captions) if j != it.correct]
+        if any(key[c] == key[true] for c in others):
+            same.append(it)
+            if true not in others:
+                truncated.append(it)
+    return same, truncated
+
+
+def drop_identical(data: BenchmarkData, encoder: Encoder | None = None) -> tuple[BenchmarkData, dict]:
+    """Items whose true caption equals one of its distractors (as the text tower sees it, with `encoder`) cannot be
+    answered: removed, counted and named."""
+    same, truncated = identical_items(data, encoder)
     if not same:
         return data, {"identical_pairs": 0}
-    logger.warning("%s: %d item(s) whose true caption equals a distractor are excluded", data.root, len(same))
+    logger.warning("%s: %d item(s) whose true caption equals a distractor (%d only after truncation) are excluded",
+                   data.root, len(same), len(truncated))  # fmt: skip
     ids = {id(it) for it in same}
     kept = BenchmarkData(data.root, [it for it in data.items if id(it) not in ids], data.parse_skips, data.meta)
-    return kept, {"identical_pairs": len(same), "identical_examples": [it.item_id for it in same[:MAX_EXAMPLES]]}
+    return kept, {"identical_pairs": len(same), "identical_after_truncation": len(truncated),
+                  "identical_examples": [it.item_id for it in same[:MAX_EXAMPLES]]}  # fmt: skip
 
 
 def zeroshot_prompts(bench: Benchmark, data: BenchmarkData) -> tuple[list[str], list[str]]:
@@ -65,10 +84,17 @@ def run_benchmark(encoder: Encoder, bench: Benchmark, root: str, allow_absolute:
     data = bench.read(root)
     identical = {}
     if bench.exclude_identical:
-        data, identical = drop_identical(data)
+        data, identical = drop_identical(data, encoder)
+    else:  # the official protocol scores them (as wrong, or as a tie): counted and named, not dropped
+        _, truncated = identical_items(data, encoder)
+        identical = {"identical_after_truncation": len(truncated)}
+        if truncated:
+            logger.warning("%s: %d item(s) whose true caption equals a distractor only after truncation to the text "
+                           "tower's length, e.g. %s: no model can answer them", root, len(truncated),
+                           truncated[0].item_id)  # fmt: skip
+            identical["identical_examples"] = [it.item_id for it in truncated[:MAX_EXAMPLES]]
     encoded = encode_items(encoder, data, allow_absolute=allow_absolute)
     out = bench.score(encoded)
     out.update(identical)
-    if identical:
-        out["num_input_items"] += identical["identical_pairs"]
+    out["num_input_items"] += identical.get("identical_pairs", 0)
     return out

@@ -14,7 +14,10 @@ import os
 import tarfile
 
 from ..images import ImageRef
+from ..records import DataFileError
 
+# A label or a few captions: a text member past this is no CLIP_benchmark sample (not read: counted as broken).
+MAX_TEXT_MEMBER = 1 << 20
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's `.to_tuple(["webp", "png", "jpg", "jpeg"], ...)`
 
 
@@ -24,7 +27,11 @@ def read_txt(path: str) -> str:
 
 
 def shard_paths(root: str, split: str = "test") -> list[str]:
-    nshards = int(read_txt(os.path.join(root, split, "nshards.txt")).strip())
+    path = os.path.join(root, split, "nshards.txt")
+    text = read_txt(path).strip()
+    if not text.isdigit():
+        raise DataFileError(f"{path}: holds {text[:40]!r}, expected the number of shards")
+    nshards = int(text)
     return [os.path.join(split, f"{i}.tar") for i in range(nshards)]
 
 
@@ -39,7 +46,7 @@ def iter_samples(root: str, split: str = "test"):
                     continue
                 key, _, ext = member.name.partition(".")
                 samples.setdefault(key, {})[ext.lower()] = member.name
-                if ext.lower() in ("cls", "txt"):
+                if ext.lower() in ("cls", "txt") and member.size <= MAX_TEXT_MEMBER:
                     texts.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
         for key, members in samples.items():
             yield shard, key, members, texts.get(key, {})
@@ -53,22 +60,29 @@ def image_member(shard: str, members: dict[str, str]) -> ImageRef | None:
 def classification_samples(root: str, split: str = "test") -> tuple[list[ImageRef], list[int], int]:
     """(image references, labels, samples without an image or a label)."""
     refs, labels, broken = [], [], 0
-    for shard, _, members, texts in iter_samples(root, split):
+    for shard, key, members, texts in iter_samples(root, split):
         ref = image_member(shard, members)
         if ref is None or "cls" not in texts:
             broken += 1
             continue
+        label = texts["cls"].decode("utf-8", errors="replace").strip()
+        if not label.lstrip("-").isdigit():
+            raise DataFileError(f"{os.path.join(root, shard)}: sample {key}: .cls holds {label[:40]!r}, expected an "
+                                "integer class")  # fmt: skip
         refs.append(ref)
-        labels.append(int(texts["cls"].decode().strip()))
+        labels.append(int(label))
     return refs, labels, broken
 
 
 def retrieval_samples(root: str, split: str = "test") -> tuple[list[tuple[ImageRef, list[str]]], int]:
     """([(image, captions)], samples without an image or captions); captions are `str.splitlines` of `.txt`."""
     out, broken = [], 0
-    for shard, _, members, texts in iter_samples(root, split):
+    for shard, key, members, texts in iter_samples(root, split):
         ref = image_member(shard, members)
-        captions = texts.get("txt", b"").decode("utf-8").splitlines()
+        try:
+            captions = texts.get("txt", b"").decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise DataFileError(f"{os.path.join(root, shard)}: sample {key}: .txt is not UTF-8 ({err})") from err
         if ref is None or not captions:
             broken += 1
             continue
