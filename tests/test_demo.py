@@ -61,10 +61,9 @@ def _value(flags: list[str], name: str) -> str:
 def check_plain_variant(out, args, hnc_flags: list[str]) -> None:
     """The plain-caption run: HNC's flags but its data and --caption_types, the same positives and images in the
     same order (so the same sampler seed gives the same batches), and negatives made and counted by rule."""
-    from types import SimpleNamespace
-
     from hnc_clip.data.pairs import build_split
     from hnc_clip.negatives.rules import parse_rules
+    from hnc_clip.scripts.train import parse_args
 
     plain = json.loads((out / "models" / "ft_pairwise_plain" / "demo_stage.json").read_text())["flags"]
     data = ("--train_file", "--image_column", "--caption_column", "--negatives_from_captions", "--caption_parser",
@@ -77,14 +76,12 @@ def check_plain_variant(out, args, hnc_flags: list[str]) -> None:
 
     assert rest(plain) == rest(hnc_flags)
     assert _value(plain, "--negatives_from_captions") == args.plain_rules
-    columns = dict(image_column="image", caption_column="caption", negative_caption_column="negative_captions",
-                   negative_image_column=None, negatives_per_row=None, negatives_from_captions=args.plain_rules)
-    common = dict(image_dir=_value(hnc_flags, "--image_dir"), on_missing_image="skip",
-                  preprocessing_num_workers=None, overwrite_cache=False)  # fmt: skip
-    hnc = build_split(_value(hnc_flags, "--train_file"), SimpleNamespace(caption_types=args.caption_types, **common),
-                      None, cache_dir=str(out / "cache_check"))  # fmt: skip
-    table = build_split(_value(plain, "--train_file"), SimpleNamespace(caption_types=None, **common, **columns),
-                        None, cache_dir=str(out / "cache_check"))  # fmt: skip
+
+    def split(run_flags):  # the training application's own parse of the run's flags, then its data step
+        _, data_args, _ = parse_args(run_flags)
+        return build_split(data_args.train_file, data_args, None, cache_dir=str(out / "cache_check"))
+
+    hnc, table = split(hnc_flags), split(plain)
     assert len(table) == len(hnc) > 0
     assert table["image_file"] == hnc["image_file"] and table["positive"] == hnc["positive"]
     assert all(not n for n in table["negatives"])  # no HNC negative came along

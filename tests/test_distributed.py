@@ -44,8 +44,9 @@ RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError",
                      "terminate called without an active exception")
 
 
-def accelerate_launch(*script_and_args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` two gloo processes on this CPU machine; asserts success and returns the process."""
+def accelerate_launch(*script_and_args: str, before_retry=None) -> subprocess.CompletedProcess:
+    """`accelerate launch` two gloo processes on this CPU machine; asserts success and returns the process. A run that
+    failed to meet (or aborted at exit) is retried once on a new port, after `before_retry()` undoes what it wrote."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     for attempt in range(2):
@@ -56,6 +57,8 @@ def accelerate_launch(*script_and_args: str) -> subprocess.CompletedProcess:
         if proc.returncode == 0 or attempt == 1 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
             break
         print(f"rendezvous failed, retrying on a new port:\n{proc.stderr[-2000:]}")
+        if before_retry is not None:
+            before_retry()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 

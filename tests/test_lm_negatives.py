@@ -241,7 +241,13 @@ def test_two_processes_make_the_one_process_table(tmp_path, uninterrupted, lm_di
 
     out, summary = uninterrupted
     two = tmp_path / "two.jsonl"
-    accelerate_launch("-m", "hnc_clip.scripts.negatives", *flags(lm_dir, captions_file, two, "--keep_parts", "true"))
+    def undo():  # gloo can abort a process at exit after the table is written (pytorch/pytorch#179291)
+        shutil.rmtree(tmp_path / "two.jsonl.parts", ignore_errors=True)
+        for path in (two, tmp_path / "two.summary.json"):
+            path.unlink(missing_ok=True)
+
+    accelerate_launch("-m", "hnc_clip.scripts.negatives", *flags(lm_dir, captions_file, two, "--keep_parts", "true"),
+                      before_retry=undo)
     assert two.read_text() == out.read_text()
     got = json.loads((tmp_path / "two.summary.json").read_text())
     assert counts(got) == counts(summary) and got["this_run"]["processes"] == 2
