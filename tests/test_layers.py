@@ -88,7 +88,7 @@ def test_no_test_file_imports_another_test_file():
     ("def f():\n    from . import test_trainer\n", "tests.test_trainer"),
     ("import tests.test_distributed\n", "tests.test_distributed"),
     ("from tests.conftest import REPO\n", "tests.conftest"),
-])
+], ids=["relative", "lazy_package", "absolute", "conftest"])
 def test_the_test_file_checker_sees_every_import_form(tmp_path, source, found):
     """The rule above would pass vacuously if an import form were missed: a planted one must be found."""
     planted = tmp_path / "planted.py"
