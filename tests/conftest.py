@@ -18,18 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data"  # the real-format HNC samples (tests/data/README.md); nothing outside the repo
-TRAIN_SAMPLE = DATA / "hnc_train_sample.json"
-TEST_SAMPLE = DATA / "hnc_test_sample.json"
-
-
-def write_placeholder_images(image_dir: Path, files, size=(40, 30)) -> Path:
-    """One small solid-colour JPEG per file name (GQA images are not shipped)."""
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(sorted(set(files))):
-        Image.new("RGB", size, ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)).save(image_dir / name)
-    return image_dir
+from .helpers import TEST_SAMPLE, TRAIN_SAMPLE, write_placeholder_images  # noqa: E402
 
 
 @pytest.fixture(scope="session")

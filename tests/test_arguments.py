@@ -12,9 +12,7 @@ import pytest
 from hnc_clip.arguments import DataArguments, HncTrainingArguments
 from hnc_clip.schedules import SCHEDULES
 
-
-def training_args(tmp_path, **kw) -> HncTrainingArguments:
-    return HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+from .helpers import training_args
 
 
 def float_fields(cls, instance) -> list[str]:

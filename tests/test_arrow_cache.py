@@ -1,5 +1,5 @@
-"""The chunked JSON reader (`hnc_json.MemberReader`) and the parallel conversion (`hnc_clip/convert.py`) against the
-standard library's `json.load` and against the sequential conversion on files built to be awkward."""
+"""The chunked JSON reader (`json_stream.MemberReader`) and the parallel conversion (`hnc_clip/data/arrow_cache.py`)
+against the standard library's `json.load` and against the sequential conversion on files built to be awkward."""
 
 import json
 import logging

@@ -36,7 +36,7 @@ from hnc_clip.negatives.rules import (
 )
 from hnc_clip.negatives.vocabulary import Vocabulary, VocabularyError, default_vocabulary, load_vocabulary
 
-from .conftest import REPO
+from .helpers import REPO
 
 WORDS = {
     "a": "DET", "an": "DET", "the": "DET", "two": "NUM",

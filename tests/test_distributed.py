@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from .conftest import REPO
+from .helpers import REPO, TEST_SAMPLE, TRAIN_SAMPLE, accelerate_launch, copy_images
 
 LOSS_TYPES = ("clip", "hnc", "pairwise")
 # dist_parity.FAMILY_CASES: other families and layouts, pairs without (some of) their negatives among them
@@ -24,43 +20,6 @@ FAMILY_CASES = ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3
 # Relative gradient tolerance: float64 throughout, but SigLIP 2 resizes its position grid in float32
 # (`Siglip2VisionEmbeddings.resize_positional_embeddings` calls `.float()`), so its gradients agree to ~1e-8.
 GRAD_RTOL = {"siglip2_naflex_hnc": 1e-6}
-
-
-def free_port() -> str:
-    """A port nobody listens on now (a fixed one can be taken, or still in TIME_WAIT from the previous launch)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-# Failures of the two local processes' plumbing (a port taken between `free_port` and the launch, a peer reset while
-# connecting, a teardown abort): infrastructure, not the code under test, so the launch is retried once on a new port.
-RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError", "Connection reset by peer",
-                     "Connection refused",
-                     # a process aborting at interpreter exit, after its work (seen once in a fresh-clone CI run,
-                     # before the scripts destroyed their process group; not reproduced in 10 runs since)
-                     "terminate called without an active exception")
-
-
-def accelerate_launch(*script_and_args: str, before_retry=None) -> subprocess.CompletedProcess:
-    """`accelerate launch` two gloo processes on this CPU machine; asserts success and returns the process. A run that
-    failed to meet (or aborted at exit) is retried once on a new port, after `before_retry()` undoes what it wrote."""
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    for attempt in range(2):
-        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
-               *script_and_args]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0 or attempt == 1 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
-            break
-        print(f"rendezvous failed, retrying on a new port:\n{proc.stderr[-2000:]}")
-        if before_retry is not None:
-            before_retry()
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +66,6 @@ def test_gradcache_under_ddp_equals_single_process(parity):
 
 def launch_training(script: str, tmp_path, tiny_clip_dir, sample_image_dir, *extra: str):
     """A training script under `accelerate_launch` on the real-format sample; returns the output dir."""
-    from .conftest import TRAIN_SAMPLE
-
     out = tmp_path / "out"
     accelerate_launch(
         str(REPO / script), "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE),
@@ -177,9 +134,6 @@ def test_two_processes_with_a_third_of_the_images_corrupt_finish_count_them_and_
     step 1 trains on rank 0's pairs (not skipped), the skipped pairs of both processes are counted, evaluation
     scores only readable pairs, and the saved model loads."""
     from transformers import CLIPModel
-
-    from .conftest import TEST_SAMPLE
-    from .test_reliability import copy_images
 
     names = sorted(p.name for p in sample_image_dir.iterdir())
     images = copy_images(sample_image_dir, tmp_path / "images", corrupt=set(names[::3]))

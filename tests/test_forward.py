@@ -8,7 +8,7 @@ import torch
 from hnc_clip.forward import build_loss_inputs
 
 from .dist_parity import global_batch
-from .test_gradcache import tiny
+from .helpers import tiny
 
 
 def test_squared_distance_to_the_start_equals_the_per_parameter_sum():

@@ -9,16 +9,8 @@ from hnc_clip.forward import build_loss_inputs
 from hnc_clip.gradcache import gradcache_backward
 from hnc_clip.losses import LOSSES, LossConfig
 
-from .dist_parity import VOCAB as DIST_VOCAB
 from .dist_parity import G, global_batch
-from .test_trainer import run, weights
-
-
-def tiny(seed=0):
-    from hnc_clip.tiny import build_tiny_clip
-
-    model = build_tiny_clip(DIST_VOCAB, image_size=32, patch_size=8, hidden_size=32, projection_dim=16, seed=seed)
-    return model.double()
+from .helpers import run, tiny, weights
 
 
 @pytest.mark.parametrize("loss_type", ["clip", "hnc", "pairwise"])

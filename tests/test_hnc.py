@@ -9,7 +9,7 @@ import pytest
 
 from hnc_clip.data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
 
-from .conftest import TEST_SAMPLE, TRAIN_SAMPLE
+from .helpers import TEST_SAMPLE, TRAIN_SAMPLE
 
 
 def write(tmp_path, obj, name="f.json"):

@@ -1,5 +1,6 @@
 """The layers read off the tree hold: the library never imports an application or the demo, the applications never
-import the demo, and nothing imports the thin entry points or a top-level `eval` package."""
+import the demo, and nothing imports the thin entry points or a top-level `eval` package. Test files share code through
+`tests/helpers.py` only: none imports another test file or `conftest`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .helpers import REPO
 
 PACKAGE = REPO / "hnc_clip"
 
@@ -65,6 +66,34 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     planted.write_text("def f():\n    from ..scripts import train\n    import hnc_clip.demo.run\n")
     found = imported_modules(planted, "hnc_clip.data")
     assert {"hnc_clip.scripts", "hnc_clip.scripts.train", "hnc_clip.demo.run"} <= found
+
+
+TESTS = REPO / "tests"
+# Shared code goes through tests/helpers.py; conftest is pytest's, for fixtures, not a module to import from.
+TEST_MODULES = {f"tests.{p.stem}" for p in (*TESTS.glob("test_*.py"), TESTS / "conftest.py")}
+
+
+def cross_test_imports(path: Path) -> list[str]:
+    """The test modules and `conftest` that `path`, a module of `tests/`, imports."""
+    return sorted(m for m in imported_modules(path, "tests") if m in TEST_MODULES)
+
+
+def test_no_test_file_imports_another_test_file():
+    bad = {p.name: found for p in sorted(TESTS.glob("*.py")) if (found := cross_test_imports(p))}
+    assert not bad, f"import these from tests/helpers.py instead: {bad}"
+
+
+@pytest.mark.parametrize("source, found", [
+    ("from .test_trainer import run\n", "tests.test_trainer"),
+    ("def f():\n    from . import test_trainer\n", "tests.test_trainer"),
+    ("import tests.test_distributed\n", "tests.test_distributed"),
+    ("from tests.conftest import REPO\n", "tests.conftest"),
+], ids=["relative", "lazy_package", "absolute", "conftest"])
+def test_the_test_file_checker_sees_every_import_form(tmp_path, source, found):
+    """The rule above would pass vacuously if an import form were missed: a planted one must be found."""
+    planted = tmp_path / "planted.py"
+    planted.write_text(source)
+    assert cross_test_imports(planted) == [found]
 
 
 def test_no_top_level_eval_package():

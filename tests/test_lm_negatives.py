@@ -34,8 +34,7 @@ from hnc_clip.negatives.parts import PartsError, read_part
 from hnc_clip.output_dir import OutputDirLock
 from hnc_clip.scripts import negatives as app
 
-from .conftest import REPO
-from .test_trainer import changed, run, weights
+from .helpers import REPO, accelerate_launch, changed, run, weights
 
 CAPTIONS = ["a red cup on a wooden table", "a dog chasing a cat in the park", "two men riding horses on a beach",
             "a small boat near a white house", "a woman holding a blue umbrella"]  # fmt: skip
@@ -237,8 +236,6 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_table(tmp_path, uninterrup
 
 
 def test_two_processes_make_the_one_process_table(tmp_path, uninterrupted, lm_dir, captions_file):
-    from .test_distributed import accelerate_launch
-
     out, summary = uninterrupted
     two = tmp_path / "two.jsonl"
     def undo():  # gloo can abort a process at exit after the table is written (pytorch/pytorch#179291)

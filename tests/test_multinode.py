@@ -26,8 +26,7 @@ from hnc_clip.errors import OutputDirInUseError
 from hnc_clip.output_dir import COMPLETE_MARKER, OutputDirLock, claim_output_dir
 from hnc_clip.peers import DONE, PeerWatch, is_peer_lost, watch_peers
 
-from .conftest import REPO, TRAIN_SAMPLE
-from .test_distributed import RENDEZVOUS_ERRORS, free_port
+from .helpers import RENDEZVOUS_ERRORS, REPO, TRAIN_SAMPLE, free_port
 
 ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
 # One thread per process in both setups: accelerate gives a lone CPU process every core, and matrix products

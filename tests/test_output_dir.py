@@ -17,8 +17,7 @@ from hnc_clip.errors import DiskFullError, OutputDirInUseError
 from hnc_clip.output_dir import COMPLETE_MARKER, FINAL_TMP, LOCK_FILE, OutputDirLock
 from hnc_clip.scripts import train as train_app
 
-from .test_reliability import train_flags
-from .test_trainer import weights
+from .helpers import train_flags, weights
 
 
 def train(tmp_path, tiny_clip_dir, sample_image_dir, out, *extra):

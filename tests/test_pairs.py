@@ -18,7 +18,7 @@ from hnc_clip.data import (
     select_pairs,
 )
 
-from .conftest import TRAIN_SAMPLE, write_placeholder_images
+from .helpers import TRAIN_SAMPLE, write_placeholder_images
 
 
 def data_args(image_dir, **kw):

@@ -22,20 +22,9 @@ from hnc_clip.losses import LOSSES, LossSpec, hnc_loss
 from hnc_clip.scripts import train as train_app
 from hnc_clip.tiny import build_word_tokenizer
 
-from .conftest import REPO, TRAIN_SAMPLE
-from .test_trainer import changed, run, weights
+from .helpers import REPO, TRAIN_SAMPLE, changed, copy_images, run, train_flags, weights
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-
-
-def train_flags(tmp_path, model_dir, image_dir, out, *extra):
-    return [
-        "--model_name_or_path", str(model_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir", str(image_dir),
-        "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train", "--max_steps", "6",
-        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1", "--use_cpu",
-        "--dataloader_num_workers", "0", "--seed", "3", "--save_strategy", "steps", "--save_steps", "3",
-        "--report_to", "none", *extra,
-    ]
 
 
 def test_long_captions_are_truncated_and_counted():
@@ -328,16 +317,6 @@ def test_kl_temperature_zero_never_lands_nan_weights(tmp_path, tiny_clip_dir, sa
     first = weights(tmp_path / "out" / "checkpoint-1")
     assert all(torch.equal(first[k], v) for k, v in weights(tiny_clip_dir).items())
     assert not (tmp_path / "out" / "model.safetensors").exists()
-
-
-def copy_images(src, dst, corrupt=()) -> Path:
-    """`src`'s images into `dst`, the names in `corrupt` replaced by git-lfs pointer files (what a clone without
-    `git lfs pull` holds)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:0123abcd\nsize 51234\n"
-        (dst / f.name).write_bytes(pointer if f.name in corrupt or corrupt == "all" else f.read_bytes())
-    return dst
 
 
 def test_a_run_that_trains_on_nothing_fails_with_a_clear_message(tmp_path, tiny_clip_dir, sample_image_dir, capsys):

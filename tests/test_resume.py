@@ -17,7 +17,7 @@ from hnc_clip.errors import CheckpointError
 from hnc_clip.output_dir import COMPLETE_MARKER
 from hnc_clip.scripts import train as train_app
 
-from .test_reliability import train_flags
+from .helpers import train_flags
 
 
 def train(tmp_path, model_dir, image_dir, out, *extra):

@@ -45,7 +45,7 @@ def test_batches_hold_groups_of_one_image(tmp_path, tiny_clip_dir, sample_image_
     """Through the real Trainer: with batch 16 and groups of 8, each batch holds whole groups of one image."""
     from hnc_clip.trainer import HncTrainer
 
-    from .test_trainer import run
+    from .helpers import run
 
     seen = []
     real = HncTrainer.compute_loss

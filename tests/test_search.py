@@ -101,7 +101,7 @@ def test_the_defaults_fit_a_pretrained_clip_on_real_hnc():
 
     from hnc_clip.data.hnc import iter_hnc_pairs
 
-    from .conftest import TRAIN_SAMPLE
+    from .helpers import TRAIN_SAMPLE
 
     types = Counter(p["type"] for p in iter_hnc_pairs(str(TRAIN_SAMPLE)))
     defaults = search.SearchArguments()

@@ -18,9 +18,8 @@ import pytest
 from hnc_clip.data import SourceError, StreamLoader, StreamStateError, TrainingStream, parse_source
 from hnc_clip.scripts import train as train_app
 
-from .conftest import REPO, TRAIN_SAMPLE
+from .helpers import REPO, TRAIN_SAMPLE, accelerate_launch
 from .stream_fixtures import add_member, jpeg, write_hub_like, write_imagefolder, write_shards
-from .test_distributed import accelerate_launch
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 

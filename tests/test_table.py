@@ -16,7 +16,7 @@ from hnc_clip.arguments import DataArguments
 from hnc_clip.data import HncCollator
 from hnc_clip.data.table import HardImagePairs, TableFormatError, load_table_pairs, with_hard_image_pairs
 
-from .test_trainer import changed, run, weights
+from .helpers import changed, run, weights
 
 NEGCLIP_FLAGS = dict(image_column="filepath", caption_column="title", negative_caption_column="neg_caption",
                      negative_image_column="neg_image")

@@ -13,8 +13,7 @@ from transformers import AutoModel
 from hnc_clip.losses import losses_for
 from hnc_clip.scripts import evaluate as eval_app
 
-from .conftest import TEST_SAMPLE
-from .test_trainer import changed, run, weights
+from .helpers import TEST_SAMPLE, changed, run, weights
 
 
 @pytest.mark.parametrize("loss_type", losses_for("sigmoid"))

@@ -13,8 +13,7 @@ from transformers import CLIPModel
 from hnc_clip.losses import LOSSES
 from hnc_clip.scripts import train as train_app
 
-from .conftest import TEST_SAMPLE, TRAIN_SAMPLE
-from .test_trainer import run
+from .helpers import TEST_SAMPLE, TRAIN_SAMPLE, run
 
 
 def base_flags(tmp_path, tiny_clip_dir, sample_image_dir) -> list[str]:

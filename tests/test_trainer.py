@@ -11,33 +11,12 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
 from hnc_clip.losses import LOSSES
 from hnc_clip.scripts import train as train_app
 
-from .conftest import REPO, TEST_SAMPLE, TRAIN_SAMPLE
-
-
-def run(tmp_path, model_dir, image_dir, *extra: str) -> tuple[dict, str]:
-    out = tmp_path / "out"
-    argv = [
-        "--model_name_or_path", str(model_dir), "--train_file", str(TRAIN_SAMPLE), "--image_dir", str(image_dir),
-        "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--do_train", "--max_steps", "3",
-        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
-        "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--seed", "0", *extra,
-    ]
-    return train_app.main(*train_app.parse_args(argv)), str(out)
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    return load_file(f"{path}/model.safetensors")
-
-
-def changed(before: dict, after: dict) -> set[str]:
-    assert before.keys() == after.keys()
-    return {k for k in before if not torch.equal(before[k], after[k])}
+from .helpers import REPO, TEST_SAMPLE, TRAIN_SAMPLE, changed, run, weights
 
 
 def expected_trainable(names, mode: str, text_layers=2, vision_layers=2) -> set[str]:

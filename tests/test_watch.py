@@ -13,7 +13,7 @@ from hnc_clip.demo.world import make_world, save_world_model
 from hnc_clip.evaluation.watch import Objective, WatchSpecError, parse_watch, parse_watches
 from hnc_clip.scripts import train as train_app
 
-from .test_arguments import training_args
+from .helpers import training_args
 
 
 def test_parse_watch():

@@ -15,10 +15,10 @@ brings (none for plain captions: `hnc_clip.negatives` makes them), the source's 
 make a pair, the reason (`SKIP_REASONS`): such a record is counted and dropped in the collator like an unreadable
 image, so a skip never goes unseen and every record is one slot of a batch (what makes a resumed stream exact).
 
-`build_stream` lays the sources out for one pass over the data (`pass_index`): shard order permuted per pass with a
-fixed seed (the same on every process, so `split_dataset_by_node` hands each process its own shards), the sources
-interleaved with `interleave_datasets(probabilities=...)`. Hub and imagefolder sources keep their stored order
-within a pass unless `--shuffle_buffer_size` asks for datasets' buffer shuffle.
+`stream.TrainingStream.build` lays the sources out for one pass over the data (`pass_index`): shard order permuted
+per pass with a fixed seed (the same on every process, so `split_dataset_by_node` hands each process its own shards),
+the sources interleaved with `interleave_datasets(probabilities=...)`. Hub and imagefolder sources keep their stored
+order within a pass unless `--shuffle_buffer_size` asks for datasets' buffer shuffle.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class SourceSpec:
     kind: str  # one of SOURCE_KINDS
     location: str
     weight: float = 1.0
-    label: str = ""  # the short name of the logs and the card (`hnc_clip.data.stream.source_names`)
+    label: str = ""  # the short name of the logs and the card (`hnc_clip.data.stream.labelled`)
 
     @property
     def name(self) -> str:

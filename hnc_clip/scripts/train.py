@@ -57,8 +57,8 @@ class NothingToDoError(ValueError):
 
 def make_parser() -> HfArgumentParser:
     parser = HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments), prog="hnc-clip-train")
-    # Tri-state flags (unset = decided from the machine, see `hnc_clip.args.fast_defaults`): HfArgumentParser wants
-    # a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
+    # Tri-state flags (unset = decided from the machine, see `hnc_clip.arguments.fast_defaults`): HfArgumentParser
+    # wants a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
     for action in parser._actions:
         if action.dest in TRI_STATE_FLAGS:
             action.nargs, action.const = "?", True
