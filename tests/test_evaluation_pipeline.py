@@ -112,3 +112,27 @@ def test_every_pairwise_fixture_layout_is_covered():
 
     registry_layouts = {n for n in REGISTRY if n in PAIR_FORMATS or n == "hnc_test" or n == "sugarcrepe"}
     assert registry_layouts <= set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pairwise_metrics_are_the_caption_selection_metric(name, tmp_path):
+    """The pairwise task's numbers come from `caption_selection` (with the continuity statistics), the metric every
+    2-way benchmark uses: identical, key by key, to what `hard_negative_accuracy` gave on the same scores."""
+    from hnc_clip.evaluation.metrics import load_metric
+    from hnc_clip.evaluation.tasks import pairwise_metrics, pairwise_scores
+
+    root, paths, image_dir = _build(name, tmp_path)
+    scores = pairwise_scores(fx.FakeEncoder(), load_pairs(paths), image_dir)
+    task = pairwise_metrics(scores, [1.0, 1.05, 1.1])
+    selection = load_metric("caption_selection").compute(
+        true_scores=scores.positive.tolist(), best_other_scores=scores.negative.tolist(), types=scores.types,
+        tie="wrong", thresholds=[1.0, 1.05, 1.1], random_scores=scores.random_negative.tolist(),
+    )  # fmt: skip
+    old = load_metric("hard_negative_accuracy").compute(
+        positive_scores=scores.positive.tolist(), negative_scores=scores.negative.tolist(), types=scores.types,
+        random_negative_scores=scores.random_negative.tolist(), thresholds=[1.0, 1.05, 1.1],
+    )  # fmt: skip
+    assert selection.pop("num_items") == old.pop("num_pairs") == task["num_pairs"]
+    selection.pop("num_ties")
+    assert selection == old and list(selection) == list(old)
+    assert {k: task[k] for k in old} == old
