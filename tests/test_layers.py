@@ -70,3 +70,52 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
 def test_no_top_level_eval_package():
     assert not (REPO / "eval" / "__init__.py").exists()
     assert not any(p.name == "eval" for p in PACKAGE.iterdir())
+
+
+# The modules that parse data files. An application takes its inputs from the library's pipeline functions
+# (`hnc_clip.evaluation.pipeline`, `hnc_clip.data`'s preparation), never from a reader, so each layout is read in one
+# place. `hnc_clip.data.table` is not one of them: it is the negatives tool's input, read by that tool alone.
+READERS = (
+    "hnc_clip.data.hnc",
+    "hnc_clip.data.json_stream",
+    "hnc_clip.evaluation.formats",
+    "hnc_clip.evaluation.records",
+    "hnc_clip.evaluation.zeroshot_data",
+    "hnc_clip.evaluation.benchmarks.readers",
+    "hnc_clip.evaluation.benchmarks.wds",
+)
+
+
+def imported_from(path: Path, package: str) -> set[str]:
+    """`imported_modules`, plus the module that *defines* each name imported from a package (`from hnc_clip.data
+    import iter_hnc_pairs` is an import of `hnc_clip.data.hnc`)."""
+    import importlib
+
+    found = imported_modules(path, package)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("hnc_clip"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                defined = getattr(getattr(module, alias.name, None), "__module__", None)
+                if isinstance(defined, str):
+                    found.add(defined)
+    return found
+
+
+def _readers_in(imported: set[str]) -> list[str]:
+    return sorted({r for m in imported for r in READERS if m == r or m.startswith(r + ".")})
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_scripts_import_no_readers(path):
+    bad = _readers_in(imported_from(path, package_of(path)))
+    assert not bad, f"application {path.relative_to(REPO)} imports the readers {bad}: call the library's pipeline"
+
+
+def test_the_reader_boundary_sees_direct_lazy_and_re_exported_readers(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from hnc_clip.evaluation.formats import load_pairs\n"
+                       "from hnc_clip.data import iter_hnc_pairs\n"
+                       "def f():\n    from hnc_clip.evaluation.benchmarks import readers\n")  # fmt: skip
+    found = _readers_in(imported_from(planted, "hnc_clip.scripts"))
+    assert found == ["hnc_clip.data.hnc", "hnc_clip.evaluation.benchmarks.readers", "hnc_clip.evaluation.formats"]
