@@ -119,3 +119,28 @@ def test_the_reader_boundary_sees_direct_lazy_and_re_exported_readers(tmp_path):
                        "def f():\n    from hnc_clip.evaluation.benchmarks import readers\n")  # fmt: skip
     found = _readers_in(imported_from(planted, "hnc_clip.scripts"))
     assert found == ["hnc_clip.data.hnc", "hnc_clip.evaluation.benchmarks.readers", "hnc_clip.evaluation.formats"]
+
+
+APPLICATIONS = [*sorted(p for p in (PACKAGE / "scripts").glob("*.py") if p.name != "__init__.py"),
+                PACKAGE / "demo" / "run.py", PACKAGE / "demo" / "world.py"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", APPLICATIONS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_application_is_make_parser_main_cli(path):
+    """One convention: `make_parser()` builds the parser, `main(<parsed arguments>)` does the work (tests call it),
+    `cli(argv)` parses with `make_parser` (directly, or through a helper such as train's `parse_args`, which also
+    reads a YAML/JSON file), calls `main` and returns the exit status, `__main__` exits with `cli()`."""
+    tree = ast.parse(path.read_text(), str(path))
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"make_parser", "main", "cli"} <= funcs.keys(), f"{path.name} defines {sorted(funcs)}"
+    assert not funcs["make_parser"].args.args
+    assert "argv" not in [a.arg for a in funcs["main"].args.args], "main takes parsed arguments, not argv"
+    assert [a.arg for a in funcs["cli"].args.args] == ["argv"]
+    def calls(func: ast.FunctionDef) -> set[str]:
+        return {n.func.id for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+
+    called = calls(funcs["cli"])
+    parses = {"make_parser"} | {f for f in called & funcs.keys() if "make_parser" in calls(funcs[f])}  # train's YAML
+    assert "main" in called and parses & called, f"{path.name}: cli calls {sorted(called)}"
+    entry = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
+    assert [ast.unparse(b) for n in entry for b in n.body] == ["sys.exit(cli())"]
