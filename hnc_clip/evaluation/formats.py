@@ -152,8 +152,6 @@ def read_layout(path: str, fmt: str, max_items: int | None = None) -> BenchmarkD
         if fmt in (TEST_SCHEMA, TRAIN_SCHEMA):  # the train file is 8 GB: stream only the pairs --max_pairs needs
             return FILE_LAYOUTS[fmt](path, max_items=max_items)
         return FILE_LAYOUTS[fmt](path)
-    except HncFormatError:
-        raise
     except DataFileError as err:
         raise DataFileError(f"{err} (format {fmt}: {FORMAT_SHAPES[fmt]})") from None
 
