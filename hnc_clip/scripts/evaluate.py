@@ -281,7 +281,7 @@ def _run(args: EvalArguments) -> dict:
     return results
 
 
-run = main  # the name eval/README.md, the demo and the benchmarks in bench/ call
+run = main  # the name the demo, bench/eval_benchmarks.py and the tests call
 
 
 def cli(argv: list[str] | None = None) -> int:
