@@ -106,12 +106,14 @@ def test_pairwise_task_and_benchmark_give_the_same_items_and_numbers(name, tmp_p
         assert sum(benchmark["count_by_type"].values()) == sum(ref_count.values()) + identical
 
 
-def test_every_pairwise_fixture_layout_is_covered():
-    """Each 2-way registry benchmark whose files are a pairwise `--data_file` layout is compared above."""
+def test_every_pair_layout_has_one_reader_and_every_shared_one_is_compared():
+    """Each pairwise `--data_format` is read by a registry reader, and each layout that is also a registry benchmark
+    (HNC test, SugarCrepe, ARO VG-R / VG-A) is compared above."""
+    from hnc_clip.evaluation.benchmarks.registry import FILE_LAYOUTS
     from hnc_clip.evaluation.formats import PAIR_FORMATS
 
-    registry_layouts = {n for n in REGISTRY if n in PAIR_FORMATS or n == "hnc_test" or n == "sugarcrepe"}
-    assert registry_layouts <= set(CASES)
+    assert set(FILE_LAYOUTS) == set(PAIR_FORMATS)
+    assert set(FILE_LAYOUTS) & set(REGISTRY) == set(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
