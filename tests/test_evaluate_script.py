@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hnc_clip.evaluation.wise import check_wise_configs, parse_alphas, wise_interpolate, wise_name
-from hnc_clip.scripts.evaluate import EvalArguments, main, model_names, run
+from hnc_clip.scripts.evaluate import EvalArguments, main, make_parser, model_names, run
 
 pytestmark = pytest.mark.usefixtures("eval_single_thread")
 
@@ -32,7 +32,7 @@ def test_end_to_end_on_real_samples(
     eval_tiny_clip_dir, eval_tuned_copy, eval_sample_files, eval_sample_image_dir, eval_zeroshot_dir, tmp_path
 ):
     out_dir = tmp_path / "out"
-    results = main(
+    results = main(*make_parser().parse_args_into_dataclasses(args=
         [
             "--task", "pairwise", "retrieval", "zeroshot",
             "--model_name_or_path", eval_tiny_clip_dir, eval_tuned_copy,
@@ -46,7 +46,7 @@ def test_end_to_end_on_real_samples(
             "--device", "cpu",
             "--output_dir", str(out_dir),
         ]
-    )  # fmt: skip
+    ))  # fmt: skip
     base, tuned = os.path.basename(eval_tiny_clip_dir), "hnc-tuned"
     assert list(results) == [base, tuned, f"{tuned}@wise0.5"]
     for tasks in results.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -248,3 +249,18 @@ def test_a_crop_box_is_bounded_before_anything_is_allocated(tmp_path):
     image.save(path)
     with pytest.raises(ImageTooLargeError):
         load_image(ImageRef(str(path), (0, 0, 1e5, 1e5)))  # 10^10 pixels: refused at once
+
+
+def test_an_aro_file_is_read_by_the_aro_benchmark_reader(tmp_path):
+    """`--data_file visual_genome_relation.json` goes through the registry's ARO reader: a record without its type
+    field is counted (it was typed 'unknown'), an attribute pair of one attribute is refused, as `--benchmark` does."""
+    from hnc_clip.evaluation.records import DataFileError
+
+    box = {"bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4}
+    rec = {"image_path": "1.jpg", "true_caption": "the cup is on a mat", "false_caption": "the mat is on a cup"}
+    rel = _write(tmp_path / "rel.json", [{**rec, **box, "relation_name": "on"}, {**rec, **box}])
+    skips = Counter()
+    assert [p["type"] for p in load_pairs(rel, skips=skips)] == ["on"] and skips == {"record_missing_keys": 1}
+    att = _write(tmp_path / "att.json", [{**rec, **box, "attributes": ["red"]}])
+    with pytest.raises(DataFileError, match=r"att.json: record 0: field .attributes. holds 1 attributes"):
+        load_pairs(att, data_format=ARO_ATTRIBUTION)

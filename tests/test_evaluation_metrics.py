@@ -39,13 +39,13 @@ def test_unknown_metric_name():
         metric_path("accuracy")
 
 
-def test_hard_negative_accuracy_values():
-    metric = load_metric("hard_negative_accuracy")
+def test_caption_selection_continuity_values():
+    metric = load_metric("caption_selection")
     out = metric.compute(
-        positive_scores=[0.8, 0.8, 1.0, 1.0, 0.8],
-        negative_scores=[0.6, 1.0, 0.96, 0.8, 0.28],
+        true_scores=[0.8, 0.8, 1.0, 1.0, 0.8],
+        best_other_scores=[0.6, 1.0, 0.96, 0.8, 0.28],
         types=["rel", "rel", "att", "att", "rel"],
-        random_negative_scores=[0.0, 0.0, 0.6, 0.6, 0.0],
+        random_scores=[0.0, 0.0, 0.6, 0.6, 0.0],
         thresholds=[1.0, 1.05],
     )
     assert out["accuracy"] == pytest.approx(0.8)
@@ -59,20 +59,28 @@ def test_hard_negative_accuracy_values():
     assert out["mean_margin"] == pytest.approx(0.152)
     assert out["mean_random_negative_similarity"] == pytest.approx(0.24)
     assert out["random_negative_accuracy"] == pytest.approx(1.0)
-    assert out["num_pairs"] == 5
+    assert out["num_items"] == 5
 
 
-def test_hard_negative_accuracy_tie_is_wrong_and_negative_sims_stay_defined():
-    out = load_metric("hard_negative_accuracy").compute(
-        positive_scores=[0.2, 0.1], negative_scores=[0.2, -0.1], thresholds=[1.1]
+def test_caption_selection_without_thresholds_has_no_continuity_keys():
+    out = load_metric("caption_selection").compute(true_scores=[0.3, 0.2], best_other_scores=[0.1, 0.25])
+    assert set(out) == {"accuracy", "macro_accuracy", "accuracy_by_type", "count_by_type", "num_items", "num_ties"}
+    with pytest.raises(ValueError, match="1 random scores for 2 items"):
+        load_metric("caption_selection").compute(true_scores=[0.3, 0.2], best_other_scores=[0.1, 0.25],
+                                                 random_scores=[0.0])  # fmt: skip
+
+
+def test_caption_selection_tie_is_wrong_and_negative_sims_stay_defined():
+    out = load_metric("caption_selection").compute(
+        true_scores=[0.2, 0.1], best_other_scores=[0.2, -0.1], thresholds=[1.1]
     )
     assert out["accuracy"] == 0.5  # the tie counts as wrong
     assert out["ratio_accuracy@1.10"] == 0.5  # 0.1 > 1.1 * -0.1 holds although the ratio is negative
 
 
 def test_metrics_refuse_empty_input():
-    with pytest.raises(ValueError, match="no pairs"):
-        load_metric("hard_negative_accuracy").compute(positive_scores=[], negative_scores=[])
+    with pytest.raises(ValueError, match="no items"):
+        load_metric("caption_selection").compute(true_scores=[], best_other_scores=[])
 
 
 def test_retrieval_recall_counts_any_relevant_item():

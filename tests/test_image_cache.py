@@ -142,7 +142,7 @@ def test_other_geometry_is_refused(image_dir, processor, tmp_path):
 
 def test_cli(image_dir, processor, tmp_path, capsys):
     processor.save_pretrained(tmp_path / "model")  # what a model directory holds for its image processor
-    index = build_image_cache.main(
+    index = build_image_cache.main(build_image_cache.make_parser().parse_args(
         [
             "--image_dir",
             str(image_dir),
@@ -153,7 +153,7 @@ def test_cli(image_dir, processor, tmp_path, capsys):
             "--num_workers",
             "1",
         ]
-    )
+    ))  # fmt: skip
     assert index["shape"][1:] == [32, 32, 3]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cached"] == 5
 

@@ -99,3 +99,77 @@ def test_the_test_file_checker_sees_every_import_form(tmp_path, source, found):
 def test_no_top_level_eval_package():
     assert not (REPO / "eval" / "__init__.py").exists()
     assert not any(p.name == "eval" for p in PACKAGE.iterdir())
+
+
+# The modules that parse data files. An application takes its inputs from the library's pipeline functions
+# (`hnc_clip.evaluation.pipeline`, `hnc_clip.data`'s preparation), never from a reader, so each layout is read in one
+# place. `hnc_clip.data.table` is not one of them: it is the negatives tool's input, read by that tool alone.
+READERS = (
+    "hnc_clip.data.hnc",
+    "hnc_clip.data.json_stream",
+    "hnc_clip.evaluation.formats",
+    "hnc_clip.evaluation.records",
+    "hnc_clip.evaluation.zeroshot_data",
+    "hnc_clip.evaluation.benchmarks.readers",
+    "hnc_clip.evaluation.benchmarks.wds",
+)
+
+
+def imported_from(path: Path, package: str) -> set[str]:
+    """`imported_modules`, plus the module that *defines* each name imported from a package (`from hnc_clip.data
+    import iter_hnc_pairs` is an import of `hnc_clip.data.hnc`)."""
+    import importlib
+
+    found = imported_modules(path, package)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("hnc_clip"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                defined = getattr(getattr(module, alias.name, None), "__module__", None)
+                if isinstance(defined, str):
+                    found.add(defined)
+    return found
+
+
+def _readers_in(imported: set[str]) -> list[str]:
+    return sorted({r for m in imported for r in READERS if m == r or m.startswith(r + ".")})
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_scripts_import_no_readers(path):
+    bad = _readers_in(imported_from(path, package_of(path)))
+    assert not bad, f"application {path.relative_to(REPO)} imports the readers {bad}: call the library's pipeline"
+
+
+def test_the_reader_boundary_sees_direct_lazy_and_re_exported_readers(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("from hnc_clip.evaluation.formats import load_pairs\n"
+                       "from hnc_clip.data import iter_hnc_pairs\n"
+                       "def f():\n    from hnc_clip.evaluation.benchmarks import readers\n")  # fmt: skip
+    found = _readers_in(imported_from(planted, "hnc_clip.scripts"))
+    assert found == ["hnc_clip.data.hnc", "hnc_clip.evaluation.benchmarks.readers", "hnc_clip.evaluation.formats"]
+
+
+APPLICATIONS = [*sorted(p for p in (PACKAGE / "scripts").glob("*.py") if p.name != "__init__.py"),
+                PACKAGE / "demo" / "run.py", PACKAGE / "demo" / "world.py"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", APPLICATIONS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_application_is_make_parser_main_cli(path):
+    """One convention: `make_parser()` builds the parser, `main(<parsed arguments>)` does the work (tests call it),
+    `cli(argv)` parses with `make_parser` (directly, or through a helper such as train's `parse_args`, which also
+    reads a YAML/JSON file), calls `main` and returns the exit status, `__main__` exits with `cli()`."""
+    tree = ast.parse(path.read_text(), str(path))
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"make_parser", "main", "cli"} <= funcs.keys(), f"{path.name} defines {sorted(funcs)}"
+    assert not funcs["make_parser"].args.args
+    assert "argv" not in [a.arg for a in funcs["main"].args.args], "main takes parsed arguments, not argv"
+    assert [a.arg for a in funcs["cli"].args.args] == ["argv"]
+    def calls(func: ast.FunctionDef) -> set[str]:
+        return {n.func.id for n in ast.walk(func) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+
+    called = calls(funcs["cli"])
+    parses = {"make_parser"} | {f for f in called & funcs.keys() if "make_parser" in calls(funcs[f])}  # train's YAML
+    assert "main" in called and parses & called, f"{path.name}: cli calls {sorted(called)}"
+    entry = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
+    assert [ast.unparse(b) for n in entry for b in n.body] == ["sys.exit(cli())"]

@@ -506,9 +506,13 @@ def main_seeds(args: DemoArguments) -> int:
     return status
 
 
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(DemoArguments, prog="hnc-clip-demo")
+
+
 def cli(argv: list[str] | None = None) -> int:
     """`hnc-clip-demo` and `python -m hnc_clip.demo`."""
-    (demo_args,) = HfArgumentParser(DemoArguments, prog="hnc-clip-demo").parse_args_into_dataclasses(args=argv)
+    (demo_args,) = make_parser().parse_args_into_dataclasses(args=argv)
     return main(demo_args)
 
 

@@ -44,6 +44,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -664,12 +665,15 @@ class WorldModelArguments:
     model_seed: int = field(default=0, metadata={"help": "Seed of the random initialisation."})
 
 
-def main(argv: Iterable[str] | None = None) -> dict:
+def make_parser():
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((SyntheticArguments, WorldConfig, WorldModelArguments))
-    args, config, model_args = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parts = (SyntheticArguments, WorldConfig, WorldModelArguments)
+    return HfArgumentParser(parts, prog="python -m hnc_clip.demo.world")
+
+
+def main(args: SyntheticArguments, config: WorldConfig, model_args: WorldModelArguments) -> dict:
+    """Write the world (and, with `--model_dir`, an untrained tiny CLIP for it); return the world's info."""
     info = generate_world(args.output_dir, config, overwrite=args.overwrite, show_progress=not args.no_progress)
     logger.info("world in %s: %s", args.output_dir, json.dumps(info["counts"]))
     if args.model_dir:
@@ -680,5 +684,12 @@ def main(argv: Iterable[str] | None = None) -> dict:
     return info
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m hnc_clip.demo.world`: exit status 0 once the world is written (errors raise)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(*make_parser().parse_args_into_dataclasses(args=argv))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

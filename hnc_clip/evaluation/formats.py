@@ -1,7 +1,9 @@
 """Benchmark file formats -> one pair record shape (pairwise) or image-captions items (retrieval).
 
-Every pairwise reader yields the records of `hnc_clip.data.hnc` (`pair_id, image_id, image_file, positive, negative,
-type`) plus `bbox` (None, or ARO's crop box), so the scoring code never sees a format. Formats are detected from the
+A pair file is a benchmark file of a known layout: it is read by the benchmark registry's reader for that layout
+(`benchmarks.registry.FILE_LAYOUTS`, the readers `--benchmark` uses), and its items become the records of
+`hnc_clip.data.hnc` (`pair_id, image_id, image_file, positive, negative, type`) plus `bbox` (None, or ARO's crop box),
+so the scoring code never sees a format. Formats are detected from the
 first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
 Every record's fields are read by type (`.records.Record`): a record that lacks a field is counted
 (`record_missing_keys`), a field of the wrong type raises `DataFileError` naming the file, the record and the field.
@@ -13,12 +15,14 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import ijson
 
-from ..data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema, iter_hnc_pairs
+from ..data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema
+from .benchmarks.items import BenchmarkData
+from .benchmarks.registry import FILE_LAYOUTS
 from .images import ImageRef
 from .records import BOM, DataFileError, read_json, records
 
@@ -111,19 +115,24 @@ def detect_format(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Pair readers: path -> pair records
+# Pairs: path -> the benchmark registry's reader for its layout -> pair records
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _pair(pair_id: str, image_file: str, positive, negative, type_: str, bbox=None) -> dict:
+def _clean(text) -> str:
+    return text.strip() if isinstance(text, str) else ""
+
+
+def _as_pair(item) -> dict:
+    """A 2-way `ChoiceItem` as a pair record (`hnc_clip.data.hnc`'s columns plus `bbox`)."""
     return {
-        "pair_id": pair_id,
-        "image_id": os.path.splitext(os.path.basename(image_file))[0],
-        "image_file": image_file,
-        "positive": positive.strip() if isinstance(positive, str) else "",
-        "negative": negative.strip() if isinstance(negative, str) else "",
-        "type": type_,
-        "bbox": bbox,
+        "pair_id": item.meta.get("pair_id", item.item_id),
+        "image_id": item.meta.get("image_id", os.path.splitext(os.path.basename(item.image.file))[0]),
+        "image_file": item.image.file,
+        "positive": _clean(item.captions[item.correct]),
+        "negative": _clean(item.captions[1 - item.correct]),
+        "type": item.type,
+        "bbox": item.image.bbox,
     }
 
 
@@ -134,72 +143,17 @@ def _load_json(path: str, expected: type, fmt: str):
         raise DataFileError(f"{err} (format {fmt}: {FORMAT_SHAPES[fmt]})") from None
 
 
-def _read_hnc(schema: str) -> Callable[[str, Counter], Iterator[dict]]:
-    def read(path: str, skips: Counter) -> Iterator[dict]:
-        for rec in iter_hnc_pairs(path, schema=schema, skips=skips):
-            yield {**rec, "bbox": None}
-
-    return read
-
-
-def _read_structure_clip(path: str, skips: Counter) -> Iterator[dict]:
-    """One pair per negative: Structure-CLIP's COCO files give `neg_text` as a string or a list of strings."""
-    for rec in records(path, _load_json(path, list, STRUCTURE_CLIP)):
-        if not rec.has("image", "text", "neg_text"):
-            skips["record_missing_keys"] += 1
-            continue
-        image, positive, type_ = rec.text("image"), rec.text("text"), str(rec.value.get("type") or STRUCTURE_CLIP)
-        for j, neg in enumerate(rec.text_or_texts("neg_text")):
-            yield _pair(f"{rec.key}/{j}", image, positive, neg, type_)
-
-
-def _read_sugarcrepe(path: str, skips: Counter) -> Iterator[dict]:
-    """SugarCrepe ships one file per subset (`replace_att.json`, `swap_obj.json`, ...): the file name is the type."""
-    subset = os.path.splitext(os.path.basename(path))[0]
-    for rec in records(path, _load_json(path, dict, SUGARCREPE)):
-        if not rec.has("filename", "caption", "negative_caption"):
-            skips["record_missing_keys"] += 1
-            continue
-        yield _pair(f"{subset}/{rec.key}", rec.text("filename"), rec.text("caption"), rec.text("negative_caption"),
-                    subset)  # fmt: skip
-
-
-def _read_aro(kind: str) -> Callable[[str, Counter], Iterator[dict]]:
-    """ARO VG-Relation / VG-Attribution: the image is cropped to the union box of the two objects, as ARO does."""
-
-    def read(path: str, skips: Counter) -> Iterator[dict]:
-        needed = {"image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h"}
-        for rec in records(path, _load_json(path, list, kind)):
-            if not rec.has(*needed):
-                skips["record_missing_keys"] += 1
-                continue
-            if kind == ARO_RELATION:
-                type_ = str(rec.value.get("relation_name") or "unknown")
-            else:
-                attrs = rec.value.get("attributes") or ["unknown"]
-                # ARO names attribute pairs `<a1>_<a2>` (its per-attribute-pair macro accuracy).
-                type_ = "_".join(map(str, attrs)) if isinstance(attrs, list) else str(attrs)
-            bbox = tuple(rec.number(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-            pair_id = f"{rec.value.get('image_id', rec.key)}/{rec.key}"
-            yield _pair(pair_id, rec.text("image_path"), rec.text("true_caption"), rec.text("false_caption"), type_,
-                        bbox)  # fmt: skip
-
-    return read
-
-
-def _read_karpathy_as_pairs(path: str, skips: Counter) -> Iterator[dict]:
-    raise unknown_format(path, f"{COCO_KARPATHY} has no negative captions, so it only works with --task retrieval")
-
-
-PAIR_READERS: dict[str, Callable[[str, Counter], Iterator[dict]]] = {
-    TEST_SCHEMA: _read_hnc(TEST_SCHEMA),
-    TRAIN_SCHEMA: _read_hnc(TRAIN_SCHEMA),
-    STRUCTURE_CLIP: _read_structure_clip,
-    SUGARCREPE: _read_sugarcrepe,
-    ARO_RELATION: _read_aro(ARO_RELATION),
-    ARO_ATTRIBUTION: _read_aro(ARO_ATTRIBUTION),
-    COCO_KARPATHY: _read_karpathy_as_pairs,
-}
+def read_layout(path: str, fmt: str, max_items: int | None = None) -> BenchmarkData:
+    """The items of `path` read by the registry's reader for layout `fmt` (`FILE_LAYOUTS`); a file that is not
+    that layout's shape raises `DataFileError` naming the layout and its shape."""
+    if fmt == COCO_KARPATHY:
+        raise unknown_format(path, f"{COCO_KARPATHY} has no negative captions, so it only works with --task retrieval")
+    try:
+        if fmt in (TEST_SCHEMA, TRAIN_SCHEMA):  # the train file is 8 GB: stream only the pairs --max_pairs needs
+            return FILE_LAYOUTS[fmt](path, max_items=max_items)
+        return FILE_LAYOUTS[fmt](path)
+    except DataFileError as err:
+        raise DataFileError(f"{err} (format {fmt}: {FORMAT_SHAPES[fmt]})") from None
 
 
 def _check_format(data_format: str | None, path: str) -> str:
@@ -224,7 +178,10 @@ def load_pairs(
     skips = skips if skips is not None else Counter()
     pairs: list[dict] = []
     for path in paths:
-        for rec in PAIR_READERS[_check_format(data_format, path)](path, skips):
+        limit = None if max_pairs is None else max_pairs - len(pairs)
+        data = read_layout(path, _check_format(data_format, path), limit)
+        skips.update(data.parse_skips)
+        for rec in map(_as_pair, data.items):
             if not rec["positive"] or not rec["negative"]:
                 skips["empty_caption"] += 1
                 continue

@@ -207,14 +207,18 @@ def pairwise_scores(
 
 
 def pairwise_metrics(scores: PairwiseScores, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
-    """`hard_negative_accuracy` on the scores, plus the image/caption/missing counts."""
-    results = _metric("hard_negative_accuracy").compute(
-        positive_scores=scores.positive.tolist(),
-        negative_scores=scores.negative.tolist(),
+    """`caption_selection` on the scores (a tie is wrong, with the continuity statistics), the metric of every 2-way
+    benchmark, plus the image/caption/missing counts."""
+    results = _metric("caption_selection").compute(
+        true_scores=scores.positive.tolist(),
+        best_other_scores=scores.negative.tolist(),
         types=scores.types,
-        random_negative_scores=None if scores.random_negative is None else scores.random_negative.tolist(),
+        tie="wrong",
         thresholds=list(thresholds),
+        random_scores=None if scores.random_negative is None else scores.random_negative.tolist(),
     )
+    results["num_pairs"] = results.pop("num_items")
+    del results["num_ties"]  # the pairwise keys of results.json stay as they were (ties count in the accuracy)
     results.update(
         num_images=scores.num_images,
         num_captions=scores.num_texts,

@@ -34,11 +34,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(args: argparse.Namespace) -> dict:
+    """Write the cache for parsed `args` (`make_parser().parse_args(argv)`); return its index."""
     from transformers import AutoImageProcessor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
-    args = make_parser().parse_args(argv)
     # Claimed first: a rebuild replaces the cache atomically (`prepare`), two builds at once would only waste each
     # other's work (the HNC conversion included).
     with claim_folder(args.output_dir, "hnc-clip-image-cache"):
@@ -53,9 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
 def cli(argv: list[str] | None = None) -> int:
     """`hnc-clip-image-cache`: exit status 0 once the outputs are written (errors raise); 143 on SIGTERM, after
     stopping the workers and removing the half-written pixels (the previous cache, if any, stays valid)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    args = make_parser().parse_args(argv)
     sigterm = SaveOnSigterm(save=False).install()
     try:
-        main(argv)
+        main(args)
     except Preempted:
         return 143
     except RunAbortedError as err:  # another build writes to --output_dir

@@ -49,6 +49,12 @@ class ConvertArguments:
             raise ValueError(f"--activation: quick_gelu or gelu, got {self.activation!r}")
 
 
+def make_parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(ConvertArguments, prog="hnc-clip-convert")
+
+
 def main(args: ConvertArguments) -> str:
     from hnc_clip.evaluation.convert import convert_checkpoint
     from hnc_clip.output_dir import MODEL_FILES, claim_folder
@@ -67,10 +73,8 @@ def main(args: ConvertArguments) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = HfArgumentParser(ConvertArguments, prog="hnc-clip-convert").parse_args_into_dataclasses(args=argv)
+    (args,) = make_parser().parse_args_into_dataclasses(args=argv)
     try:
         main(args)
     except RunAbortedError as err:  # the folder holds another model, or another run writes to it

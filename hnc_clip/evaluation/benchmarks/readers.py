@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import glob
+import itertools
 import json
 import os
 from collections import Counter
 
-from ...data.hnc import TEST_SCHEMA
-from ..formats import load_pairs
+from ...data.hnc import TEST_SCHEMA, iter_hnc_pairs
 from ..images import ImageRef
 from ..records import DataFileError, Record, read_json, records
 from . import wds
@@ -37,33 +37,70 @@ def _records(path: str, expected: type | tuple[type, ...] = (list, dict)) -> lis
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def read_hnc_file(
+    path: str, schema: str | None = None, image_folder: str = "", max_items: int | None = None
+) -> BenchmarkData:
+    """An HNC file of either schema (`hnc_clip.data.hnc`, streamed; the first `max_items` pairs when given): one item
+    per pair, captions [negative, positive]."""
+    skips: Counter = Counter()
+    pairs = iter_hnc_pairs(path, schema=schema, skips=skips)
+    items = [
+        ChoiceItem(p["pair_id"], ImageRef(os.path.join(image_folder, p["image_file"])), [p["negative"], p["positive"]],
+                   1, p["type"], {"image_id": p["image_id"]})
+        for p in itertools.islice(pairs, max_items)
+    ]  # fmt: skip
+    return BenchmarkData(path, items, skips)
+
+
 def read_hnc_test(root: str) -> BenchmarkData:
     """HNC test (`hnc_clean_strict_test.json`, test schema; positive 2k paired with negative 2k+1); GQA `images/`."""
-    skips: Counter = Counter()
-    pairs = load_pairs(os.path.join(root, "hnc_clean_strict_test.json"), TEST_SCHEMA, skips=skips)
-    items = [
-        ChoiceItem(p["pair_id"], ImageRef(os.path.join("images", p["image_file"])), [p["negative"], p["positive"]],
-                   1, p["type"])
-        for p in pairs
-    ]  # fmt: skip
-    return BenchmarkData(root, items, skips)
+    path = os.path.join(root, "hnc_clean_strict_test.json")
+    data = read_hnc_file(path, TEST_SCHEMA, "images")
+    if not data.items:
+        raise ValueError(f"no positive/negative pairs in {[path]} (skipped: {dict(data.parse_skips) or 'none'})")
+    return BenchmarkData(root, data.items, data.parse_skips)
+
+
+def read_structure_clip_file(path: str, image_folder: str = "") -> BenchmarkData:
+    """Structure-CLIP's COCO files (`[{image, text, neg_text}]`): one item per negative, `neg_text` a string or a
+    list of strings; captions [negative, positive]."""
+    items, skips = [], Counter()
+    for rec in _records(path, list):
+        if not rec.has("image", "text", "neg_text"):
+            skips["record_missing_keys"] += 1
+            continue
+        image = ImageRef(os.path.join(image_folder, rec.text("image")))
+        positive, type_ = rec.text("text"), str(rec.value.get("type") or "structure_clip")
+        for j, negative in enumerate(rec.text_or_texts("neg_text")):
+            items.append(ChoiceItem(f"{rec.key}/{j}", image, [negative, positive], 1, type_))
+    return BenchmarkData(path, items, skips)
 
 
 SUGARCREPE_SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 SUGARCREPE_PP_SUBSETS = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
+def read_sugarcrepe_file(path: str, image_folder: str = "") -> BenchmarkData:
+    """One SugarCrepe subset file (`{id: {filename, caption, negative_caption}}`): the file name is the subset."""
+    subset = os.path.splitext(os.path.basename(path))[0]
+    items, skips = [], Counter()
+    for rec in _records(path):
+        if not rec.has("filename", "caption", "negative_caption"):
+            skips["record_missing_keys"] += 1
+            continue
+        image = ImageRef(os.path.join(image_folder, rec.text("filename")))
+        captions = [rec.text("caption"), rec.text("negative_caption")]
+        items.append(ChoiceItem(f"{subset}/{rec.key}", image, captions, 0, subset))
+    return BenchmarkData(path, items, skips)
+
+
 def read_sugarcrepe(root: str) -> BenchmarkData:
-    """SugarCrepe's `data/<subset>.json` (`{id: {filename, caption, negative_caption}}`), COCO `val2017/` images."""
+    """SugarCrepe's `data/<subset>.json` for the 7 subsets, COCO `val2017/` images."""
     items, skips = [], Counter()
     for subset in SUGARCREPE_SUBSETS:
-        for rec in _records(os.path.join(root, "data", f"{subset}.json")):
-            if not rec.has("filename", "caption", "negative_caption"):
-                skips["record_missing_keys"] += 1
-                continue
-            image = ImageRef(os.path.join("val2017", rec.text("filename")))
-            captions = [rec.text("caption"), rec.text("negative_caption")]
-            items.append(ChoiceItem(f"{subset}/{rec.key}", image, captions, 0, subset))
+        data = read_sugarcrepe_file(os.path.join(root, "data", f"{subset}.json"), "val2017")
+        items += data.items
+        skips += data.parse_skips
     return BenchmarkData(root, items, skips)
 
 
@@ -84,12 +121,15 @@ def read_sugarcrepe_pp(root: str) -> BenchmarkData:
     return BenchmarkData(root, items, skips)
 
 
-def _read_aro_vg(root: str, annotation: str, kind: str) -> BenchmarkData:
-    """ARO VG-Relation / VG-Attribution: `images/<image_path>` cropped to the bbox; captions [false, true]."""
+def read_aro_file(path: str, kind: str, image_folder: str = "") -> BenchmarkData:
+    """An ARO VG-Relation / VG-Attribution file: the image cropped to the bbox, as ARO does; captions [false, true].
+
+    The type is the relation, or the attribute pair `<a1>_<a2>` (ARO's `all_attributes`).
+    """
     items, skips = [], Counter()
     keys = ("image_path", "true_caption", "false_caption", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
     type_key = "relation_name" if kind == "relation" else "attributes"
-    for rec in _records(os.path.join(root, annotation), list):
+    for rec in _records(path, list):
         if not rec.has(*keys, type_key):
             skips["record_missing_keys"] += 1
             continue
@@ -99,19 +139,23 @@ def _read_aro_vg(root: str, annotation: str, kind: str) -> BenchmarkData:
             attributes = rec.texts("attributes")
             if len(attributes) < 2:
                 raise rec.error("attributes", f"holds {len(attributes)} attributes, expected two")
-            type_ = f"{attributes[0]}_{attributes[1]}"  # ARO's `all_attributes`
+            type_ = f"{attributes[0]}_{attributes[1]}"
         bbox = tuple(rec.number(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-        image = ImageRef(os.path.join("images", rec.text("image_path")), bbox)
-        items.append(ChoiceItem(rec.key, image, [rec.text("false_caption"), rec.text("true_caption")], 1, type_))
-    return BenchmarkData(root, items, skips)
+        image = ImageRef(os.path.join(image_folder, rec.text("image_path")), bbox)
+        pair_id = f"{rec.value.get('image_id', rec.key)}/{rec.key}"  # a record key alone repeats across files
+        items.append(ChoiceItem(rec.key, image, [rec.text("false_caption"), rec.text("true_caption")], 1, type_,
+                                {"pair_id": pair_id}))  # fmt: skip
+    return BenchmarkData(path, items, skips)
 
 
 def read_aro_relation(root: str) -> BenchmarkData:
-    return _read_aro_vg(root, "visual_genome_relation.json", "relation")
+    data = read_aro_file(os.path.join(root, "visual_genome_relation.json"), "relation", "images")
+    return BenchmarkData(root, data.items, data.parse_skips)
 
 
 def read_aro_attribution(root: str) -> BenchmarkData:
-    return _read_aro_vg(root, "visual_genome_attribution.json", "attribution")
+    data = read_aro_file(os.path.join(root, "visual_genome_attribution.json"), "attribution", "images")
+    return BenchmarkData(root, data.items, data.parse_skips)
 
 
 def _read_order(root: str, annotation: str, perturber: OrderPerturber | None = None) -> BenchmarkData:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ...data.hnc import TEST_SCHEMA, TRAIN_SCHEMA
 from . import protocols, readers
 
 SHAPES = ("2-way", "n-way", "winoground-2x2", "retrieval", "classification")
@@ -451,6 +452,18 @@ SUITES: dict[str, tuple[str, ...]] = {
     for suite in ("compositionality", "zeroshot", "retrieval")
 }
 SUITES["all"] = tuple(REGISTRY)
+
+# Files of a known layout, as `--task pairwise --data_file X` names them (X's layout detected by
+# `hnc_clip.evaluation.formats.detect_format`): layout -> reader(path) -> `BenchmarkData` of 2-way items whose image
+# paths are relative to `--image_dir`. The benchmarks above read their files with the same readers.
+FILE_LAYOUTS: dict[str, Callable] = {
+    TEST_SCHEMA: functools.partial(readers.read_hnc_file, schema=TEST_SCHEMA),
+    TRAIN_SCHEMA: functools.partial(readers.read_hnc_file, schema=TRAIN_SCHEMA),
+    "structure_clip": readers.read_structure_clip_file,
+    "sugarcrepe": readers.read_sugarcrepe_file,
+    "aro_vg_relation": functools.partial(readers.read_aro_file, kind="relation"),
+    "aro_vg_attribution": functools.partial(readers.read_aro_file, kind="attribution"),
+}
 
 
 def registry_listing() -> str:

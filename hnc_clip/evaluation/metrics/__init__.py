@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 METRICS_DIR = os.path.dirname(os.path.abspath(__file__))
-METRIC_NAMES = ("caption_selection", "group_score", "hard_negative_accuracy", "retrieval_recall", "zeroshot_accuracy")
+METRIC_NAMES = ("caption_selection", "group_score", "retrieval_recall", "zeroshot_accuracy")
 
 
 def metric_path(name: str) -> str:
