@@ -549,7 +549,7 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
         self._check_loss_flags()
         self._check_watch_flags()
-        from .trainer import SDPA_BACKENDS
+        from .attention import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:

@@ -27,10 +27,10 @@ import shutil
 
 import torch
 import torch.distributed as dist
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
 from .data.hnc import PAIR_COLUMNS
 from .data.stream import StreamLoader, StreamStateError, TrainingStream
@@ -56,32 +56,6 @@ COUNTS = (*PROCESS_COUNTS, "nonfinite_steps", "skipped_steps")
 MIN_PAIRS_TO_JUDGE = 1000
 # Where a checkpoint keeps each process's position in a streamed training set (`StreamLoader.state_dict`).
 STREAM_STATE_DIR = "stream_state"
-# `--sdpa_backends` names → torch's SDPA backends.
-SDPA_BACKENDS = {
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "math": SDPBackend.MATH,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
-
-_SDPA_TAG = "|hnc-sdpa="
-
-
-def tag_compile_cache_with_sdpa_backends(backends) -> None:
-    """Make torch.compile's on-disk caches tell graphs traced under different `--sdpa_backends` apart.
-
-    The backend is chosen while a graph is traced, from the `sdpa_kernel` state around it; the FX-graph and
-    AOTAutograd caches key a graph by its code, not by that state. A graph cached by an earlier run (or an earlier
-    model in this process) under other backends would be reused without a word: on an H100 `--sdpa_backends math`
-    ran flash kernels (bench/RESULTS.md, run 8). torch.compiler.config.cache_key_tag enters every cache key, so it
-    carries the backends; a tag the user set is kept in front."""
-    config = torch.compiler.config
-    base = config.cache_key_tag.split(_SDPA_TAG)[0]
-    tag = f"{base}{_SDPA_TAG}{','.join(backends)}"
-    if config.cache_key_tag != tag:
-        config.cache_key_tag = tag
-
-
 logger = logging.getLogger(__name__)
 
 
@@ -372,8 +346,7 @@ class HncTrainer(Trainer):
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
         # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
-        tag_compile_cache_with_sdpa_backends(self.args.sdpa_backends)
-        stack.enter_context(sdpa_kernel([SDPA_BACKENDS[name] for name in self.args.sdpa_backends]))
+        stack.enter_context(attention_kernels(self.args.sdpa_backends))
         return stack
 
     def training_step(self, model, inputs, num_items_in_batch=None):
