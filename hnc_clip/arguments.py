@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .machine import apply_machine_defaults
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
@@ -289,9 +291,15 @@ class DataArguments:
         if self.mix_stopping_strategy not in stopping:
             raise ValueError(f"--mix_stopping_strategy must be one of {list(stopping)}, got "
                              f"{self.mix_stopping_strategy!r}")
-        from .data.sources import training_sources
+        from .data.sources import MAP_KINDS, training_sources
 
-        training_sources(self)  # each source and its weight are checked now, before any work
+        specs = training_sources(self)  # each source and its weight are checked now, before any work
+        if self.image_dir is None:  # HNC and tables name image files: refused before any conversion starts
+            joined = [f"{s.kind}:{s.location}" for s in specs if s.kind in MAP_KINDS]
+            joined += [f"--validation_file {self.validation_file}"] if self.validation_file else []
+            if joined:
+                raise ValueError(f"--image_dir is required: images are joined from it by file name (for "
+                                 f"{', '.join(joined)})")  # fmt: skip
         if self.negatives_from_captions:
             from .negatives.rules import parse_rules
 
@@ -443,16 +451,14 @@ class HncTrainingArguments(TrainingArguments):
         default=True,
         metadata={
             "help": "With --torch_compile: compile each repeated transformer block once and reuse it (accelerate's "
-            "regional compilation) instead of the whole CLIP graph: a far shorter compile for the same kernels. "
-            "Sets ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION."
+            "regional compilation) instead of the whole CLIP graph: a far shorter compile for the same kernels."
         },
     )
     compile_dynamic: bool = field(
         default=True,
         metadata={
             "help": "With --torch_compile: trace with symbolic batch and caption-length dimensions. Dynamic padding "
-            "changes the shapes every batch; static shapes would recompile for each new one. "
-            "Sets ACCELERATE_DYNAMO_USE_DYNAMIC."
+            "changes the shapes every batch; static shapes would recompile for each new one."
         },
     )
     peer_timeout: int = field(
@@ -484,7 +490,7 @@ class HncTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Kept False: the collator needs the caption and image columns."}
     )
     # Fast defaults (issue: "a user gets them without thinking"): unset means decided in __post_init__ from the
-    # machine (`fast_defaults`); any explicit value wins.
+    # machine (`hnc_clip.machine.fast_defaults`); any explicit value wins.
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Unset: on where the GPU supports it (and not --fp16/--use_cpu)."},
@@ -523,11 +529,7 @@ class HncTrainingArguments(TrainingArguments):
         # previous step's kernels to drain before the CPU may queue this step's, leaving the GPU idle meanwhile.
         default_accelerator_config = self.accelerator_config is None
         # What was decided from this machine rather than given: logged at start, recorded in the card and results.
-        self.machine_defaults = {}
-        for name, value in fast_defaults(self).items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-                self.machine_defaults[name] = value
+        self.machine_defaults = apply_machine_defaults(self)
         check_finite(self)
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.
         from .losses import LOSSES
@@ -561,10 +563,6 @@ class HncTrainingArguments(TrainingArguments):
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
-        if self.torch_compile:
-            # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
-            os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
-            os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"
 
     # (flag, low, high, low open, high open): the method's knobs, and the Trainer's that can poison weights.
     RANGES = (
@@ -672,44 +670,3 @@ class HncTrainingArguments(TrainingArguments):
     def _check_ranges(self) -> None:
         for flag, low, high, low_open, high_open in self.RANGES:
             check_range(flag, getattr(self, flag), low, high, low_open, high_open)
-
-
-def describe_machine_defaults(args) -> str:
-    """One line: the settings this machine decided (flags left unset), for the log at start."""
-    chosen = getattr(args, "machine_defaults", {})
-    if not chosen:
-        return "machine-dependent defaults: none (every such flag was given)"
-    values = ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in chosen.items())
-    return f"machine-dependent defaults (flags left unset, decided on this machine; give a flag to fix it): {values}"
-
-
-# `bool | None` fields that `--flag` alone sets to true (`run_hnc_clip.make_parser` makes the value optional).
-TRI_STATE_FLAGS = ("bf16", "dataloader_persistent_workers")
-
-
-def fast_defaults(
-    args, cuda_bf16: bool | None = None, cpus: int | None = None, local_world_size: int | None = None
-) -> dict:
-    """The machine-dependent defaults of `HncTrainingArguments` (`bf16`, `dataloader_num_workers`,
-    `dataloader_persistent_workers`, `sdpa_backends`) for the fields left unset. Workers only help when a GPU
-    computes: on a CPU-only run they would take cores from the model. One core per process is left to the training
-    loop, which launches the kernels. The keyword arguments stand in for the machine in tests."""
-    import torch
-
-    gpu = not args.use_cpu and torch.cuda.is_available()
-    if cuda_bf16 is None:
-        cuda_bf16 = gpu and torch.cuda.is_bf16_supported()
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if local_world_size is None:
-        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
-    workers = args.dataloader_num_workers
-    if workers is None:
-        workers = max(0, min(8, cpus // max(1, local_world_size) - 1)) if gpu or cuda_bf16 else 0
-    return {
-        "bf16": bool(cuda_bf16 and not args.fp16),
-        "dataloader_num_workers": workers,
-        "dataloader_persistent_workers": workers > 0,
-        # Flash left out on a GPU: see the field's help (measured). A CPU keeps PyTorch's own choice.
-        "sdpa_backends": ["efficient", "math"] if gpu or cuda_bf16 else ["flash", "efficient", "math"],
-    }

@@ -116,6 +116,14 @@ class HncTrainer(Trainer):
         if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
 
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        # --compile_regions / --compile_dynamic go into accelerate's plugin here: parsing writes no environment.
+        args = super()._build_accelerator_args(**kwargs)
+        plugin = args.get("dynamo_plugin")
+        if plugin is not None and self.args.torch_compile:
+            plugin.use_regional_compilation, plugin.dynamic = self.args.compile_regions, self.args.compile_dynamic
+        return args
+
     @property
     def run_totals(self) -> dict[str, float]:
         """This train() call's counts, summed over processes (`MetricLedger.totals`)."""
