@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .loss_config import LossConfig
 from .machine import apply_machine_defaults
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -197,7 +198,7 @@ class DataArguments:
     caption_parser: str = field(
         default="spacy:en_core_web_sm",
         metadata={
-            "help": "What the rules parse captions with: `spacy:NAME_OR_PATH` (pip install \"hnc-clip[negatives]\"; "
+            "help": 'What the rules parse captions with: `spacy:NAME_OR_PATH` (pip install "hnc-clip[negatives]"; '
             "python -m spacy download en_core_web_sm) or `lexicon:words.json` (word → part of speech)."
         },
     )
@@ -289,8 +290,9 @@ class DataArguments:
         check_range("shuffle_buffer_size", self.shuffle_buffer_size, low=0)
         stopping = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
         if self.mix_stopping_strategy not in stopping:
-            raise ValueError(f"--mix_stopping_strategy must be one of {list(stopping)}, got "
-                             f"{self.mix_stopping_strategy!r}")
+            raise ValueError(
+                f"--mix_stopping_strategy must be one of {list(stopping)}, got {self.mix_stopping_strategy!r}"
+            )
         from .data.sources import MAP_KINDS, training_sources
 
         specs = training_sources(self)  # each source and its weight are checked now, before any work
@@ -317,7 +319,8 @@ class HncTrainingArguments(TrainingArguments):
         },
     )
     hard_negative_weight: float = field(
-        default=1.0, metadata={"help": "λ: weight of the hard-negative term (where a schedule ends)."}
+        default=LossConfig.hard_negative_weight,
+        metadata={"help": "λ: weight of the hard-negative term (where a schedule ends)."},
     )
     hard_negative_schedule: str = field(
         default="constant",
@@ -333,67 +336,95 @@ class HncTrainingArguments(TrainingArguments):
     hard_negative_step_size: float = field(default=0.1, metadata={"help": "`step`: λ increase per stair."})
     hard_negative_step_every: int = field(default=100, metadata={"help": "`step`: optimizer steps per stair."})
     l2_reg_weight: float = field(
-        default=0.0,
+        default=LossConfig.l2_reg_weight,
         metadata={"help": "λ_reg of λ_reg·‖θ−θ₀‖², a pull of the trainable parameters towards the start (any loss)."},
     )
-    kl_weight: float = field(default=1.0, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."})
-    kl_temperature: float = field(default=1.0, metadata={"help": "`kl_teacher`: softmax temperature of the KL."})
-    dpo_beta: float = field(default=0.1, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."})
+    kl_weight: float = field(
+        default=LossConfig.kl_weight, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."}
+    )
+    kl_temperature: float = field(
+        default=LossConfig.kl_temperature, metadata={"help": "`kl_teacher`: softmax temperature of the KL."}
+    )
+    dpo_beta: float = field(
+        default=LossConfig.dpo_beta, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."}
+    )
     dpo_contrastive_weight: float = field(
-        default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
+        default=LossConfig.dpo_contrastive_weight,
+        metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."},
     )
     fsc_focal_gamma: float = field(
-        default=2.0,
-        metadata={"help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
-                          "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."},
+        default=LossConfig.fsc_focal_gamma,
+        metadata={
+            "help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
+            "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."
+        },
     )
     fsc_label_smoothing: float = field(
-        default=0.02,
-        metadata={"help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
-                          "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."},
+        default=LossConfig.fsc_label_smoothing,
+        metadata={
+            "help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
+            "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."
+        },
     )
     fsc_local_weight: float = field(
         default=0.0,
-        metadata={"help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
-                          "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
-                          "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
-                          "GradCache). Any value but 0 is refused."},
+        metadata={
+            "help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
+            "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
+            "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
+            "GradCache). Any value but 0 is refused."
+        },
     )
     ce_clip_imc_weight: float = field(
-        default=0.2, metadata={"help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
-                                       "the hard negatives in text space; the authors' default 0.2)."},
+        default=LossConfig.ce_clip_imc_weight,
+        metadata={
+            "help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
+            "the hard negatives in text space; the authors' default 0.2)."
+        },
     )
     ce_clip_cmr_weight: float = field(
-        default=0.2, metadata={"help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the "
-                                       "authors' default 0.2)."},
+        default=LossConfig.ce_clip_cmr_weight,
+        metadata={
+            "help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the authors' default 0.2)."
+        },
     )
     ce_clip_threshold_max: float = field(
-        default=10.0, metadata={"help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
-                                          "authors' --upper-bound, default 10)."},
+        default=LossConfig.ce_clip_threshold_max,
+        metadata={
+            "help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
+            "authors' --upper-bound, default 10)."
+        },
     )
     eval_benchmarks: list[str] | None = field(
         default=None,
-        metadata={"help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
-                          "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
-                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
-                          "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
-                          "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
-                          "(hnc_clip/evaluation/watch.py)."},
+        metadata={
+            "help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
+            "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
+            "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
+            "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
+            "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
+            "(hnc_clip/evaluation/watch.py)."
+        },
     )
     objective_metric: str | None = field(
         default=None,
-        metadata={"help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
-                          "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
-                          "logged as eval_objective; --metric_for_best_model objective picks by it."},
+        metadata={
+            "help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
+            "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
+            "logged as eval_objective; --metric_for_best_model objective picks by it."
+        },
     )
     objective_floor_metric: str | None = field(
         default=None,
-        metadata={"help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
-                          "value falls more than --objective_floor_margin below the starting model's (measured by "
-                          "--eval_on_start, which this needs) scores its objective − 1."},
+        metadata={
+            "help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
+            "value falls more than --objective_floor_margin below the starting model's (measured by "
+            "--eval_on_start, which this needs) scores its objective − 1."
+        },
     )
     objective_floor_margin: float = field(
-        default=0.01, metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
+        default=0.01,
+        metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
     )
     max_logit_scale: float | None = field(
         default=None,
@@ -407,7 +438,7 @@ class HncTrainingArguments(TrainingArguments):
         metadata={"help": "Under DDP/DeepSpeed gather embeddings from all processes (global negatives)."},
     )
     mask_same_image: bool = field(
-        default=True,
+        default=LossConfig.mask_same_image,
         metadata={"help": "Mask logits between different pairs of the same image (they are not negatives)."},
     )
     group_by_image: int = field(

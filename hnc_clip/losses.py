@@ -53,6 +53,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .loss_config import LossConfig
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs
 
@@ -104,26 +106,6 @@ class LossInputs:
     share: torch.Tensor | None = None
     # SigLIP's learned bias b of the sigmoid logits s·⟨i, t⟩ + b (0-dim); None for CLIP.
     logit_bias: torch.Tensor | None = None
-
-
-@dataclass
-class LossConfig:
-    hard_negative_weight: float = 1.0  # λ (the trainer passes the scheduled value each step)
-    l2_reg_weight: float = 0.0
-    kl_weight: float = 1.0
-    kl_temperature: float = 1.0
-    dpo_beta: float = 0.1
-    dpo_contrastive_weight: float = 1.0
-    mask_same_image: bool = True
-    fsc_focal_gamma: float = 2.0  # γ of FSC-CLIP's hard-negative focal term
-    fsc_label_smoothing: float = 0.02  # ε of FSC-CLIP's smoothed hard-negative targets
-    ce_clip_imc_weight: float = 0.2  # CE-CLIP's intra-modal contrast
-    ce_clip_cmr_weight: float = 0.2  # CE-CLIP's cross-modal rank term
-    ce_clip_threshold_max: float = 10.0  # CE-CLIP's clamp of its adaptive thresholds
-    # Values a loss carries from one training step to the next (CE-CLIP's thresholds, detached tensors), read and
-    # written by the loss. The trainer keeps one dict per run and passes a copy at evaluation, which then reads them
-    # without moving them. None: every call starts from the initial values and records nothing.
-    state: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

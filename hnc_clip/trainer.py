@@ -231,23 +231,8 @@ class HncTrainer(Trainer):
     def loss_config(self, training: bool = True) -> LossConfig:
         """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
         from a copy, so an evaluation does not move it."""
-        a = self.args
         state = self.loss_state
-        return LossConfig(
-            hard_negative_weight=self.current_hard_negative_weight(),
-            l2_reg_weight=a.l2_reg_weight,
-            kl_weight=a.kl_weight,
-            kl_temperature=a.kl_temperature,
-            dpo_beta=a.dpo_beta,
-            dpo_contrastive_weight=a.dpo_contrastive_weight,
-            mask_same_image=a.mask_same_image,
-            fsc_focal_gamma=a.fsc_focal_gamma,
-            fsc_label_smoothing=a.fsc_label_smoothing,
-            ce_clip_imc_weight=a.ce_clip_imc_weight,
-            ce_clip_cmr_weight=a.ce_clip_cmr_weight,
-            ce_clip_threshold_max=a.ce_clip_threshold_max,
-            state=state if training else dict(state),
-        )
+        return LossConfig.from_args(self.args, self.current_hard_negative_weight(), state if training else dict(state))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
