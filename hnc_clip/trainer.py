@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
-from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pop_counts
+from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of, pop_counts
 from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
 from .evaluation.watch import FLOOR_FILE, BenchmarkWatch, Objective, load_floor, parse_watches, save_floor
 from .families import ModelFamily, family_of
@@ -298,15 +298,16 @@ class HncTrainer(Trainer):
         return metrics
 
     def _prepare_inputs(self, inputs):
-        # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
-        # must stay float32 (bf16 would shift every pixel by up to 0.4 %), so they go to the device uncast.
-        affine = inputs.pop("pixel_affine", None) if isinstance(inputs, dict) else None
         inputs = super()._prepare_inputs(inputs)
-        if affine is not None:
-            # non_blocking, as the Trainer copies the rest of the batch: a blocking host-to-device copy may wait for
-            # the GPU queue. Safe: from pinned memory the caching host allocator keeps the source alive until the copy
-            # is done, and from pageable memory CUDA stages it before returning.
-            inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32, non_blocking=True)
+        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+        if pixels is not None and not torch.is_floating_point(pixels):
+            # uint8 pixels: the collator's normalisation constants, sent to the device once, after the Trainer's
+            # cast of float inputs (bf16 under DeepSpeed would shift every pixel by up to 0.4 %)
+            if getattr(self, "_pixel_affine", None) is None:
+                affine = pixel_affine_of(self.data_collator)
+                self._pixel_affine = None if affine is None else affine.to(self.args.device)
+            if self._pixel_affine is not None:
+                inputs["pixel_affine"] = self._pixel_affine
         return inputs
 
     def _gradcache_step(self, model, inputs) -> torch.Tensor:

@@ -4,6 +4,9 @@ repeats (`HncBatch` holds the keys)."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from .hnc import PAIR_COLUMNS
 from .table import TABLE_COLUMNS, HardImagePairs
 
@@ -17,6 +20,15 @@ def pairs_per_batch(dataset, batch_size: int) -> int:
     """Pairs a full batch of `batch_size` rows holds: a table's hard-image negatives come as further pairs
     (`HardImagePairs`), so such a batch holds up to twice its rows."""
     return 2 * batch_size if isinstance(dataset, HardImagePairs) else batch_size
+
+
+def pixel_affine_of(collator) -> torch.Tensor | None:
+    """The [2, 3] float32 (a; b) that normalises uint8 pixels (`HncCollator.pixel_affine`, through the collators
+    that wrap one), or None: the same for every batch, so no batch carries it."""
+    while collator is not None and not hasattr(collator, "pixel_affine"):
+        collator = getattr(collator, "collator", None)
+    affine = getattr(collator, "pixel_affine", None)
+    return None if affine is None else torch.as_tensor(np.stack(affine), dtype=torch.float32)
 
 
 def pop_counts(batch: dict) -> dict:
