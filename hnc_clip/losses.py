@@ -650,6 +650,14 @@ def loss_components(
 
 
 @torch.no_grad()
+def loss_for_family(loss_type: str, family):
+    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
+    try:
+        return LOSSES[loss_type].for_contrastive(family.contrastive)
+    except ValueError as err:
+        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
+
+
 def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
     """Mean cosine of each image to its positive, its hard negative and other images' positives; margin; accuracy.
 
@@ -686,3 +694,15 @@ def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
             stats.update(cos_hard_negative=mean(neg), margin=mean(pos[None] - neg),
                          hard_negative_accuracy=mean((pos[None] > neg).float()))  # fmt: skip
     return stats
+
+
+def step_metrics(components: dict, local: Embeddings, cfg: LossConfig, logit_scale) -> dict:
+    """What a step logs as means, as (device) tensors: nothing here waits for the GPU."""
+    metrics = dict(components)
+    metrics.update(similarity_stats(local))
+    metrics["hard_negative_weight"] = cfg.hard_negative_weight
+    metrics["logit_scale"] = logit_scale
+    thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
+    if thresholds is not None:
+        metrics["ce_clip_threshold"] = thresholds.mean()
+    return metrics

@@ -31,42 +31,19 @@ from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
 from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of, pop_counts
 from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
-from .evaluation.watch import FLOOR_FILE, BenchmarkWatch, Objective, load_floor, parse_watches, save_floor
-from .families import ModelFamily, family_of
+from .engines import check_parallelism
+from .families import family_of
 from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
 from .ledger import MetricLedger
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
+from .losses import LossConfig, LossInputs, LossSpec, loss_components, loss_for_family, step_metrics, total_loss
 from .modeling import LogitScaleTap
+from .objective import EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .resume import check_resumable, describe_key_mismatch, refuse
 from .schedules import SCHEDULES
 
 logger = logging.getLogger(__name__)
-
-
-def loss_for_family(loss_type: str, family: ModelFamily):
-    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
-    try:
-        return LOSSES[loss_type].for_contrastive(family.contrastive)
-    except ValueError as err:
-        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
-
-
-class UnsupportedParallelismError(ValueError):
-    """A distributed engine this recipe does not support (yet)."""
-
-
-def check_parallelism(trainer) -> None:
-    """Refuse FSDP up front, naming what works, instead of a stack trace from inside `accelerator.prepare`."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        raise UnsupportedParallelismError(
-            "FSDP is not supported: FSDP2's fully_shard refuses CLIP's 0-dim `logit_scale` parameter "
-            "(\"fully_shard doesn't support scalar parameters\"; seen with torch 2.11 on an H200), and changing its "
-            "shape would break loading the checkpoint as a CLIPModel. Use DDP (accelerate_configs/multi_gpu.yaml) or "
-            "DeepSpeed ZeRO-2/3 (accelerate_configs/zero2.yaml, zero3.yaml), which shard optimizer state and "
-            "parameters too."
-        )
 
 
 class HncTrainer(Trainer):
@@ -108,13 +85,8 @@ class HncTrainer(Trainer):
             self.sigterm.save = self.args.save_on_sigterm
             self.add_callback(self.sigterm)
         check_parallelism(self)
-        self.benchmark_watch = self._benchmark_watch()
         # (not `self.objective`: the Trainer's hyper-parameter search keeps a trial's number there)
-        self.checkpoint_objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
-                                   self.args.objective_floor_margin) if self.args.objective_metric else None
-        self.floor_minimum: float | None = None  # the objective's floor, from the starting model
-        if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
-            raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
+        self.eval_extras = EvaluationExtras(self.args, self.processing_class, self.is_deepspeed_enabled)
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         # --compile_regions / --compile_dynamic go into accelerate's plugin here: parsing writes no environment.
@@ -251,7 +223,7 @@ class HncTrainer(Trainer):
         loss = total_loss(components, inp)
         rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
         self.ledger.add(mode, "pairs", rows)
-        metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale)
+        metrics = step_metrics(components, inp.local, cfg, inp.logit_scale)
         if model.training:  # settled in training_step, after the backward is launched
             all_rows = inp.rows.sum() if inp.rows is not None else rows
             self.step_guard.hold(loss, components, metrics, rows / self._block(True), all_rows)
@@ -284,18 +256,6 @@ class HncTrainer(Trainer):
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
         return self.step_guard.settle(loss)
-
-    @staticmethod
-    def _step_metrics(components, local: Embeddings, cfg: LossConfig, logit_scale) -> dict:
-        """What a step logs as means, as (device) tensors: nothing here waits for the GPU."""
-        metrics = dict(components)
-        metrics.update(similarity_stats(local))
-        metrics["hard_negative_weight"] = cfg.hard_negative_weight
-        metrics["logit_scale"] = logit_scale
-        thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
-        if thresholds is not None:
-            metrics["ce_clip_threshold"] = thresholds.mean()
-        return metrics
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
@@ -340,7 +300,7 @@ class HncTrainer(Trainer):
             )
         rows = inputs.get("real_rows", len(local))
         self.ledger.add("train", "pairs", rows)
-        metrics = self._step_metrics(components, local, cfg, scale)
+        metrics = step_metrics(components, local, cfg, scale)
         self.step_guard.hold(loss, components, metrics, rows / self._block(True),
                              all_rows.sum() if all_rows is not None else rows)  # fmt: skip
         return loss / self.current_gradient_accumulation_steps
@@ -353,16 +313,6 @@ class HncTrainer(Trainer):
 
     # -- what an evaluation also scores, and the objective -----------------------------------------------------
 
-    def _benchmark_watch(self) -> BenchmarkWatch | None:
-        if not self.args.eval_benchmarks:
-            return None
-        if self.is_deepspeed_enabled:  # the watch runs the unwrapped model: ZeRO-3 shards its weights
-            raise ValueError("--eval_benchmarks run the model outside the engine: not under DeepSpeed (use DDP)")
-        if self.processing_class is None:
-            raise ValueError("--eval_benchmarks need the model's processor (HncTrainer(processing_class=...))")
-        return BenchmarkWatch(parse_watches(self.args.eval_benchmarks), self.processing_class,
-                              self.args.per_device_eval_batch_size, self.args.seed)  # fmt: skip
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
         merged into the returned metrics (what --metric_for_best_model reads) and logged."""
@@ -372,36 +322,12 @@ class HncTrainer(Trainer):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self._evaluating = not outer
-        goal = self.checkpoint_objective
-        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and goal is None):
+        if not outer or metric_key_prefix != "eval" or not self.eval_extras.active:
             return metrics
-        extra = {}
-        if self.benchmark_watch is not None:
-            # every process scores the whole benchmark (the same numbers everywhere, which the checkpoint choice
-            # on each process needs)
-            extra = {f"eval_{k}": v for k, v in self.benchmark_watch(self.model).items()}
-        if goal is not None:
-            extra.update(goal.values({**metrics, **extra}, self._floor({**metrics, **extra})))
+        extra = self.eval_extras(metrics, self.model, self.state.global_step)
         metrics.update(extra)
         self.log(extra)
         return metrics
-
-    def _floor(self, metrics: dict) -> float | None:
-        """The objective's floor: from the start evaluation (step 0, saved for a resumed run), else that file."""
-        goal = self.checkpoint_objective
-        if goal.floor_metric is None:
-            return None
-        if self.state.global_step == 0:
-            self.floor_minimum = goal.floor_minimum(metrics)
-            if self.args.should_save:
-                os.makedirs(self.args.output_dir, exist_ok=True)
-                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + goal.floor_margin)
-        if self.floor_minimum is None:
-            self.floor_minimum = load_floor(self.args.output_dir)
-        if self.floor_minimum is None:
-            raise RuntimeError(f"--objective_floor_metric: no starting value (the --eval_on_start evaluation at step 0"
-                               f", or {self.args.output_dir}/{FLOOR_FILE} of the run being resumed)")  # fmt: skip
-        return self.floor_minimum
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

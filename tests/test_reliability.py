@@ -220,7 +220,7 @@ def test_no_unsafe_deserialisation_in_project_code():
 def test_fsdp_is_refused_with_what_works_instead():
     from types import SimpleNamespace
 
-    from hnc_clip.trainer import UnsupportedParallelismError, check_parallelism
+    from hnc_clip.engines import UnsupportedParallelismError, check_parallelism
 
     with pytest.raises(UnsupportedParallelismError, match="logit_scale.*zero2.yaml, zero3.yaml"):
         check_parallelism(SimpleNamespace(is_fsdp_enabled=True))

@@ -284,7 +284,7 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
     # 4. The starting model's numbers set the floor
     base = trainer.evaluate()
     if goal:  # the trainer measured its floor on this evaluation of the start (step 0)
-        floor_minimum = trainer.floor_minimum
+        floor_minimum = trainer.eval_extras.floor_minimum
         logger.warning(f"starting model: {base['eval_objective_score']:.4f} ({training_args.objective_metric}); "
                        f"floor {floor_minimum}")  # fmt: skip
     else:
