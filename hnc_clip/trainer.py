@@ -1,19 +1,20 @@
-"""`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It overrides little:
+"""`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It holds only its overrides:
 
-- `compute_loss`: one forward of the model over images and [positives; hard negatives], gather across processes,
-  pick the loss from `LOSSES`, record its components and similarity statistics. A batch without a readable image
-  is skipped with one process; with several, a placeholder pair weighted 0 keeps every process in the same
-  collectives (`hnc_clip.forward.placeholder_batch`);
-- `evaluation_loop`: the same loss at evaluation, averaged over the pairs actually scored (`eval_samples` counts
-  them), over all processes;
-- `log`: averages the recorded values since the last log (each weighted by the rows it stands for), so they reach
-  wandb/tensorboard via `report_to`; counts are summed over processes, and the run stops when more than
-  `--max_skipped_fraction` of its pairs or steps were skipped (`TooManySkippedError`), or when it trained on nothing
-  (`NothingTrainedError`);
-- `_save_checkpoint`: marks a checkpoint complete only once every process has written it, and says so when the
-  disk is full (`hnc_clip.output_dir`).
+- `compute_loss` / `training_step`: one forward of the model over images and [positives; hard negatives], gather
+  across processes, pick the loss from `LOSSES`; what a step logs goes to the `MetricLedger` (`hnc_clip.ledger`),
+  once `StepGuard` (`hnc_clip.callbacks`) has accepted the step. A batch without a readable image is skipped with
+  one process; with several, a placeholder pair weighted 0 keeps every process in the same collectives
+  (`hnc_clip.forward.placeholder_batch`);
+- `evaluation_loop` / `evaluate`: the same loss at evaluation, averaged over the pairs actually scored, then the
+  --eval_benchmarks and the objective (`hnc_clip.objective`);
+- `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
+  `report_to`; `StepGuard.check_run` stops a run that skipped too much;
+- the sampler and dataloaders (`--group_by_image`, streamed data resumed from its saved position), and the
+  checkpoint hooks: a checkpoint is marked complete only once every process has written it (`hnc_clip.output_dir`),
+  and one that does not fit the run is refused with its reason (`hnc_clip.resume`).
 
-The model is built in the entry script, not here (as trl's trainers take a ready model).
+What a batch holds is `hnc_clip.data.batches`'s to know; the attention kernels are `hnc_clip.attention`'s. The
+model is built in the entry script, not here (as trl's trainers take a ready model).
 """
 
 from __future__ import annotations
