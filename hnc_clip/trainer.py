@@ -41,7 +41,7 @@ from .losses import LossConfig, LossInputs, LossSpec, loss_components, loss_for_
 from .modeling import LogitScaleTap
 from .objective import EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
-from .resume import check_resumable, describe_key_mismatch, refuse
+from .resume import check_resumable, describe_key_mismatch, refuse, refused_on_error
 from .schedules import SCHEDULES
 
 logger = logging.getLogger(__name__)
@@ -394,18 +394,13 @@ class HncTrainer(Trainer):
         super()._issue_warnings_after_load(load_result)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        try:
+        # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
+        with refused_on_error(checkpoint, "its optimizer.pt / scheduler.pt do not fit this run", max_chars=300):
             super()._load_optimizer_and_scheduler(checkpoint)
-        except Exception as err:  # torch.load and load_state_dict fail in many ways: one line each
-            # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
-            raise refuse(checkpoint, f"its optimizer.pt / scheduler.pt do not fit this run "
-                                     f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
 
     def _load_rng_state(self, checkpoint) -> None:
-        try:
+        with refused_on_error(checkpoint, "its RNG state cannot be read"):
             super()._load_rng_state(checkpoint)
-        except Exception as err:  # as above
-            raise refuse(checkpoint, f"its RNG state cannot be read ({type(err).__name__}: {err})") from err
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
