@@ -28,7 +28,7 @@ import torch
 from torch.nn.attention import sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-from hnc_clip.trainer import SDPA_BACKENDS, tag_compile_cache_with_sdpa_backends  # the registry training uses
+from hnc_clip.attention import SDPA_BACKENDS, tag_compile_cache_with_sdpa_backends  # the registry training uses
 
 LAYERS = 12  # ViT-B/32 and its text tower both have 12
 

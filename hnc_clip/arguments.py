@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .loss_config import LossConfig
+from .machine import apply_machine_defaults
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
@@ -195,7 +198,7 @@ class DataArguments:
     caption_parser: str = field(
         default="spacy:en_core_web_sm",
         metadata={
-            "help": "What the rules parse captions with: `spacy:NAME_OR_PATH` (pip install \"hnc-clip[negatives]\"; "
+            "help": 'What the rules parse captions with: `spacy:NAME_OR_PATH` (pip install "hnc-clip[negatives]"; '
             "python -m spacy download en_core_web_sm) or `lexicon:words.json` (word → part of speech)."
         },
     )
@@ -287,11 +290,18 @@ class DataArguments:
         check_range("shuffle_buffer_size", self.shuffle_buffer_size, low=0)
         stopping = ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement")
         if self.mix_stopping_strategy not in stopping:
-            raise ValueError(f"--mix_stopping_strategy must be one of {list(stopping)}, got "
-                             f"{self.mix_stopping_strategy!r}")
-        from .data.sources import training_sources
+            raise ValueError(
+                f"--mix_stopping_strategy must be one of {list(stopping)}, got {self.mix_stopping_strategy!r}"
+            )
+        from .data.sources import MAP_KINDS, training_sources
 
-        training_sources(self)  # each source and its weight are checked now, before any work
+        specs = training_sources(self)  # each source and its weight are checked now, before any work
+        if self.image_dir is None:  # HNC and tables name image files: refused before any conversion starts
+            joined = [f"{s.kind}:{s.location}" for s in specs if s.kind in MAP_KINDS]
+            joined += [f"--validation_file {self.validation_file}"] if self.validation_file else []
+            if joined:
+                raise ValueError(f"--image_dir is required: images are joined from it by file name (for "
+                                 f"{', '.join(joined)})")  # fmt: skip
         if self.negatives_from_captions:
             from .negatives.rules import parse_rules
 
@@ -309,7 +319,8 @@ class HncTrainingArguments(TrainingArguments):
         },
     )
     hard_negative_weight: float = field(
-        default=1.0, metadata={"help": "λ: weight of the hard-negative term (where a schedule ends)."}
+        default=LossConfig.hard_negative_weight,
+        metadata={"help": "λ: weight of the hard-negative term (where a schedule ends)."},
     )
     hard_negative_schedule: str = field(
         default="constant",
@@ -325,67 +336,95 @@ class HncTrainingArguments(TrainingArguments):
     hard_negative_step_size: float = field(default=0.1, metadata={"help": "`step`: λ increase per stair."})
     hard_negative_step_every: int = field(default=100, metadata={"help": "`step`: optimizer steps per stair."})
     l2_reg_weight: float = field(
-        default=0.0,
+        default=LossConfig.l2_reg_weight,
         metadata={"help": "λ_reg of λ_reg·‖θ−θ₀‖², a pull of the trainable parameters towards the start (any loss)."},
     )
-    kl_weight: float = field(default=1.0, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."})
-    kl_temperature: float = field(default=1.0, metadata={"help": "`kl_teacher`: softmax temperature of the KL."})
-    dpo_beta: float = field(default=0.1, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."})
+    kl_weight: float = field(
+        default=LossConfig.kl_weight, metadata={"help": "`kl_teacher`: weight of the KL to the frozen model."}
+    )
+    kl_temperature: float = field(
+        default=LossConfig.kl_temperature, metadata={"help": "`kl_teacher`: softmax temperature of the KL."}
+    )
+    dpo_beta: float = field(
+        default=LossConfig.dpo_beta, metadata={"help": "`dpo`: β of −log σ(β[(s⁺−s⁺_ref)−(s⁻−s⁻_ref)])."}
+    )
     dpo_contrastive_weight: float = field(
-        default=1.0, metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."}
+        default=LossConfig.dpo_contrastive_weight,
+        metadata={"help": "`dpo`: weight of the CLIP contrastive term added to the DPO term (0: off)."},
     )
     fsc_focal_gamma: float = field(
-        default=2.0,
-        metadata={"help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
-                          "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."},
+        default=LossConfig.fsc_focal_gamma,
+        metadata={
+            "help": "`fsc_clip`: γ of the hard-negative focal term −(1−p)^γ log p (the authors' runs: 2; 0: "
+            "plain cross-entropy). Its weight is --hard_negative_weight (theirs: 0.5)."
+        },
     )
     fsc_label_smoothing: float = field(
-        default=0.02,
-        metadata={"help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
-                          "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."},
+        default=LossConfig.fsc_label_smoothing,
+        metadata={
+            "help": "`fsc_clip`: ε of the smoothed hard-negative targets: ε/(1+K) on each of a pair's K "
+            "negatives and on its positive, 1−ε more on the positive (the authors' runs: 0.02)."
+        },
     )
     fsc_local_weight: float = field(
         default=0.0,
-        metadata={"help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
-                          "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
-                          "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
-                          "GradCache). Any value but 0 is refused."},
+        metadata={
+            "help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
+            "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
+            "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
+            "GradCache). Any value but 0 is refused."
+        },
     )
     ce_clip_imc_weight: float = field(
-        default=0.2, metadata={"help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
-                                       "the hard negatives in text space; the authors' default 0.2)."},
+        default=LossConfig.ce_clip_imc_weight,
+        metadata={
+            "help": "`ce_clip`: weight of the intra-modal contrast (positive caption against "
+            "the hard negatives in text space; the authors' default 0.2)."
+        },
     )
     ce_clip_cmr_weight: float = field(
-        default=0.2, metadata={"help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the "
-                                       "authors' default 0.2)."},
+        default=LossConfig.ce_clip_cmr_weight,
+        metadata={
+            "help": "`ce_clip`: weight of the cross-modal rank loss relu(τ_k + s⁻ − s⁺) (the authors' default 0.2)."
+        },
     )
     ce_clip_threshold_max: float = field(
-        default=10.0, metadata={"help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
-                                          "authors' --upper-bound, default 10)."},
+        default=LossConfig.ce_clip_threshold_max,
+        metadata={
+            "help": "`ce_clip`: the adaptive thresholds τ_k are clamped to [0, this] (the "
+            "authors' --upper-bound, default 10)."
+        },
     )
     eval_benchmarks: list[str] | None = field(
         default=None,
-        metadata={"help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
-                          "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
-                          "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
-                          "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
-                          "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
-                          "(hnc_clip/evaluation/watch.py)."},
+        metadata={
+            "help": "What every evaluation (--eval_strategy, --eval_steps; --eval_on_start for the start) also "
+            "scores, logged to the reporters and trainer_state.json: NAME=zeroshot:IMAGE_FOLDER"
+            "[,classnames=F,templates=F,split=S,max=N] (eval_NAME_top1), NAME=hub:DATASET[,split=S,"
+            "image=COL,label=COL,max=N] (a datasets/Hub set, the same) or NAME=pairs:PAIR_FILE,"
+            "images=DIR[,types=a+b,max=N] (eval_NAME_accuracy); max=N: a fixed random subset "
+            "(hnc_clip/evaluation/watch.py)."
+        },
     )
     objective_metric: str | None = field(
         default=None,
-        metadata={"help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
-                          "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
-                          "logged as eval_objective; --metric_for_best_model objective picks by it."},
+        metadata={
+            "help": "The relational score checkpoints are chosen for (an evaluation metric, e.g. "
+            "relational_accuracy from --eval_benchmarks or the Trainer's hard_negative_accuracy): "
+            "logged as eval_objective; --metric_for_best_model objective picks by it."
+        },
     )
     objective_floor_metric: str | None = field(
         default=None,
-        metadata={"help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
-                          "value falls more than --objective_floor_margin below the starting model's (measured by "
-                          "--eval_on_start, which this needs) scores its objective − 1."},
+        metadata={
+            "help": "The recognition floor of --objective_metric (e.g. recognition_top1): a checkpoint whose "
+            "value falls more than --objective_floor_margin below the starting model's (measured by "
+            "--eval_on_start, which this needs) scores its objective − 1."
+        },
     )
     objective_floor_margin: float = field(
-        default=0.01, metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
+        default=0.01,
+        metadata={"help": "How far below its starting value --objective_floor_metric may fall."},
     )
     max_logit_scale: float | None = field(
         default=None,
@@ -399,7 +438,7 @@ class HncTrainingArguments(TrainingArguments):
         metadata={"help": "Under DDP/DeepSpeed gather embeddings from all processes (global negatives)."},
     )
     mask_same_image: bool = field(
-        default=True,
+        default=LossConfig.mask_same_image,
         metadata={"help": "Mask logits between different pairs of the same image (they are not negatives)."},
     )
     group_by_image: int = field(
@@ -443,16 +482,14 @@ class HncTrainingArguments(TrainingArguments):
         default=True,
         metadata={
             "help": "With --torch_compile: compile each repeated transformer block once and reuse it (accelerate's "
-            "regional compilation) instead of the whole CLIP graph: a far shorter compile for the same kernels. "
-            "Sets ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION."
+            "regional compilation) instead of the whole CLIP graph: a far shorter compile for the same kernels."
         },
     )
     compile_dynamic: bool = field(
         default=True,
         metadata={
             "help": "With --torch_compile: trace with symbolic batch and caption-length dimensions. Dynamic padding "
-            "changes the shapes every batch; static shapes would recompile for each new one. "
-            "Sets ACCELERATE_DYNAMO_USE_DYNAMIC."
+            "changes the shapes every batch; static shapes would recompile for each new one."
         },
     )
     peer_timeout: int = field(
@@ -484,7 +521,7 @@ class HncTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Kept False: the collator needs the caption and image columns."}
     )
     # Fast defaults (issue: "a user gets them without thinking"): unset means decided in __post_init__ from the
-    # machine (`fast_defaults`); any explicit value wins.
+    # machine (`hnc_clip.machine.fast_defaults`); any explicit value wins.
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Unset: on where the GPU supports it (and not --fp16/--use_cpu)."},
@@ -523,11 +560,7 @@ class HncTrainingArguments(TrainingArguments):
         # previous step's kernels to drain before the CPU may queue this step's, leaving the GPU idle meanwhile.
         default_accelerator_config = self.accelerator_config is None
         # What was decided from this machine rather than given: logged at start, recorded in the card and results.
-        self.machine_defaults = {}
-        for name, value in fast_defaults(self).items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-                self.machine_defaults[name] = value
+        self.machine_defaults = apply_machine_defaults(self)
         check_finite(self)
         # Imported here: registries live beside the code they name, and args must stay importable cheaply.
         from .losses import LOSSES
@@ -549,7 +582,7 @@ class HncTrainingArguments(TrainingArguments):
             raise ValueError("--gradcache_chunk_size does not support --l2_reg_weight > 0 yet")
         self._check_loss_flags()
         self._check_watch_flags()
-        from .trainer import SDPA_BACKENDS
+        from .attention import SDPA_BACKENDS
 
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
@@ -561,10 +594,6 @@ class HncTrainingArguments(TrainingArguments):
         super().__post_init__()
         if default_accelerator_config and self.dataloader_pin_memory:
             self.accelerator_config.non_blocking = True
-        if self.torch_compile:
-            # Read by accelerate's TorchDynamoPlugin, which the Trainer builds from these arguments.
-            os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "1" if self.compile_regions else "0"
-            os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] = "1" if self.compile_dynamic else "0"
 
     # (flag, low, high, low open, high open): the method's knobs, and the Trainer's that can poison weights.
     RANGES = (
@@ -672,44 +701,3 @@ class HncTrainingArguments(TrainingArguments):
     def _check_ranges(self) -> None:
         for flag, low, high, low_open, high_open in self.RANGES:
             check_range(flag, getattr(self, flag), low, high, low_open, high_open)
-
-
-def describe_machine_defaults(args) -> str:
-    """One line: the settings this machine decided (flags left unset), for the log at start."""
-    chosen = getattr(args, "machine_defaults", {})
-    if not chosen:
-        return "machine-dependent defaults: none (every such flag was given)"
-    values = ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in chosen.items())
-    return f"machine-dependent defaults (flags left unset, decided on this machine; give a flag to fix it): {values}"
-
-
-# `bool | None` fields that `--flag` alone sets to true (`run_hnc_clip.make_parser` makes the value optional).
-TRI_STATE_FLAGS = ("bf16", "dataloader_persistent_workers")
-
-
-def fast_defaults(
-    args, cuda_bf16: bool | None = None, cpus: int | None = None, local_world_size: int | None = None
-) -> dict:
-    """The machine-dependent defaults of `HncTrainingArguments` (`bf16`, `dataloader_num_workers`,
-    `dataloader_persistent_workers`, `sdpa_backends`) for the fields left unset. Workers only help when a GPU
-    computes: on a CPU-only run they would take cores from the model. One core per process is left to the training
-    loop, which launches the kernels. The keyword arguments stand in for the machine in tests."""
-    import torch
-
-    gpu = not args.use_cpu and torch.cuda.is_available()
-    if cuda_bf16 is None:
-        cuda_bf16 = gpu and torch.cuda.is_bf16_supported()
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if local_world_size is None:
-        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
-    workers = args.dataloader_num_workers
-    if workers is None:
-        workers = max(0, min(8, cpus // max(1, local_world_size) - 1)) if gpu or cuda_bf16 else 0
-    return {
-        "bf16": bool(cuda_bf16 and not args.fp16),
-        "dataloader_num_workers": workers,
-        "dataloader_persistent_workers": workers > 0,
-        # Flash left out on a GPU: see the field's help (measured). A CPU keeps PyTorch's own choice.
-        "sdpa_backends": ["efficient", "math"] if gpu or cuda_bf16 else ["flash", "efficient", "math"],
-    }

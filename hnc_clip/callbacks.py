@@ -1,7 +1,8 @@
 """The recipe's `TrainerCallback`s: the logit-scale clamp, SIGTERM handling, and `StepGuard`.
 
 `StepGuard` applies an optimizer step only when its loss **and its gradients** are finite and some process had a
-readable pair, without making the CPU wait for the GPU.
+readable pair, without making the CPU wait for the GPU; and stops the run when it skipped too much
+(`--max_skipped_fraction`, `--max_nonfinite_steps`).
 
 A step's loss lives on the device. Reading it on the host (`.item()`) stalls the CPU until the GPU has finished
 the backward, and then the GPU idles while the CPU queues the optimizer step and the next forward: on an H100 at
@@ -36,10 +37,13 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from .errors import RunAbortedError
+from .errors import NothingTrainedError, RunAbortedError, TooManySkippedError
 from .modeling import unwrap_clip
 
 logger = logging.getLogger(__name__)
+# As training goes, the share of skipped pairs is judged once this many pairs were seen (else only a count that
+# already exceeds the bound for the whole run stops it): a few unlucky early batches are not evidence.
+MIN_PAIRS_TO_JUDGE = 1000
 
 
 class ClampLogitScale(TrainerCallback):
@@ -129,9 +133,17 @@ def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
+def zero_loss(model) -> torch.Tensor:
+    """A loss with zero gradient for every trainable parameter, for a step that is skipped: backward stays cheap and
+    harmless, DDP sees every parameter used, and StepGuard then drops the update."""
+    return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+
 class StepGuard(TrainerCallback):
-    """Decides, per optimizer step, whether the update is applied (see the module docstring). `check` is called by
-    the trainer once per micro-step, after its backward is queued; `note_rows` for a micro-step without a forward."""
+    """Decides, per optimizer step, whether the update is applied (see the module docstring), and per log whether
+    the run goes on (`check_run`). The trainer hands each training micro-step's loss over (`hold`) and settles it
+    after its backward is queued (`settle`); `note_rows` counts a micro-step without a forward. What a step logs
+    goes to the trainer's `ledger` only if the step is applied."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -140,6 +152,7 @@ class StepGuard(TrainerCallback):
         self._rows = None  # real rows of this optimizer step on every process: a host int, or a device 0-dim tensor
         self._reports: list[tuple[int, str, list[str], torch.Tensor, torch.cuda.Event | None]] = []
         self._on_device: bool | None = None
+        self._pending: tuple | None = None  # a micro-step's (loss, components, metrics, weight, rows), until settled
 
     # -- which way ------------------------------------------------------------------------------------------------
 
@@ -164,6 +177,29 @@ class StepGuard(TrainerCallback):
     def note_rows(self, rows) -> None:
         """Add a micro-step's real rows (every process's: a device tensor under several processes)."""
         self._rows = rows if self._rows is None else self._rows + rows
+
+    def hold(self, loss: torch.Tensor, components: dict, metrics: dict, weight: float, rows) -> None:
+        """A training micro-step's loss, its components, what it logs (each value standing for `weight` of a full
+        batch) and its real rows on every process (see `note_rows`), until `settle`."""
+        self._pending = (loss, components, metrics, weight, rows)
+
+    def settle(self, step_loss: torch.Tensor) -> torch.Tensor:
+        """Record the held micro-step's metrics if its loss was finite on every process; else its optimizer step is
+        skipped and counted. Runs after the backward is queued; on the device path nothing here waits for the GPU
+        (a skipped step's metrics are masked out on the device)."""
+        if self._pending is None:  # unreadable batch, one process: already handled by the trainer
+            return step_loss
+        loss, components, metrics, weight, rows = self._pending
+        self._pending = None
+        ok = self.check(loss, components, self.trainer.state.global_step + 1, rows)  # 1-based, as logged
+        ledger = self.trainer.ledger
+        if torch.is_tensor(ok):  # 0-dim bool on the device
+            ledger.add_all("train", metrics, weight=weight, mask=ok)
+            return torch.where(ok, step_loss, 0.0)
+        if ok:
+            ledger.add_all("train", metrics, weight=weight)
+            return step_loss
+        return torch.zeros_like(step_loss)
 
     def check(
         self, loss: torch.Tensor, components: dict[str, torch.Tensor], step: int, rows=None
@@ -251,7 +287,7 @@ class StepGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         rows, self._rows = self._rows, None
         loss_bad, self._loss_bad = self._loss_bad, None
-        add = self.trainer._add
+        add = self.trainer.ledger.add
         params = [p for p in self.trainer.model.parameters() if p.grad is not None]
         if self.trainer.is_deepspeed_enabled:
             return
@@ -298,3 +334,42 @@ class StepGuard(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.read_reports()  # the last step's flags
+
+    # -- per log: does the run go on ---------------------------------------------------------------------------
+
+    def check_run(self, final: bool) -> None:
+        """Stop (`TooManySkippedError`) once more than `--max_skipped_fraction` of this run's pairs had no readable
+        image, or of its optimizer steps were skipped; at the end (`final`), also when no step was applied
+        (`NothingTrainedError`). As training goes, a share is judged only on enough evidence, or when the count
+        already passes the bound for the whole run. Every process holds the same totals (summed over processes,
+        `MetricLedger.totals`), so every one stops together."""
+        self.read_reports()  # a NonFiniteLossError names the real cause first
+        t = self.trainer
+        bound = t.args.max_skipped_fraction
+        totals = t.ledger.totals
+        images, pairs = totals["skipped_images"], totals["pairs"]
+        seen = images + pairs
+        steps = t.state.global_step - t._initial_global_step
+        planned = max(steps, t.state.max_steps - t._initial_global_step)
+        skipped = totals["skipped_steps"]
+        if final and steps > 0 and skipped >= steps:
+            raise NothingTrainedError(
+                f"no optimizer step of the {steps} was applied ({int(images):,} of {int(seen):,} pairs had no "
+                f"readable image, {int(totals['nonfinite_steps'])} steps were non-finite): the weights are the "
+                "starting model's, so nothing is saved. Check the images under --image_dir / --image_cache_dir "
+                "(the log names the first unreadable ones)"
+            )
+        planned_pairs = planned * t._train_batch_size * t.args.gradient_accumulation_steps * t.args.world_size
+        problems = []
+        if images > bound * (seen if final or seen >= MIN_PAIRS_TO_JUDGE else max(seen, planned_pairs)):
+            problems.append(f"{int(images):,} of {int(seen):,} pairs ({images / max(seen, 1):.1%}) had no readable "
+                            "image (missing, corrupt, too large or outside --image_dir)")  # fmt: skip
+        if skipped > bound * (steps if final else planned):
+            nonfinite = int(totals["nonfinite_steps"])
+            problems.append(f"{int(skipped)} of {steps} optimizer steps were skipped (no readable pair on any "
+                            f"process, or a non-finite loss or gradient: {nonfinite})")  # fmt: skip
+        if problems:
+            raise TooManySkippedError(
+                f"{'; '.join(problems)}: more than --max_skipped_fraction {bound}. Check the data (the log names "
+                "the first unreadable images), or raise --max_skipped_fraction"
+            )

@@ -19,7 +19,7 @@ def normalize_pixels(pixels: torch.Tensor, affine: torch.Tensor | None, dtype: t
     if torch.is_floating_point(pixels):
         return pixels
     if affine is None:
-        raise ValueError("uint8 pixel_values need the batch's `pixel_affine` (HncCollator(pixel_affine=...))")
+        raise ValueError("uint8 pixel_values need the inputs' `pixel_affine` (HncCollator(pixel_affine=...))")
     a, b = affine.float()[:, :, None, None]  # [3, 1, 1] each
     return (pixels.permute(0, 3, 1, 2).float() * a - b).to(dtype)
 

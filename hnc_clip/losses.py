@@ -53,6 +53,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .loss_config import LossConfig
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs
 
@@ -104,26 +106,6 @@ class LossInputs:
     share: torch.Tensor | None = None
     # SigLIP's learned bias b of the sigmoid logits s·⟨i, t⟩ + b (0-dim); None for CLIP.
     logit_bias: torch.Tensor | None = None
-
-
-@dataclass
-class LossConfig:
-    hard_negative_weight: float = 1.0  # λ (the trainer passes the scheduled value each step)
-    l2_reg_weight: float = 0.0
-    kl_weight: float = 1.0
-    kl_temperature: float = 1.0
-    dpo_beta: float = 0.1
-    dpo_contrastive_weight: float = 1.0
-    mask_same_image: bool = True
-    fsc_focal_gamma: float = 2.0  # γ of FSC-CLIP's hard-negative focal term
-    fsc_label_smoothing: float = 0.02  # ε of FSC-CLIP's smoothed hard-negative targets
-    ce_clip_imc_weight: float = 0.2  # CE-CLIP's intra-modal contrast
-    ce_clip_cmr_weight: float = 0.2  # CE-CLIP's cross-modal rank term
-    ce_clip_threshold_max: float = 10.0  # CE-CLIP's clamp of its adaptive thresholds
-    # Values a loss carries from one training step to the next (CE-CLIP's thresholds, detached tensors), read and
-    # written by the loss. The trainer keeps one dict per run and passes a copy at evaluation, which then reads them
-    # without moving them. None: every call starts from the initial values and records nothing.
-    state: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -668,6 +650,14 @@ def loss_components(
 
 
 @torch.no_grad()
+def loss_for_family(loss_type: str, family):
+    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
+    try:
+        return LOSSES[loss_type].for_contrastive(family.contrastive)
+    except ValueError as err:
+        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
+
+
 def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
     """Mean cosine of each image to its positive, its hard negative and other images' positives; margin; accuracy.
 
@@ -704,3 +694,15 @@ def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:
             stats.update(cos_hard_negative=mean(neg), margin=mean(pos[None] - neg),
                          hard_negative_accuracy=mean((pos[None] > neg).float()))  # fmt: skip
     return stats
+
+
+def step_metrics(components: dict, local: Embeddings, cfg: LossConfig, logit_scale) -> dict:
+    """What a step logs as means, as (device) tensors: nothing here waits for the GPU."""
+    metrics = dict(components)
+    metrics.update(similarity_stats(local))
+    metrics["hard_negative_weight"] = cfg.hard_negative_weight
+    metrics["logit_scale"] = logit_scale
+    thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
+    if thresholds is not None:
+        metrics["ce_clip_threshold"] = thresholds.mean()
+    return metrics

@@ -9,6 +9,7 @@ central directory, which sits at the file's end): a cut file fails them without 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -30,6 +31,17 @@ WITHOUT_OPTIMIZER = (
 
 def refuse(ckpt: str, why: str) -> CheckpointError:
     return CheckpointError(f"cannot resume from {ckpt}: {why}")
+
+
+@contextlib.contextmanager
+def refused_on_error(ckpt: str, what: str, max_chars: int | None = None):
+    """Any error inside (torch.load and load_state_dict fail in many ways) as one `refuse` line: `what`, then the
+    error (whitespace folded and cut to `max_chars` where given)."""
+    try:
+        yield
+    except Exception as err:
+        message = str(err) if max_chars is None else " ".join(str(err).split())[:max_chars]
+        raise refuse(ckpt, f"{what} ({type(err).__name__}: {message})") from err
 
 
 def safetensors_problem(path: str) -> str | None:

@@ -1,112 +1,50 @@
-"""`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It overrides little:
+"""`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It holds only its overrides:
 
-- `compute_loss`: one forward of the model over images and [positives; hard negatives], gather across processes,
-  pick the loss from `LOSSES`, record its components and similarity statistics. A batch without a readable image
-  is skipped with one process; with several, a placeholder pair weighted 0 keeps every process in the same
-  collectives (`hnc_clip.forward.placeholder_batch`);
-- `evaluation_loop`: the same loss at evaluation, averaged over the pairs actually scored (`eval_samples` counts
-  them), over all processes;
-- `log`: averages the recorded values since the last log (each weighted by the rows it stands for), so they reach
-  wandb/tensorboard via `report_to`; counts are summed over processes, and the run stops when more than
-  `--max_skipped_fraction` of its pairs or steps were skipped (`TooManySkippedError`), or when it trained on nothing
-  (`NothingTrainedError`);
-- `_save_checkpoint`: marks a checkpoint complete only once every process has written it, and says so when the
-  disk is full (`hnc_clip.output_dir`).
+- `compute_loss` / `training_step`: one forward of the model over images and [positives; hard negatives], gather
+  across processes, pick the loss from `LOSSES`; what a step logs goes to the `MetricLedger` (`hnc_clip.ledger`),
+  once `StepGuard` (`hnc_clip.callbacks`) has accepted the step. A batch without a readable image is skipped with
+  one process; with several, a placeholder pair weighted 0 keeps every process in the same collectives
+  (`hnc_clip.forward.placeholder_batch`);
+- `evaluation_loop` / `evaluate`: the same loss at evaluation, averaged over the pairs actually scored, then the
+  --eval_benchmarks and the objective (`hnc_clip.objective`);
+- `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
+  `report_to`; `StepGuard.check_run` stops a run that skipped too much;
+- the sampler and dataloaders (`--group_by_image`, streamed data resumed from its saved position), and the
+  checkpoint hooks: a checkpoint is marked complete only once every process has written it (`hnc_clip.output_dir`),
+  and one that does not fit the run is refused with its reason (`hnc_clip.resume`).
 
-The model is built in the entry script, not here (as trl's trainers take a ready model).
+What a batch holds is `hnc_clip.data.batches`'s to know; the attention kernels are `hnc_clip.attention`'s. The
+model is built in the entry script, not here (as trl's trainers take a ready model).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
 
 import torch
-import torch.distributed as dist
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard
-from .data.hnc import PAIR_COLUMNS
-from .data.stream import StreamLoader, StreamStateError, TrainingStream
-from .data.table import TABLE_COLUMNS, HardImagePairs
-from .errors import NothingTrainedError, TooManySkippedError
-from .evaluation.watch import FLOOR_FILE, BenchmarkWatch, Objective, load_floor, parse_watches, save_floor
-from .families import ModelFamily, family_of
+from .attention import attention_kernels
+from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
+from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of, pop_counts
+from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
+from .engines import check_parallelism
+from .families import family_of
 from .forward import build_loss_inputs, placeholder_batch
 from .gradcache import gradcache_backward
-from .losses import LOSSES, Embeddings, LossConfig, LossInputs, LossSpec, loss_components, similarity_stats, total_loss
+from .ledger import MetricLedger
+from .losses import LossConfig, LossInputs, LossSpec, loss_components, loss_for_family, step_metrics, total_loss
 from .modeling import LogitScaleTap
-from .output_dir import disk_full_error, is_disk_full, mark_complete, write_atomic
-from .resume import check_resumable, describe_key_mismatch, refuse
+from .objective import EvaluationExtras
+from .output_dir import disk_full_error, is_disk_full, mark_complete
+from .resume import check_resumable, describe_key_mismatch, refuse, refused_on_error
 from .schedules import SCHEDULES
 
-# Per-process counts: summed per log period, and over processes.
-PROCESS_COUNTS = ("skipped_images", "truncated_captions", "pairs")
-# Counted per log period (summed), where every other recorded value is averaged. The step counts are of flags that
-# every process shares (all-reduced), so they are not summed over processes.
-COUNTS = (*PROCESS_COUNTS, "nonfinite_steps", "skipped_steps")
-# As training goes, the share of skipped pairs is judged once this many pairs were seen (else only a count that
-# already exceeds the bound for the whole run stops it): a few unlucky early batches are not evidence.
-MIN_PAIRS_TO_JUDGE = 1000
-# Where a checkpoint keeps each process's position in a streamed training set (`StreamLoader.state_dict`).
-STREAM_STATE_DIR = "stream_state"
-# `--sdpa_backends` names → torch's SDPA backends.
-SDPA_BACKENDS = {
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "math": SDPBackend.MATH,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
-
-_SDPA_TAG = "|hnc-sdpa="
-
-
-def tag_compile_cache_with_sdpa_backends(backends) -> None:
-    """Make torch.compile's on-disk caches tell graphs traced under different `--sdpa_backends` apart.
-
-    The backend is chosen while a graph is traced, from the `sdpa_kernel` state around it; the FX-graph and
-    AOTAutograd caches key a graph by its code, not by that state. A graph cached by an earlier run (or an earlier
-    model in this process) under other backends would be reused without a word: on an H100 `--sdpa_backends math`
-    ran flash kernels (bench/RESULTS.md, run 8). torch.compiler.config.cache_key_tag enters every cache key, so it
-    carries the backends; a tag the user set is kept in front."""
-    config = torch.compiler.config
-    base = config.cache_key_tag.split(_SDPA_TAG)[0]
-    tag = f"{base}{_SDPA_TAG}{','.join(backends)}"
-    if config.cache_key_tag != tag:
-        config.cache_key_tag = tag
-
-
 logger = logging.getLogger(__name__)
-
-
-def loss_for_family(loss_type: str, family: ModelFamily):
-    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
-    try:
-        return LOSSES[loss_type].for_contrastive(family.contrastive)
-    except ValueError as err:
-        raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
-
-
-class UnsupportedParallelismError(ValueError):
-    """A distributed engine this recipe does not support (yet)."""
-
-
-def check_parallelism(trainer) -> None:
-    """Refuse FSDP up front, naming what works, instead of a stack trace from inside `accelerator.prepare`."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        raise UnsupportedParallelismError(
-            "FSDP is not supported: FSDP2's fully_shard refuses CLIP's 0-dim `logit_scale` parameter "
-            "(\"fully_shard doesn't support scalar parameters\"; seen with torch 2.11 on an H200), and changing its "
-            "shape would break loading the checkpoint as a CLIPModel. Use DDP (accelerate_configs/multi_gpu.yaml) or "
-            "DeepSpeed ZeRO-2/3 (accelerate_configs/zero2.yaml, zero3.yaml), which shard optimizer state and "
-            "parameters too."
-        )
 
 
 class HncTrainer(Trainer):
@@ -133,15 +71,10 @@ class HncTrainer(Trainer):
                 self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
         self._reference_tap = LogitScaleTap(self.reference_model) if self.reference_model is not None else None
         self._bind_model(self.model)
-        # name -> [running sum, count]. Sums of device tensors: recording a step never waits for the GPU (nor does
-        # the finite-loss check, `StepGuard`, where the optimizer can skip a step by itself).
-        self._metrics: dict[str, dict[str, list]] = {"train": {}, "eval": {}}
-        self._pending: tuple | None = None  # this micro-step's (loss, components, metrics, rows), until checked
+        # What steps record, until each log (the finite-loss check, `StepGuard`, decides what a training step adds).
+        self.ledger = MetricLedger(lambda: getattr(self.data_collator, "count_names", ()),
+                                   self.accelerator.num_processes, self.args.device)  # fmt: skip
         self.loss_state: dict = {}  # what a loss carries from step to step (`LossConfig.state`)
-        # This train() call's totals, from the logged counts (summed over processes), for --max_skipped_fraction.
-        self.run_totals = dict.fromkeys(
-            ("skipped_images", "pairs", "skipped_steps", "nonfinite_steps", *self._data_counts), 0.0
-        )
         self.card_info = card_info or {}
         if self.args.max_logit_scale is not None:
             self.add_callback(ClampLogitScale(self.args.max_logit_scale))
@@ -153,13 +86,21 @@ class HncTrainer(Trainer):
             self.sigterm.save = self.args.save_on_sigterm
             self.add_callback(self.sigterm)
         check_parallelism(self)
-        self.benchmark_watch = self._benchmark_watch()
         # (not `self.objective`: the Trainer's hyper-parameter search keeps a trial's number there)
-        self.checkpoint_objective = Objective(self.args.objective_metric, self.args.objective_floor_metric,
-                                   self.args.objective_floor_margin) if self.args.objective_metric else None
-        self.floor_minimum: float | None = None  # the objective's floor, from the starting model
-        if self.args.gradcache_chunk_size and self.is_deepspeed_enabled:
-            raise ValueError("--gradcache_chunk_size works with single-process and DDP training, not DeepSpeed")
+        self.eval_extras = EvaluationExtras(self.args, self.processing_class, self.is_deepspeed_enabled)
+
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        # --compile_regions / --compile_dynamic go into accelerate's plugin here: parsing writes no environment.
+        args = super()._build_accelerator_args(**kwargs)
+        plugin = args.get("dynamo_plugin")
+        if plugin is not None and self.args.torch_compile:
+            plugin.use_regional_compilation, plugin.dynamic = self.args.compile_regions, self.args.compile_dynamic
+        return args
+
+    @property
+    def run_totals(self) -> dict[str, float]:
+        """This train() call's counts, summed over processes (`MetricLedger.totals`)."""
+        return self.ledger.totals
 
     @property
     def loss_spec(self) -> LossSpec:
@@ -189,7 +130,7 @@ class HncTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
-            self._signature_columns = [*PAIR_COLUMNS, *TABLE_COLUMNS, "pixel_values"]
+            self._signature_columns = list(COLLATOR_COLUMNS)
 
     # -- streamed training data ---------------------------------------------------------------------------------
 
@@ -209,38 +150,21 @@ class HncTrainer(Trainer):
         the batches it had trained on (which would also decode all their images again)."""
         if not isinstance(dataloader, StreamLoader):
             return super().get_resumed_dataloader(dataloader, num_batches)
-        path = os.path.join(self._resume_from or "", STREAM_STATE_DIR, f"process_{self.args.process_index}.json")
-        if not os.path.isfile(path):
-            raise StreamStateError(
-                f"{self._resume_from} holds no stream position for process {self.args.process_index} ({path}): it was "
-                "not saved by a streamed run with these processes. Pass --ignore_data_skip to start the data over"
-            )
-        try:
-            with open(path) as f:
-                state = json.load(f)
-        except (OSError, ValueError) as err:
-            raise StreamStateError(f"{path}: unreadable stream position ({type(err).__name__}: {err})") from err
-        dataloader.load_state_dict(state, where=path)
-        logger.info(f"streamed data resumes at pass {dataloader.pass_index} from {path}")
+        load_stream_state(dataloader, self._resume_from, self.args.process_index)
         return dataloader
 
     def _save_stream_state(self, folder: str) -> None:
         loader = getattr(self, "_stream_loader", None)
-        if loader is None:
-            return
-        os.makedirs(os.path.join(folder, STREAM_STATE_DIR), exist_ok=True)
-        path = os.path.join(folder, STREAM_STATE_DIR, f"process_{self.args.process_index}.json")
-        write_atomic(path, json.dumps(loader.state_dict()))
+        if loader is not None:
+            save_stream_state(loader, folder, self.args.process_index)
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
             return super()._get_train_sampler(train_dataset)
-        from .data.sampler import ImageGroupedSampler
+        from .data.sampler import image_grouped_sampler
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        # Read the column as Arrow: through the dataset's image transform it would decode every image first.
-        image_ids = dataset.with_format("arrow")["image_id"].to_pylist()
-        return ImageGroupedSampler(image_ids, self.args.group_by_image, seed=self.args.seed)
+        return image_grouped_sampler(dataset, self.args.group_by_image, seed=self.args.seed)
 
     # -- loss ---------------------------------------------------------------------------------------------------
 
@@ -266,9 +190,7 @@ class HncTrainer(Trainer):
         """Pairs per process in a full batch: the rows every process pads to under several processes, and the
         weight 1 of a batch's recorded values."""
         size = self._train_batch_size if training else self.args.eval_batch_size
-        dataset = self.train_dataset if training else self.eval_dataset
-        # A table's hard-image negatives come as further pairs (`HardImagePairs`): a batch holds up to twice its rows.
-        return 2 * size if isinstance(dataset, HardImagePairs) else size
+        return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
 
     def _empty_batch(self, model, inputs: dict) -> dict | None:
         """For a batch without a readable image: None with one process (the step is skipped), else the placeholder
@@ -282,98 +204,51 @@ class HncTrainer(Trainer):
     def loss_config(self, training: bool = True) -> LossConfig:
         """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
         from a copy, so an evaluation does not move it."""
-        a = self.args
         state = self.loss_state
-        return LossConfig(
-            hard_negative_weight=self.current_hard_negative_weight(),
-            l2_reg_weight=a.l2_reg_weight,
-            kl_weight=a.kl_weight,
-            kl_temperature=a.kl_temperature,
-            dpo_beta=a.dpo_beta,
-            dpo_contrastive_weight=a.dpo_contrastive_weight,
-            mask_same_image=a.mask_same_image,
-            fsc_focal_gamma=a.fsc_focal_gamma,
-            fsc_label_smoothing=a.fsc_label_smoothing,
-            ce_clip_imc_weight=a.ce_clip_imc_weight,
-            ce_clip_cmr_weight=a.ce_clip_cmr_weight,
-            ce_clip_threshold_max=a.ce_clip_threshold_max,
-            state=state if training else dict(state),
-        )
+        return LossConfig.from_args(self.args, self.current_hard_negative_weight(), state if training else dict(state))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         if mode == "eval":
             inputs = self._without_repeats(inputs)
-        self._add_counts(mode, inputs)
+        self.ledger.add_counts(mode, pop_counts(inputs))
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
             inputs = self._empty_batch(model, inputs)
             if inputs is None:
                 if model.training:
                     self.step_guard.note_rows(0)
-                return self._zero_loss(model)
+                return zero_loss(model)
         inp = self._loss_inputs(model, inputs)
         cfg = self.loss_config(model.training)
         components = loss_components(self.loss_spec.fn, inp, cfg)
         loss = total_loss(components, inp)
         rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
-        self._add(mode, "pairs", rows)
-        metrics = self._step_metrics(components, inp.local, cfg, inp.logit_scale)
-        if model.training:
-            # checked in training_step, after the backward is launched
-            self._pending = (loss, components, metrics, rows, inp.rows.sum() if inp.rows is not None else rows)
+        self.ledger.add(mode, "pairs", rows)
+        metrics = step_metrics(components, inp.local, cfg, inp.logit_scale)
+        if model.training:  # settled in training_step, after the backward is launched
+            all_rows = inp.rows.sum() if inp.rows is not None else rows
+            self.step_guard.hold(loss, components, metrics, rows / self._block(True), all_rows)
         else:
             weight = rows / self._block(False)
-            self._add_all("eval", metrics, weight=weight)
-            self._add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
+            self.ledger.add_all("eval", metrics, weight=weight)
+            self.ledger.add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
         return (loss, components) if return_outputs else loss
 
     def _without_repeats(self, inputs: dict) -> dict:
         """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
         (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
         repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
-        the Trainer's own loss). A hard-image pair goes with the row that brought it (`kept_rows`, `input_rows`)."""
+        the Trainer's own loss); `drop_repeated_rows` keeps each hard-image pair with the row that brought it."""
         state = self.accelerator.gradient_state
         if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
             return inputs
         b = self.args.eval_batch_size
-        real = min(b, max(0, state.remainder - self.accelerator.process_index * b))
-        kept = inputs.get("kept_rows")
-        keep = kept < real if kept is not None else None  # [B'] bool
-        readable = int(keep.sum()) if keep is not None else 0
-        origins = inputs.get("input_rows")  # [B + E] with hard-image pairs: the real rows' pairs are more than `real`
-        expected = int((origins < real).sum()) if origins is not None else real
-        inputs = dict(inputs, skipped_images=expected - readable)
-        if readable == 0:
-            return {"pixel_values": inputs["pixel_values"][:0], "skipped_images": inputs["skipped_images"]}
-        if readable == len(kept):
-            return inputs
-        # The pair rows only: each distinct image and caption stays encoded once, indexed by the kept pairs.
-        both = keep.repeat(inputs["text_index"].numel() // len(kept))  # [(1+K)·B'] positives; K negatives blocks
-        inputs.update(image_index=inputs["image_index"][keep], text_index=inputs["text_index"][both],
-                      image_ids=inputs["image_ids"][keep], kept_rows=kept[keep])  # fmt: skip
-        mask = inputs.get("negative_mask")
-        if mask is not None:  # [K·B'] k-major, as the negative blocks
-            inputs["negative_mask"] = mask[keep.repeat(mask.numel() // len(kept))]
-        return inputs
-
-    @property
-    def _data_counts(self) -> tuple:
-        """The counts the collator adds to each batch (`HncCollator.count_names`: rules, sources, skip reasons)."""
-        return tuple(getattr(self.data_collator, "count_names", ()))
-
-    def _add_counts(self, mode: str, inputs: dict) -> None:
-        for name in ("skipped_images", "truncated_captions"):
-            value = inputs.pop(name, None)
-            self._add(mode, name, 0.0 if value is None else value)
-        counts = inputs.pop("counts", None) or {}
-        for name in self._data_counts:
-            self._add(mode, name, counts.get(name, 0))
+        return drop_repeated_rows(inputs, min(b, max(0, state.remainder - self.accelerator.process_index * b)))
 
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = super().compute_loss_context_manager()
         # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
-        tag_compile_cache_with_sdpa_backends(self.args.sdpa_backends)
-        stack.enter_context(sdpa_kernel([SDPA_BACKENDS[name] for name in self.args.sdpa_backends]))
+        stack.enter_context(attention_kernels(self.args.sdpa_backends))
         return stack
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -381,84 +256,25 @@ class HncTrainer(Trainer):
             loss = self._gradcache_step(model, inputs)
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
-        return self._settle(loss)
-
-    def _settle(self, step_loss: torch.Tensor) -> torch.Tensor:
-        """Record this micro-step's metrics if its loss was finite on every process; else its optimizer step is
-        skipped (`StepGuard`) and counted. Runs after the backward is queued; on the device path nothing here waits
-        for the GPU (a skipped step's metrics are masked out on the device)."""
-        if self._pending is None:  # unreadable batch, one process: already handled in compute_loss
-            return step_loss
-        loss, components, metrics, rows, all_rows = self._pending
-        self._pending = None
-        ok = self.step_guard.check(loss, components, self.state.global_step + 1, all_rows)  # 1-based, as logged
-        weight = rows / self._block(True)
-        if torch.is_tensor(ok):  # 0-dim bool on the device
-            self._add_all("train", metrics, weight=weight, mask=ok)
-            return torch.where(ok, step_loss, 0.0)
-        if ok:
-            self._add_all("train", metrics, weight=weight)
-            return step_loss
-        return torch.zeros_like(step_loss)
-
-    @staticmethod
-    def _zero_loss(model) -> torch.Tensor:
-        """A loss with zero gradient for every trainable parameter, for a step that is skipped: backward stays
-        cheap and harmless, DDP sees every parameter used, and StepGuard then drops the update."""
-        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
-
-    @staticmethod
-    def _step_metrics(components, local: Embeddings, cfg: LossConfig, logit_scale) -> dict:
-        """What a step logs as means, as (device) tensors: nothing here waits for the GPU."""
-        metrics = dict(components)
-        metrics.update(similarity_stats(local))
-        metrics["hard_negative_weight"] = cfg.hard_negative_weight
-        metrics["logit_scale"] = logit_scale
-        thresholds = (cfg.state or {}).get("ce_clip_thresholds")  # [K] CE-CLIP's, after this step
-        if thresholds is not None:
-            metrics["ce_clip_threshold"] = thresholds.mean()
-        return metrics
-
-    def _add(self, mode: str, name: str, value, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:
-        """Add `value`·`weight` to the running sum of `name`, and `weight` to its count. `weight` is the share of a
-        full batch the value stands for (rows / per-device batch: 1.0 for a full batch, so equal batches average as
-        they always did; 0 for a placeholder, whose values count for nothing). A device `mask` (0-dim bool) drops a
-        step without reading it: a skipped step's values, NaN included, count for nothing."""
-        if weight == 0:
-            value, mask = 0.0, None
-        value = value.detach().float() if torch.is_tensor(value) else float(value)
-        if weight != 1.0:
-            value = value * weight
-        count = weight
-        if mask is not None:
-            value = torch.where(mask, value, 0.0) if torch.is_tensor(value) else mask * value
-            count = mask.float() if weight == 1.0 else mask.float() * weight
-        slot = self._metrics[mode].get(name)
-        if slot is None:
-            self._metrics[mode][name] = [value, count]
-        else:
-            slot[0], slot[1] = slot[0] + value, slot[1] + count
-
-    def _add_all(self, mode: str, metrics: dict, weight: float = 1.0, mask: torch.Tensor | None = None) -> None:
-        for name, value in metrics.items():
-            self._add(mode, name, value, weight, mask)
+        return self.step_guard.settle(loss)
 
     def _prepare_inputs(self, inputs):
-        # Under DeepSpeed the Trainer casts every float input to bf16; the uint8 pixels' normalisation constants
-        # must stay float32 (bf16 would shift every pixel by up to 0.4 %), so they go to the device uncast.
-        affine = inputs.pop("pixel_affine", None) if isinstance(inputs, dict) else None
         inputs = super()._prepare_inputs(inputs)
-        if affine is not None:
-            # non_blocking, as the Trainer copies the rest of the batch: a blocking host-to-device copy may wait for
-            # the GPU queue. Safe: from pinned memory the caching host allocator keeps the source alive until the copy
-            # is done, and from pageable memory CUDA stages it before returning.
-            inputs["pixel_affine"] = affine.to(self.args.device, dtype=torch.float32, non_blocking=True)
+        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+        if pixels is not None and not torch.is_floating_point(pixels):
+            # uint8 pixels: the collator's normalisation constants, sent to the device once, after the Trainer's
+            # cast of float inputs (bf16 under DeepSpeed would shift every pixel by up to 0.4 %)
+            if getattr(self, "_pixel_affine", None) is None:
+                affine = pixel_affine_of(self.data_collator)
+                self._pixel_affine = None if affine is None else affine.to(self.args.device)
+            if self._pixel_affine is not None:
+                inputs["pixel_affine"] = self._pixel_affine
         return inputs
 
     def _gradcache_step(self, model, inputs) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
-        self._add_counts("train", inputs)
+        self.ledger.add_counts("train", pop_counts(inputs))
         if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
             inputs = self._empty_batch(model, inputs)
             if inputs is None:
@@ -484,9 +300,10 @@ class HncTrainer(Trainer):
                 with_negatives=self.loss_spec.uses_negatives,
             )
         rows = inputs.get("real_rows", len(local))
-        self._add("train", "pairs", rows)
-        metrics = self._step_metrics(components, local, cfg, scale)
-        self._pending = (loss, components, metrics, rows, all_rows.sum() if all_rows is not None else rows)
+        self.ledger.add("train", "pairs", rows)
+        metrics = step_metrics(components, local, cfg, scale)
+        self.step_guard.hold(loss, components, metrics, rows / self._block(True),
+                             all_rows.sum() if all_rows is not None else rows)  # fmt: skip
         return loss / self.current_gradient_accumulation_steps
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -497,16 +314,6 @@ class HncTrainer(Trainer):
 
     # -- what an evaluation also scores, and the objective -----------------------------------------------------
 
-    def _benchmark_watch(self) -> BenchmarkWatch | None:
-        if not self.args.eval_benchmarks:
-            return None
-        if self.is_deepspeed_enabled:  # the watch runs the unwrapped model: ZeRO-3 shards its weights
-            raise ValueError("--eval_benchmarks run the model outside the engine: not under DeepSpeed (use DDP)")
-        if self.processing_class is None:
-            raise ValueError("--eval_benchmarks need the model's processor (HncTrainer(processing_class=...))")
-        return BenchmarkWatch(parse_watches(self.args.eval_benchmarks), self.processing_class,
-                              self.args.per_device_eval_batch_size, self.args.seed)  # fmt: skip
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
         merged into the returned metrics (what --metric_for_best_model reads) and logged."""
@@ -516,36 +323,12 @@ class HncTrainer(Trainer):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self._evaluating = not outer
-        goal = self.checkpoint_objective
-        if not outer or metric_key_prefix != "eval" or (self.benchmark_watch is None and goal is None):
+        if not outer or metric_key_prefix != "eval" or not self.eval_extras.active:
             return metrics
-        extra = {}
-        if self.benchmark_watch is not None:
-            # every process scores the whole benchmark (the same numbers everywhere, which the checkpoint choice
-            # on each process needs)
-            extra = {f"eval_{k}": v for k, v in self.benchmark_watch(self.model).items()}
-        if goal is not None:
-            extra.update(goal.values({**metrics, **extra}, self._floor({**metrics, **extra})))
+        extra = self.eval_extras(metrics, self.model, self.state.global_step)
         metrics.update(extra)
         self.log(extra)
         return metrics
-
-    def _floor(self, metrics: dict) -> float | None:
-        """The objective's floor: from the start evaluation (step 0, saved for a resumed run), else that file."""
-        goal = self.checkpoint_objective
-        if goal.floor_metric is None:
-            return None
-        if self.state.global_step == 0:
-            self.floor_minimum = goal.floor_minimum(metrics)
-            if self.args.should_save:
-                os.makedirs(self.args.output_dir, exist_ok=True)
-                save_floor(self.args.output_dir, self.floor_minimum, self.floor_minimum + goal.floor_margin)
-        if self.floor_minimum is None:
-            self.floor_minimum = load_floor(self.args.output_dir)
-        if self.floor_minimum is None:
-            raise RuntimeError(f"--objective_floor_metric: no starting value (the --eval_on_start evaluation at step 0"
-                               f", or {self.args.output_dir}/{FLOOR_FILE} of the run being resumed)")  # fmt: skip
-        return self.floor_minimum
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -555,7 +338,7 @@ class HncTrainer(Trainer):
         # recipe's own, over the pairs scored on every process (the Trainer's weighs each batch by a count that
         # includes the pairs whose image could not be read, and a batch of those by its zero loss).
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        metrics = self._pop_metrics("eval", over="all")
+        metrics = self.ledger.pop("eval", over="all")
         pairs = int(metrics.pop("pairs", 0))
         loss = metrics.pop("loss", float("nan"))
         if pairs == 0:
@@ -565,95 +348,16 @@ class HncTrainer(Trainer):
         output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
         return output
 
-    def _pop_metrics(self, mode: str, over: str = "counts") -> dict[str, float]:
-        """What was recorded since the last call: means, except `COUNTS` which are summed; then cleared. With several
-        processes, `over`: "counts" sums the per-process counts over them (every process logs training at the same
-        steps), "all" every value (evaluation, where each process recorded the same names: a placeholder batch
-        records them too), "none" nothing (a call made on one process only would leave the others waiting)."""
-        recorded = self._metrics[mode]
-        if over != "none" and self.accelerator.num_processes > 1 and dist.is_initialized():
-            names = sorted(recorded) if over == "all" else [*PROCESS_COUNTS, *self._data_counts]
-            self._reduce_over_processes(recorded, names, check_names=over == "all")
-        out = {}
-        for name, (total, n) in recorded.items():
-            value, n = float(total), float(n)  # the host syncs of a logged value, at logging time
-            if name in COUNTS or name in self._data_counts:
-                out[name] = value
-            elif n > 0:  # else every step of the period was skipped
-                out[name] = value / n
-        recorded.clear()
-        return out
-
-    def _reduce_over_processes(self, recorded: dict, names: list[str], check_names: bool) -> None:
-        """Sum [total, count] of `names` over processes, in place (names missing here count as zeros)."""
-        device = self.args.device
-        if check_names:  # a mismatch would make the all-reduce below hang (NCCL) or abort (gloo): say so instead
-            digest = int.from_bytes(hashlib.blake2b("|".join(names).encode(), digest_size=7).digest(), "little")
-            seen = torch.tensor([digest, -digest], dtype=torch.long, device=device)
-            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-            if seen.tolist() != [digest, -digest]:
-                raise RuntimeError(f"processes recorded different evaluation metrics (this one: {names})")
-        values = [torch.as_tensor(v, dtype=torch.float32, device=device) for n in names
-                  for v in recorded.get(n, (0.0, 0.0))]  # fmt: skip
-        if not values:
-            return
-        summed = torch.stack(values)
-        dist.all_reduce(summed)
-        for i, name in enumerate(names):
-            recorded[name] = [summed[2 * i], summed[2 * i + 1]]
-
-    # -- what a run skipped -----------------------------------------------------------------------------------
-
-    def _note_totals(self, metrics: dict[str, float]) -> None:
-        for name in self.run_totals:
-            self.run_totals[name] += metrics.get(name, 0.0)
-
-    def check_skips(self, final: bool) -> None:
-        """Stop (`TooManySkippedError`) once more than `--max_skipped_fraction` of this run's pairs had no readable
-        image, or of its optimizer steps were skipped; at the end (`final`), also when no step was applied
-        (`NothingTrainedError`). As training goes, a share is judged only on enough evidence, or when the count
-        already passes the bound for the whole run. Every process holds the same totals (summed over processes),
-        so every one stops together."""
-        self.step_guard.read_reports()  # a NonFiniteLossError names the real cause first
-        bound = self.args.max_skipped_fraction
-        totals = self.run_totals
-        images, pairs = totals["skipped_images"], totals["pairs"]
-        seen = images + pairs
-        steps = self.state.global_step - self._initial_global_step
-        planned = max(steps, self.state.max_steps - self._initial_global_step)
-        skipped = totals["skipped_steps"]
-        if final and steps > 0 and skipped >= steps:
-            raise NothingTrainedError(
-                f"no optimizer step of the {steps} was applied ({int(images):,} of {int(seen):,} pairs had no "
-                f"readable image, {int(totals['nonfinite_steps'])} steps were non-finite): the weights are the "
-                "starting model's, so nothing is saved. Check the images under --image_dir / --image_cache_dir "
-                "(the log names the first unreadable ones)"
-            )
-        planned_pairs = planned * self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        problems = []
-        if images > bound * (seen if final or seen >= MIN_PAIRS_TO_JUDGE else max(seen, planned_pairs)):
-            problems.append(f"{int(images):,} of {int(seen):,} pairs ({images / max(seen, 1):.1%}) had no readable "
-                            "image (missing, corrupt, too large or outside --image_dir)")  # fmt: skip
-        if skipped > bound * (steps if final else planned):
-            nonfinite = int(totals["nonfinite_steps"])
-            problems.append(f"{int(skipped)} of {steps} optimizer steps were skipped (no readable pair on any "
-                            f"process, or a non-finite loss or gradient: {nonfinite})")  # fmt: skip
-        if problems:
-            raise TooManySkippedError(
-                f"{'; '.join(problems)}: more than --max_skipped_fraction {bound}. Check the data (the log names "
-                "the first unreadable images), or raise --max_skipped_fraction"
-            )
-
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._resume_from = resume_from_checkpoint
         if isinstance(resume_from_checkpoint, str):  # before the Trainer reads any of it
             check_resumable(resume_from_checkpoint, deepspeed=self.is_deepspeed_enabled)
-        self.run_totals = dict.fromkeys(self.run_totals, 0.0)
+        self.ledger.reset_totals()
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.model.training is False:  # the last log came after an evaluation: the last steps' counts are here
-            self._note_totals(self._pop_metrics("train"))
+            self.ledger.note_totals(self.ledger.pop("train"))
         if not (self.sigterm is not None and self.sigterm.received):  # a preempted run is not finished
-            self.check_skips(final=True)
+            self.step_guard.check_run(final=True)
         return output
 
     # -- logging ------------------------------------------------------------------------------------------------
@@ -661,14 +365,14 @@ class HncTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if mode == "eval":  # `evaluation_loop` took the evaluation's values (over processes) into `logs` already
-            metrics = {f"eval_{k}": v for k, v in self._pop_metrics(mode, over="none").items()}
+            metrics = {f"eval_{k}": v for k, v in self.ledger.pop(mode, over="none").items()}
             super().log({**metrics, **logs}, start_time)
         else:
-            metrics = self._pop_metrics(mode)
-            self._note_totals(metrics)
+            metrics = self.ledger.pop(mode)
+            self.ledger.note_totals(metrics)
             super().log({**logs, **metrics}, start_time)
         if mode == "train" and "loss" in logs:  # a log of training progress, made on every process at this step
-            self.check_skips(final=False)
+            self.step_guard.check_run(final=False)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
 
@@ -690,18 +394,13 @@ class HncTrainer(Trainer):
         super()._issue_warnings_after_load(load_result)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        try:
+        # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
+        with refused_on_error(checkpoint, "its optimizer.pt / scheduler.pt do not fit this run", max_chars=300):
             super()._load_optimizer_and_scheduler(checkpoint)
-        except Exception as err:  # torch.load and load_state_dict fail in many ways: one line each
-            # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
-            raise refuse(checkpoint, f"its optimizer.pt / scheduler.pt do not fit this run "
-                                     f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
 
     def _load_rng_state(self, checkpoint) -> None:
-        try:
+        with refused_on_error(checkpoint, "its RNG state cannot be read"):
             super()._load_rng_state(checkpoint)
-        except Exception as err:  # as above
-            raise refuse(checkpoint, f"its RNG state cannot be read ({type(err).__name__}: {err})") from err
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")

@@ -184,3 +184,25 @@ def test_the_zero_stage_is_read_from_every_way_of_giving_it(tmp_path):
     check_zero3(args, None)
     with pytest.raises(ValueError, match="--l2_reg_weight"):
         check_zero3(args, 3)
+
+
+@pytest.mark.parametrize("data", [{"train_file": "hnc_train.json"}, {"validation_file": "rows.jsonl"},
+                                  {"train_sources": ["table:rows.csv"]}])  # fmt: skip
+def test_a_missing_image_dir_is_refused_when_parsing(data):
+    """HNC and table data name image files: without --image_dir the run stops at parsing, not after converting an
+    8 GB JSON file; image-caption sources bring their own images."""
+    with pytest.raises(ValueError, match="--image_dir is required"):
+        DataArguments(**data)
+    assert DataArguments(dataset_name="user/captions").image_dir is None
+
+
+def test_parsing_writes_no_environment(tmp_path, monkeypatch):
+    """--torch_compile's --compile_regions / --compile_dynamic reach accelerate's plugin through the trainer:
+    parsing the flags leaves the environment as it was."""
+    import os
+
+    for var in ("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "ACCELERATE_DYNAMO_USE_DYNAMIC"):
+        monkeypatch.delenv(var, raising=False)
+    before = dict(os.environ)
+    training_args(tmp_path, torch_compile=True, compile_regions=False)
+    assert dict(os.environ) == before

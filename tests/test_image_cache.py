@@ -160,6 +160,7 @@ def test_cli(image_dir, processor, tmp_path, capsys):
 
 def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, processor, tmp_path):
     from hnc_clip.data import HncCollator
+    from hnc_clip.data.batches import pixel_affine_of
     from hnc_clip.data.image_cache import pixel_affine
     from hnc_clip.forward import normalize_pixels
     from hnc_clip.tiny import build_word_tokenizer
@@ -175,10 +176,13 @@ def test_uint8_rows_normalised_on_the_device_equal_the_float_rows(image_dir, pro
     feats = [{"pixel_values": r, "positive": "p", "negative": "n", "image_id": n} for r, n in zip(raw, names)]
     with pytest.raises(ValueError, match="pixel_affine"):
         HncCollator(tok)(feats)
-    batch = HncCollator(tok, pixel_affine=pixel_affine(processor))(feats)
-    assert batch["pixel_affine"].dtype == torch.float32 and batch["pixel_affine"].shape == (2, 3)
+    collator = HncCollator(tok, pixel_affine=pixel_affine(processor))
+    batch = collator(feats)
+    assert "pixel_affine" not in batch  # constants of the run: the trainer sends them to the device once
+    affine = pixel_affine_of(collator)
+    assert affine.dtype == torch.float32 and affine.shape == (2, 3)
     assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape[0] == 3  # a.jpg once
-    on_device = normalize_pixels(batch["pixel_values"], batch["pixel_affine"], torch.float32)[batch["image_index"]]
+    on_device = normalize_pixels(batch["pixel_values"], affine, torch.float32)[batch["image_index"]]
     torch.testing.assert_close(on_device, torch.stack(floats), rtol=0, atol=1e-6)
     assert normalize_pixels(on_device, None, torch.float32) is on_device  # float pixels pass through
 

@@ -173,3 +173,25 @@ def test_every_application_is_make_parser_main_cli(path):
     assert "main" in called and parses & called, f"{path.name}: cli calls {sorted(called)}"
     entry = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'"]
     assert [ast.unparse(b) for n in entry for b in n.body] == ["sys.exit(cli())"]
+
+
+def library_imports(module: str) -> set[str]:
+    """Every hnc_clip module `module` reaches through imports (function-level ones included), itself included."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = REPO / Path(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo.extend(m for m in imported_modules(path, package_of(path)) if m.startswith("hnc_clip"))
+    return seen
+
+
+def test_arguments_never_import_the_trainer():
+    """Parsing flags must not pull in the training loop (nor what it imports: transformers' Trainer, the ledger):
+    a flag's registry lives beside the code it names (`hnc_clip.attention` for --sdpa_backends)."""
+    reached = library_imports("hnc_clip.arguments")
+    assert "hnc_clip.losses" in reached  # the walk follows the lazy imports of __post_init__
+    assert "hnc_clip.trainer" not in reached

@@ -103,7 +103,8 @@ def test_table_reads_as_it_is_and_trains(tmp_path, uninterrupted, captions_file,
         assert lm.normalize(r["caption"]) not in norm and len(set(norm)) == len(norm)
 
     # the training reader: a row without negative is skipped (counted), every other one is a pair
-    data = DataArguments(train_file=str(out), negative_caption_column="negative_captions", negatives_per_row=1)
+    data = DataArguments(train_file=str(out), negative_caption_column="negative_captions", negatives_per_row=1,
+                         image_dir=str(tmp_path))
     ds = load_table_pairs(str(out), data, cache_dir=str(tmp_path / "cache"))
     with_negative = [r for r in rows if r["negative_captions"]]
     assert [p["positive"] for p in ds] == [r["caption"] for r in with_negative]

@@ -156,7 +156,8 @@ def _search(out, _):
     from hnc_clip.scripts import search
 
     return search.cli(["--model_name_or_path", "m", "--train_file", "t.json", "--validation_file", "v.json",
-                       "--output_dir", str(out), "--use_cpu", "--report_to", "none"])  # fmt: skip
+                       "--image_dir", "images", "--output_dir", str(out), "--use_cpu",
+                       "--report_to", "none"])  # fmt: skip
 
 
 def _convert(out, _):

@@ -209,7 +209,7 @@ def test_no_unsafe_deserialisation_in_project_code():
 def test_fsdp_is_refused_with_what_works_instead():
     from types import SimpleNamespace
 
-    from hnc_clip.trainer import UnsupportedParallelismError, check_parallelism
+    from hnc_clip.engines import UnsupportedParallelismError, check_parallelism
 
     with pytest.raises(UnsupportedParallelismError, match="logit_scale.*zero2.yaml, zero3.yaml"):
         check_parallelism(SimpleNamespace(is_fsdp_enabled=True))
@@ -374,13 +374,13 @@ def test_logged_means_weigh_each_batch_by_its_rows(tmp_path):
     args = HncTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
                                 per_device_train_batch_size=8)  # fmt: skip
     trainer = HncTrainer(model=build_tiny_clip(16), args=args)
-    trainer._add("train", "margin", torch.tensor(1.0), weight=8 / 8)
-    trainer._add("train", "margin", torch.tensor(4.0), weight=4 / 8)
-    trainer._add("train", "margin", torch.tensor(float("nan")), weight=8 / 8, mask=torch.tensor(False))
-    trainer._add("train", "margin", torch.tensor(float("nan")), weight=0.0)
+    trainer.ledger.add("train", "margin", torch.tensor(1.0), weight=8 / 8)
+    trainer.ledger.add("train", "margin", torch.tensor(4.0), weight=4 / 8)
+    trainer.ledger.add("train", "margin", torch.tensor(float("nan")), weight=8 / 8, mask=torch.tensor(False))
+    trainer.ledger.add("train", "margin", torch.tensor(float("nan")), weight=0.0)
     for rows in (8, 4, 0):
-        trainer._add("train", "pairs", rows)
-    assert trainer._pop_metrics("train") == {"margin": 2.0, "pairs": 12.0}
+        trainer.ledger.add("train", "pairs", rows)
+    assert trainer.ledger.pop("train") == {"margin": 2.0, "pairs": 12.0}
 
 
 def alive_children(pid: int) -> list[int]:

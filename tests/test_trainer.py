@@ -221,7 +221,7 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     import torch._dynamo
 
     for var in ("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "ACCELERATE_DYNAMO_USE_DYNAMIC"):
-        monkeypatch.setenv(var, "0")  # restored after the test; the flags set them
+        monkeypatch.setenv(var, "0")  # the environment says off: the flags alone must turn them on
     sgd = ("--optim", "sgd", "--learning_rate", "0.1")
     _, eager = run(tmp_path / "a", tiny_clip_dir, sample_image_dir, *sgd)
     torch._dynamo.reset()
@@ -239,7 +239,7 @@ def test_torch_compile_regions_train_the_same_weights(tmp_path, tiny_clip_dir, s
     )
     torch._dynamo.reset()
     assert compiled_modules.count("CLIPEncoderLayer") == 4  # 2 text + 2 vision layers, each its own region
-    assert os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] == "1"  # shapes change every batch: trace them symbolic
+    assert os.environ["ACCELERATE_DYNAMO_USE_DYNAMIC"] == "0"  # the flags reach accelerate, not the environment
     assert "CLIPModel" not in compiled_modules  # not the whole graph
     a, b = weights(eager), weights(compiled)
     assert changed(weights(tiny_clip_dir), b)
@@ -326,7 +326,8 @@ def test_a_training_step_does_not_wait_for_the_device(tmp_path, tiny_clip_dir, s
 def test_fast_defaults_follow_the_machine_and_yield_to_flags(tmp_path):
     from types import SimpleNamespace
 
-    from hnc_clip.arguments import HncTrainingArguments, fast_defaults
+    from hnc_clip.arguments import HncTrainingArguments
+    from hnc_clip.machine import fast_defaults
 
     unset = SimpleNamespace(use_cpu=False, fp16=False, dataloader_num_workers=None)
     gpu = fast_defaults(unset, cuda_bf16=True, cpus=16, local_world_size=1)

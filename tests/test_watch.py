@@ -119,32 +119,30 @@ def test_training_watches_the_benchmarks_and_keeps_the_checkpoint_the_objective_
 
 
 def test_a_resumed_run_reads_the_floor_of_its_start_and_says_when_it_cannot(tmp_path):
-    """`HncTrainer._floor`: measured at step 0 and saved; after a restart (step > 0, nothing in memory) read back from
-    objective_floor.json; without that file, an error instead of a floor from the resumed model."""
+    """`EvaluationExtras.floor`: measured at step 0 and saved; after a restart (step > 0, nothing in memory) read back
+    from objective_floor.json; without that file, an error instead of a floor from the resumed model."""
     from types import SimpleNamespace
 
-    from hnc_clip.trainer import HncTrainer
+    from hnc_clip.objective import EvaluationExtras
 
-    def trainer(step):
-        return SimpleNamespace(checkpoint_objective=Objective("rel_accuracy", "zs_top1", 0.02), floor_minimum=None,
-                               state=SimpleNamespace(global_step=step),
-                               args=SimpleNamespace(output_dir=str(tmp_path), should_save=True))  # fmt: skip
+    def floor(step, metrics):  # a fresh trainer's: nothing in memory
+        args = SimpleNamespace(eval_benchmarks=None, objective_metric="rel_accuracy", objective_floor_metric="zs_top1",
+                               objective_floor_margin=0.02, output_dir=str(tmp_path), should_save=True)  # fmt: skip
+        return EvaluationExtras(args, None, deepspeed=False).floor(metrics, step)
 
     with pytest.raises(RuntimeError, match="no starting value"):
-        HncTrainer._floor(trainer(40), {"eval_zs_top1": 0.3})
-    assert HncTrainer._floor(trainer(0), {"eval_zs_top1": 0.5}) == pytest.approx(0.48)
-    assert HncTrainer._floor(trainer(40), {"eval_zs_top1": 0.3}) == pytest.approx(0.48)  # the start's, not 0.28
+        floor(40, {"eval_zs_top1": 0.3})
+    assert floor(0, {"eval_zs_top1": 0.5}) == pytest.approx(0.48)
+    assert floor(40, {"eval_zs_top1": 0.3}) == pytest.approx(0.48)  # the start's, not 0.28
 
 
 def test_eval_benchmarks_are_refused_under_deepspeed():
     from types import SimpleNamespace
 
-    from hnc_clip.trainer import HncTrainer
+    from hnc_clip.objective import EvaluationExtras
 
-    fake = SimpleNamespace(args=SimpleNamespace(eval_benchmarks=["a=zeroshot:x"]), is_deepspeed_enabled=True,
-                           processing_class=object())  # fmt: skip
     with pytest.raises(ValueError, match="not under DeepSpeed"):
-        HncTrainer._benchmark_watch(fake)
+        EvaluationExtras(SimpleNamespace(eval_benchmarks=["a=zeroshot:x"]), object(), deepspeed=True)
 
 
 def test_a_datasets_set_is_watched_like_an_image_folder(world, tmp_path):

@@ -8,6 +8,7 @@
     images        decoding in the DataLoader workers (`ImageJoin`)
     image_cache   pre-resized uint8 pixels (`prepare`, `CachedImageJoin`)
     collator      pairs → `HncBatch` (each distinct image and caption once, dynamic padding)
+    batches       what the trainer reads of a dataset and its batches (columns, counts, repeated rows)
     sampler       batches of groups of one image's pairs (`--group_by_image`)
     sources       any training source (HNC, tables, Hub, image folders, WebDataset shards) → one stream of records
     stream        sources mixed with weights, split by process, resumable (`TrainingStream`, `StreamLoader`)

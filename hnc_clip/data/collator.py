@@ -8,8 +8,6 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
-import numpy as np
-
 from ..families import PIXEL_INPUTS
 
 if TYPE_CHECKING:
@@ -26,7 +24,6 @@ class HncBatch(TypedDict, total=False):
     `skipped_images`."""
 
     pixel_values: torch.Tensor  # [U, 3, H, W] float, or uint8 [U, H, W, 3] from the image cache
-    pixel_affine: torch.Tensor  # [2, 3] (a; b): uint8 pixels x are normalised as x·a − b on the device
     pixel_attention_mask: torch.Tensor  # [U, N] SigLIP 2 NaFlex: which of the N patch rows are real
     spatial_shapes: torch.Tensor  # [U, 2] SigLIP 2 NaFlex: each image's patch grid
     image_index: torch.Tensor  # [B] pair i's image row
@@ -87,7 +84,8 @@ class HncCollator:
     In:  [{"pixel_values": Tensor[3, H, W] | None, "positive": str, "negative": str, "image_id": str, ...}] × B
          (a table row: "negatives": [str] × K' instead of "negative", maybe "hard_image_pair": another such dict)
     Out: {"pixel_values":   [U, 3, H, W]  one row per distinct image of the batch (U ≤ B'),
-                            (uint8 [U, H, W, 3] from the image cache, + "pixel_affine" [2, 3] to normalise it)
+                            (uint8 [U, H, W, 3] from the image cache, normalised on the device with the
+                            collator's `pixel_affine`, which the trainer sends there once)
           "image_index":    [B'] int64    row i's image is pixel_values[image_index[i]],
           "input_ids":      [T, L]        each distinct caption of the batch once (T ≤ 2·B'),
           "attention_mask": [T, L]        L = longest caption in the batch (≤ max_length), not 77,
@@ -108,8 +106,8 @@ class HncCollator:
 
     tokenizer: object
     max_length: int = 77
-    # uint8 pixels (`CachedImageJoin(as_uint8=True)`) are normalised on the device: this [2, 3] (a; b) travels
-    # with the batch as "pixel_affine" (`hnc_clip.data.image_cache.pixel_affine`).
+    # uint8 pixels (`CachedImageJoin(as_uint8=True)`) are normalised on the device with this (a; b), [2, 3]
+    # (`hnc_clip.data.image_cache.pixel_affine`): constants of the run, not of a batch (`pixel_affine_of`).
     pixel_affine: object = None
     # CLIP's text tower is causal and pools at the EOS token, so with right padding no real token ever attends to a
     # pad: the padding mask changes nothing the loss sees (OpenAI's CLIP has none). Captions are then padded right
@@ -206,7 +204,6 @@ class HncCollator:
         if not torch.is_floating_point(stacked):
             if self.pixel_affine is None:
                 raise ValueError("uint8 pixel_values (image cache with as_uint8) need HncCollator(pixel_affine=...)")
-            extra["pixel_affine"] = torch.as_tensor(np.stack(self.pixel_affine), dtype=torch.float32)  # [2, 3]
         if self.omit_padding_mask:
             extra["right_padded"] = True
         if mask is not None:

@@ -46,3 +46,9 @@ class ImageGroupedSampler(Sampler[int]):
         rng.shuffle(groups)
         for group in groups:
             yield from group
+
+
+def image_grouped_sampler(dataset, group_size: int, seed: int = 0) -> ImageGroupedSampler:
+    """The sampler for a dataset of pairs, from its `image_id` column, read as Arrow: through the dataset's image
+    transform it would decode every image first."""
+    return ImageGroupedSampler(dataset.with_format("arrow")["image_id"].to_pylist(), group_size, seed=seed)

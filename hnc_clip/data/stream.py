@@ -14,7 +14,9 @@ run out first starts its next pass; steps stay in lockstep because no process ev
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 from ..errors import RunAbortedError
+from ..output_dir import write_atomic
 from .collator import HncCollator, NegativesFromCaptions
 from .images import IMAGE_ERRORS, NAMED_SKIPS, ImageLoadError, load_rgb, process_images
 from .sources import MAP_KINDS, SKIP_REASONS, STREAM_READERS, SourceSpec, map_source, stable_seed
@@ -172,6 +175,37 @@ class StreamLoader:
                 )
         self.pass_index = int(state["pass"])
         self._resume = state["loader"]
+
+
+# Where a checkpoint keeps each process's position in a streamed training set (`StreamLoader.state_dict`).
+STREAM_STATE_DIR = "stream_state"
+
+
+def stream_state_path(folder: str, process_index: int) -> str:
+    return os.path.join(folder, STREAM_STATE_DIR, f"process_{process_index}.json")
+
+
+def save_stream_state(loader: StreamLoader, folder: str, process_index: int) -> None:
+    """Write this process's position in the stream into checkpoint `folder`."""
+    os.makedirs(os.path.join(folder, STREAM_STATE_DIR), exist_ok=True)
+    write_atomic(stream_state_path(folder, process_index), json.dumps(loader.state_dict()))
+
+
+def load_stream_state(loader: StreamLoader, checkpoint: str | None, process_index: int) -> None:
+    """Put `loader` at the position this process saved in `checkpoint` (`StreamStateError` where there is none)."""
+    path = stream_state_path(checkpoint or "", process_index)
+    if not os.path.isfile(path):
+        raise StreamStateError(
+            f"{checkpoint} holds no stream position for process {process_index} ({path}): it was "
+            "not saved by a streamed run with these processes. Pass --ignore_data_skip to start the data over"
+        )
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as err:
+        raise StreamStateError(f"{path}: unreadable stream position ({type(err).__name__}: {err})") from err
+    loader.load_state_dict(state, where=path)
+    logger.info(f"streamed data resumes at pass {loader.pass_index} from {path}")
 
 
 @dataclass

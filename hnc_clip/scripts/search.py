@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import AutoConfig, HfArgumentParser
 
-from hnc_clip.arguments import TRI_STATE_FLAGS, DataArguments, HncTrainingArguments, ModelArguments, check_finite
+from hnc_clip.arguments import DataArguments, HncTrainingArguments, ModelArguments, check_finite
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import make_collator, needs_stream, prepare_split, training_sources
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.evaluation.watch import Objective
 from hnc_clip.losses import LOSSES
+from hnc_clip.machine import TRI_STATE_FLAGS
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor
 from hnc_clip.output_dir import claim_folder
 from hnc_clip.schedules import SCHEDULES
@@ -283,7 +284,7 @@ def _search(model_args, data_args, training_args, search_args: SearchArguments, 
     # 4. The starting model's numbers set the floor
     base = trainer.evaluate()
     if goal:  # the trainer measured its floor on this evaluation of the start (step 0)
-        floor_minimum = trainer.floor_minimum
+        floor_minimum = trainer.eval_extras.floor_minimum
         logger.warning(f"starting model: {base['eval_objective_score']:.4f} ({training_args.objective_metric}); "
                        f"floor {floor_minimum}")  # fmt: skip
     else:

@@ -19,13 +19,7 @@ import datasets
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from hnc_clip.arguments import (
-    TRI_STATE_FLAGS,
-    DataArguments,
-    HncTrainingArguments,
-    ModelArguments,
-    describe_machine_defaults,
-)
+from hnc_clip.arguments import DataArguments, HncTrainingArguments, ModelArguments
 from hnc_clip.callbacks import Preempted, SaveOnSigterm
 from hnc_clip.data import (
     make_collator,
@@ -37,6 +31,7 @@ from hnc_clip.data import (
 )
 from hnc_clip.errors import RunAbortedError
 from hnc_clip.losses import LOSSES
+from hnc_clip.machine import TRI_STATE_FLAGS, describe_machine_defaults
 from hnc_clip.modeling import apply_finetune_mode, load_model, load_processor, load_reference, merged_for_save
 from hnc_clip.output_dir import (
     claim_output_dir,
@@ -57,8 +52,8 @@ class NothingToDoError(ValueError):
 
 def make_parser() -> HfArgumentParser:
     parser = HfArgumentParser((ModelArguments, DataArguments, HncTrainingArguments), prog="hnc-clip-train")
-    # Tri-state flags (unset = decided from the machine, see `hnc_clip.arguments.fast_defaults`): HfArgumentParser
-    # wants a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
+    # Tri-state flags (unset = decided from the machine, see `hnc_clip.machine.fast_defaults`): HfArgumentParser wants
+    # a value for a `bool | None` field whose default is None; `--bf16` alone must still mean true.
     for action in parser._actions:
         if action.dest in TRI_STATE_FLAGS:
             action.nargs, action.const = "?", True
