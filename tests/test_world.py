@@ -368,13 +368,13 @@ def test_config_rejects_worlds_that_cannot_be_generated():
 
 def test_cli_writes_world_and_model(tmp_path):
     out, model_dir = str(tmp_path / "cli"), str(tmp_path / "cli_model")
-    info = synthetic.main(
+    info = synthetic.main(*synthetic.make_parser().parse_args_into_dataclasses(
         [
             "--output_dir", out, "--num_train_images", "3", "--num_val_images", "1", "--num_test_images", "2",
             "--num_recognition_per_class", "1", "--seed", "3", "--no_progress", "--model_dir", model_dir,
             "--hidden_size", "16", "--num_layers", "1", "--num_heads", "2", "--projection_dim", "8",
         ]
-    )  # fmt: skip
+    ))  # fmt: skip
     assert info["counts"]["train"]["pairs"] == 3 * PAIRS_PER_IMAGE
     assert len(_pairs(out, "test")) == 2 * PAIRS_PER_IMAGE
     with open(os.path.join(model_dir, "config.json")) as f:
