@@ -465,6 +465,17 @@ def main(args: DemoArguments) -> int:
     return 0 if better or not args.enforce_targets or args.quick else 1
 
 
+def _non_default_flags(args: DemoArguments) -> str:
+    """The loss and rule flags that differ from the defaults, as typed (so the report's command reruns the report)."""
+    default = DemoArguments(output_dir=args.output_dir, quick=args.quick)
+    out = ""
+    for name in ("losses", "main_loss", "plain_rules"):
+        value = getattr(args, name)
+        if value != getattr(default, name):
+            out += f" --{name} {' '.join(value) if isinstance(value, list) else value}"
+    return out
+
+
 def main_seeds(args: DemoArguments) -> int:
     """The demo once per seed (each in its own folder, cached as usual), then mean ± spread per model and metric in
     `report_seeds.md` and `results_seeds.json`. Exit 1 if any seed's hard-negative model failed the relation check."""
@@ -488,7 +499,8 @@ def main_seeds(args: DemoArguments) -> int:
     lines = [
         "# hnc-clip synthetic demo over seeds",
         "",
-        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir} --seeds {' '.join(map(str, args.seeds))}`; "
+        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir} --seeds {' '.join(map(str, args.seeds))}"
+        f"{_non_default_flags(args)}`; "
         "each seed draws its own world, initial model and batch order. Cells: mean ± standard deviation "
         f"(min–max) over {len(args.seeds)} seeds.",
         "",
