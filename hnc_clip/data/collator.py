@@ -256,8 +256,30 @@ class HncCollator:
         return negatives
 
 
+class WrapsHncCollator:
+    """What the trainer reads off its collator, for a collator around an `HncCollator` (`self.collator`) whose pairs
+    may bring no negative."""
+
+    collator: HncCollator
+
+    @property
+    def count_names(self) -> tuple:
+        return self.collator.count_names
+
+    @property
+    def negatives_per_row(self) -> int | None:
+        return self.collator.negatives_per_row
+
+    @property
+    def allow_missing_negatives(self) -> bool:
+        return True
+
+    def declare_counts(self, *names: str) -> None:
+        self.collator.declare_counts(*names)
+
+
 @dataclass
-class NegativesFromCaptions:
+class NegativesFromCaptions(WrapsHncCollator):
     """A collator around `HncCollator` that makes hard negatives for the pairs that bring none (a plain caption),
     with `generator` (`hnc_clip.negatives.rules.CaptionNegatives`): up to K per pair, seeded by the pair's id, so a
     DataLoader worker, another process or a resumed run makes the same ones. A pair that gets none trains the
@@ -273,22 +295,6 @@ class NegativesFromCaptions:
         self.collator.allow_missing_negatives = True
         self.collator.declare_counts("pairs_without_negative",
                                      *(f"negatives/{r}" for r in (*self.generator.rules, *NO_NEGATIVE)))  # fmt: skip
-
-    # What the trainer reads off its collator.
-    @property
-    def count_names(self) -> tuple:
-        return self.collator.count_names
-
-    @property
-    def negatives_per_row(self) -> int | None:
-        return self.collator.negatives_per_row
-
-    @property
-    def allow_missing_negatives(self) -> bool:
-        return True
-
-    def declare_counts(self, *names: str) -> None:
-        self.collator.declare_counts(*names)
 
     def __call__(self, features: list[dict]) -> HncBatch:
         k = self.collator.negatives_per_row or 1

@@ -26,7 +26,7 @@ from datasets.distributed import split_dataset_by_node
 
 from ..errors import RunAbortedError
 from ..output_dir import write_atomic
-from .collator import HncCollator, NegativesFromCaptions
+from .collator import HncCollator, NegativesFromCaptions, WrapsHncCollator
 from .images import IMAGE_ERRORS, NAMED_SKIPS, ImageLoadError, load_rgb, process_images
 from .sources import MAP_KINDS, SKIP_REASONS, STREAM_READERS, SourceSpec, map_source, stable_seed
 
@@ -209,7 +209,7 @@ def load_stream_state(loader: StreamLoader, checkpoint: str | None, process_inde
 
 
 @dataclass
-class StreamCollator:
+class StreamCollator(WrapsHncCollator):
     """Records (`hnc_clip.data.sources.RECORD_FEATURES`) → one `HncBatch`, in the DataLoader workers.
 
     A record that makes no pair (its `skip` reason), an image that cannot be decoded or passes the size bounds, is
@@ -232,19 +232,6 @@ class StreamCollator:
         inner.allow_missing_negatives = True  # plain captions: a record may bring no negative
         inner.declare_counts("pairs_without_negative", *(f"skipped/{r}" for r in SKIP_REASONS),
                                      *(f"source/{s}" for s in self.sources))  # fmt: skip
-
-    # What the trainer reads off its collator.
-    @property
-    def count_names(self) -> tuple:
-        return self.collator.count_names
-
-    @property
-    def negatives_per_row(self) -> int | None:
-        return self.collator.negatives_per_row
-
-    @property
-    def allow_missing_negatives(self) -> bool:
-        return True
 
     def _skip(self, name: str, why: str, err: Exception | None = None) -> None:
         if self.on_missing == "error":
