@@ -277,6 +277,14 @@ class WrapsHncCollator:
     def declare_counts(self, *names: str) -> None:
         self.collator.declare_counts(*names)
 
+    def collate(self, features: list[dict], counts: dict[str, int]) -> HncBatch:
+        """The wrapped collator's batch with this wrapper's own `counts` added to the batch's."""
+        batch = self.collator(features)
+        batch_counts = batch.setdefault("counts", dict.fromkeys(self.count_names, 0))
+        for name, value in counts.items():
+            batch_counts[name] += value
+        return batch
+
 
 @dataclass
 class NegativesFromCaptions(WrapsHncCollator):
@@ -309,8 +317,4 @@ class NegativesFromCaptions(WrapsHncCollator):
                     counts[f"negatives/{made.reason}"] = counts.get(f"negatives/{made.reason}", 0) + 1
                 f = {**f, "negatives": [text for _, text in made.negatives]}
             out.append(f)
-        batch = self.collator(out)
-        batch_counts = batch.setdefault("counts", dict.fromkeys(self.count_names, 0))
-        for name, value in counts.items():
-            batch_counts[name] += value
-        return batch
+        return self.collate(out, counts)

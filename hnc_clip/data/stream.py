@@ -273,8 +273,4 @@ class StreamCollator(WrapsHncCollator):
             feature = {"positive": rec["positive"], "negatives": negatives or [], "image_id": rec["image_id"],
                        "pair_id": rec["pair_id"], **(out or {"pixel_values": None})}  # fmt: skip
             features.append(feature)
-        batch = self.collator(features)
-        batch_counts = batch.setdefault("counts", dict.fromkeys(self.count_names, 0))
-        for name, value in counts.items():
-            batch_counts[name] += value
-        return batch
+        return self.collate(features, counts)
