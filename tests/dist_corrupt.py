@@ -9,6 +9,7 @@ import sys
 from accelerate import PartialState
 
 from hnc_clip.data import images
+from hnc_clip.peers import shutdown_distributed
 from hnc_clip.scripts import train as train_app
 
 join = images.ImageJoin.__call__
@@ -26,4 +27,4 @@ def first_batch_unreadable_on_rank1(self, batch):
 if __name__ == "__main__":
     images.ImageJoin.__call__ = first_batch_unreadable_on_rank1
     train_app.main(*train_app.parse_args(sys.argv[1:]))
-    train_app.shutdown_distributed()
+    shutdown_distributed()

@@ -9,6 +9,7 @@ import sys
 from accelerate import PartialState
 
 from hnc_clip.losses import LOSSES, LossSpec, hnc_loss
+from hnc_clip.peers import shutdown_distributed
 from hnc_clip.scripts import train as train_app
 
 calls = {"n": 0}
@@ -25,4 +26,4 @@ def nan_on_rank1_first(inp, cfg):
 if __name__ == "__main__":
     LOSSES["nan_on_rank1_first"] = LossSpec(nan_on_rank1_first)
     train_app.main(*train_app.parse_args(sys.argv[1:]))
-    train_app.shutdown_distributed()
+    shutdown_distributed()

@@ -304,7 +304,7 @@ def main(out_path: str) -> None:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)
     acc.wait_for_everyone()
-    dist.destroy_process_group()  # before exit: see hnc_clip.scripts.train.shutdown_distributed
+    dist.destroy_process_group()  # before exit: see hnc_clip.peers.shutdown_distributed
 
 
 if __name__ == "__main__":

@@ -111,18 +111,18 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
-# Failures of the two local processes' plumbing (a port taken between `free_port` and the launch, a peer reset while
-# connecting, a teardown abort): infrastructure, not the code under test, so the launch is retried once on a new port.
+# Failures of the two local processes' plumbing before any work (a port taken between `free_port` and the launch, a
+# peer reset while connecting): infrastructure, not the code under test, so the launch is retried once on a new port.
 RENDEZVOUS_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError", "Connection reset by peer",
-                     "Connection refused",
-                     # a process aborting at interpreter exit, after its work (seen once in a fresh-clone CI run,
-                     # before the scripts destroyed their process group; not reproduced in 10 runs since)
-                     "terminate called without an active exception")
+                     "Connection refused")
+# A process aborting at interpreter exit after its work (pytorch/pytorch#179291; seen in fresh-clone CI runs even
+# with the process group destroyed): retried only by a caller that says how to undo what the first try wrote.
+EXIT_ABORT = "terminate called without an active exception"
 
 
-def accelerate_launch(*script_and_args: str, before_retry=None) -> subprocess.CompletedProcess:
+def accelerate_launch(*script_and_args: str, undo=None) -> subprocess.CompletedProcess:
     """`accelerate launch` two gloo processes on this CPU machine; asserts success and returns the process. A run that
-    failed to meet (or aborted at exit) is retried once on a new port, after `before_retry()` undoes what it wrote."""
+    failed to meet is retried once on a new port; one that aborted at exit too, after `undo()` removed its output."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     for attempt in range(2):
@@ -130,10 +130,12 @@ def accelerate_launch(*script_and_args: str, before_retry=None) -> subprocess.Co
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
                *script_and_args]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0 or attempt == 1 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
+        met = not any(e in proc.stderr for e in RENDEZVOUS_ERRORS)
+        if proc.returncode == 0 or attempt == 1 or (met and (undo is None or EXIT_ABORT not in proc.stderr)):
             break
-        print(f"rendezvous failed, retrying on a new port:\n{proc.stderr[-2000:]}")
-        if before_retry is not None:
-            before_retry()
+        why = "rendezvous failed" if not met else "aborted at exit"
+        print(f"{why}, retrying on a new port:\n{proc.stderr[-2000:]}")
+        if undo is not None:
+            undo()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc

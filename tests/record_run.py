@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 
+from hnc_clip.peers import shutdown_distributed
 from hnc_clip.scripts import train as train_app
 from hnc_clip.trainer import HncTrainer
 from tests.kill_run import SignalAtStep  # noqa: E402  (run as a script: the repo root is on PYTHONPATH)
@@ -34,7 +35,7 @@ def main() -> int:
     HncTrainer.compute_loss = recording
     callbacks = [SignalAtStep(getattr(signal, head[1]), int(head[2]))] if len(head) == 3 else []
     results = train_app.main(*train_app.parse_args(flags), callbacks=callbacks)
-    train_app.shutdown_distributed()
+    shutdown_distributed()
     return 143 if results.get("preempted") else 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ GRAD_RTOL = {"siglip2_naflex_hnc": 1e-6}
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "parity.json"
-    accelerate_launch(str(REPO / "tests" / "dist_parity.py"), str(out))
+    accelerate_launch(str(REPO / "tests" / "dist_parity.py"), str(out), undo=lambda: out.unlink(missing_ok=True))
     return json.loads(out.read_text())
 
 
@@ -71,7 +72,7 @@ def launch_training(script: str, tmp_path, tiny_clip_dir, sample_image_dir, *ext
         str(REPO / script), "--model_name_or_path", str(tiny_clip_dir), "--train_file", str(TRAIN_SAMPLE),
         "--image_dir", str(sample_image_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
         "--do_train", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none", "--logging_steps",
-        "1", *extra,
+        "1", *extra, undo=lambda: shutil.rmtree(out, ignore_errors=True),
     )
     return out
 

@@ -245,7 +245,7 @@ def test_two_processes_make_the_one_process_table(tmp_path, uninterrupted, lm_di
             path.unlink(missing_ok=True)
 
     accelerate_launch("-m", "hnc_clip.scripts.negatives", *flags(lm_dir, captions_file, two, "--keep_parts", "true"),
-                      before_retry=undo)
+                      undo=undo)
     assert two.read_text() == out.read_text()
     got = json.loads((tmp_path / "two.summary.json").read_text())
     assert counts(got) == counts(summary) and got["this_run"]["processes"] == 2

@@ -57,6 +57,7 @@ from hnc_clip.negatives.parts import (
     write_settings,
 )
 from hnc_clip.output_dir import OutputDirLock, write_atomic
+from hnc_clip.peers import shutdown_distributed
 
 logger = logging.getLogger("hnc_clip.negatives")
 
@@ -460,15 +461,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"hnc-clip-negatives: error: {err}", file=sys.stderr)
         return 1
     finally:
-        _shutdown_distributed()
+        shutdown_distributed()
     return 0
-
-
-def _shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

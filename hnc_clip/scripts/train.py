@@ -40,7 +40,14 @@ from hnc_clip.output_dir import (
     last_complete_checkpoint,
     save_final_model,
 )
-from hnc_clip.peers import collective_failure, exit_with, is_peer_lost, peer_lost_message, watch_peers
+from hnc_clip.peers import (
+    collective_failure,
+    exit_with,
+    is_peer_lost,
+    peer_lost_message,
+    shutdown_distributed,
+    watch_peers,
+)
 from hnc_clip.trainer import HncTrainer
 
 logger = logging.getLogger("hnc_clip")
@@ -248,16 +255,6 @@ def main(
                 elif training_args.should_save:
                     trainer.create_model_card()
         return results
-
-
-def shutdown_distributed() -> None:
-    """Tear the process group down before the interpreter exits: left to static destruction, a gloo/NCCL worker
-    thread can still be joinable and the process aborts ("terminate called without an active exception") after a
-    run that succeeded (seen under `accelerate launch` with 2 gloo processes)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def cli(argv: list[str] | None = None) -> int:
