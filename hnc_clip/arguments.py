@@ -367,13 +367,25 @@ class HncTrainingArguments(TrainingArguments):
         },
     )
     fsc_local_weight: float = field(
-        default=0.0,
+        default=LossConfig.fsc_local_weight,
         metadata={
-            "help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
-            "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
-            "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
-            "GradCache). Any value but 0 is refused."
+            "help": "`fsc_clip`: weight μ of FSC-CLIP's local token–patch hard-negative term (LHN): the focal loss "
+            "above over each pair's token–patch scores (the authors' runs: 0.2; 0: off, their flag's default). "
+            "Encodes per-patch and per-token embeddings (more memory, cached by GradCache too); CLIP-family models."
         },
+    )
+    fsc_local_normalizer: str = field(
+        default=LossConfig.fsc_local_normalizer,
+        metadata={
+            "help": "`fsc_clip` with --fsc_local_weight: how a caption token weighs the patches it averages, from "
+            "its similarity to each: `minmax` (scaled to [0, 1] over the patches, then summing to 1; the authors' "
+            "default) or `softmax`."
+        },
+    )
+    fsc_local_sparsify: bool = field(
+        default=LossConfig.fsc_local_sparsify,
+        metadata={"help": "`fsc_clip` with --fsc_local_weight and `minmax`: drop patches whose weight is below "
+                          "1/patches before renormalising (the authors' --sim-sparsify)."},
     )
     ce_clip_imc_weight: float = field(
         default=LossConfig.ce_clip_imc_weight,
@@ -651,13 +663,19 @@ class HncTrainingArguments(TrainingArguments):
         check_range("ce_clip_imc_weight", self.ce_clip_imc_weight, 0)
         check_range("ce_clip_cmr_weight", self.ce_clip_cmr_weight, 0)
         check_range("ce_clip_threshold_max", self.ce_clip_threshold_max, 0)
-        if self.fsc_local_weight != 0:
-            raise ValueError(
-                "--fsc_local_weight: FSC-CLIP's local token–patch hard-negative term is not implemented. It needs "
-                "per-token text and per-patch image embeddings; this recipe's forward produces pooled embeddings only "
-                "(hnc_clip/forward.py embed, GradCache caches those). --loss_type fsc_clip trains its global terms "
-                "(the focal hard-negative loss with smoothed targets); leave --fsc_local_weight 0"
-            )
+        check_range("fsc_local_weight", self.fsc_local_weight, 0)
+        from .losses import PATCH_WEIGHTS
+
+        if self.fsc_local_normalizer not in PATCH_WEIGHTS:
+            known = ", ".join(PATCH_WEIGHTS)
+            raise ValueError(f"--fsc_local_normalizer {self.fsc_local_normalizer!r}: one of {known}")
+        for flag, moved in (("fsc_local_normalizer", self.fsc_local_normalizer != LossConfig.fsc_local_normalizer),
+                            ("fsc_local_sparsify", self.fsc_local_sparsify)):  # fmt: skip
+            if moved and self.fsc_local_weight == 0:
+                raise ValueError(f"--{flag} shapes FSC-CLIP's local term, which --fsc_local_weight 0 turns off")
+        if self.fsc_local_sparsify and self.fsc_local_normalizer != "minmax":
+            raise ValueError("--fsc_local_sparsify drops patches of the min–max weights only (--fsc_local_normalizer "
+                             "minmax); the authors' softmax weights ignore it")  # fmt: skip
         weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
         if self.loss_type == "ce_clip" and weighted:
             raise ValueError(
@@ -676,7 +694,8 @@ class HncTrainingArguments(TrainingArguments):
         ),
         (("kl_weight", "kl_temperature"), lambda name, spec: name == "kl_teacher"),
         (("dpo_beta", "dpo_contrastive_weight"), lambda name, spec: name == "dpo"),
-        (("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight"), lambda name, spec: name == "fsc_clip"),
+        (("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight", "fsc_local_normalizer", "fsc_local_sparsify"),
+         lambda name, spec: name == "fsc_clip"),
         (("ce_clip_imc_weight", "ce_clip_cmr_weight", "ce_clip_threshold_max"), lambda name, spec: name == "ce_clip"),
     )  # fmt: skip
 
