@@ -677,6 +677,9 @@ class LossSpec:
     # Whether a step with these settings needs per-token/per-patch embeddings (`TokenEmbeddings`; costly: asked only
     # when a term reads them).
     needs_tokens: Callable[[LossConfig], bool] = lambda cfg: False
+    # The `LossConfig` settings (flags of the same names) only this loss reads; a run of another loss refuses them
+    # off their defaults (`flag_readers`). λ's flags go with `uses_weight`.
+    flags: tuple[str, ...] = ()
     # Forms for other contrastive terms, by `ModelFamily.contrastive` ("sigmoid": SigLIP).
     variants: dict = field(default_factory=dict)
     # Why a form is missing, by kind, for the refusal's message.
@@ -697,15 +700,35 @@ LOSSES: dict[str, LossSpec] = {
     "hnc": LossSpec(hnc_loss, uses_weight=True, variants={"sigmoid": sigmoid_hnc_loss}),
     "pairwise": LossSpec(pairwise_loss, uses_weight=True, variants={"sigmoid": sigmoid_pairwise_loss}),
     "thesis_l2": LossSpec(thesis_l2_loss, uses_weight=True),
-    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True),
-    "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss}),
+    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True,
+                           flags=("kl_weight", "kl_temperature")),
+    "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss},
+                    flags=("dpo_beta", "dpo_contrastive_weight")),
     "negclip": LossSpec(negclip_loss),
     "fsc_clip": LossSpec(fsc_clip_loss, uses_weight=True, variants={"sigmoid": sigmoid_fsc_clip_loss},
-                         needs_tokens=lambda cfg: cfg.fsc_local_weight > 0),
-    "ce_clip": LossSpec(ce_clip_loss, no_variant_reasons={"sigmoid": (
+                         needs_tokens=lambda cfg: cfg.fsc_local_weight > 0,
+                         flags=("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight", "fsc_local_normalizer",
+                                "fsc_local_sparsify")),
+    "ce_clip": LossSpec(ce_clip_loss, flags=("ce_clip_imc_weight", "ce_clip_cmr_weight", "ce_clip_threshold_max"),
+                        no_variant_reasons={"sigmoid": (
         "CE-CLIP's intra-modal softmax weighs an image–text logit against text–text ones, and SigLIP's image–text "
         "logits carry a learned bias that text–text similarities have no counterpart of")}),
 }
+
+
+# λ and its schedule: read by the losses that have a λ (`LossSpec.uses_weight`).
+WEIGHT_FLAGS = ("hard_negative_weight", "hard_negative_schedule", "hard_negative_weight_min",
+                "hard_negative_warmup_steps", "hard_negative_step_size", "hard_negative_step_every")  # fmt: skip
+
+
+def flag_readers() -> dict[str, list[str]]:
+    """Each flag only some losses read → those loss types (λ's flags: the losses with a λ; NegCLIP's negatives sit
+    in its image→text softmax unweighted)."""
+    readers = {flag: [name for name, spec in LOSSES.items() if spec.uses_weight] for flag in WEIGHT_FLAGS}
+    for name, spec in LOSSES.items():
+        for flag in spec.flags:
+            readers.setdefault(flag, []).append(name)
+    return readers
 
 
 def losses_for(kind: str) -> list[str]:

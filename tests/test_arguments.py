@@ -88,6 +88,24 @@ def test_a_loss_flag_with_a_loss_that_does_not_read_it_is_refused(tmp_path, flag
         training_args(tmp_path, loss_type=loss, **{flag: value})
 
 
+def test_every_loss_setting_is_declared_once_and_is_a_flag():
+    """A `LossConfig` field is either read by every loss (λ is scheduled; the regulariser and the same-image mask
+    are any loss's) or named by the losses that read it, in their `LossSpec.flags` (λ's: `uses_weight`): so the
+    refusal of a flag a loss ignores follows from where the loss is declared. Each is a flag of the same name."""
+    from hnc_clip.loss_config import LossConfig
+    from hnc_clip.losses import LOSSES, WEIGHT_FLAGS, flag_readers
+
+    every_loss = {"hard_negative_weight", "l2_reg_weight", "mask_same_image", "state"}
+    own = [flag for spec in LOSSES.values() for flag in spec.flags]
+    assert len(own) == len(set(own))  # no setting read by two losses' own lists
+    config = {f.name for f in dataclasses.fields(LossConfig)}
+    assert set(own) == config - every_loss
+    flags = {f.name for f in dataclasses.fields(HncTrainingArguments)}
+    assert set(flag_readers()) <= flags and config - {"state"} <= flags
+    assert flag_readers()["hard_negative_step_every"] == [n for n, s in LOSSES.items() if s.uses_weight]
+    assert set(WEIGHT_FLAGS) < flags and flag_readers()["fsc_local_sparsify"] == ["fsc_clip"]
+
+
 def test_fsc_and_ce_clip_flags_with_their_loss(tmp_path):
     args = training_args(tmp_path, loss_type="fsc_clip", fsc_focal_gamma=1.0, fsc_label_smoothing=0.1,
                          hard_negative_weight=0.5)
