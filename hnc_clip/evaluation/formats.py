@@ -7,6 +7,8 @@ so the scoring code never sees a format. Formats are detected from the
 first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
 Every record's fields are read by type (`.records.Record`): a record that lacks a field is counted
 (`record_missing_keys`), a field of the wrong type raises `DataFileError` naming the file, the record and the field.
+A COCO Karpathy file (retrieval only) is read by the benchmarks' own `readers.read_karpathy`, not strict: it also
+takes the train files' one caption per record.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A reader turns a benchmark's files into items; `encode_items` resolves each item's images inside the benchmark root,
 encodes every distinct image and caption once, and drops (counting, with named examples) the items whose image is
-missing, outside the root or undecodable. Protocols then read similarities off `EncodedItems.sims(i)`.
+missing, outside the root or undecodable. Protocols then read similarities off `EncodedItems.sims(i)`, computed by
+`encode.pair_cosines` as the pairwise task's are.
 """
 
 from __future__ import annotations
