@@ -138,3 +138,10 @@ def test_a_demo_loss_with_settings_trains_its_loss_type_with_them():
     assert without == plain
     with pytest.raises(ValueError, match="--losses fsc_local: not a loss type"):
         demo.DemoArguments(output_dir="unused", losses=["clip", "pairwise", "fsc_local"])
+
+
+def test_the_report_names_the_flags_that_differ_from_the_defaults(tmp_path):
+    """A report's command reruns that report: non-default losses and rules are in it, defaults are not."""
+    args = demo.DemoArguments(output_dir=str(tmp_path), losses=["clip", "pairwise", "fsc_clip_local"], plain_rules="")
+    assert demo._non_default_flags(args) == " --losses clip pairwise fsc_clip_local --plain_rules ''"
+    assert demo._non_default_flags(demo.DemoArguments(output_dir=str(tmp_path))) == ""

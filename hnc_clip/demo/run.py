@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -328,8 +329,8 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
     lines = [
         "# hnc-clip synthetic demo",
         "",
-        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}` ({seconds:.0f} s on "
-        f"{os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
+        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}{_non_default_flags(args)}` "
+        f"({seconds:.0f} s on {os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
         "",
         "Pairwise accuracy = share of held-out (image, positive, hard negative) triples with sim(image, positive) > "
         "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set. "
@@ -486,7 +487,7 @@ def _non_default_flags(args: DemoArguments) -> str:
     for name in ("losses", "main_loss", "plain_rules"):
         value = getattr(args, name)
         if value != getattr(default, name):
-            out += f" --{name} {' '.join(value) if isinstance(value, list) else value}"
+            out += f" --{name} {' '.join(value) if isinstance(value, list) else shlex.quote(value)}"
     return out
 
 
