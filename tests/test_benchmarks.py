@@ -598,6 +598,19 @@ def test_missing_corrupt_and_escaping_images_are_counted_and_named(tmp_path):
     assert records[1]["filename"] in examples["unreadable_images"][0]
 
 
+def test_a_benchmark_without_any_of_its_images_is_file_not_found(tmp_path):
+    """As in the pairwise and retrieval tasks (the same code): not one image under the root raises
+    FileNotFoundError naming the root and a few files, before anything is encoded."""
+    import shutil
+
+    root = fx.build_hnc_test(tmp_path / "hnc")
+    shutil.rmtree(root / "images")
+    encoder = fx.FakeEncoder()
+    with pytest.raises(FileNotFoundError, match=r"none of the 6 images was found under '.*hnc' \(e\.g\. \['images/n0"):
+        run_benchmark(encoder, REGISTRY["hnc_test"], str(root))
+    assert encoder.image_calls == encoder.text_calls == 0
+
+
 def _only_replace_att(root):
     from collections import Counter
 

@@ -186,3 +186,56 @@ def test_pairwise_and_benchmark_similarities_are_numpy_cosines_and_the_same_bits
         bench[(rel, item.image.bbox, item.captions[item.correct], item.captions[1 - item.correct])] = (true, other)
     assert task.keys() <= bench.keys() and len(task) > 0
     assert {k: bench[k] for k in task} == task
+
+
+def test_pairwise_retrieval_and_benchmark_drop_and_count_images_in_one_place(tmp_path):
+    """`benchmarks.items.encode_unique` is the only code that resolves, drops and counts images: on one damaged
+    SugarCrepe folder (a file deleted, one an LFS pointer, one named outside the root) the pairwise task, retrieval
+    and the registry benchmark count the same missing and undecodable images and name the same files."""
+    from hnc_clip.evaluation.formats import load_image_captions
+    from hnc_clip.evaluation.tasks import pairwise_scores, score_retrieval
+
+    root, paths, image_dir = _build("sugarcrepe", tmp_path)
+    path = Path(paths[0])
+    data = json.loads(path.read_text())
+    records = list(data.values())
+    (Path(image_dir) / records[0]["filename"]).unlink()
+    (Path(image_dir) / records[1]["filename"]).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.jpg")
+    records[2]["filename"] = "../../secret.jpg"  # outside both roots (the image folder and the benchmark's)
+    path.write_text(json.dumps(dict(zip(data, records))))
+
+    scores = pairwise_scores(fx.FakeEncoder(), load_pairs(paths), image_dir)
+    retrieval = score_retrieval(fx.FakeEncoder(), load_image_captions(paths), image_dir)
+    benchmark = run_benchmark(fx.FakeEncoder(), REGISTRY["sugarcrepe"], str(root))
+    counted = {(scores.missing_images, scores.unreadable_images),
+               (retrieval["missing_images"], retrieval["unreadable_images"]),
+               (benchmark["missing_images"], benchmark["unreadable_images"])}  # fmt: skip
+    assert counted == {(2, 1)}
+    named = [scores.examples, retrieval["skipped_examples"], benchmark["skipped_examples"]]
+    for reason, n in (("missing_images", 2), ("unreadable_images", 1)):
+        files = [sorted(Path(e.split(":")[0]).name for e in ex[reason]) for ex in named]
+        assert files[0] == files[1] == files[2] and len(files[0]) == n
+    uses = sum(p["image_file"] == records[0]["filename"] for p in load_pairs(paths))
+    assert benchmark["items_skipped_missing_image"] >= uses > 0
+
+
+def test_pairwise_encodes_positives_then_negatives(tmp_path):
+    """The pairwise task hands the encoder its distinct positives, then its distinct negatives (a caption's
+    embedding depends in its last bits on the batch it is padded with), where the benchmarks go item by item."""
+    from hnc_clip.evaluation.benchmarks.items import ChoiceItem, encode_unique
+    from hnc_clip.evaluation.images import ImageRef
+
+    class Recording(fx.FakeEncoder):
+        def encode_texts(self, texts):
+            self.texts = list(texts)
+            return super().encode_texts(texts)
+
+    fx.save_image(tmp_path / "a.jpg", 1)
+    items = [ChoiceItem(str(i), ImageRef("a.jpg"), [pos, neg], 0)
+             for i, (pos, neg) in enumerate([("a", "x"), ("a", "y"), ("b", "z"), ("b", "x")])]  # fmt: skip
+    for by_slot, order in ((True, ["a", "b", "x", "y", "z"]), (False, ["a", "x", "y", "b", "z"])):
+        encoder = Recording()
+        encoded = encode_unique(encoder, items, str(tmp_path), texts_by_slot=by_slot)
+        assert encoder.texts == order
+        assert [encoder.texts[t] for t in encoded.text_index] == ["a", "x", "a", "y", "b", "z", "b", "x"]

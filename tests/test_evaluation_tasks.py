@@ -145,6 +145,13 @@ def test_all_images_missing_is_an_error(tmp_path):
         score_pairwise(FakeEncoder(IMAGES, TEXTS), PAIRS, str(tmp_path))
 
 
+def test_only_identical_pairs_is_nothing_to_score(tmp_path):
+    """No pair left after the identical ones: said so (it used to read 'none of the 0 images was found')."""
+    pairs = [_pair("A.jpg", "a1", "a1", "rel"), _pair("B.jpg", "b1", "b1", "att")]
+    with pytest.raises(ValueError, match=r"nothing to score \(0 missing, 0 unreadable images, 2 identical pairs"):
+        score_pairwise(FakeEncoder(IMAGES, TEXTS), pairs, _touch_images(tmp_path, IMAGES))
+
+
 def test_retrieval_hand_computed_with_several_captions_per_image(tmp_path):
     images = {"A.jpg": [1, 0, 0], "B.jpg": [0, 1, 0], "C.jpg": [0, 0, 1]}
     texts = {"a1": [1, 0, 0], "a2": [0.28, 0.96, 0], "b1": [0.6, 0.8, 0], "c1": [0, 0.6, 0.8], "c2": [0.8, 0, 0.6]}

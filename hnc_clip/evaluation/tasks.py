@@ -8,22 +8,24 @@ Each task comes in two layers:
 
 Unique encoding: HNC test has ~9 pairs per image and train ~121, and every positive recurs once per negative, so
 each distinct image (file + crop box) and each distinct caption is encoded exactly once and pairs index into the
-embedding tables. That is what makes `bench/eval_encoding.py` several times faster than encoding per pair.
+embedding tables (`benchmarks.items.encode_unique`, which the benchmarks use too, also drops and counts the items
+whose image is missing or undecodable). That is what makes `bench/eval_encoding.py` several times faster than
+encoding per pair.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .benchmarks.items import ImageCaptions
+from .benchmarks.items import MAX_EXAMPLES, ChoiceItem, ImageCaptions, encode_unique, unique_index
 from .encode import ClipEncoder, Encoder, pair_cosines, text_keys, unreadable_rows
-from .images import ImageRef, resolve_image
+from .images import ImageRef
 from .linear_probe import linear_probe_rankings
 from .metrics import load_metric
 
@@ -37,54 +39,6 @@ DEFAULT_K = (1, 5, 10)
 def _metric(name: str):
     # Loading copies the script into the HF modules cache and imports it: do it once per process, not per model.
     return load_metric(name)
-
-
-def unique_index(items: Sequence[Hashable]) -> tuple[list, np.ndarray]:
-    """(distinct items in first-seen order, index of each item into that list)."""
-    position: dict = {}
-    index = np.fromiter((position.setdefault(x, len(position)) for x in items), dtype=np.int64, count=len(items))
-    return list(position), index
-
-
-MAX_EXAMPLES = 5  # how many skipped items each reason names in the results
-
-
-def _present_images(
-    refs: Sequence[ImageRef], image_dir: str | None, allow_absolute: bool = False
-) -> tuple[dict[ImageRef, ImageRef], list[str]]:
-    """({reference: resolved reference} for existing images, [missing files]), each distinct reference checked once.
-
-    A file outside `image_dir` (`../x`, or an absolute path without `allow_absolute`) counts as missing.
-    """
-    found, missing = {}, []
-    for ref in dict.fromkeys(refs):
-        resolved = resolve_image(image_dir, ref, allow_absolute=allow_absolute)
-        if resolved is None:
-            missing.append(ref.file)
-        else:
-            found[ref] = resolved
-    if missing:
-        logger.warning(
-            "%d image(s) missing under %r (or outside it), e.g. %s; their items are skipped",
-            len(missing),
-            image_dir,
-            missing[0],
-        )
-    if not found:
-        raise FileNotFoundError(
-            f"none of the {len(missing)} images was found under --image_dir {image_dir!r} (e.g. {missing[:3]})"
-        )
-    return found, missing
-
-
-def _unreadable(encoder: Encoder, images: Sequence[ImageRef], emb: torch.Tensor) -> tuple[np.ndarray, list[str]]:
-    """(mask [I] of images that could not be decoded, their '<file>: <error>' descriptions)."""
-    bad = unreadable_rows(emb).numpy()
-    errors = getattr(encoder, "unreadable", {})
-    names = [f"{images[i].file}: {errors.get(images[i].file, 'unreadable')}" for i in np.flatnonzero(bad)]
-    if names:
-        logger.warning("%d image(s) could not be decoded, e.g. %s; their items are skipped", len(names), names[0])
-    return bad, names
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,44 +101,31 @@ def pairwise_scores(
         logger.warning("%d pair(s) have a positive identical to the negative (%d of them only after truncation to "
                        "the text tower's length), e.g. %s; they are not scored", len(identical), truncated,
                        identical[0])  # fmt: skip
-    candidates = [p for p, s in zip(pairs, same) if not s]
-    refs = [ImageRef(p["image_file"], p.get("bbox")) for p in candidates]
-    found, missing = _present_images(refs, image_dir, allow_absolute)
-    present = [(p, found[r]) for p, r in zip(candidates, refs) if r in found]
-
-    images, image_index = unique_index([ref for _, ref in present])  # [I], [P0]
-    image_emb = encoder.encode_images(images)  # [I, D], NaN rows = unreadable
-    bad_image, unreadable = _unreadable(encoder, images, image_emb)
-    keep = ~bad_image[image_index] if len(image_index) else np.zeros(0, dtype=bool)
-    kept = [pair for pair, k in zip(present, keep) if k]
-    if not kept:
-        raise ValueError(
-            f"pairwise: nothing to score ({len(missing)} missing, {len(unreadable)} unreadable images, "
-            f"{len(identical)} identical pairs; e.g. {(unreadable or missing)[:3]})"
-        )
-    image_index = image_index[keep]
-    n = len(kept)
-    texts, text_index = unique_index([p["positive"] for p, _ in kept] + [p["negative"] for p, _ in kept])
-    pos_index, neg_index = text_index[:n], text_index[n:]  # [P], [P]
-    text_emb = encoder.encode_texts(texts)  # [T, D]
-
+    candidates = [ChoiceItem(str(p["pair_id"]), ImageRef(p["image_file"], p.get("bbox")),
+                             [p["positive"], p["negative"]], 0, str(p["type"]))
+                  for p, s in zip(pairs, same) if not s]  # fmt: skip
+    encoded = encode_unique(encoder, candidates, image_dir, allow_absolute, texts_by_slot=True)
+    missing, unreadable = encoded.skips["missing_images"], encoded.skips["unreadable_images"]
+    if not encoded.items:
+        named = encoded.examples["unreadable_images"] or encoded.examples["missing_images"]
+        raise ValueError(f"pairwise: nothing to score ({missing} missing, {unreadable} unreadable images, "
+                         f"{len(identical)} identical pairs; e.g. {named[:3]})")  # fmt: skip
+    image_emb, text_emb = encoded.image_table, encoded.text_table  # [I, D], [T, D]
+    image_index = encoded.image_index  # [P]: one image per pair
+    pos_index, neg_index = encoded.text_index.reshape(-1, 2).T  # [P], [P]
     rand = random_negative_index(image_index, seed)  # [P] pair whose positive serves as an easy negative
-    examples = {
-        "missing_images": missing[:MAX_EXAMPLES],
-        "unreadable_images": unreadable[:MAX_EXAMPLES],
-        "identical_pairs": [str(p["pair_id"]) for p in identical[:MAX_EXAMPLES]],
-    }
+    examples = {**encoded.examples, "identical_pairs": [str(p["pair_id"]) for p in identical[:MAX_EXAMPLES]]}
     return PairwiseScores(
         positive=pair_cosines(image_emb, image_index, text_emb, pos_index),
         negative=pair_cosines(image_emb, image_index, text_emb, neg_index),
         random_negative=None if rand is None else pair_cosines(image_emb, image_index, text_emb, pos_index[rand]),
-        types=[str(p["type"]) for p, _ in kept],
-        pair_ids=[str(p["pair_id"]) for p, _ in kept],
-        num_images=int((~bad_image).sum()),
-        num_texts=len(texts),
-        missing_images=len(missing),
-        skipped_pairs=len(pairs) - n,
-        unreadable_images=len(unreadable),
+        types=[item.type for item in encoded.items],
+        pair_ids=[item.item_id for item in encoded.items],
+        num_images=encoded.num_images,
+        num_texts=len(text_emb),
+        missing_images=missing,
+        skipped_pairs=len(pairs) - len(encoded.items),
+        unreadable_images=unreadable,
         identical_pairs=len(identical),
         identical_after_truncation=truncated,
         examples={k: v for k, v in examples.items() if v},
@@ -277,21 +218,13 @@ def score_retrieval(
     caption is a text->image query whose only relevant item is its own image. Image->text is a hit when any of the
     image's own entries is in the top K. Each distinct caption is still encoded once.
     """
-    found, missing = _present_images([item.image for item in items], image_dir, allow_absolute)
-    present = [item for item in items if item.image in found]
-    images, image_index = unique_index([found[item.image] for item in present])
-    image_table = encoder.encode_images(images)  # [I, D]
-    bad_image, unreadable = _unreadable(encoder, images, image_table)
-    kept = [item for item, i in zip(present, image_index) if not bad_image[i]]
-    image_index = np.array([i for i in image_index if not bad_image[i]], dtype=np.int64)
-    owner = [i for i, item in enumerate(kept) for _ in item.captions]  # [C] image of each caption entry
-    captions = [c for item in kept for c in item.captions]  # [C]
-    if not captions:
+    encoded = encode_unique(encoder, items, image_dir, allow_absolute)
+    kept = encoded.items
+    owner = np.repeat(np.arange(len(kept)), np.diff(encoded.text_offsets)).tolist()  # [C] image of each entry
+    if not owner:
         raise ValueError("retrieval: no captions for the images that exist and decode")
-
-    texts, text_index = unique_index(captions)
-    image_emb = image_table[torch.from_numpy(image_index)]  # [N, D]
-    text_emb = encoder.encode_texts(texts)[torch.from_numpy(text_index)]  # [C, D], one row per entry
+    image_emb = encoded.image_table[torch.from_numpy(encoded.image_index)]  # [N, D]
+    text_emb = encoded.text_table[torch.from_numpy(encoded.text_index)]  # [C, D], one row per entry
 
     relevant_texts: list[list[int]] = [[] for _ in kept]  # per image, its caption entries
     for c, i in enumerate(owner):
@@ -309,14 +242,13 @@ def score_retrieval(
     results["mean_recall"] = float(np.mean([results[key] for key in results]))
     results.update(
         num_images=len(kept),
-        num_captions=len(captions),
-        missing_images=len(missing),
-        unreadable_images=len(unreadable),
+        num_captions=len(owner),
+        missing_images=encoded.skips["missing_images"],
+        unreadable_images=encoded.skips["unreadable_images"],
         num_input_images=len(items),
     )
-    examples = {"missing_images": missing[:MAX_EXAMPLES], "unreadable_images": unreadable[:MAX_EXAMPLES]}
-    if any(examples.values()):
-        results["skipped_examples"] = {k: v for k, v in examples.items() if v}
+    if any(encoded.examples.values()):
+        results["skipped_examples"] = {k: v for k, v in encoded.examples.items() if v}
     return results
 
 
