@@ -1,10 +1,9 @@
 """`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It holds only its overrides:
 
-- `compute_loss` / `training_step`: one forward of the model over images and [positives; hard negatives], gather
-  across processes, pick the loss from `LOSSES`; what a step logs goes to the `MetricLedger` (`hnc_clip.ledger`),
-  once `StepGuard` (`hnc_clip.callbacks`) has accepted the step. A batch without a readable image is skipped with
-  one process; with several, a placeholder pair weighted 0 keeps every process in the same collectives
-  (`hnc_clip.forward.placeholder_batch`);
+- `compute_loss` / `training_step`, the loss step: one forward over images and [positives; hard negatives] (or
+  GradCache's chunked backward, `hnc_clip.gradcache`), gathered across processes, the loss from `LOSSES`. What
+  every step records, either way, is `hnc_clip.step.run_loss_step`'s: the counts, a batch without a readable image
+  (skipped, or a placeholder pair), the values logged once `StepGuard` (`hnc_clip.callbacks`) accepts the step;
 - `evaluation_loop` / `evaluate`: the same loss at evaluation, averaged over the pairs actually scored, then the
   --eval_benchmarks and the objective (`hnc_clip.objective`);
 - `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
@@ -30,19 +29,20 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
-from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of, pop_counts
+from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of
 from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
 from .engines import check_parallelism
 from .families import family_of
-from .forward import build_loss_inputs, placeholder_batch
+from .forward import build_loss_inputs
 from .gradcache import gradcache_backward
 from .ledger import MetricLedger
-from .losses import LossConfig, LossInputs, LossSpec, loss_components, loss_for_family, step_metrics, total_loss
+from .losses import LossConfig, LossSpec, loss_components, loss_for_family, total_loss
 from .modeling import LogitScaleTap
 from .objective import EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .resume import check_resumable, describe_key_mismatch, refuse, refused_on_error
 from .schedules import SCHEDULES
+from .step import StepLoss, run_loss_step
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,9 @@ class HncTrainer(Trainer):
     def current_hard_negative_weight(self) -> float:
         return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
 
-    def _loss_inputs(self, model, inputs: dict) -> LossInputs:
-        return build_loss_inputs(
+    def _plain_loss(self, model, inputs: dict, cfg: LossConfig) -> StepLoss:
+        """One forward over the batch (gathered), the loss on it; `training_step` then runs the backward."""
+        inp = build_loss_inputs(
             model,
             inputs,
             rank=self.accelerator.process_index,
@@ -185,21 +186,14 @@ class HncTrainer(Trainer):
             taps=self._taps,
             with_negatives=self.loss_spec.uses_negatives,
         )
+        components = loss_components(self.loss_spec.fn, inp, cfg)
+        return StepLoss(total_loss(components, inp), components, inp.local, inp.logit_scale, inp.rows)
 
     def _block(self, training: bool) -> int:
         """Pairs per process in a full batch: the rows every process pads to under several processes, and the
         weight 1 of a batch's recorded values."""
         size = self._train_batch_size if training else self.args.eval_batch_size
         return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
-
-    def _empty_batch(self, model, inputs: dict) -> dict | None:
-        """For a batch without a readable image: None with one process (the step is skipped), else the placeholder
-        pair that keeps this process in the collectives the others enter."""
-        if self.accelerator.num_processes == 1:
-            return None
-        collator = self.data_collator
-        k = getattr(collator, "negatives_per_row", None) or 1
-        return placeholder_batch(model, self.args.device, k, getattr(collator, "allow_missing_negatives", False))
 
     def loss_config(self, training: bool = True) -> LossConfig:
         """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
@@ -211,28 +205,10 @@ class HncTrainer(Trainer):
         mode = "train" if model.training else "eval"
         if mode == "eval":
             inputs = self._without_repeats(inputs)
-        self.ledger.add_counts(mode, pop_counts(inputs))
-        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            inputs = self._empty_batch(model, inputs)
-            if inputs is None:
-                if model.training:
-                    self.step_guard.note_rows(0)
-                return zero_loss(model)
-        inp = self._loss_inputs(model, inputs)
-        cfg = self.loss_config(model.training)
-        components = loss_components(self.loss_spec.fn, inp, cfg)
-        loss = total_loss(components, inp)
-        rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
-        self.ledger.add(mode, "pairs", rows)
-        metrics = step_metrics(components, inp.local, cfg, inp.logit_scale)
-        if model.training:  # settled in training_step, after the backward is launched
-            all_rows = inp.rows.sum() if inp.rows is not None else rows
-            self.step_guard.hold(loss, components, metrics, rows / self._block(True), all_rows)
-        else:
-            weight = rows / self._block(False)
-            self.ledger.add_all("eval", metrics, weight=weight)
-            self.ledger.add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
-        return (loss, components) if return_outputs else loss
+        step = run_loss_step(self, model, inputs, mode, self._plain_loss)
+        if step is None:  # no readable image, one process: a skipped step
+            return zero_loss(model)
+        return (step.loss, step.components) if return_outputs else step.loss
 
     def _without_repeats(self, inputs: dict) -> dict:
         """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
@@ -273,17 +249,16 @@ class HncTrainer(Trainer):
 
     def _gradcache_step(self, model, inputs) -> torch.Tensor:
         model.train()
-        inputs = self._prepare_inputs(inputs)
-        self.ledger.add_counts("train", pop_counts(inputs))
-        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            inputs = self._empty_batch(model, inputs)
-            if inputs is None:
-                self.step_guard.note_rows(0)
-                return torch.zeros((), device=self.args.device)
+        step = run_loss_step(self, model, self._prepare_inputs(inputs), "train", self._gradcache_loss)
+        if step is None:  # no readable image, one process: a skipped step
+            return torch.zeros((), device=self.args.device)
+        return step.loss / self.current_gradient_accumulation_steps
+
+    def _gradcache_loss(self, model, inputs: dict, cfg: LossConfig) -> StepLoss:
+        """The loss over the whole batch with GradCache's chunked backward (`hnc_clip.gradcache`), run here."""
         world = self.accelerator.num_processes
-        cfg = self.loss_config()
         with self.compute_loss_context_manager():
-            loss, components, local, scale, all_rows = gradcache_backward(
+            return StepLoss(*gradcache_backward(
                 model,
                 inputs,
                 self.args.gradcache_chunk_size,
@@ -298,13 +273,7 @@ class HncTrainer(Trainer):
                 loss_scale=1.0 / self.current_gradient_accumulation_steps,
                 no_sync=(lambda: self.accelerator.no_sync(model)) if world > 1 else None,
                 with_negatives=self.loss_spec.uses_negatives,
-            )
-        rows = inputs.get("real_rows", len(local))
-        self.ledger.add("train", "pairs", rows)
-        metrics = step_metrics(components, local, cfg, scale)
-        self.step_guard.hold(loss, components, metrics, rows / self._block(True),
-                             all_rows.sum() if all_rows is not None else rows)  # fmt: skip
-        return loss / self.current_gradient_accumulation_steps
+            ))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
