@@ -8,12 +8,13 @@
   --eval_benchmarks and the objective (`hnc_clip.objective`);
 - `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
   `report_to`; `StepGuard.check_run` stops a run that skipped too much;
-- the sampler and dataloaders (`--group_by_image`, streamed data resumed from its saved position), and the
-  checkpoint hooks: a checkpoint is marked complete only once every process has written it (`hnc_clip.output_dir`),
-  and one that does not fit the run is refused with its reason (`hnc_clip.resume`).
+- the sampler (`--group_by_image`) and `_save_checkpoint`: a checkpoint is marked complete only once every process
+  has written it (`hnc_clip.output_dir`).
 
-What a batch holds is `hnc_clip.data.batches`'s to know; the attention kernels are `hnc_clip.attention`'s. The
-model is built in the entry script, not here (as trl's trainers take a ready model).
+Hooks of one concern live beside it, as mixins: the streamed data's loader and saved position
+(`hnc_clip.data.stream.StreamedTraining`), the refusal of a checkpoint that does not fit the run
+(`hnc_clip.resume.RefusesUnfitCheckpoints`). What a batch holds is `hnc_clip.data.batches`'s to know; the attention
+kernels are `hnc_clip.attention`'s. The model is built in the entry script, not here (trl's trainers take it ready).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
 from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of
-from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
+from .data.stream import StreamedTraining
 from .engines import check_parallelism
 from .families import family_of
 from .forward import build_loss_inputs
@@ -40,14 +41,14 @@ from .losses import LossConfig, LossSpec, loss_components, loss_for_family, tota
 from .modeling import LogitScaleTap
 from .objective import EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
-from .resume import check_resumable, describe_key_mismatch, refuse, refused_on_error
+from .resume import RefusesUnfitCheckpoints, check_resumable
 from .schedules import SCHEDULES
 from .step import StepLoss, run_loss_step
 
 logger = logging.getLogger(__name__)
 
 
-class HncTrainer(Trainer):
+class HncTrainer(StreamedTraining, RefusesUnfitCheckpoints, Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -131,32 +132,6 @@ class HncTrainer(Trainer):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
             self._signature_columns = list(COLLATOR_COLUMNS)
-
-    # -- streamed training data ---------------------------------------------------------------------------------
-
-    def get_train_dataloader(self):
-        if not isinstance(self.train_dataset, TrainingStream):
-            return super().get_train_dataloader()
-        a = self.args
-        self._stream_loader = StreamLoader(
-            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
-            num_workers=a.dataloader_num_workers, pin_memory=a.dataloader_pin_memory,
-            prefetch_factor=a.dataloader_prefetch_factor, rank=a.process_index, world_size=a.world_size,
-        )  # fmt: skip
-        return self._stream_loader
-
-    def get_resumed_dataloader(self, dataloader, num_batches: int):
-        """A stream resumes from the position each process saved in the checkpoint, not by reading and dropping
-        the batches it had trained on (which would also decode all their images again)."""
-        if not isinstance(dataloader, StreamLoader):
-            return super().get_resumed_dataloader(dataloader, num_batches)
-        load_stream_state(dataloader, self._resume_from, self.args.process_index)
-        return dataloader
-
-    def _save_stream_state(self, folder: str) -> None:
-        loader = getattr(self, "_stream_loader", None)
-        if loader is not None:
-            save_stream_state(loader, folder, self.args.process_index)
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
@@ -344,32 +319,6 @@ class HncTrainer(Trainer):
             self.step_guard.check_run(final=False)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        self._loading_from = resume_from_checkpoint  # named by `_issue_warnings_after_load`
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        finally:
-            self._loading_from = None
-
-    def _issue_warnings_after_load(self, load_result) -> None:
-        """The Trainer loads resumed weights with `strict=False` and only warns: other keys than the model's mean
-        another model's checkpoint, and resuming from it would train from a mix of its weights and fresh ones."""
-        ignored = set(getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # tied again by the Trainer
-        missing = [k for k in load_result.missing_keys if k not in ignored]
-        if getattr(self, "_loading_from", None) and (missing or load_result.unexpected_keys):
-            raise refuse(self._loading_from, describe_key_mismatch("model.safetensors", missing,
-                                                                   list(load_result.unexpected_keys)))  # fmt: skip
-        super()._issue_warnings_after_load(load_result)
-
-    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
-        with refused_on_error(checkpoint, "its optimizer.pt / scheduler.pt do not fit this run", max_chars=300):
-            super()._load_optimizer_and_scheduler(checkpoint)
-
-    def _load_rng_state(self, checkpoint) -> None:
-        with refused_on_error(checkpoint, "its RNG state cannot be read"):
-            super()._load_rng_state(checkpoint)
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
