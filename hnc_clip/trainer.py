@@ -11,7 +11,8 @@
 - the sampler (`--group_by_image`) and `_save_checkpoint`: a checkpoint is marked complete only once every process
   has written it (`hnc_clip.output_dir`).
 
-Hooks of one concern live beside it, as mixins: the streamed data's loader and saved position
+Hooks of one concern live beside it, as mixins: the models the loss reads, with their logit-scale taps and θ₀
+(`hnc_clip.modeling.HoldsLossModels`), the streamed data's loader and saved position
 (`hnc_clip.data.stream.StreamedTraining`), the refusal of a checkpoint that does not fit the run
 (`hnc_clip.resume.RefusesUnfitCheckpoints`). What a batch holds is `hnc_clip.data.batches`'s to know; the attention
 kernels are `hnc_clip.attention`'s. The model is built in the entry script, not here (trl's trainers take it ready).
@@ -38,7 +39,7 @@ from .forward import build_loss_inputs
 from .gradcache import gradcache_backward
 from .ledger import MetricLedger
 from .losses import LossConfig, LossSpec, loss_components, loss_for_family, total_loss
-from .modeling import LogitScaleTap
+from .modeling import HoldsLossModels
 from .objective import EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .resume import RefusesUnfitCheckpoints, check_resumable
@@ -48,7 +49,7 @@ from .step import StepLoss, run_loss_step
 logger = logging.getLogger(__name__)
 
 
-class HncTrainer(StreamedTraining, RefusesUnfitCheckpoints, Trainer):
+class HncTrainer(HoldsLossModels, StreamedTraining, RefusesUnfitCheckpoints, Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -56,7 +57,6 @@ class HncTrainer(StreamedTraining, RefusesUnfitCheckpoints, Trainer):
         self, *args, reference_model=None, card_info: dict | None = None, sigterm: SaveOnSigterm | None = None,
         **kwargs,
     ):
-        self._model_tap = None
         super().__init__(*args, **kwargs)
         self.family = family_of(self.model)
         loss_for_family(self.args.loss_type, self.family)  # refuses a loss the family has no form of, up front
@@ -64,14 +64,7 @@ class HncTrainer(StreamedTraining, RefusesUnfitCheckpoints, Trainer):
             self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
             raise ValueError(f"--loss_type {self.args.loss_type} needs a reference_model (the frozen start)")
-        self.reference_model = reference_model
-        if reference_model is not None:
-            self.reference_model = reference_model.to(self.args.device)
-            if self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16):
-                # DeepSpeed casts the inputs to its compute dtype; the reference must take the same inputs.
-                self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
-        self._reference_tap = LogitScaleTap(self.reference_model) if self.reference_model is not None else None
-        self._bind_model(self.model)
+        self._bind_models(self.model, reference_model)  # the taps and θ₀ the loss reads (`HoldsLossModels`)
         # What steps record, until each log (the finite-loss check, `StepGuard`, decides what a training step adds).
         self.ledger = MetricLedger(lambda: getattr(self.data_collator, "count_names", ()),
                                    self.accelerator.num_processes, self.args.device)  # fmt: skip
@@ -107,26 +100,6 @@ class HncTrainer(StreamedTraining, RefusesUnfitCheckpoints, Trainer):
     def loss_spec(self) -> LossSpec:
         # Read from the arguments each time: a hyper-parameter search trial sets `args.loss_type` on this trainer.
         return loss_for_family(self.args.loss_type, self.family)
-
-    @property
-    def _taps(self) -> tuple[LogitScaleTap | None, LogitScaleTap | None]:
-        return self._model_tap, self._reference_tap
-
-    def _bind_model(self, model) -> None:
-        """What the trainer keeps of the model it trains: the logit-scale tap and, for `--l2_reg_weight`, θ₀ (only
-        the trainable tensors, which are the only ones that can move). Again for each model `model_init` builds."""
-        if self._model_tap is not None:
-            self._model_tap.remove()
-        self._model_tap = LogitScaleTap(model)
-        self._theta0 = None
-        if self.args.l2_reg_weight > 0:
-            self._theta0 = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
-
-    def call_model_init(self, trial=None):
-        model = super().call_model_init(trial)
-        if hasattr(self, "_reference_tap"):  # not during Trainer.__init__: __init__ binds its model itself
-            self._bind_model(model)
-        return model
 
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
