@@ -4,15 +4,15 @@
   GradCache's chunked backward, `hnc_clip.gradcache`), gathered across processes, the loss from `LOSSES`. What
   every step records, either way, is `hnc_clip.step.run_loss_step`'s: the counts, a batch without a readable image
   (skipped, or a placeholder pair), the values logged once `StepGuard` (`hnc_clip.callbacks`) accepts the step;
-- `evaluation_loop` / `evaluate`: the same loss at evaluation, averaged over the pairs actually scored, then the
-  --eval_benchmarks and the objective (`hnc_clip.objective`);
+- `evaluation_loop`: the same loss at evaluation, averaged over the pairs actually scored;
 - `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
   `report_to`; `StepGuard.check_run` stops a run that skipped too much;
 - the sampler (`--group_by_image`) and `_save_checkpoint`: a checkpoint is marked complete only once every process
   has written it (`hnc_clip.output_dir`).
 
 Hooks of one concern live beside it, as mixins: the models the loss reads, with their logit-scale taps and θ₀
-(`hnc_clip.modeling.HoldsLossModels`), the streamed data's loader and saved position
+(`hnc_clip.modeling.HoldsLossModels`), the --eval_benchmarks and the objective added to each evaluation
+(`hnc_clip.objective.AddsEvaluationExtras`), the streamed data's loader and saved position
 (`hnc_clip.data.stream.StreamedTraining`), the refusal of a checkpoint that does not fit the run
 (`hnc_clip.resume.RefusesUnfitCheckpoints`). What a batch holds is `hnc_clip.data.batches`'s to know; the attention
 kernels are `hnc_clip.attention`'s. The model is built in the entry script, not here (trl's trainers take it ready).
@@ -40,7 +40,7 @@ from .gradcache import gradcache_backward
 from .ledger import MetricLedger
 from .losses import LossConfig, LossSpec, loss_components, loss_for_family, total_loss
 from .modeling import HoldsLossModels
-from .objective import EvaluationExtras
+from .objective import AddsEvaluationExtras, EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
 from .resume import RefusesUnfitCheckpoints, check_resumable
 from .schedules import SCHEDULES
@@ -49,7 +49,7 @@ from .step import StepLoss, run_loss_step
 logger = logging.getLogger(__name__)
 
 
-class HncTrainer(HoldsLossModels, StreamedTraining, RefusesUnfitCheckpoints, Trainer):
+class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, RefusesUnfitCheckpoints, Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -229,23 +229,7 @@ class HncTrainer(HoldsLossModels, StreamedTraining, RefusesUnfitCheckpoints, Tra
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    # -- what an evaluation also scores, and the objective -----------------------------------------------------
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
-        merged into the returned metrics (what --metric_for_best_model reads) and logged."""
-        outer = not getattr(self, "_evaluating", False)
-        self._evaluating = True
-        try:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        finally:
-            self._evaluating = not outer
-        if not outer or metric_key_prefix != "eval" or not self.eval_extras.active:
-            return metrics
-        extra = self.eval_extras(metrics, self.model, self.state.global_step)
-        metrics.update(extra)
-        self.log(extra)
-        return metrics
+    # -- evaluation ------------------------------------------------------------------------------------------
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"

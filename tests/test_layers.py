@@ -197,7 +197,8 @@ def test_arguments_never_import_the_trainer():
     assert "hnc_clip.trainer" not in reached
 
 
-@pytest.mark.parametrize("module", ["hnc_clip.step", "hnc_clip.modeling", "hnc_clip.resume", "hnc_clip.data.stream"])
+@pytest.mark.parametrize("module", ["hnc_clip.step", "hnc_clip.modeling", "hnc_clip.objective", "hnc_clip.resume",
+                                    "hnc_clip.data.stream"])
 def test_the_trainers_parts_never_import_the_trainer(module):
     """The loss step's bookkeeping and the trainer's mixins are handed the trainer (`self`, `run_loss_step(trainer,
     ...)`): importing it back would make a cycle, and pull the training loop into what checks a checkpoint."""
