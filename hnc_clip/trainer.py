@@ -116,8 +116,14 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
 
     # -- loss ---------------------------------------------------------------------------------------------------
 
-    def current_hard_negative_weight(self) -> float:
-        return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        if mode == "eval":
+            inputs = self._without_repeats(inputs)
+        step = run_loss_step(self, model, inputs, mode, self._plain_loss)
+        if step is None:  # no readable image, one process: a skipped step
+            return zero_loss(model)
+        return (step.loss, step.components) if return_outputs else step.loss
 
     def _plain_loss(self, model, inputs: dict, cfg: LossConfig) -> StepLoss:
         """One forward over the batch (gathered), the loss on it; `training_step` then runs the backward."""
@@ -137,63 +143,12 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
         components = loss_components(self.loss_spec.fn, inp, cfg)
         return StepLoss(total_loss(components, inp), components, inp.local, inp.logit_scale, inp.rows)
 
-    def _block(self, training: bool) -> int:
-        """Pairs per process in a full batch: the rows every process pads to under several processes, and the
-        weight 1 of a batch's recorded values."""
-        size = self._train_batch_size if training else self.args.eval_batch_size
-        return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
-
-    def loss_config(self, training: bool = True) -> LossConfig:
-        """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
-        from a copy, so an evaluation does not move it."""
-        state = self.loss_state
-        return LossConfig.from_args(self.args, self.current_hard_negative_weight(), state if training else dict(state))
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
-        if mode == "eval":
-            inputs = self._without_repeats(inputs)
-        step = run_loss_step(self, model, inputs, mode, self._plain_loss)
-        if step is None:  # no readable image, one process: a skipped step
-            return zero_loss(model)
-        return (step.loss, step.components) if return_outputs else step.loss
-
-    def _without_repeats(self, inputs: dict) -> dict:
-        """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
-        (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
-        repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
-        the Trainer's own loss); `drop_repeated_rows` keeps each hard-image pair with the row that brought it."""
-        state = self.accelerator.gradient_state
-        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
-            return inputs
-        b = self.args.eval_batch_size
-        return drop_repeated_rows(inputs, min(b, max(0, state.remainder - self.accelerator.process_index * b)))
-
-    def compute_loss_context_manager(self) -> contextlib.ExitStack:
-        stack = super().compute_loss_context_manager()
-        # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
-        stack.enter_context(attention_kernels(self.args.sdpa_backends))
-        return stack
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.args.gradcache_chunk_size:
             loss = self._gradcache_step(model, inputs)
         else:
             loss = super().training_step(model, inputs, num_items_in_batch)
         return self.step_guard.settle(loss)
-
-    def _prepare_inputs(self, inputs):
-        inputs = super()._prepare_inputs(inputs)
-        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
-        if pixels is not None and not torch.is_floating_point(pixels):
-            # uint8 pixels: the collator's normalisation constants, sent to the device once, after the Trainer's
-            # cast of float inputs (bf16 under DeepSpeed would shift every pixel by up to 0.4 %)
-            if getattr(self, "_pixel_affine", None) is None:
-                affine = pixel_affine_of(self.data_collator)
-                self._pixel_affine = None if affine is None else affine.to(self.args.device)
-            if self._pixel_affine is not None:
-                inputs["pixel_affine"] = self._pixel_affine
-        return inputs
 
     def _gradcache_step(self, model, inputs) -> torch.Tensor:
         model.train()
@@ -229,7 +184,54 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    # -- evaluation ------------------------------------------------------------------------------------------
+    # -- what the loss step reads -------------------------------------------------------------------------------
+
+    def current_hard_negative_weight(self) -> float:
+        return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
+
+    def loss_config(self, training: bool = True) -> LossConfig:
+        """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
+        from a copy, so an evaluation does not move it."""
+        state = self.loss_state
+        return LossConfig.from_args(self.args, self.current_hard_negative_weight(), state if training else dict(state))
+
+    def _block(self, training: bool) -> int:
+        """Pairs per process in a full batch: the rows every process pads to under several processes, and the
+        weight 1 of a batch's recorded values."""
+        size = self._train_batch_size if training else self.args.eval_batch_size
+        return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
+
+    def _without_repeats(self, inputs: dict) -> dict:
+        """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
+        (`even_batches`): the first `remainder` rows of that global batch, process 0's first, are the real ones. The
+        repeats are dropped here, so that every pair is scored and counted once (what `gather_for_metrics` does for
+        the Trainer's own loss); `drop_repeated_rows` keeps each hard-image pair with the row that brought it."""
+        state = self.accelerator.gradient_state
+        if self.accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return inputs
+        b = self.args.eval_batch_size
+        return drop_repeated_rows(inputs, min(b, max(0, state.remainder - self.accelerator.process_index * b)))
+
+    def compute_loss_context_manager(self) -> contextlib.ExitStack:
+        stack = super().compute_loss_context_manager()
+        # The attention kernels of the forward and backward (see HncTrainingArguments.sdpa_backends).
+        stack.enter_context(attention_kernels(self.args.sdpa_backends))
+        return stack
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+        if pixels is not None and not torch.is_floating_point(pixels):
+            # uint8 pixels: the collator's normalisation constants, sent to the device once, after the Trainer's
+            # cast of float inputs (bf16 under DeepSpeed would shift every pixel by up to 0.4 %)
+            if getattr(self, "_pixel_affine", None) is None:
+                affine = pixel_affine_of(self.data_collator)
+                self._pixel_affine = None if affine is None else affine.to(self.args.device)
+            if self._pixel_affine is not None:
+                inputs["pixel_affine"] = self._pixel_affine
+        return inputs
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
