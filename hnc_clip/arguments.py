@@ -367,13 +367,25 @@ class HncTrainingArguments(TrainingArguments):
         },
     )
     fsc_local_weight: float = field(
-        default=0.0,
+        default=LossConfig.fsc_local_weight,
         metadata={
-            "help": "`fsc_clip`: weight of FSC-CLIP's local token–patch hard-negative term. Not implemented: it "
-            "needs per-token text and per-patch image embeddings, which this recipe's forward does not "
-            "produce (pooled embeddings only, each distinct image and caption encoded once, cached by "
-            "GradCache). Any value but 0 is refused."
+            "help": "`fsc_clip`: weight μ of FSC-CLIP's local token–patch hard-negative term (LHN): the focal loss "
+            "above over each pair's token–patch scores (the authors' runs: 0.2; 0: off, their flag's default). "
+            "Encodes per-patch and per-token embeddings (more memory, cached by GradCache too); CLIP-family models."
         },
+    )
+    fsc_local_normalizer: str = field(
+        default=LossConfig.fsc_local_normalizer,
+        metadata={
+            "help": "`fsc_clip` with --fsc_local_weight: how a caption token weighs the patches it averages, from "
+            "its similarity to each: `minmax` (scaled to [0, 1] over the patches, then summing to 1; the authors' "
+            "default) or `softmax`."
+        },
+    )
+    fsc_local_sparsify: bool = field(
+        default=LossConfig.fsc_local_sparsify,
+        metadata={"help": "`fsc_clip` with --fsc_local_weight and `minmax`: drop patches whose weight is below "
+                          "1/patches before renormalising (the authors' --sim-sparsify)."},
     )
     ce_clip_imc_weight: float = field(
         default=LossConfig.ce_clip_imc_weight,
@@ -587,7 +599,7 @@ class HncTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.sdpa_backends) - set(SDPA_BACKENDS))
         if unknown or not self.sdpa_backends:
             raise ValueError(f"--sdpa_backends must name some of {sorted(SDPA_BACKENDS)}, got {self.sdpa_backends}")
-        self._check_flags_the_loss_reads(LOSSES)
+        self._check_flags_the_loss_reads()
         # before super(): transformers imports DeepSpeed there, and what ZeRO-3 would get wrong is named first
         self.zero_stage = deepspeed_zero_stage(self.deepspeed, os.environ)
         check_zero3(self, self.zero_stage)
@@ -607,6 +619,12 @@ class HncTrainingArguments(TrainingArguments):
         ("kl_temperature", 0, None, True, False),  # 0: logits/0, a finite loss with NaN gradients
         ("dpo_beta", 0, None, True, False),
         ("dpo_contrastive_weight", 0, None, False, False),
+        ("fsc_focal_gamma", 0, None, False, False),
+        ("fsc_label_smoothing", 0, 1, False, True),
+        ("fsc_local_weight", 0, None, False, False),
+        ("ce_clip_imc_weight", 0, None, False, False),
+        ("ce_clip_cmr_weight", 0, None, False, False),
+        ("ce_clip_threshold_max", 0, None, False, False),
         ("max_logit_scale", 0, None, True, False),
         ("group_by_image", 0, None, False, False),
         ("gradcache_chunk_size", 0, None, False, False),
@@ -645,19 +663,19 @@ class HncTrainingArguments(TrainingArguments):
                              "--objective_floor_metric)")  # fmt: skip
 
     def _check_loss_flags(self) -> None:
-        """The FSC-CLIP and CE-CLIP knobs: in range, used only with their loss; λ refused where a loss has none."""
-        check_range("fsc_focal_gamma", self.fsc_focal_gamma, 0)
-        check_range("fsc_label_smoothing", self.fsc_label_smoothing, 0, 1, high_open=True)
-        check_range("ce_clip_imc_weight", self.ce_clip_imc_weight, 0)
-        check_range("ce_clip_cmr_weight", self.ce_clip_cmr_weight, 0)
-        check_range("ce_clip_threshold_max", self.ce_clip_threshold_max, 0)
-        if self.fsc_local_weight != 0:
-            raise ValueError(
-                "--fsc_local_weight: FSC-CLIP's local token–patch hard-negative term is not implemented. It needs "
-                "per-token text and per-patch image embeddings; this recipe's forward produces pooled embeddings only "
-                "(hnc_clip/forward.py embed, GradCache caches those). --loss_type fsc_clip trains its global terms "
-                "(the focal hard-negative loss with smoothed targets); leave --fsc_local_weight 0"
-            )
+        """FSC-CLIP's local-term knobs together, and λ refused for CE-CLIP, which has none."""
+        from .losses import PATCH_WEIGHTS
+
+        if self.fsc_local_normalizer not in PATCH_WEIGHTS:
+            known = ", ".join(PATCH_WEIGHTS)
+            raise ValueError(f"--fsc_local_normalizer {self.fsc_local_normalizer!r}: one of {known}")
+        for flag, moved in (("fsc_local_normalizer", self.fsc_local_normalizer != LossConfig.fsc_local_normalizer),
+                            ("fsc_local_sparsify", self.fsc_local_sparsify)):  # fmt: skip
+            if moved and self.fsc_local_weight == 0:
+                raise ValueError(f"--{flag} shapes FSC-CLIP's local term, which --fsc_local_weight 0 turns off")
+        if self.fsc_local_sparsify and self.fsc_local_normalizer != "minmax":
+            raise ValueError("--fsc_local_sparsify drops patches of the min–max weights only (--fsc_local_normalizer "
+                             "minmax); the authors' softmax weights ignore it")  # fmt: skip
         weighted = self.hard_negative_weight != 1.0 or self.hard_negative_schedule != "constant"
         if self.loss_type == "ce_clip" and weighted:
             raise ValueError(
@@ -666,32 +684,18 @@ class HncTrainingArguments(TrainingArguments):
                 "--hard_negative_schedule constant)"
             )
 
-    # Knobs only some loss types read: (flags, does loss `name` with spec `spec` read them). A flag moved off its
-    # default for a loss that ignores it is refused, since the run would train something other than what was asked.
-    LOSS_FLAGS = (
-        (
-            ("hard_negative_weight", "hard_negative_schedule", "hard_negative_weight_min",
-             "hard_negative_warmup_steps", "hard_negative_step_size", "hard_negative_step_every"),
-            lambda name, spec: spec.uses_weight,  # NegCLIP's negatives sit in its image→text softmax unweighted
-        ),
-        (("kl_weight", "kl_temperature"), lambda name, spec: name == "kl_teacher"),
-        (("dpo_beta", "dpo_contrastive_weight"), lambda name, spec: name == "dpo"),
-        (("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight"), lambda name, spec: name == "fsc_clip"),
-        (("ce_clip_imc_weight", "ce_clip_cmr_weight", "ce_clip_threshold_max"), lambda name, spec: name == "ce_clip"),
-    )  # fmt: skip
+    def _check_flags_the_loss_reads(self) -> None:
+        """A knob only some loss types read (`hnc_clip.losses.flag_readers`), moved off its default for another, is
+        refused: the run would train something other than what was asked."""
+        from .losses import flag_readers
 
-    def _check_flags_the_loss_reads(self, losses: dict) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for flags, reads in self.LOSS_FLAGS:
-            if reads(self.loss_type, losses[self.loss_type]):
-                continue
-            for flag in flags:
-                if getattr(self, flag) != defaults[flag]:
-                    readers = ", ".join(name for name, spec in losses.items() if reads(name, spec))
-                    raise ValueError(
-                        f"--{flag} has no effect with --loss_type {self.loss_type}: it is read by --loss_type "
-                        f"{readers} (leave it at its default, {defaults[flag]}, or pick one of those losses)"
-                    )
+        for flag, readers in flag_readers().items():
+            if self.loss_type not in readers and getattr(self, flag) != defaults[flag]:
+                raise ValueError(
+                    f"--{flag} has no effect with --loss_type {self.loss_type}: it is read by --loss_type "
+                    f"{', '.join(readers)} (leave it at its default, {defaults[flag]}, or pick one of those losses)"
+                )
         if self.label_smoothing_factor != 0:
             raise ValueError(
                 f"--label_smoothing_factor {self.label_smoothing_factor} has no effect: hnc-clip's losses never call "

@@ -81,6 +81,16 @@ def _naflex_placeholder(config, dtype, device) -> dict:
     }
 
 
+def _clip_token_embeddings(model, out) -> tuple:
+    """CLIP's per-patch and per-token embeddings in the joint space, as open_clip's towers give FSC-CLIP's
+    `return_dense_tokens`: the patch tokens (class token dropped) through `post_layernorm` and the visual
+    projection, every caption position (after the final layer norm) through the text projection; not normalised.
+    `model`: the unwrapped CLIPModel; `out`: its forward's output. → ([U, Q, D], [T, L, D])."""
+    hidden = out.vision_model_output.last_hidden_state[:, 1:]  # [U, Q, H]
+    patches = model.visual_projection(model.vision_model.post_layernorm(hidden))
+    return patches, model.text_projection(out.text_model_output.last_hidden_state)
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
@@ -103,6 +113,9 @@ class ModelFamily:
     # One stand-in image in this family's input layout (`hnc_clip.forward.placeholder_batch`): (config, dtype, device)
     # → {"pixel_values": ..., and each of `pixel_inputs`}.
     placeholder_pixels: Callable[..., dict] = _square_placeholder
+    # (unwrapped model, its forward's output) → (patch embeddings [U, Q, D], token embeddings [T, L, D]) for terms
+    # that compare tokens with patches (FSC-CLIP's local one); None: the family has no such embeddings.
+    token_embeddings: Callable[..., tuple] | None = None
 
     @property
     def cls(self) -> type:
@@ -129,6 +142,7 @@ _CLIP = dict(
     contrastive="softmax", text_padding="longest", text_attention_mask=True, has_logit_bias=False,
     max_logit_scale=100.0, lora_targets=CLIP_LORA_TARGETS, text_prefixes=("text_model.", "text_projection."),
     vision_prefixes=("vision_model.", "visual_projection."), last_block=_clip_last_block,
+    token_embeddings=_clip_token_embeddings,
 )  # fmt: skip
 _SIGLIP = dict(
     contrastive="sigmoid", text_padding="max_length", text_attention_mask=False, has_logit_bias=True,

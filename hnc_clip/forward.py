@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .families import family_of
-from .losses import Embeddings, LossInputs, gather_features, gather_sizes, process_share
+from .losses import Embeddings, LossInputs, TokenEmbeddings, gather_features, gather_sizes, process_share
 from .modeling import LogitScaleTap, logit_bias, unwrap_clip
 
 
@@ -44,14 +44,18 @@ def positive_caption_rows(inputs: dict) -> PositiveRows:
     return PositiveRows(needed, index)
 
 
-def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
+def embed(model, inputs: dict, with_negatives: bool = True, with_tokens: bool = False) -> Embeddings:
     """One forward over the images and the captions ([positives; negatives]); returns L2-normalised embeddings.
 
     Called through the (possibly DDP/DeepSpeed-wrapped) model's `__call__`, so wrappers see a normal forward.
     `with_negatives=False` encodes the positives only (for losses that use no hard negative, such as `clip`).
+    `with_tokens`: also the per-patch and per-token embeddings (`TokenEmbeddings`, FSC-CLIP's local term).
     """
     ids, mask, text_index = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("text_index")
     inner = unwrap_clip(model)
+    if with_tokens and not with_negatives:
+        raise ValueError("token embeddings are for terms over a pair's own captions: encode the negatives too")
+    token_mask = _caption_token_mask(inputs) if with_tokens else None
     if inputs.get("right_padded") or not family_of(inner).text_attention_mask:
         # Causal text tower pooled at EOS + right padding: the mask is redundant (see HncCollator.omit_padding_mask);
         # SigLIP was trained without one (`hnc_clip.families`).
@@ -78,7 +82,33 @@ def embed(model, inputs: dict, with_negatives: bool = True) -> Embeddings:
         text = text[text_index]
     negative = text[b:] if with_negatives else None
     mask = inputs.get("negative_mask") if with_negatives else None  # [K·B] bool: pairs without a k-th negative
-    return Embeddings(image, text[:b], negative, inputs.get("image_ids"), negative_mask=mask)  # [B, D] each
+    tokens = _token_embeddings(inner, out, inputs, token_mask) if with_tokens else None
+    return Embeddings(image, text[:b], negative, inputs.get("image_ids"), negative_mask=mask,
+                      tokens=tokens)  # [B, D] each  # fmt: skip
+
+
+def _caption_token_mask(inputs: dict) -> torch.Tensor:
+    """[T, L] bool: a caption row's own tokens, the start token excluded (as FSC-CLIP's `attn_mask`)."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        raise ValueError("token embeddings need the batch's attention_mask (which tokens of a row are padding)")
+    mask = mask.bool().clone()
+    mask[:, 0] = False
+    return mask
+
+
+def _token_embeddings(inner, out, inputs: dict, token_mask: torch.Tensor) -> TokenEmbeddings:
+    family = family_of(inner)
+    if family.token_embeddings is None:
+        raise ValueError(f"a {family.name} model has no per-patch and per-token embeddings in its joint space")
+    patches, tokens = family.token_embeddings(inner, out)  # [U, Q, D], [T, L, D]
+    if inputs.get("image_index") is not None:
+        patches = patches[inputs["image_index"]]  # [B, Q, D]
+    text_index = inputs.get("text_index")
+    if text_index is not None:
+        tokens, token_mask = tokens[text_index], token_mask[text_index]  # [(1+K)·B, L, D], [(1+K)·B, L]
+    b = patches.shape[0]
+    return TokenEmbeddings(patches, tokens[:b], tokens[b:], token_mask[:b], token_mask[b:])
 
 
 def placeholder_batch(model, device, negatives: int = 1, negative_mask: bool = False) -> dict:
@@ -135,16 +165,18 @@ def build_loss_inputs(
     theta0: list | None = None,
     taps: tuple[LogitScaleTap | None, LogitScaleTap | None] = (None, None),
     with_negatives: bool = True,
+    with_tokens: bool = False,
 ) -> LossInputs:
     """Embed a batch, gather it across `world_size` processes and package it for a loss.
 
     `gather` False: each process's loss sees only its own rows (the per-device loss); with several processes the
     real rows are still counted everywhere, for the weights. `block`: the rows every process pads to (see
     `gather_features`). `taps`: `LogitScaleTap`s on the model and the reference (needed under ZeRO-3; else the
-    parameter is read). `inputs["real_rows"]` (a placeholder's 0) overrides the row count.
+    parameter is read). `inputs["real_rows"]` (a placeholder's 0) overrides the row count. `with_tokens`: the local
+    rows' token embeddings too (never gathered: `TokenEmbeddings`).
     """
 
-    local = embed(model, inputs, with_negatives)
+    local = embed(model, inputs, with_negatives, with_tokens)
     real_rows = inputs.get("real_rows")
     gathering = world_size > 1 and gather
 

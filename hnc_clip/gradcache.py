@@ -20,7 +20,16 @@ import torch
 
 from .families import PIXEL_INPUTS
 from .forward import clamped_logit_scale, embed, model_logit_bias
-from .losses import Embeddings, LossConfig, LossInputs, gather_features, gather_sizes, process_share, total_loss
+from .losses import (
+    Embeddings,
+    LossConfig,
+    LossInputs,
+    TokenEmbeddings,
+    gather_features,
+    gather_sizes,
+    process_share,
+    total_loss,
+)
 from .modeling import unwrap_clip
 
 
@@ -30,8 +39,8 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
     # Back to one image and two caption rows per pair (the collator stores each distinct one once): chunks are
     # encoded independently.
     pixels, ids = inputs["pixel_values"], inputs["input_ids"]
-    # Right-padded captions reach the causal text tower without their mask (`embed`): no need to split it.
-    mask = None if inputs.get("right_padded") else inputs["attention_mask"]
+    # Split even where the text tower gets no mask (`embed` drops it): token embeddings read it for the padding.
+    mask = inputs.get("attention_mask")
     extras = {k: inputs[k] for k in PIXEL_INPUTS if inputs.get(k) is not None}  # per image, as pixel_values
     if inputs.get("image_index") is not None:
         pixels = pixels[inputs["image_index"]]
@@ -61,6 +70,40 @@ def split_batch(inputs: dict, chunk_size: int) -> list[dict]:
     return chunks
 
 
+# What step 1 caches, by name: k-major tensors hold K blocks of the batch's rows ([K·B, ...]); the others [B, ...].
+K_MAJOR = ("negative", "negative_tokens", "negative_token_mask")
+DIFFERENTIABLE = ("image", "positive", "negative", "image_tokens", "positive_tokens", "negative_tokens")
+
+
+def _tensors(e: Embeddings) -> dict[str, torch.Tensor]:
+    """An embedding's tensors by name (those it has; the token embeddings when asked)."""
+    out = {"image": e.image, "positive": e.positive}
+    if e.negative is not None:
+        out["negative"] = e.negative
+    if e.tokens is not None:
+        t = e.tokens
+        out.update(image_tokens=t.image, positive_tokens=t.positive, negative_tokens=t.negative,
+                   positive_token_mask=t.positive_mask, negative_token_mask=t.negative_mask)  # fmt: skip
+    return out
+
+
+def _concat(chunks: list[torch.Tensor], sizes: list[int], k_major: bool) -> torch.Tensor:
+    """The chunks' rows as one batch's: [B, ...]; k-major chunks ([K·n, ...], n = `sizes` pairs) → [K·B, ...] with
+    slot k's rows of every chunk together, as `Embeddings` lays out a batch's negatives."""
+    if not k_major:
+        return torch.cat(chunks)
+    k = chunks[0].shape[0] // sizes[0]
+    blocks = torch.cat([c.view(k, n, *c.shape[1:]) for c, n in zip(chunks, sizes)], dim=1)  # [K, B, ...]
+    return blocks.reshape(-1, *blocks.shape[2:])
+
+
+def _rows(t: torch.Tensor, start: int, n: int, b: int, k_major: bool) -> torch.Tensor:
+    """A chunk's rows [start, start + n) of a batch tensor: [n, ...], or [K·n, ...] of a k-major one."""
+    if not k_major:
+        return t[start : start + n]
+    return t.view(-1, b, *t.shape[1:])[:, start : start + n].reshape(-1, *t.shape[1:])
+
+
 def gradcache_backward(
     model,
     inputs: dict,
@@ -77,6 +120,7 @@ def gradcache_backward(
     loss_scale: float = 1.0,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     with_negatives: bool = True,
+    with_tokens: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Embeddings, torch.Tensor, torch.Tensor | None]:
     """Run steps 1–3 above; parameter `.grad`s are accumulated (scaled by `loss_scale`). Returns the loss
     (detached, weighted by this process's share: `hnc_clip.losses.total_loss`), its components, the local
@@ -86,24 +130,29 @@ def gradcache_backward(
     `gather`, `block`, `real_rows`: as `hnc_clip.forward.build_loss_inputs` (uneven and placeholder batches).
     `no_sync`: under DDP, `lambda: model.no_sync()`, so gradients are all-reduced once, after the last chunk.
     `with_negatives=False`: the hard negatives are not encoded (for losses that use none, such as `clip`).
+    `with_tokens`: the token embeddings too (cached as the others: B·(Q + (1+K)·L)·D more floats).
     """
     chunks = split_batch(inputs, chunk_size)
     no_sync = no_sync or contextlib.nullcontext
 
     # 1. embeddings without activations
     with torch.no_grad():
-        parts = [embed(model, c, with_negatives) for c in chunks]
-    kinds = ("image", "positive", "negative") if with_negatives else ("image", "positive")
-    leaves = [torch.cat([getattr(p, k) for p in parts]).detach().requires_grad_() for k in kinds[:2]]  # [B, D]
-    if with_negatives:  # K per pair, k-major over the whole batch (`Embeddings`), not chunk by chunk
-        negatives = torch.cat([p.own_negatives() for p in parts], dim=1)  # [K, B, D]
-        leaves.append(negatives.reshape(-1, negatives.shape[-1]).detach().requires_grad_())  # [K·B, D]
+        parts = [_tensors(embed(model, c, with_negatives, with_tokens)) for c in chunks]
+    # Row-major tensors concatenate over the chunks; k-major ones (the negatives) per slot k, over the whole batch.
+    sizes = [c["pixel_values"].shape[0] for c in chunks]
+    leaves = {name: _concat([p[name] for p in parts], sizes, name in K_MAJOR).detach() for name in parts[0]}
+    for name in DIFFERENTIABLE:
+        if name in leaves:
+            leaves[name].requires_grad_()
 
-    def as_embeddings(tensors: list[torch.Tensor]) -> Embeddings:  # image, positive[, negative]
-        image, positive, *negative = tensors
-        mask = inputs.get("negative_mask") if negative else None  # [K·B] bool, k-major over the whole batch
-        return Embeddings(image, positive, negative[0] if negative else None, inputs.get("image_ids"),
-                          negative_mask=mask)  # fmt: skip
+    def as_embeddings(t: dict[str, torch.Tensor]) -> Embeddings:
+        mask = inputs.get("negative_mask") if "negative" in t else None  # [K·B] bool, k-major over the whole batch
+        tokens = None
+        if "image_tokens" in t:
+            tokens = TokenEmbeddings(t["image_tokens"], t["positive_tokens"], t["negative_tokens"],
+                                     t["positive_token_mask"], t["negative_token_mask"])  # fmt: skip
+        return Embeddings(t["image"], t["positive"], t.get("negative"), inputs.get("image_ids"), negative_mask=mask,
+                          tokens=tokens)  # fmt: skip
 
     local = as_embeddings(leaves)
 
@@ -124,8 +173,8 @@ def gradcache_backward(
         components = loss_fn(inp, cfg)
         loss = total_loss(components, inp)
         (loss * loss_scale).backward()
-    grads = [leaf.grad for leaf in leaves]  # [B, D], [B, D], [K·B, D]
-    b = leaves[0].shape[0]
+    grads = {name: leaves[name].grad for name in DIFFERENTIABLE if name in leaves}  # row- or k-major, as the leaves
+    b = leaves["image"].shape[0]
 
     # 3. re-embed chunk by chunk with activations; backprop the cached embedding gradients
     start = 0
@@ -133,13 +182,9 @@ def gradcache_backward(
         n = chunk["pixel_values"].shape[0]
         last = i == len(chunks) - 1
         with contextlib.nullcontext() if last else no_sync():
-            e = embed(model, chunk, with_negatives)
-            embs = (e.image, e.positive, e.negative)[: len(grads)]
-            parts = [g[start : start + n] if g is not None else None for g in grads[:2]]  # [n, D]
-            if len(grads) == 3 and grads[2] is not None:  # this chunk's negatives of each block k: [K·n, D]
-                g = grads[2]
-                parts.append(g.view(-1, b, g.shape[-1])[:, start : start + n].reshape(-1, g.shape[-1]))
-            surrogate = sum((x * g).sum() for x, g in zip(embs, parts) if g is not None)
+            e = _tensors(embed(model, chunk, with_negatives, with_tokens))
+            surrogate = sum((e[name] * _rows(g, start, n, b, name in K_MAJOR)).sum()
+                            for name, g in grads.items() if g is not None)  # fmt: skip
             # logit_scale (and SigLIP's logit_bias) took its gradient in step 2; the zero term marks it used in this
             # graph too, so DDP (without find_unused_parameters) reduces it with the rest on the last chunk.
             surrogate = surrogate + 0.0 * clip.logit_scale.sum()
@@ -147,5 +192,5 @@ def gradcache_backward(
                 surrogate = surrogate + 0.0 * clip.logit_bias.sum()
             surrogate.backward()
         start += n
-    local = as_embeddings([leaf.detach() for leaf in leaves])
+    local = as_embeddings({name: leaf.detach() for name, leaf in leaves.items()})
     return loss.detach(), {k: v.detach() for k, v in components.items()}, local, scale.detach(), rows

@@ -18,6 +18,9 @@ class LossConfig:
     mask_same_image: bool = True
     fsc_focal_gamma: float = 2.0  # γ of FSC-CLIP's hard-negative focal term
     fsc_label_smoothing: float = 0.02  # ε of FSC-CLIP's smoothed hard-negative targets
+    fsc_local_weight: float = 0.0  # μ of FSC-CLIP's local token–patch term (0: off, as the authors' flag default)
+    fsc_local_normalizer: str = "minmax"  # how a token weighs the patches (`hnc_clip.losses.PATCH_WEIGHTS`)
+    fsc_local_sparsify: bool = False  # drop patches below the uniform weight (min–max only)
     ce_clip_imc_weight: float = 0.2  # CE-CLIP's intra-modal contrast
     ce_clip_cmr_weight: float = 0.2  # CE-CLIP's cross-modal rank term
     ce_clip_threshold_max: float = 10.0  # CE-CLIP's clamp of its adaptive thresholds

@@ -60,6 +60,18 @@ from .loss_config import LossConfig
 
 
 @dataclass
+class TokenEmbeddings:
+    """Per-token text and per-patch image embeddings in the joint space, *not* normalised, of this process's rows
+    only (for FSC-CLIP's local term, which compares a pair's own image and captions: nothing to gather)."""
+
+    image: torch.Tensor  # [B, Q, D]  patch tokens through the vision projection (the class token excluded)
+    positive: torch.Tensor  # [B, L, D]  caption tokens through the text projection
+    negative: torch.Tensor | None  # [K·B, L, D] k-major, as `Embeddings.negative`
+    positive_mask: torch.Tensor  # [B, L] bool: the caption's own tokens (not the start token, not padding)
+    negative_mask: torch.Tensor | None  # [K·B, L] bool
+
+
+@dataclass
 class Embeddings:
     """L2-normalised embeddings of one batch of (image, positive, hard negative) triples."""
 
@@ -74,6 +86,7 @@ class Embeddings:
     # [K·B] bool (gathered: [W·K·P]), k-major as `negative`: False where a pair has no k-th hard negative (its slot
     # holds a stand-in). None: every negative is real.
     negative_mask: torch.Tensor | None = None
+    tokens: TokenEmbeddings | None = None  # local rows only, when a loss asks for them (`LossSpec.needs_tokens`)
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -406,8 +419,14 @@ def negclip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
 def _hard_negative_focal(inp: LossInputs, gamma: float, smoothing: float) -> torch.Tensor:
     """FSC-CLIP's hard-negative focal term with smoothed targets (0-dim): mean over the B pairs of
     Σ_j y_ij · −(1 − p_ij)^γ · log p_ij, p_i = softmax over [own positive; own K negatives]."""
-    logits = _own_pair_logits(inp)  # [B, 1+K] a missing negative's column is -inf
-    mask = inp.local.own_negative_mask()  # [K, B]
+    return _focal_over_own_texts(_own_pair_logits(inp), inp.local.own_negative_mask(), gamma, smoothing)
+
+
+def _focal_over_own_texts(
+    logits: torch.Tensor, mask: torch.Tensor | None, gamma: float, smoothing: float
+) -> torch.Tensor:
+    """`_focal_loss_with_nsr` of the authors on [B, 1+K] logits over a pair's positive (column 0) and its K
+    negatives, a missing negative's column -inf (`mask` [K, B]: which are real; None: all)."""
     b, k = logits.shape[0], logits.shape[1] - 1
     valid = torch.ones(b, k, dtype=torch.bool, device=logits.device) if mask is None else mask.T  # [B, K]
     n = valid.sum(1, keepdim=True).to(logits.dtype)  # [B, 1] real negatives of each pair
@@ -422,6 +441,58 @@ def _hard_negative_focal(inp: LossInputs, gamma: float, smoothing: float) -> tor
     per_pair = (target * -(modulation * safe)).sum(1)  # [B]
     # a pair without any negative adds 0 to the mean over all B (its row is one certain class)
     return per_pair.masked_fill(n[:, 0] == 0, 0.0).mean()
+
+
+def _patch_weights_minmax(sim: torch.Tensor, sparsify: bool) -> torch.Tensor:
+    """[N, L, Q] → per token, the patches' weights: min–max scaled over the patches, summing to 1."""
+    low, high = sim.min(-1, keepdim=True).values, sim.max(-1, keepdim=True).values  # [N, L, 1]
+    w = (sim - low) / (high - low)
+    if sparsify:  # the authors' `sim_sparsify`: drop patches below the uniform weight
+        w = w.masked_fill(w < 1.0 / sim.shape[-1], 0.0)
+    return w / w.sum(-1, keepdim=True)
+
+
+# How a token's similarities to the patches become the weights of its patch average (FSC-CLIP's `sim_normalizer`).
+PATCH_WEIGHTS: dict[str, Callable[[torch.Tensor, bool], torch.Tensor]] = {
+    "minmax": _patch_weights_minmax,
+    "softmax": lambda sim, sparsify: sim.softmax(-1),
+}
+
+
+def local_alignment_scores(
+    patches: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor, logit_scale: torch.Tensor,
+    normalizer: str = "minmax", sparsify: bool = False,
+) -> torch.Tensor:
+    """FSC-CLIP's token–patch score of each (image, caption) row (`Local_HNLoss.get_per_token_visual_patches` and
+    `get_aggregated_local_score`): every token's own average of the image's patches, weighted by the token's
+    (detached) similarity to each patch, then s·cos(average, token), log-sum-exp over the caption's tokens.
+
+    patches [N, Q, D], tokens [N, L, D] (not normalised), token_mask [N, L] bool → [N].
+    """
+    sim = torch.einsum("nld,nqd->nlq", tokens, patches).detach()  # [N, L, Q]: weights carry no gradient (theirs)
+    weights = PATCH_WEIGHTS[normalizer](sim, sparsify)  # [N, L, Q]
+    grouped = F.normalize(torch.einsum("nlq,nqd->nld", weights, patches), dim=-1)  # [N, L, D]
+    local = logit_scale * (grouped * F.normalize(tokens, dim=-1)).sum(-1)  # [N, L]
+    return torch.logsumexp(local.masked_fill(~token_mask, float("-inf")), dim=1)  # [N]
+
+
+def _local_hard_negative_focal(inp: LossInputs, cfg: LossConfig) -> torch.Tensor:
+    """FSC-CLIP's local hard-negative term (LHN, 0-dim): the focal loss with smoothed targets of
+    `_hard_negative_focal` over each pair's local scores [own positive; own K negatives] instead of its cosines."""
+    tok, loc = inp.local.tokens, inp.local
+    if tok is None or tok.negative is None:
+        raise ValueError("fsc_clip's local term needs the token embeddings (`embed(..., with_tokens=True)`)")
+    k = loc.negatives_per_pair()
+    patches = tok.image.repeat(1 + k, 1, 1)  # [(1+K)·B, Q, D]: row k·B + i is image i, as the captions' order
+    texts = torch.cat([tok.positive, tok.negative])  # [(1+K)·B, L, D]
+    masks = torch.cat([tok.positive_mask, tok.negative_mask])  # [(1+K)·B, L]
+    scores = local_alignment_scores(patches, texts, masks, inp.logit_scale, cfg.fsc_local_normalizer,
+                                    cfg.fsc_local_sparsify).view(1 + k, len(loc))  # [1+K, B]  # fmt: skip
+    logits = scores.T  # [B, 1+K] the positive at column 0
+    mask = loc.own_negative_mask()  # [K, B]
+    if mask is not None:
+        logits = logits.masked_fill(torch.cat([torch.zeros_like(mask[:1]), ~mask]).T, float("-inf"))
+    return _focal_over_own_texts(logits, mask, cfg.fsc_focal_gamma, cfg.fsc_label_smoothing)
 
 
 def fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
@@ -439,14 +510,20 @@ def fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     (nothing to gather) and the CLIP term is over the global batch, as theirs. Where the authors differ: a missing
     negative is a zero vector in their softmax (logit 0) and they average over the pairs that have one; here it is
     no candidate (-inf) and a pair without any adds 0 to the mean over all B, as in every loss here (exact under
-    DDP). Their local token–patch term (LHN) is not here: it needs per-token text and per-patch image embeddings,
-    which `hnc_clip.forward.embed` does not produce (`--fsc_local_weight` is refused).
+    DDP).
+
+    With `--fsc_local_weight` μ > 0, their local term (LHN, `Local_HNLoss`) too: + μ · the same focal loss over
+    [l(i, p_i), l(i, n_i1), …] with l the token–patch score (`local_alignment_scores`; the authors' runs: μ = 0.2,
+    min–max weights). Each pair's own image and captions only, so under W processes nothing is gathered for it.
     """
-    return {
+    out = {
         "contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image)),
         "hard_negative_loss": cfg.hard_negative_weight
         * _hard_negative_focal(inp, cfg.fsc_focal_gamma, cfg.fsc_label_smoothing),
     }
+    if cfg.fsc_local_weight > 0:
+        out["local_hard_negative_loss"] = cfg.fsc_local_weight * _local_hard_negative_focal(inp, cfg)
+    return out
 
 
 def ce_clip_thresholds(inp: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -597,6 +674,12 @@ class LossSpec:
     uses_negatives: bool = True  # False: the trainer does not even encode the hard negatives
     needs_reference: bool = False  # a frozen copy of the starting model
     uses_weight: bool = False  # λ (`--hard_negative_weight`, its schedule) scales a term of this loss
+    # Whether a step with these settings needs per-token/per-patch embeddings (`TokenEmbeddings`; costly: asked only
+    # when a term reads them).
+    needs_tokens: Callable[[LossConfig], bool] = lambda cfg: False
+    # The `LossConfig` settings (flags of the same names) only this loss reads; a run of another loss refuses them
+    # off their defaults (`flag_readers`). λ's flags go with `uses_weight`.
+    flags: tuple[str, ...] = ()
     # Forms for other contrastive terms, by `ModelFamily.contrastive` ("sigmoid": SigLIP).
     variants: dict = field(default_factory=dict)
     # Why a form is missing, by kind, for the refusal's message.
@@ -617,14 +700,35 @@ LOSSES: dict[str, LossSpec] = {
     "hnc": LossSpec(hnc_loss, uses_weight=True, variants={"sigmoid": sigmoid_hnc_loss}),
     "pairwise": LossSpec(pairwise_loss, uses_weight=True, variants={"sigmoid": sigmoid_pairwise_loss}),
     "thesis_l2": LossSpec(thesis_l2_loss, uses_weight=True),
-    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True),
-    "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss}),
+    "kl_teacher": LossSpec(kl_teacher_loss, needs_reference=True, uses_weight=True,
+                           flags=("kl_weight", "kl_temperature")),
+    "dpo": LossSpec(dpo_loss, needs_reference=True, variants={"sigmoid": sigmoid_dpo_loss},
+                    flags=("dpo_beta", "dpo_contrastive_weight")),
     "negclip": LossSpec(negclip_loss),
-    "fsc_clip": LossSpec(fsc_clip_loss, uses_weight=True, variants={"sigmoid": sigmoid_fsc_clip_loss}),
-    "ce_clip": LossSpec(ce_clip_loss, no_variant_reasons={"sigmoid": (
+    "fsc_clip": LossSpec(fsc_clip_loss, uses_weight=True, variants={"sigmoid": sigmoid_fsc_clip_loss},
+                         needs_tokens=lambda cfg: cfg.fsc_local_weight > 0,
+                         flags=("fsc_focal_gamma", "fsc_label_smoothing", "fsc_local_weight", "fsc_local_normalizer",
+                                "fsc_local_sparsify")),
+    "ce_clip": LossSpec(ce_clip_loss, flags=("ce_clip_imc_weight", "ce_clip_cmr_weight", "ce_clip_threshold_max"),
+                        no_variant_reasons={"sigmoid": (
         "CE-CLIP's intra-modal softmax weighs an image–text logit against text–text ones, and SigLIP's image–text "
         "logits carry a learned bias that text–text similarities have no counterpart of")}),
 }
+
+
+# λ and its schedule: read by the losses that have a λ (`LossSpec.uses_weight`).
+WEIGHT_FLAGS = ("hard_negative_weight", "hard_negative_schedule", "hard_negative_weight_min",
+                "hard_negative_warmup_steps", "hard_negative_step_size", "hard_negative_step_every")  # fmt: skip
+
+
+def flag_readers() -> dict[str, list[str]]:
+    """Each flag only some losses read → those loss types (λ's flags: the losses with a λ; NegCLIP's negatives sit
+    in its image→text softmax unweighted)."""
+    readers = {flag: [name for name, spec in LOSSES.items() if spec.uses_weight] for flag in WEIGHT_FLAGS}
+    for name, spec in LOSSES.items():
+        for flag in spec.flags:
+            readers.setdefault(flag, []).append(name)
+    return readers
 
 
 def losses_for(kind: str) -> list[str]:
@@ -650,12 +754,20 @@ def loss_components(
 
 
 @torch.no_grad()
-def loss_for_family(loss_type: str, family):
-    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag."""
+def loss_for_family(loss_type: str, family, cfg: LossConfig | None = None):
+    """`--loss_type` in the form for the model's family (softmax for CLIP, sigmoid for SigLIP), naming the flag.
+    With `cfg`, also refuses settings that need token embeddings the family does not have."""
     try:
-        return LOSSES[loss_type].for_contrastive(family.contrastive)
+        spec = LOSSES[loss_type].for_contrastive(family.contrastive)
     except ValueError as err:
         raise ValueError(f"--loss_type {loss_type} does not train a {family.name} model: {err}") from None
+    if cfg is not None and spec.needs_tokens(cfg) and family.token_embeddings is None:
+        raise ValueError(
+            f"--fsc_local_weight {cfg.fsc_local_weight}: FSC-CLIP's local term compares caption tokens with image "
+            f"patches in the joint space, which a {family.name} model has no projection into (its vision tower pools "
+            "the patches by attention before its head); train its global terms with --fsc_local_weight 0"
+        )
+    return spec
 
 
 def similarity_stats(emb: Embeddings) -> dict[str, torch.Tensor]:

@@ -59,7 +59,8 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
     ):
         super().__init__(*args, **kwargs)
         self.family = family_of(self.model)
-        loss_for_family(self.args.loss_type, self.family)  # refuses a loss the family has no form of, up front
+        # refuses a loss the family has no form of, or whose settings need embeddings it has not, up front
+        loss_for_family(self.args.loss_type, self.family, LossConfig.from_args(self.args, 1.0))
         if self.args.max_logit_scale is None:  # unset: the family's clamp (100 for CLIP; none for SigLIP)
             self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
@@ -139,6 +140,7 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
             theta0=self._theta0,
             taps=self._taps,
             with_negatives=self.loss_spec.uses_negatives,
+            with_tokens=self.loss_spec.needs_tokens(cfg),
         )
         components = loss_components(self.loss_spec.fn, inp, cfg)
         return StepLoss(total_loss(components, inp), components, inp.local, inp.logit_scale, inp.rows)
@@ -176,6 +178,7 @@ class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, Refuse
                 loss_scale=1.0 / self.current_gradient_accumulation_steps,
                 no_sync=(lambda: self.accelerator.no_sync(model)) if world > 1 else None,
                 with_negatives=self.loss_spec.uses_negatives,
+                with_tokens=self.loss_spec.needs_tokens(cfg),
             ))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

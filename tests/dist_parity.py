@@ -111,10 +111,22 @@ def local_rows(batch: dict, rows: list[int]) -> dict:
     return out
 
 
+# Cases that are a loss with settings of its own: name → (loss type, LossConfig fields).
+LOSS_SETTINGS = {"fsc_clip_local": ("fsc_clip", {"fsc_local_weight": 0.2})}
+
+
+def loss_and_config(case: str, contrastive: str = "softmax", state=None) -> tuple:
+    """(the loss's spec, its LossConfig) for a loss type or a `LOSS_SETTINGS` case."""
+    loss_type, settings = LOSS_SETTINGS.get(case, (case, {}))
+    return LOSSES[loss_type].for_contrastive(contrastive), LossConfig(hard_negative_weight=0.7, state=state,
+                                                                     **settings)  # fmt: skip
+
+
 def loss_of(model, inputs, loss_type, rank, world, gather=True, contrastive="softmax", block=None, state=None):
-    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1, block=block)
-    out = LOSSES[loss_type].for_contrastive(contrastive).fn(inp, LossConfig(hard_negative_weight=0.7, state=state))
-    return total_loss(out, inp)
+    spec, cfg = loss_and_config(loss_type, contrastive, state)
+    inp = build_loss_inputs(model, inputs, rank=rank, world_size=world if gather else 1, block=block,
+                            with_tokens=spec.needs_tokens(cfg))  # fmt: skip
+    return total_loss(spec.fn(inp, cfg), inp)
 
 
 def carried_state(loss_type: str) -> dict | None:
@@ -164,6 +176,8 @@ FAMILY_CASES = {
     # FSC-CLIP's own-pair focal term, CE-CLIP's three terms and its thresholds over the gathered real rows
     "fsc_clip_missing": (tiny_clip, missing_negative_batch, "fsc_clip", "softmax"),
     "ce_clip_missing": (tiny_clip, missing_negative_batch, "ce_clip", "softmax"),
+    # FSC-CLIP's local token–patch term: each pair's own tokens and patches, nothing gathered
+    "fsc_clip_local": (tiny_clip, missing_negative_batch, "fsc_clip_local", "softmax"),
     # SigLIP 2 NaFlex: patch rows with their mask and grid; an empty process runs a placeholder in that layout
     "siglip2_naflex_hnc": (tiny_siglip2, naflex_batch, "hnc", "sigmoid"),
 }
@@ -211,11 +225,10 @@ def uneven_case(acc, batch, loss_type, split, gradcache=False, build=None, contr
     inputs = local_rows(batch, mine) if mine is not None else placeholder_batch(ddp, "cpu", k, masked)
     state, single_state = carried_state(loss_type), carried_state(loss_type)
     if gradcache:
+        spec, cfg = loss_and_config(loss_type, contrastive, state)
         loss, *_ = gradcache_backward(
-            ddp, inputs, 2, LOSSES[loss_type].for_contrastive(contrastive).fn,
-            LossConfig(hard_negative_weight=0.7, state=state),
-            rank=rank, world_size=world, block=BLOCK[split], real_rows=inputs.get("real_rows"),
-            no_sync=lambda: acc.no_sync(ddp),
+            ddp, inputs, 2, spec.fn, cfg, rank=rank, world_size=world, block=BLOCK[split],
+            real_rows=inputs.get("real_rows"), no_sync=lambda: acc.no_sync(ddp), with_tokens=spec.needs_tokens(cfg),
         )
     else:
         loss = loss_of(ddp, inputs, loss_type, rank, world, contrastive=contrastive, block=BLOCK[split], state=state)
@@ -296,6 +309,8 @@ def main(out_path: str) -> None:
         for loss_type in ("clip", "hnc", "pairwise", "thesis_l2"):
             results[f"{loss_type}/{split}"] = uneven_case(acc, batch, loss_type, split)
         results[f"hnc/gradcache_{split}"] = uneven_case(acc, batch, "hnc", split, gradcache=True)
+        results[f"fsc_clip_local/gradcache_{split}"] = uneven_case(acc, missing_negative_batch(), "fsc_clip_local",
+                                                                   split, gradcache=True)  # fmt: skip
         # the padded layouts of the other families: K blocks of negatives, SigLIP's sigmoid over padded columns
         for name, (build, make_batch, loss_type, contrastive) in FAMILY_CASES.items():
             results[f"{name}/{split}"] = uneven_case(acc, make_batch(), loss_type, split, build=build,

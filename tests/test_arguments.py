@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from types import SimpleNamespace
 
@@ -80,11 +81,29 @@ def test_schedules_never_leave_the_span_of_the_two_weights(name):
 
 @pytest.mark.parametrize("flag, value, loss", [
     ("fsc_focal_gamma", 1.0, "hnc"), ("fsc_label_smoothing", 0.1, "ce_clip"), ("ce_clip_imc_weight", 0.5, "fsc_clip"),
-    ("ce_clip_cmr_weight", 0.0, "negclip"), ("ce_clip_threshold_max", 5.0, "hnc"),
+    ("ce_clip_cmr_weight", 0.0, "negclip"), ("ce_clip_threshold_max", 5.0, "hnc"), ("fsc_local_weight", 0.2, "hnc"),
 ])  # fmt: skip
 def test_a_loss_flag_with_a_loss_that_does_not_read_it_is_refused(tmp_path, flag, value, loss):
     with pytest.raises(ValueError, match=f"--{flag} has no effect with --loss_type {loss}: it is read by --loss_type"):
         training_args(tmp_path, loss_type=loss, **{flag: value})
+
+
+def test_every_loss_setting_is_declared_once_and_is_a_flag():
+    """A `LossConfig` field is either read by every loss (λ is scheduled; the regulariser and the same-image mask
+    are any loss's) or named by the losses that read it, in their `LossSpec.flags` (λ's: `uses_weight`): so the
+    refusal of a flag a loss ignores follows from where the loss is declared. Each is a flag of the same name."""
+    from hnc_clip.loss_config import LossConfig
+    from hnc_clip.losses import LOSSES, WEIGHT_FLAGS, flag_readers
+
+    every_loss = {"hard_negative_weight", "l2_reg_weight", "mask_same_image", "state"}
+    own = [flag for spec in LOSSES.values() for flag in spec.flags]
+    assert len(own) == len(set(own))  # no setting read by two losses' own lists
+    config = {f.name for f in dataclasses.fields(LossConfig)}
+    assert set(own) == config - every_loss
+    flags = {f.name for f in dataclasses.fields(HncTrainingArguments)}
+    assert set(flag_readers()) <= flags and config - {"state"} <= flags
+    assert flag_readers()["hard_negative_step_every"] == [n for n, s in LOSSES.items() if s.uses_weight]
+    assert set(WEIGHT_FLAGS) < flags and flag_readers()["fsc_local_sparsify"] == ["fsc_clip"]
 
 
 def test_fsc_and_ce_clip_flags_with_their_loss(tmp_path):
@@ -101,10 +120,19 @@ def test_fsc_and_ce_clip_flags_with_their_loss(tmp_path):
             training_args(tmp_path, loss_type=loss, **{flag: value})
 
 
-def test_fsc_local_term_is_refused_saying_why(tmp_path):
-    with pytest.raises(ValueError, match="--fsc_local_weight: .* not implemented. It needs per-token text and "
-                                         "per-patch image embeddings"):
-        training_args(tmp_path, loss_type="fsc_clip", fsc_local_weight=0.2)
+def test_fsc_local_term_flags(tmp_path):
+    args = training_args(tmp_path, loss_type="fsc_clip", fsc_local_weight=0.2, fsc_local_sparsify=True)
+    assert (args.fsc_local_weight, args.fsc_local_normalizer, args.fsc_local_sparsify) == (0.2, "minmax", True)
+    for kwargs, message in (
+        ({"fsc_local_weight": -0.1}, "--fsc_local_weight must be >= 0, got -0.1"),
+        ({"fsc_local_weight": 0.2, "fsc_local_normalizer": "max"}, "--fsc_local_normalizer 'max': one of minmax, "),
+        ({"fsc_local_sparsify": True}, "--fsc_local_sparsify shapes FSC-CLIP's local term, which --fsc_local_weight"),
+        ({"fsc_local_normalizer": "softmax"}, "--fsc_local_normalizer shapes FSC-CLIP's local term"),
+        ({"fsc_local_weight": 0.2, "fsc_local_normalizer": "softmax", "fsc_local_sparsify": True},
+         "--fsc_local_sparsify drops patches of the min–max weights only"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            training_args(tmp_path, loss_type="fsc_clip", **kwargs)
 
 
 def test_ce_clip_has_no_lambda(tmp_path):

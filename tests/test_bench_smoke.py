@@ -121,6 +121,8 @@ def test_eval_benchmarks_smoke(tmp_path):
     assert record["names"] == ["sugarcrepe", "winoground"] and record["items"] == 35 + 8
     assert record["cpu_s_per_1000_items"] > 0 and record["wall_s_per_1000_items"] > 0
     assert json.dumps(record) in stdout
+
+
 def test_watch_cost_smoke(tmp_path):
     out = tmp_path / "watch.json"
     stdout = _run("watch_cost.py", "--model", "tiny", "--repeat", "1", "--test_images", "3", "--per_class", "1",
@@ -129,6 +131,17 @@ def test_watch_cost_smoke(tmp_path):
     assert result["benchmarks"]["recognition"]["items"] == 24 and result["benchmarks"]["pairs"]["items"] == 24
     assert all(r["seconds_per_1000_items"] > 0 for r in result["benchmarks"].values())
     assert "s/1000 items" in stdout
+
+
+def test_fsc_local_cost_smoke(tmp_path):
+    out = tmp_path / "fsc_local.json"
+    stdout = _run("fsc_local_cost.py", "--model", "tiny", "--repeat", "1", "--batch_size", "4", "--negatives", "2",
+                  "--output", str(out))
+    result = json.loads(out.read_text())
+    assert result["patches"] == (224 // 32) ** 2 and result["negatives"] == 2
+    assert result["step_seconds_with_local"] > 0 and result["local_term_seconds"] > 0
+    assert result["token_embedding_mib"] == round(4 * (49 + 3 * 24) * 64 * 4 / 2**20, 2)
+    assert '"ratio"' in stdout
 
 
 def test_soak_smoke(tmp_path):

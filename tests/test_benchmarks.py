@@ -696,6 +696,53 @@ def test_a_string_where_a_list_belongs_is_refused_not_read_as_characters(tmp_pat
         read(str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["winoground", "sugarcrepe_pp", "mmvp_vlm"])
+def test_item_similarities_are_numpy_cosines_of_the_embeddings(tmp_path, name):
+    """`EncodedItems.sims` / `text_sims` (the tables every protocol reads) against numpy's float64 cosines of the
+    fixture's float32 embeddings, images opened here; equal captions tie to the bit."""
+    from hnc_clip.evaluation.benchmarks.items import encode_items
+
+    root = fx.BUILDERS[name](tmp_path / name)
+    encoded = encode_items(fx.FakeEncoder(), REGISTRY[name].read(str(root)))
+
+    def rows(vecs) -> np.ndarray:  # the encoder's float32 rows, widened
+        return np.float32(np.array(vecs)).astype(np.float64)
+
+    for i, item in enumerate(encoded.items):
+        img = rows([fx.image_vec(rgb(root / ref.file)) for ref in item.images])
+        txt = rows([fx.text_vec(c) for c in item.captions])
+        np.testing.assert_allclose(encoded.sims(i), img @ txt.T, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(encoded.text_sims(i), txt @ txt.T, rtol=0, atol=1e-15)
+        for a in range(len(item.captions)):
+            for b in range(len(item.captions)):
+                if fx.text_vec(item.captions[a]).tolist() == fx.text_vec(item.captions[b]).tolist():
+                    assert (encoded.sims(i)[:, a] == encoded.sims(i)[:, b]).all()
+
+
+def test_karpathy_reader_strict_for_benchmarks_lenient_for_retrieval_files(tmp_path):
+    """One reader of `[{image, caption}]`: a benchmark's test file (strict) must be whole and list its captions; the
+    `--task retrieval` reading (not strict) also takes the train files' one string per record and counts records
+    that lack a field."""
+    from hnc_clip.evaluation.benchmarks.readers import read_karpathy
+    from hnc_clip.evaluation.records import DataFileError
+
+    data = [{"image": "val2014/1.jpg", "caption": ["a dog.", "a dog."]}, {"image": "val2014/2.jpg", "caption": []}]
+    out = read_karpathy("ann.json", data, "coco")
+    assert [(it.image.file, it.captions) for it in out.items] == [("coco/val2014/1.jpg", ["a dog.", "a dog."]),
+                                                                   ("coco/val2014/2.jpg", [])]  # fmt: skip
+    assert out.parse_skips == {}
+    train = [{"image": "1.jpg", "caption": "a cat."}, {"image": "2.jpg"}, {"caption": ["x"]}]
+    lenient = read_karpathy("ann.json", train, strict=False)
+    assert [(it.image.file, it.captions) for it in lenient.items] == [("1.jpg", ["a cat."])]
+    assert lenient.parse_skips == {"record_missing_keys": 2}
+    with pytest.raises(DataFileError, match=r"ann.json: record 1: expected an object with image, caption"):
+        read_karpathy("ann.json", [{"image": "1.jpg", "caption": ["a cat."]}, train[1]])
+    with pytest.raises(DataFileError, match=r"record 0: field 'caption' holds a string"):
+        read_karpathy("ann.json", train)
+    with pytest.raises(DataFileError, match=r"record 0: field 'image' holds a number"):
+        read_karpathy("ann.json", [{"image": 3, "caption": 3}], strict=False)
+
+
 @pytest.mark.parametrize("content, why", [(b"", "empty file"), (b"{}", r"empty JSON object \(\{\}\)"),
                                           (b"[]", r"empty JSON list \(\[\]\)")])  # fmt: skip
 def test_benchmark_files_that_are_empty_say_which_and_a_byte_order_mark_is_read(tmp_path, content, why):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from hnc_clip.demo import run as demo
 
 
@@ -124,3 +126,22 @@ def test_seeds_report_mean_and_spread(tmp_path, monkeypatch):
         assert cell["values"] == values
         assert cell["mean"] == statistics.fmean(values) and cell["std"] == statistics.stdev(values)
     assert "± " in (tmp_path / "report_seeds.md").read_text()
+
+
+def test_a_demo_loss_with_settings_trains_its_loss_type_with_them():
+    """`--losses fsc_clip_local`: FSC-CLIP with its local term, on the same batches as `fsc_clip` (the flags differ
+    by the term's weight only); a name that is neither a loss type nor such a setting is refused."""
+    args = demo.DemoArguments(output_dir="unused", losses=["clip", "pairwise", "fsc_clip", "fsc_clip_local"])
+    local, plain = demo.finetune_flags(args, "fsc_clip_local"), demo.finetune_flags(args, "fsc_clip")
+    assert _value(local, "--loss_type") == "fsc_clip" and _value(local, "--fsc_local_weight") == "0.2"
+    without = [x for k, x in enumerate(local) if "--fsc_local_weight" not in local[max(0, k - 1) : k + 1]]
+    assert without == plain
+    with pytest.raises(ValueError, match="--losses fsc_local: not a loss type"):
+        demo.DemoArguments(output_dir="unused", losses=["clip", "pairwise", "fsc_local"])
+
+
+def test_the_report_names_the_flags_that_differ_from_the_defaults(tmp_path):
+    """A report's command reruns that report: non-default losses and rules are in it, defaults are not."""
+    args = demo.DemoArguments(output_dir=str(tmp_path), losses=["clip", "pairwise", "fsc_clip_local"], plain_rules="")
+    assert demo._non_default_flags(args) == " --losses clip pairwise fsc_clip_local --plain_rules ''"
+    assert demo._non_default_flags(demo.DemoArguments(output_dir=str(tmp_path))) == ""

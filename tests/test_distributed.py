@@ -16,7 +16,7 @@ from .helpers import REPO, TEST_SAMPLE, TRAIN_SAMPLE, accelerate_launch, copy_im
 LOSS_TYPES = ("clip", "hnc", "pairwise")
 # dist_parity.FAMILY_CASES: other families and layouts, pairs without (some of) their negatives among them
 FAMILY_CASES = ["negclip", "hnc_k3", "siglip_clip", "siglip_hnc", "siglip_hnc_k3", "hnc_missing", "pairwise_missing",
-                "siglip_hnc_missing", "fsc_clip_missing", "ce_clip_missing",
+                "siglip_hnc_missing", "fsc_clip_missing", "ce_clip_missing", "fsc_clip_local",
                 "siglip2_naflex_hnc"]
 # Relative gradient tolerance: float64 throughout, but SigLIP 2 resizes its position grid in float32
 # (`Siglip2VisionEmbeddings.resize_positional_embeddings` calls `.float()`), so its gradients agree to ~1e-8.
@@ -105,13 +105,13 @@ def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path, tiny_cl
     assert history[0]["nonfinite_steps"] == 1
 
 
-@pytest.mark.parametrize("loss_type", [*LOSS_TYPES, "thesis_l2", "gradcache"])
+@pytest.mark.parametrize("loss_type", [*LOSS_TYPES, "thesis_l2", "hnc/gradcache", "fsc_clip_local/gradcache"])
 @pytest.mark.parametrize("split", ["uneven", "empty"])
 def test_uneven_and_empty_local_batches_give_the_loss_of_their_union(parity, loss_type, split):
     """3 + 5 pairs (blocks of 6, padding masked), and 8 + none (rank 1's images all unreadable: it runs the
     placeholder pair, weighted 0): the same collectives on both processes (gloo aborted on unequal sizes), and the
     loss and gradients of one process holding the real rows — the per-process weights make DDP's average exact."""
-    r = parity[f"hnc/gradcache_{split}" if loss_type == "gradcache" else f"{loss_type}/{split}"]
+    r = parity[f"{loss_type}_{split}" if loss_type.endswith("/gradcache") else f"{loss_type}/{split}"]
     assert r["distributed_loss"] == pytest.approx(r["single_process_loss"], rel=1e-10)
     assert r["max_grad_diff"] <= 1e-9 * max(1.0, r["max_grad"])
 

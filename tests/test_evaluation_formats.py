@@ -124,17 +124,20 @@ def test_aro_crop_matches_bbox(tmp_path):
     assert resolve_image(str(tmp_path), ImageRef("missing.jpg")) is None
 
 
-def test_coco_karpathy_retrieval_and_pairwise_refusal(tmp_path):
+def test_coco_karpathy_retrieval_and_pairwise_refusal(tmp_path, caplog):
     path = _write(
         tmp_path / "coco_karpathy_test.json",
         [
             {"image": "val2014/1.jpg", "caption": ["a dog.", "a brown dog.", "a dog."]},
             {"image": "val2014/2.jpg", "caption": "a cat."},
             {"image": "val2014/2.jpg", "caption": "a grey cat."},  # train-style: one caption per record
+            {"image": "val2014/3.jpg"},  # no caption: skipped and counted
+            {"image": "val2014/4.jpg", "caption": [" ", ""]},  # only empty captions: no gallery image
         ],
     )
     assert detect_format(path) == COCO_KARPATHY
     items = load_image_captions(path)
+    assert "coco_karpathy_test.json: 1 records without 'image' and 'caption' skipped" in caplog.text
     assert [(i.image.file, i.captions) for i in items] == [
         ("val2014/1.jpg", ["a dog.", "a brown dog.", "a dog."]),  # every entry kept, as CLIP_benchmark
         ("val2014/2.jpg", ["a cat.", "a grey cat."]),

@@ -147,3 +147,42 @@ def test_pairwise_metrics_are_the_caption_selection_metric(name, tmp_path):
     }
     assert list(task)[: len(expected)] == list(expected)
     assert {k: task[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pairwise_and_benchmark_similarities_are_numpy_cosines_and_the_same_bits(name, tmp_path):
+    """Both paths score with `encode.pair_cosines`: the pairwise task's similarities are numpy's float64 cosine of
+    the fixture's float32 embeddings, and the benchmark's (`choice_margins`) are the same numbers to the bit."""
+    import numpy as np
+
+    from hnc_clip.evaluation.benchmarks.items import choice_margins, encode_items
+    from hnc_clip.evaluation.benchmarks.runner import drop_identical
+    from hnc_clip.evaluation.tasks import pairwise_scores
+
+    root, paths, image_dir = _build(name, tmp_path)
+    pairs = {str(p["pair_id"]): p for p in load_pairs(paths)}
+    scores = pairwise_scores(fx.FakeEncoder(), list(pairs.values()), image_dir)
+
+    def embed(vec) -> np.ndarray:  # the encoder's float32 table row, widened
+        return np.float32(vec).astype(np.float64)
+
+    task = {}
+    for pair_id, pos, neg in zip(scores.pair_ids, scores.positive, scores.negative):
+        p = pairs[pair_id]
+        img = Image.open(Path(image_dir) / p["image_file"]).convert("RGB")
+        if p["bbox"]:  # ARO's crop of (x, y, w, h)
+            x, y, w, h = p["bbox"]
+            img = img.crop((x, y, x + w, y + h))
+        v = embed(fx.image_vec(img))
+        assert pos == pytest.approx(v @ embed(fx.text_vec(p["positive"])), abs=1e-15)
+        assert neg == pytest.approx(v @ embed(fx.text_vec(p["negative"])), abs=1e-15)
+        task[(p["image_file"], p["bbox"], p["positive"], p["negative"])] = (pos, neg)
+
+    data = REGISTRY[name].read(str(root))
+    encoded = encode_items(fx.FakeEncoder(), drop_identical(data)[0], image_dir=None)
+    bench = {}
+    for item, true, other in zip(encoded.items, *choice_margins(encoded)):
+        rel = str(Path(item.image.file).relative_to(Path(image_dir).name))
+        bench[(rel, item.image.bbox, item.captions[item.correct], item.captions[1 - item.correct])] = (true, other)
+    assert task.keys() <= bench.keys() and len(task) > 0
+    assert {k: bench[k] for k in task} == task

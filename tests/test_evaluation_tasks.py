@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hnc_clip.evaluation.formats import ImageCaptions, load_pairs
+from hnc_clip.evaluation.benchmarks.items import ImageCaptions
+from hnc_clip.evaluation.encode import pair_cosines
+from hnc_clip.evaluation.formats import load_pairs
 from hnc_clip.evaluation.images import ImageRef
 from hnc_clip.evaluation.linear_probe import linear_probe_rankings, split_per_class
 from hnc_clip.evaluation.tasks import (
@@ -94,6 +96,24 @@ def test_pairwise_hand_computed(tmp_path):
     assert out["random_negative_accuracy"] == 1.0
     assert (out["num_pairs"], out["num_images"], out["num_captions"]) == (5, 2, 5)
     assert (out["missing_images"], out["skipped_pairs"]) == (0, 0)
+
+
+def test_pair_cosines_are_float64_dot_products_of_the_rows():
+    """The one similarity of the pairwise task and every benchmark, against numpy on the rows in float64: chunking
+    changes no bit, equal rows tie exactly, and a float32 sum's rounding (~1e-8 at D = 512) is not in it."""
+    torch.manual_seed(0)
+    a, b = F.normalize(torch.randn(7, 512), dim=-1), F.normalize(torch.randn(9, 512), dim=-1)
+    b[8] = b[3]
+    rng = np.random.default_rng(0)
+    ai, bi = rng.integers(0, 7, 40), rng.integers(0, 9, 40)
+    ref = np.einsum("pd,pd->p", a.numpy().astype(np.float64)[ai], b.numpy().astype(np.float64)[bi])
+    out = pair_cosines(a, ai, b, bi)
+    assert out.dtype == np.float64 and out.shape == (40,)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-15)
+    assert np.abs((a[ai] * b[bi]).sum(-1).double().numpy() - ref).max() > 1e-12  # what float32 sums would report
+    assert (pair_cosines(a, ai, b, bi, chunk=3) == out).all()
+    assert pair_cosines(a, ai[:5], b, np.full(5, 3)).tolist() == pair_cosines(a, ai[:5], b, np.full(5, 8)).tolist()
+    assert pair_cosines(a, ai[:0], b, bi[:0]).shape == (0,)
 
 
 def test_pairwise_encodes_each_image_and_caption_once(tmp_path):

@@ -40,23 +40,29 @@ def test_gradcache_equals_full_batch(loss_type, chunk):
 
 
 @pytest.mark.parametrize("case", ["siglip_hnc", "siglip_clip", "hnc_k3", "siglip_hnc_k3", "fsc_clip_missing",
-                                  "ce_clip_missing"])
+                                  "ce_clip_missing", "fsc_clip_local"])
 def test_gradcache_equals_full_batch_for_siglip_and_k_negatives(case):
-    """SigLIP's sigmoid (its logit bias takes its gradient in step 2), K = 3 negatives per pair, FSC-CLIP and CE-CLIP
-    (whose thresholds, computed once over the whole batch in step 2, are those of the full batch)."""
-    from .dist_parity import FAMILY_CASES, carried_state
+    """SigLIP's sigmoid (its logit bias takes its gradient in step 2), K = 3 negatives per pair, FSC-CLIP (with its
+    local term: the cached token and patch embeddings) and CE-CLIP (whose thresholds, computed once over the whole
+    batch in step 2, are those of the full batch)."""
+    from .dist_parity import FAMILY_CASES, carried_state, loss_and_config
 
     build, make_batch, loss_type, contrastive = FAMILY_CASES[case]
     batch = make_batch()
     full_state, cached_state = carried_state(loss_type), carried_state(loss_type)
-    spec = LOSSES[loss_type].for_contrastive(contrastive)
+    spec, full_cfg = loss_and_config(loss_type, contrastive, full_state)
+    tokens = spec.needs_tokens(full_cfg)
+    assert tokens == (case == "fsc_clip_local")
     full_model, cached_model = build(), build()
-    inp = build_loss_inputs(full_model, batch, with_negatives=spec.uses_negatives)
-    full = torch.stack(list(spec.fn(inp, LossConfig(hard_negative_weight=0.7, state=full_state)).values())).sum()
+    inp = build_loss_inputs(full_model, batch, with_negatives=spec.uses_negatives, with_tokens=tokens)
+    full_out = spec.fn(inp, full_cfg)
+    full = torch.stack(list(full_out.values())).sum()
     full.backward()
-    cfg = LossConfig(hard_negative_weight=0.7, state=cached_state)
-    loss, *_ = gradcache_backward(cached_model, batch, 3, spec.fn, cfg, with_negatives=spec.uses_negatives)
+    _, cfg = loss_and_config(loss_type, contrastive, cached_state)
+    loss, components, *_ = gradcache_backward(cached_model, batch, 3, spec.fn, cfg, with_negatives=spec.uses_negatives,
+                                              with_tokens=tokens)  # fmt: skip
     assert loss.item() == pytest.approx(full.item(), rel=1e-12)
+    assert components.keys() == full_out.keys()
     if full_state is not None:
         torch.testing.assert_close(cached_state["ce_clip_thresholds"], full_state["ce_clip_thresholds"], rtol=1e-12,
                                    atol=1e-14)

@@ -5,6 +5,8 @@ import the demo, and nothing imports the thin entry points or a top-level `eval`
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,43 @@ def test_the_trainer_check_sees_a_lazy_import_of_the_trainer(tmp_path, monkeypat
     (package / "trainer.py").write_text("")
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     assert library_imports("hnc_clip.planted") == {"hnc_clip.planted", "hnc_clip.trainer"}
+
+
+# What the code and docs name: `hnc_clip.module.attr` in backticks, and repository paths (`hnc_clip/forward.py`).
+DOTTED = re.compile(r"`(hnc_clip(?:\.[A-Za-z_]\w*)+)`")
+PATHS = re.compile(r"\b((?:hnc_clip|tests|bench|docs)/[\w/]+\.(?:py|md))\b")
+NAMING = [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "bench").glob("*.py"),
+          *(REPO / "docs").glob("*.md"), REPO / "bench" / "README.md", REPO / "README.md"]  # fmt: skip
+NAMING = [p for p in NAMING if p != Path(__file__)]  # its own examples name moved things on purpose
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `a.b.c` is a module, or an attribute path under the longest module prefix of it."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_what_the_code_and_docs_name_exists():
+    """A comment or doc naming a module, function or file that moved sends a newcomer nowhere."""
+    stale = sorted({(m, p.relative_to(REPO).as_posix()) for p in NAMING for m in DOTTED.findall(p.read_text())
+                    if not resolves(m)}
+                   | {(f, p.relative_to(REPO).as_posix()) for p in NAMING for f in PATHS.findall(p.read_text())
+                      if not (REPO / f).exists()})  # fmt: skip
+    assert not stale, stale
+
+
+def test_the_name_checker_sees_moved_names():
+    assert resolves("hnc_clip.losses.LossSpec.for_contrastive") and resolves("hnc_clip.data.image_cache")
+    assert not resolves("hnc_clip.losses.hard_negative_accuracy") and not resolves("hnc_clip.image_cache")
+    found = PATHS.findall("see hnc_clip/image_cache.py and docs/demo.md.")
+    assert found == ["hnc_clip/image_cache.py", "docs/demo.md"]

@@ -14,7 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hnc_clip.losses import LOSSES, Embeddings, LossConfig, LossInputs, loss_components, similarity_stats
+from hnc_clip.losses import (
+    LOSSES,
+    Embeddings,
+    LossConfig,
+    LossInputs,
+    TokenEmbeddings,
+    loss_components,
+    similarity_stats,
+)
 from hnc_clip.schedules import SCHEDULES
 
 B, D = 5, 8
@@ -700,6 +708,164 @@ def test_sigmoid_fsc_clip_is_siglip_plus_the_focal_term():
     assert out["contrastive_loss"].item() == pytest.approx(ref_sigmoid(*leaves[:2], s, b).item(), rel=1e-10)
     softmax = LOSSES["fsc_clip"].fn(LossInputs(Embeddings(*leaves), Embeddings(*leaves), s, 0), cfg)
     assert out["hard_negative_loss"].item() == pytest.approx(softmax["hard_negative_loss"].item(), rel=1e-12)
+
+
+# FSC-CLIP's local term, against a re-implementation of the same file's `Local_HNLoss` (`get_per_token_visual_patches`,
+# `get_aggregated_local_score`, its forward's loop over negative types and `_fill_empty_negatives`) at world size 1.
+# Its image tokens are [B, Q, D] and its text tokens [B positives; the real negatives, type-major] with `attn_mask`
+# (`text > 0`, the start token zeroed).
+
+Q, L = 4, 6
+
+
+def fsc_per_token_patches_official(image_tokens, text_tokens, normalizer, sparsify):
+    sim_map = torch.einsum("btd,bpd->btp", text_tokens, image_tokens).detach()
+    if normalizer == "minmax":
+        sim_max = sim_map.max(dim=-1, keepdim=True)[0]
+        sim_min = sim_map.min(dim=-1, keepdim=True)[0]
+        sim_map = (sim_map - sim_min) / (sim_max - sim_min)
+        if sparsify:
+            sim_map[sim_map < 1.0 / image_tokens.size(1)] = 0.0
+        sim_map = sim_map / sim_map.sum(dim=-1, keepdim=True)
+    else:
+        sim_map = sim_map.softmax(dim=-1)
+    return F.normalize(torch.einsum("btp,bpd->btd", sim_map, image_tokens), dim=-1)
+
+
+def fsc_local_score_official(image_tokens, text_tokens, attn_mask, logit_scale):
+    text_tokens = F.normalize(text_tokens, dim=-1)
+    b, t = image_tokens.shape[:2]
+    local_sim = logit_scale * torch.einsum("bd,bd->b", image_tokens.reshape(b * t, -1),
+                                           text_tokens.reshape(b * t, -1)).view(b, t)  # fmt: skip
+    return torch.logsumexp(local_sim + torch.where(attn_mask > 0, 0.0, float("-inf")), dim=1)
+
+
+def fsc_local_hn_official(image_tokens, text_tokens, attn_mask, neg_text_masks, logit_scale, gamma, smoothing,
+                          weight, normalizer="minmax", sparsify=False):  # fmt: skip
+    lbs = image_tokens.shape[0]
+    text_tokens, neg_text_tokens = text_tokens[:lbs], text_tokens[lbs:]
+    attn_mask, neg_attn_mask = attn_mask[:lbs], attn_mask[lbs:]
+    pos = fsc_local_score_official(fsc_per_token_patches_official(image_tokens, text_tokens, normalizer, sparsify),
+                                   text_tokens, attn_mask, logit_scale)  # fmt: skip
+    sizes = [int(m.sum().item()) for m in neg_text_masks.split(lbs, dim=0)]
+    scores = []
+    for masks, toks, att in zip(neg_text_masks.split(lbs, dim=0), neg_text_tokens.split(sizes, dim=0),
+                                neg_attn_mask.split(sizes, dim=0)):  # fmt: skip
+        imgs = image_tokens[masks > 0]
+        scores.append(fsc_local_score_official(fsc_per_token_patches_official(imgs, toks, normalizer, sparsify),
+                                               toks, att, logit_scale))  # fmt: skip
+    scores = torch.cat(scores)
+    filled = torch.zeros(neg_text_masks.size(0), dtype=scores.dtype)
+    filled[neg_text_masks > 0] = scores
+    neg = torch.stack(filled.split(lbs, dim=0), dim=1)
+    logits = torch.cat((pos.unsqueeze(1), neg), dim=1)
+    valid_neg_mask = torch.stack(neg_text_masks.split(lbs, dim=0), dim=1)
+    valid = torch.any(valid_neg_mask > 0, dim=1)
+    labels = torch.zeros(lbs, dtype=torch.long)
+    return weight * fsc_focal_with_nsr_official(logits[valid], labels[valid], gamma, smoothing, valid_neg_mask[valid])
+
+
+def token_leaves(seed, k):
+    """Patch and caption tokens with some structure (captions near some of their image's patches) and captions of
+    different lengths: the min–max weights, the masks and the log-sum-exp then all matter."""
+    g = torch.Generator().manual_seed(seed)
+    patches = torch.randn(B, Q, D, generator=g, dtype=torch.float64)
+    texts = 0.5 * patches.repeat(1 + k, 1, 1)[:, torch.randint(0, Q, (L,), generator=g)]
+    texts = texts + torch.randn((1 + k) * B, L, D, generator=g, dtype=torch.float64)
+    lengths = torch.randint(2, L + 1, ((1 + k) * B,), generator=g)
+    mask = torch.arange(L)[None, :] < lengths[:, None]  # [(1+K)·B, L]: real tokens, then padding
+    mask[:, 0] = False  # the start token
+    return patches.requires_grad_(), texts.requires_grad_(), mask
+
+
+def local_inputs(k, seed=3, negative_mask=None):
+    leaves = related_embeddings(seed, k)
+    patches, texts, mask = token_leaves(seed, k)
+    tokens = TokenEmbeddings(patches, texts[:B], texts[B:], mask[:B], mask[B:])
+    emb = Embeddings(*leaves, negative_mask=negative_mask, tokens=tokens)
+    scale = torch.tensor(14.0, dtype=torch.float64, requires_grad=True)
+    return LossInputs(emb, emb, scale, 0), [*leaves, patches, texts, scale], mask
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("normalizer,sparsify", [("minmax", False), ("minmax", True), ("softmax", False)])
+def test_fsc_clip_local_term_equals_the_official_code(k, normalizer, sparsify):
+    """The whole FSC-CLIP loss (global and local terms, the authors' weights) and the gradient of every embedding,
+    patch and token and of the logit scale."""
+    cfg = LossConfig(hard_negative_weight=0.5, fsc_local_weight=0.2, fsc_local_normalizer=normalizer,
+                     fsc_local_sparsify=sparsify, mask_same_image=False)  # fmt: skip
+    assert LOSSES["fsc_clip"].needs_tokens(cfg) and not LOSSES["fsc_clip"].needs_tokens(LossConfig())
+    inp, mine, _ = local_inputs(k)
+    out = LOSSES["fsc_clip"].fn(inp, cfg)
+    got = sum(out.values())
+    got.backward()
+    _, theirs, mask = local_inputs(k)
+    i, p, n, patches, texts, s = theirs
+    ones = torch.ones(k * B, dtype=torch.float64)
+    want = fsc_global_hn_official(i, torch.cat([p, n]), ones, s, 2.0, 0.02, 0.5)
+    want = want + fsc_local_hn_official(patches, texts, mask.long(), ones, s, 2.0, 0.02, 0.2, normalizer, sparsify)
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    assert out["local_hard_negative_loss"].item() > 0
+    for x, y in zip(mine, theirs):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-13)
+    assert mine[3].grad.abs().sum() > 0 and mine[4].grad.abs().sum() > 0  # the term trains patches and tokens
+
+
+def test_fsc_clip_local_term_with_missing_negatives():
+    """A missing negative is no candidate (-inf) and a pair without any adds 0 to the mean over all B, as in the
+    global term (the authors' zero-filled score would be a candidate with logit 0); its tokens get no gradient."""
+    mask = negative_mask()  # [K·B]
+    cfg = LossConfig(hard_negative_weight=0.0, fsc_local_weight=1.0, mask_same_image=False)
+    inp, mine, token_mask = local_inputs(K, negative_mask=mask)
+    mask = mask.view(K, B)
+    out = LOSSES["fsc_clip"].fn(inp, cfg)
+    out["local_hard_negative_loss"].backward()
+    _, theirs, _ = local_inputs(K)
+    patches, texts, s = theirs[3:]
+    want = 0.0
+    for i in range(B):
+        cols = [own_local_score(patches[i], texts[k * B + i], token_mask[k * B + i], s)
+                for k in range(1 + K) if k == 0 or mask[k - 1, i]]  # fmt: skip
+        if len(cols) == 1:
+            continue
+        logz, n = lse(cols), len(cols) - 1
+        for j, z in enumerate(cols):
+            y = (1 - 0.02 + 0.02 / (n + 1)) if j == 0 else 0.02 / (n + 1)
+            want = want + y * -((1 - torch.exp(z - logz)) ** 2.0) * (z - logz)
+    want = want / B
+    want.backward()
+    assert out["local_hard_negative_loss"].item() == pytest.approx(want.item(), rel=1e-10)
+    for got, ref in zip(mine[3:5], theirs[3:5]):  # patches, tokens
+        torch.testing.assert_close(got.grad, ref.grad, rtol=1e-8, atol=1e-12)
+    missing = [(1 + k) * B + i for k, i in MISSING]
+    assert torch.count_nonzero(mine[4].grad[missing]) == 0
+
+
+def own_local_score(patches, tokens, mask, s):
+    """One (image, caption) score token by token: min–max weights from the detached dot products, patch average,
+    s·cosine with the token, log-sum-exp over the caption's real tokens."""
+    scores = []
+    for t in range(tokens.shape[0]):
+        if not mask[t]:
+            continue
+        sims = [dot(tokens[t], patches[q]).detach() for q in range(patches.shape[0])]
+        low, high = min(sims), max(sims)
+        w = [(x - low) / (high - low) for x in sims]
+        avg = sum(wq / sum(w) * patches[q] for q, wq in enumerate(w))
+        scores.append(s * dot(F.normalize(avg, dim=0), F.normalize(tokens[t], dim=0)))
+    return lse(scores)
+
+
+def test_local_term_is_refused_for_a_family_without_token_embeddings():
+    from hnc_clip.families import MODEL_FAMILIES
+    from hnc_clip.losses import loss_for_family
+
+    cfg = LossConfig(fsc_local_weight=0.2)
+    assert loss_for_family("fsc_clip", MODEL_FAMILIES["clip"], cfg).needs_tokens(cfg)
+    with pytest.raises(ValueError, match="--fsc_local_weight 0.2: FSC-CLIP's local term compares caption tokens"):
+        loss_for_family("fsc_clip", MODEL_FAMILIES["siglip"], cfg)
+    loss_for_family("fsc_clip", MODEL_FAMILIES["siglip"], LossConfig())  # its global terms train SigLIP
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -76,6 +76,12 @@ def test_a_loss_without_a_sigmoid_form_is_refused_for_siglip(tmp_path, tiny_sigl
         run(tmp_path, tiny_siglip_dir, sample_image_dir, "--loss_type", "thesis_l2")
 
 
+def test_fsc_clip_local_term_is_refused_for_siglip_before_training(tmp_path, tiny_siglip_dir, sample_image_dir):
+    with pytest.raises(ValueError, match="--fsc_local_weight 0.2: FSC-CLIP's local term .* a siglip model has no"):
+        run(tmp_path, tiny_siglip_dir, sample_image_dir, "--loss_type", "fsc_clip", "--fsc_local_weight", "0.2")
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
+
+
 def test_logit_scale_clamp_follows_the_family(tmp_path, tiny_siglip_dir, sample_image_dir):
     """SigLIP learns t = exp(t') unclamped (big_vision); `--max_logit_scale` still clamps when given."""
     from transformers import SiglipModel

@@ -128,11 +128,19 @@ def test_wandb_run_gets_the_recipe_metrics_and_config(tmp_path, tiny_clip_dir, s
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # the real offline run was written
 
 
-@pytest.mark.parametrize("loss_type", sorted(LOSSES))
-def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_image_dir, loss_type):
+# Losses with settings that change what a step encodes: FSC-CLIP's local term (token and patch embeddings), also
+# through GradCache's cache.
+LOSS_CASES = {**{name: [] for name in sorted(LOSSES)}, "fsc_clip+local": ["--fsc_local_weight", "0.2"],
+              "fsc_clip+local+gradcache": ["--fsc_local_weight", "0.2", "--gradcache_chunk_size", "2",
+                                           "--l2_reg_weight", "0"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LOSS_CASES)
+def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_image_dir, case):
+    loss_type = case.split("+")[0]
     results, out = run(tmp_path, tiny_clip_dir, sample_image_dir, "--loss_type", loss_type, "--l2_reg_weight", "0.1",
                        "--validation_file", str(TEST_SAMPLE), "--max_eval_samples", "16", "--do_eval",
-                       "--per_device_eval_batch_size", "8")
+                       "--per_device_eval_batch_size", "8", *LOSS_CASES[case])
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
     if LOSSES[loss_type].uses_negatives:
         assert 0.0 <= results["eval_hard_negative_accuracy"] <= 1.0
@@ -149,6 +157,8 @@ def test_every_loss_trains_and_logs_components(tmp_path, tiny_clip_dir, sample_i
     assert sum(logged[k] for k in components) == pytest.approx(logged["loss"], rel=1e-4)
     if loss_type == "ce_clip":  # its adaptive thresholds, carried from step to step, are logged
         assert math.isfinite(logged["ce_clip_threshold"]) and logged["ce_clip_threshold"] >= 0
+    assert ("local_hard_negative_loss" in logged) == ("+local" in case)
+    assert ("eval_local_hard_negative_loss" in results) == ("+local" in case)
 
 
 def test_hard_negative_weight_schedule_is_logged(tmp_path, tiny_clip_dir, sample_image_dir):

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -61,7 +62,8 @@ class DemoArguments:
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
     losses: list[str] = field(
         default_factory=lambda: ["clip", "negclip", "pairwise"],
-        metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline)."},
+        metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline): "
+                          "loss types, or `fsc_clip_local` (`fsc_clip --fsc_local_weight 0.2`)."},
     )
     plain_rules: str = field(
         default="swap-rel,replace-rel",
@@ -109,6 +111,12 @@ class DemoArguments:
     def __post_init__(self):
         if "clip" not in self.losses or self.main_loss not in self.losses:
             raise ValueError(f"--losses must hold `clip` and --main_loss {self.main_loss!r}, got {self.losses}")
+        from hnc_clip.losses import LOSSES
+
+        unknown = [loss for loss in self.losses if loss not in LOSSES and loss not in LOSS_SETTINGS]
+        if unknown:
+            raise ValueError(f"--losses {' '.join(unknown)}: not a loss type ({', '.join(sorted(LOSSES))}) nor one "
+                             f"of {', '.join(LOSS_SETTINGS)}")  # fmt: skip
         if self.quick:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
             self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
@@ -169,11 +177,18 @@ def pretrain_flags(args: DemoArguments) -> list[str]:
     ]  # fmt: skip
 
 
+# `--losses` names that are a loss type with settings of its own: name → (loss type, its flags).
+LOSS_SETTINGS = {
+    "fsc_clip_local": ("fsc_clip", ["--fsc_local_weight", "0.2"]),  # FSC-CLIP with its local term, as published
+}
+
+
 def finetune_flags(args: DemoArguments, loss: str, plain: bool = False) -> list[str]:
     """Every fine-tune sees the same batches (same sampler, seed, size, steps and caption types); only the loss
     differs. `plain`: the plain caption table holds only those types' pairs, in the same order (no --caption_types)."""
     from hnc_clip.losses import LOSSES
 
+    loss, own = LOSS_SETTINGS.get(loss, (loss, []))
     steps = args.finetune_steps
     weight = [] if not LOSSES[loss].uses_weight else [
         "--hard_negative_schedule", "linear", "--hard_negative_weight_min", str(args.hard_negative_weight_start),
@@ -181,7 +196,7 @@ def finetune_flags(args: DemoArguments, loss: str, plain: bool = False) -> list[
         "--hard_negative_warmup_steps", str(args.hard_negative_decay_steps),
     ]  # fmt: skip
     return [
-        "--loss_type", loss, *weight, "--max_steps", str(steps),
+        "--loss_type", loss, *own, *weight, "--max_steps", str(steps),
         "--per_device_train_batch_size", str(args.finetune_batch_size), "--group_by_image", str(args.group_by_image),
         *([] if plain else ["--caption_types", *args.caption_types]),
         "--learning_rate", str(args.finetune_learning_rate),
@@ -314,8 +329,8 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
     lines = [
         "# hnc-clip synthetic demo",
         "",
-        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}` ({seconds:.0f} s on "
-        f"{os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
+        f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}{_non_default_flags(args)}` "
+        f"({seconds:.0f} s on {os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
         "",
         "Pairwise accuracy = share of held-out (image, positive, hard negative) triples with sim(image, positive) > "
         "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set. "
@@ -472,7 +487,7 @@ def _non_default_flags(args: DemoArguments) -> str:
     for name in ("losses", "main_loss", "plain_rules"):
         value = getattr(args, name)
         if value != getattr(default, name):
-            out += f" --{name} {' '.join(value) if isinstance(value, list) else value}"
+            out += f" --{name} {' '.join(value) if isinstance(value, list) else shlex.quote(value)}"
     return out
 
 

@@ -7,6 +7,9 @@ encoder.
 Contract for images: `encode_images(refs)` returns one row per reference; a row of an image that could not be decoded
 is NaN, and the encoder lists the file and the error in `unreadable`. Scoring code drops (and counts, naming
 examples) every item that needs such an image, instead of one corrupt file aborting a whole run.
+
+`pair_cosines` turns the two tables and index arrays into similarities: the one routine the pairwise task and every
+benchmark score with.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -219,3 +223,22 @@ class CachedEncoder:
 def unreadable_rows(embeddings: torch.Tensor) -> torch.Tensor:
     """Boolean mask `[N]` of rows that are NaN (images that could not be decoded)."""
     return torch.isnan(embeddings).any(dim=-1) if embeddings.numel() else torch.zeros(len(embeddings), dtype=bool)
+
+
+def pair_cosines(
+    a: torch.Tensor, a_index: np.ndarray, b: torch.Tensor, b_index: np.ndarray, chunk: int = 512
+) -> np.ndarray:
+    """`[P]` float64: `a[a_index[i]] . b[b_index[i]]` for each i, the cosine of each (row, row) pair of two
+    L2-normalised tables: the one similarity the pairwise task and every benchmark score with.
+
+    Each entry is its own dot product, never a matmul: a matmul may round columns differently (SIMD blocks), and then
+    two identical captions would not tie, while the tie rules of the benchmarks depend on exactly that. Chunked so
+    the `[chunk, D]` gathers stay in cache (at D = 768, 512 rows run 4x faster than 16384).
+    """
+    out = np.empty(len(a_index), dtype=np.float64)
+    for start in range(0, len(a_index), chunk):
+        ai = torch.from_numpy(np.ascontiguousarray(a_index[start : start + chunk], dtype=np.int64))
+        bi = torch.from_numpy(np.ascontiguousarray(b_index[start : start + chunk], dtype=np.int64))
+        # float64: float32 x float32 products are exact and the sum errs by ~1e-16, so rounding never decides a rank
+        out[start : start + chunk] = (a[ai].double() * b[bi].double()).sum(-1).numpy()  # [chunk]
+    return out

@@ -7,6 +7,8 @@ so the scoring code never sees a format. Formats are detected from the
 first record only (`detect_format`), which stays cheap on the 8 GB HNC train file; `--data_format` overrides it.
 Every record's fields are read by type (`.records.Record`): a record that lacks a field is counted
 (`record_missing_keys`), a field of the wrong type raises `DataFileError` naming the file, the record and the field.
+A COCO Karpathy file (retrieval only) is read by the benchmarks' own `readers.read_karpathy`, not strict: it also
+takes the train files' one caption per record.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import ijson
 
 from ..data.hnc import TEST_SCHEMA, TRAIN_SCHEMA, HncFormatError, detect_schema
-from .benchmarks.items import BenchmarkData
+from .benchmarks.items import BenchmarkData, ImageCaptions
+from .benchmarks.readers import read_karpathy
 from .benchmarks.registry import FILE_LAYOUTS
 from .images import ImageRef
-from .records import BOM, DataFileError, read_json, records
+from .records import BOM, DataFileError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -198,25 +200,13 @@ def load_pairs(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ImageCaptions:
-    """One retrieval gallery image and every caption that describes it."""
-
-    image: ImageRef
-    captions: list[str] = field(default_factory=list)
-
-
-def _karpathy_records(path: str) -> Iterator[tuple[ImageRef, str]]:
-    missing = 0
-    for rec in records(path, _load_json(path, list, COCO_KARPATHY)):
-        if not rec.has("image", "caption"):
-            missing += 1
-            continue
-        image = ImageRef(rec.text("image"))
-        for caption in rec.text_or_texts("caption"):  # a list per image (test files), or one per record (train)
-            yield image, caption
-    if missing:
-        logger.warning(f"{path}: {missing} records without 'image' and 'caption' skipped")
+def _karpathy_captions(path: str) -> Iterator[tuple[ImageRef, str]]:
+    """(image, caption) per caption entry of a Karpathy file, test (a list per image) or train (one per record)."""
+    data = read_karpathy(path, _load_json(path, list, COCO_KARPATHY), strict=False)
+    if data.parse_skips:
+        logger.warning(f"{path}: {data.parse_skips['record_missing_keys']} records without 'image' and 'caption' "
+                       "skipped")  # fmt: skip
+    return ((item.image, caption) for item in data.items for caption in item.captions)
 
 
 def load_image_captions(
@@ -233,7 +223,7 @@ def load_image_captions(
     for path in paths:
         fmt = _check_format(data_format, path)
         if fmt == COCO_KARPATHY:
-            records: Iterable[tuple[ImageRef, str]] = _karpathy_records(path)
+            records: Iterable[tuple[ImageRef, str]] = _karpathy_captions(path)
             unique = False  # CLIP_benchmark keeps every caption entry, duplicates included
         else:
             records = ((ImageRef(p["image_file"], p["bbox"]), p["positive"]) for p in load_pairs(path, fmt))

@@ -2,8 +2,10 @@
 on every task and benchmark.
 
 Every input goes through one reader per layout: a `--data_file` is a benchmark file of a known layout
-(`formats.load_pairs` -> `benchmarks.registry.FILE_LAYOUTS`), a `--benchmark` a registry entry in its official layout
-(`benchmarks.locate`, `benchmarks.runner.run_benchmark`). `args` is the application's `EvalArguments`
+(`formats.load_pairs` -> `benchmarks.registry.FILE_LAYOUTS`), a Karpathy retrieval file is read by the reader
+`coco_5k` uses (`benchmarks.readers.read_karpathy`), a `--benchmark` is a registry entry in its official layout
+(`benchmarks.locate`, `benchmarks.runner.run_benchmark`). The pairwise task and every benchmark score with one
+similarity routine (`encode.pair_cosines`, float64). `args` is the application's `EvalArguments`
 (`hnc_clip.scripts.evaluate`); nothing here parses flags.
 """
 

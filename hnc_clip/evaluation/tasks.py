@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .encode import ClipEncoder, Encoder, text_keys, unreadable_rows
-from .formats import ImageCaptions
+from .benchmarks.items import ImageCaptions
+from .encode import ClipEncoder, Encoder, pair_cosines, text_keys, unreadable_rows
 from .images import ImageRef, resolve_image
 from .linear_probe import linear_probe_rankings
 from .metrics import load_metric
@@ -44,21 +44,6 @@ def unique_index(items: Sequence[Hashable]) -> tuple[list, np.ndarray]:
     position: dict = {}
     index = np.fromiter((position.setdefault(x, len(position)) for x in items), dtype=np.int64, count=len(items))
     return list(position), index
-
-
-def rowwise_cosine(
-    a: torch.Tensor, a_index: np.ndarray, b: torch.Tensor, b_index: np.ndarray, chunk: int = 65536
-) -> np.ndarray:
-    """`sum(a[a_index[i]] * b[b_index[i]])` for each i, chunked so P x D gathers never get large.
-
-    The embeddings are L2-normalised, so this is the cosine similarity of each (image, caption) pair.
-    """
-    out = np.empty(len(a_index), dtype=np.float64)
-    for start in range(0, len(a_index), chunk):
-        ai = torch.from_numpy(a_index[start : start + chunk])
-        bi = torch.from_numpy(b_index[start : start + chunk])
-        out[start : start + chunk] = (a[ai] * b[bi]).sum(-1).double().numpy()  # [chunk]
-    return out
 
 
 MAX_EXAMPLES = 5  # how many skipped items each reason names in the results
@@ -190,9 +175,9 @@ def pairwise_scores(
         "identical_pairs": [str(p["pair_id"]) for p in identical[:MAX_EXAMPLES]],
     }
     return PairwiseScores(
-        positive=rowwise_cosine(image_emb, image_index, text_emb, pos_index),
-        negative=rowwise_cosine(image_emb, image_index, text_emb, neg_index),
-        random_negative=None if rand is None else rowwise_cosine(image_emb, image_index, text_emb, pos_index[rand]),
+        positive=pair_cosines(image_emb, image_index, text_emb, pos_index),
+        negative=pair_cosines(image_emb, image_index, text_emb, neg_index),
+        random_negative=None if rand is None else pair_cosines(image_emb, image_index, text_emb, pos_index[rand]),
         types=[str(p["type"]) for p, _ in kept],
         pair_ids=[str(p["pair_id"]) for p, _ in kept],
         num_images=int((~bad_image).sum()),

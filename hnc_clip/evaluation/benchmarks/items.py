@@ -2,7 +2,8 @@
 
 A reader turns a benchmark's files into items; `encode_items` resolves each item's images inside the benchmark root,
 encodes every distinct image and caption once, and drops (counting, with named examples) the items whose image is
-missing, outside the root or undecodable. Protocols then read similarities off `EncodedItems.sims(i)`.
+missing, outside the root or undecodable. Protocols then read similarities off `EncodedItems.sims(i)`, computed by
+`encode.pair_cosines` as the pairwise task's are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..encode import Encoder, unreadable_rows
+from ..encode import Encoder, pair_cosines, unreadable_rows
 from ..images import ImageRef, resolve_image
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ class GroupItem:
 
 
 @dataclass
+class ImageCaptions:
+    """One retrieval gallery image and every caption that describes it."""
+
+    image: ImageRef
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BenchmarkData:
     """What a reader returns: the items, and what it dropped while parsing (reason -> count)."""
 
@@ -74,19 +83,16 @@ class EncodedItems:
     num_input_items: int
 
     def sims(self, i: int) -> np.ndarray:
-        """`[n_images, n_captions]` cosine similarities of item i.
-
-        Each entry is its own float64 dot product: a matmul may round columns differently (SIMD blocks), and then
-        two identical captions would not tie, while the tie rules below depend on exactly that.
-        """
-        img = self.image_table[torch.from_numpy(self.image_index[i])].double()
-        txt = self.text_table[torch.from_numpy(self.text_index[i])].double()
-        return (img[:, None, :] * txt[None, :, :]).sum(-1).numpy()
+        """`[n_images, n_captions]` cosine similarities of item i (`pair_cosines`, so identical captions tie)."""
+        img, txt = self.image_index[i], self.text_index[i]
+        grid = pair_cosines(self.image_table, np.repeat(img, len(txt)), self.text_table, np.tile(txt, len(img)))
+        return grid.reshape(len(img), len(txt))
 
     def text_sims(self, i: int) -> np.ndarray:
         """`[n_captions, n_captions]` caption-caption cosines of item i (SugarCrepe++'s text-only task)."""
-        txt = self.text_table[torch.from_numpy(self.text_index[i])].double()
-        return (txt[:, None, :] * txt[None, :, :]).sum(-1).numpy()
+        txt = self.text_index[i]
+        grid = pair_cosines(self.text_table, np.repeat(txt, len(txt)), self.text_table, np.tile(txt, len(txt)))
+        return grid.reshape(len(txt), len(txt))
 
     def bookkeeping(self) -> dict:
         """The counts every benchmark reports: scored items, the denominator, each skip reason, named examples."""

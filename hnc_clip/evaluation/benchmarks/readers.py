@@ -20,7 +20,7 @@ from ..images import ImageRef
 from ..records import DataFileError, Record, read_json, records
 from . import wds
 from .aro_order import OrderPerturber, order_test_cases, spacy_nltk_perturber
-from .items import BenchmarkData, ChoiceItem, GroupItem
+from .items import BenchmarkData, ChoiceItem, GroupItem, ImageCaptions
 
 
 def _json(path: str, expected: type | tuple[type, ...] = (list, dict)):
@@ -166,8 +166,8 @@ def _read_order(root: str, annotation: str, perturber: OrderPerturber | None = N
                  for c in _records(cases_path, list) if _needs(c, "image", "caption_options")]  # fmt: skip
     else:
         path = os.path.join(root, annotation)
-        annotation_records = [{"image": a.text("image"), "caption": a.texts("caption")}
-                              for a in _records(path, list) if _needs(a, "image", "caption")]  # fmt: skip
+        annotation_records = [{"image": it.image.file, "caption": it.captions}
+                              for it in read_karpathy(path, _json(path, list)).items]  # fmt: skip
         cases = order_test_cases(annotation_records, perturber or spacy_nltk_perturber())
         with open(cases_path, "w", encoding="utf-8") as f:
             json.dump(cases, f)
@@ -180,6 +180,26 @@ def _needs(rec: Record, *names: str) -> bool:
     if not rec.has(*names):
         raise DataFileError(f"{rec.path}: {rec.where}: expected an object with {', '.join(names)}")
     return True
+
+
+def read_karpathy(path: str, data: list, image_folder: str = "", strict: bool = True) -> BenchmarkData:
+    """BLIP/ARO's Karpathy annotation (`data`, the parsed JSON list of `path`): one `ImageCaptions` per record,
+    `{image, caption: [..]}`, the image under `image_folder`, the captions as written.
+
+    `strict` (a benchmark's test file, read whole): every record has both fields and `caption` is a list, else
+    `DataFileError`. Otherwise (`--task retrieval`, which also reads the train files' one caption string per
+    record): a string is one caption, and a record lacking a field is counted (`record_missing_keys`).
+    """
+    items, skips = [], Counter()
+    for rec in records(path, data):
+        if strict:
+            _needs(rec, "image", "caption")
+        elif not rec.has("image", "caption"):
+            skips["record_missing_keys"] += 1
+            continue
+        image = ImageRef(os.path.join(image_folder, rec.text("image")))
+        items.append(ImageCaptions(image, rec.texts("caption") if strict else rec.text_or_texts("caption")))
+    return BenchmarkData(path, items, skips)
 
 
 def read_coco_order(root: str, perturber: OrderPerturber | None = None) -> BenchmarkData:
@@ -450,8 +470,6 @@ def read_mmvp_vlm(root: str) -> BenchmarkData:
 def read_retrieval(root: str, annotation: str, image_folder: str = "") -> BenchmarkData:
     """[(image, captions)] from CLIP_benchmark's webdataset (`test/nshards.txt` present) or a Karpathy annotation:
     BLIP/ARO JSON `[{image, caption: [..]}]`, COCO-format JSON `{images, annotations}` or Flickr's CSV txt."""
-    from ..formats import ImageCaptions
-
     if os.path.isfile(os.path.join(root, "test", "nshards.txt")):
         samples, broken = wds.retrieval_samples(root)
         return BenchmarkData(root, [ImageCaptions(r, c) for r, c in samples], Counter(broken_sample=broken))
@@ -484,10 +502,8 @@ def read_retrieval(root: str, annotation: str, image_folder: str = "") -> Benchm
             caps.setdefault(ann.value["image_id"], []).append(ann.text("caption"))
         items = [ImageCaptions(ImageRef(os.path.join(image_folder, files[i])), caps.get(i, [])) for i in sorted(files)]
         return BenchmarkData(root, [it for it in items if it.captions], Counter())
-    # BLIP/ARO's test files: a list of captions per image (a string is the train files' one caption per record)
-    items = [ImageCaptions(ImageRef(rec.text("image")), rec.texts("caption"))
-             for rec in records(path, data) if _needs(rec, "image", "caption")]  # fmt: skip
-    return BenchmarkData(root, items, Counter())
+    # BLIP/ARO's test files: a list of captions per image
+    return BenchmarkData(root, read_karpathy(path, data, image_folder).items, Counter())
 
 
 def read_classification(root: str) -> BenchmarkData:
