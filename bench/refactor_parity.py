@@ -2,8 +2,9 @@
 
 Trains a tiny CLIP (built in code) on the repository's HNC samples with placeholder images, one run per setting
 (the hnc loss with evaluation, CE-CLIP, GradCache, --group_by_image, kl_teacher with its reference, SGD with
---l2_reg_weight), 4 steps each on the CPU, and writes each run's sha256 of model.safetensors and its log history
-(without timings). Run it once with the old code, once with the new, and compare:
+--l2_reg_weight, FSC-CLIP's local term plain and under GradCache), 4 steps each on the CPU, and writes each run's
+sha256 of model.safetensors and its log history (without timings). Run it once with the old code, once with the
+new, and compare:
 
     git archive <old commit> | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old python bench/refactor_parity.py --work /tmp/p_old --output /tmp/old.json
@@ -31,6 +32,8 @@ SETTINGS = {
     "group_by_image": ["--group_by_image", "2"],
     "kl_teacher": ["--loss_type", "kl_teacher"],
     "sgd_l2": ["--optim", "sgd", "--l2_reg_weight", "0.1"],
+    "fsc_local": ["--loss_type", "fsc_clip", "--fsc_local_weight", "0.5"],  # token embeddings (`with_tokens`)
+    "fsc_local_gradcache": ["--loss_type", "fsc_clip", "--fsc_local_weight", "0.5", "--gradcache_chunk_size", "4"],
 }
 
 
@@ -82,7 +85,7 @@ def compare(a_path: str, b_path: str) -> int:
         x, y = a["runs"][name], b["runs"].get(name, {})
         weights, logs = x["sha256"] == y.get("sha256"), x["log_history"] == y.get("log_history")
         same &= weights and logs
-        print(f"{name:16s} weights {'same' if weights else 'DIFFER'}  logs {'same' if logs else 'DIFFER'}  "
+        print(f"{name:20s} weights {'same' if weights else 'DIFFER'}  logs {'same' if logs else 'DIFFER'}  "
               f"{x['sha256'][:16]}")  # fmt: skip
     return 0 if same else 1
 
@@ -102,7 +105,7 @@ def main() -> int:
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
     for name, run in result["runs"].items():
-        print(f"{name:16s} {run['sha256']}")
+        print(f"{name:20s} {run['sha256']}")
     return 0
 
 

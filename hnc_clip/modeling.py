@@ -1,4 +1,5 @@
-"""Loading a dual encoder (CLIP, SigLIP: `hnc_clip.families`) and choosing what trains (`--finetune_mode`).
+"""Loading a dual encoder (CLIP, SigLIP: `hnc_clip.families`) and choosing what trains (`--finetune_mode`); what
+the trainer holds of the models its loss reads (`HoldsLossModels`).
 
 Models load from safetensors only (`use_safetensors=True`): a pickle checkpoint from an untrusted repo could run
 code on load. `trust_remote_code` is passed through and is off unless the user sets it.
@@ -105,7 +106,7 @@ def with_input_embeddings(model: CLIPModel) -> CLIPModel:
 
     transformers' generic one raises NotImplementedError for CLIPModel (two towers, no `embed_tokens`). It was added
     for accelerate's FSDP2 preparation, which calls it; FSDP is refused up front (`check_parallelism` in
-    `hnc_clip/trainer.py`) and no supported path needs it (without it the LoRA and other training tests pass, and
+    `hnc_clip/engines.py`) and no supported path needs it (without it the LoRA and other training tests pass, and
     `gradient_checkpointing_enable` finds the towers' embeddings by itself). Kept so that generic tools asking a
     loaded model for its input embedding get the text one instead of an exception. Bound on the instance, so the
     class and its saved checkpoints are unchanged.
@@ -276,6 +277,44 @@ class LogitScaleTap:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+class HoldsLossModels:
+    """`HncTrainer`'s hold on the models its loss reads (a mixin before `transformers.Trainer`): the frozen reference
+    (`LossSpec.needs_reference`), a `LogitScaleTap` on it and on the trained model, and θ₀ for `--l2_reg_weight`;
+    bound again to each model `model_init` builds (a hyper-parameter search trial)."""
+
+    _model_tap: LogitScaleTap | None = None  # none yet while Trainer.__init__ runs
+
+    def _bind_models(self, model, reference_model) -> None:
+        self.reference_model = reference_model
+        if reference_model is not None:
+            self.reference_model = reference_model.to(self.args.device)
+            if self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16):
+                # DeepSpeed casts the inputs to its compute dtype; the reference must take the same inputs.
+                self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
+        self._reference_tap = LogitScaleTap(self.reference_model) if self.reference_model is not None else None
+        self._bind_model(model)
+
+    @property
+    def _taps(self) -> tuple[LogitScaleTap | None, LogitScaleTap | None]:
+        return self._model_tap, self._reference_tap
+
+    def _bind_model(self, model) -> None:
+        """What the trainer keeps of the model it trains: the logit-scale tap and, for `--l2_reg_weight`, θ₀ (only
+        the trainable tensors, which are the only ones that can move)."""
+        if self._model_tap is not None:
+            self._model_tap.remove()
+        self._model_tap = LogitScaleTap(model)
+        self._theta0 = None
+        if self.args.l2_reg_weight > 0:
+            self._theta0 = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def call_model_init(self, trial=None):
+        model = super().call_model_init(trial)
+        if hasattr(self, "_reference_tap"):  # not during Trainer.__init__: __init__ binds its model itself
+            self._bind_model(model)
+        return model
 
 
 def merged_for_save(model) -> CLIPModel:

@@ -1,5 +1,6 @@
 """What every evaluation during training adds to the Trainer's metrics: the --eval_benchmarks (`BenchmarkWatch`)
-and the objective checkpoints are chosen by (`Objective`), subject to its floor from the starting model."""
+and the objective checkpoints are chosen by (`Objective`), subject to its floor from the starting model; and
+`HncTrainer`'s `evaluate`, which adds them (`AddsEvaluationExtras`)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ class EvaluationExtras:
             raise RuntimeError(f"--objective_floor_metric: no starting value (the --eval_on_start evaluation at step 0"
                                f", or {out}/{FLOOR_FILE} of the run being resumed)")  # fmt: skip
         return self.floor_minimum
+
+
+class AddsEvaluationExtras:
+    """`HncTrainer.evaluate` (a mixin before `transformers.Trainer`; the trainer builds `self.eval_extras`): the
+    Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective, merged into
+    the returned metrics (what --metric_for_best_model reads) and logged."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        outer = not getattr(self, "_evaluating", False)
+        self._evaluating = True
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._evaluating = not outer
+        if not outer or metric_key_prefix != "eval" or not self.eval_extras.active:
+            return metrics
+        extra = self.eval_extras(metrics, self.model, self.state.global_step)
+        metrics.update(extra)
+        self.log(extra)
+        return metrics

@@ -4,7 +4,9 @@ checkpoint and the file, not a silent restart of the optimizer and schedule, a `
 warning, or a traceback from safetensors / torch.load / json.
 
 The file checks read headers and directories only (a safetensors header and its data length, a torch.save zip's
-central directory, which sits at the file's end): a cut file fails them without loading gigabytes of state.
+central directory, which sits at the file's end): a cut file fails them without loading gigabytes of state. What
+only loading shows (another model's keys, an optimizer state that does not fit) is refused the same way while the
+Trainer loads it (`RefusesUnfitCheckpoints`, `HncTrainer`'s loading hooks).
 """
 
 from __future__ import annotations
@@ -112,3 +114,35 @@ def describe_key_mismatch(weights: str, missing: list[str], unexpected: list[str
     parts = [f"{len(missing)} missing ({some(missing)})"] if missing else []
     parts += [f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected else []
     return f"{weights} does not hold this model's weights: {', '.join(parts)}"
+
+
+class RefusesUnfitCheckpoints:
+    """`HncTrainer`'s checkpoint-loading hooks (a mixin before `transformers.Trainer`): what `check_resumable` cannot
+    see from the files alone — weights of another model, optimizer or RNG state that do not load — is refused with
+    its reason (`refuse`) instead of a warning or a bare traceback."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        self._loading_from = resume_from_checkpoint  # named by `_issue_warnings_after_load`
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            self._loading_from = None
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The Trainer loads resumed weights with `strict=False` and only warns: other keys than the model's mean
+        another model's checkpoint, and resuming from it would train from a mix of its weights and fresh ones."""
+        ignored = set(getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # tied again by the Trainer
+        missing = [k for k in load_result.missing_keys if k not in ignored]
+        if getattr(self, "_loading_from", None) and (missing or load_result.unexpected_keys):
+            raise refuse(self._loading_from, describe_key_mismatch("model.safetensors", missing,
+                                                                   list(load_result.unexpected_keys)))  # fmt: skip
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
+        with refused_on_error(checkpoint, "its optimizer.pt / scheduler.pt do not fit this run", max_chars=300):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        with refused_on_error(checkpoint, "its RNG state cannot be read"):
+            super()._load_rng_state(checkpoint)

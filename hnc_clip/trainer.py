@@ -1,20 +1,21 @@
 """`HncTrainer`: the HF `Trainer` with a hard-negative contrastive loss. It holds only its overrides:
 
-- `compute_loss` / `training_step`: one forward of the model over images and [positives; hard negatives], gather
-  across processes, pick the loss from `LOSSES`; what a step logs goes to the `MetricLedger` (`hnc_clip.ledger`),
-  once `StepGuard` (`hnc_clip.callbacks`) has accepted the step. A batch without a readable image is skipped with
-  one process; with several, a placeholder pair weighted 0 keeps every process in the same collectives
-  (`hnc_clip.forward.placeholder_batch`);
-- `evaluation_loop` / `evaluate`: the same loss at evaluation, averaged over the pairs actually scored, then the
-  --eval_benchmarks and the objective (`hnc_clip.objective`);
+- `compute_loss` / `training_step`, the loss step: one forward over images and [positives; hard negatives] (or
+  GradCache's chunked backward, `hnc_clip.gradcache`), gathered across processes, the loss from `LOSSES`. What
+  every step records, either way, is `hnc_clip.step.run_loss_step`'s: the counts, a batch without a readable image
+  (skipped, or a placeholder pair), the values logged once `StepGuard` (`hnc_clip.callbacks`) accepts the step;
+- `evaluation_loop`: the same loss at evaluation, averaged over the pairs actually scored;
 - `log`: the ledger's means since the last log (counts summed over processes), so they reach wandb/tensorboard via
   `report_to`; `StepGuard.check_run` stops a run that skipped too much;
-- the sampler and dataloaders (`--group_by_image`, streamed data resumed from its saved position), and the
-  checkpoint hooks: a checkpoint is marked complete only once every process has written it (`hnc_clip.output_dir`),
-  and one that does not fit the run is refused with its reason (`hnc_clip.resume`).
+- the sampler (`--group_by_image`) and `_save_checkpoint`: a checkpoint is marked complete only once every process
+  has written it (`hnc_clip.output_dir`).
 
-What a batch holds is `hnc_clip.data.batches`'s to know; the attention kernels are `hnc_clip.attention`'s. The
-model is built in the entry script, not here (as trl's trainers take a ready model).
+Hooks of one concern live beside it, as mixins: the models the loss reads, with their logit-scale taps and θ₀
+(`hnc_clip.modeling.HoldsLossModels`), the --eval_benchmarks and the objective added to each evaluation
+(`hnc_clip.objective.AddsEvaluationExtras`), the streamed data's loader and saved position
+(`hnc_clip.data.stream.StreamedTraining`), the refusal of a checkpoint that does not fit the run
+(`hnc_clip.resume.RefusesUnfitCheckpoints`). What a batch holds is `hnc_clip.data.batches`'s to know; the attention
+kernels are `hnc_clip.attention`'s. The model is built in the entry script, not here (trl's trainers take it ready).
 """
 
 from __future__ import annotations
@@ -30,24 +31,25 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .attention import attention_kernels
 from .callbacks import ClampLogitScale, SaveOnSigterm, StepGuard, zero_loss
-from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of, pop_counts
-from .data.stream import StreamLoader, TrainingStream, load_stream_state, save_stream_state
+from .data.batches import COLLATOR_COLUMNS, drop_repeated_rows, pairs_per_batch, pixel_affine_of
+from .data.stream import StreamedTraining
 from .engines import check_parallelism
 from .families import family_of
-from .forward import build_loss_inputs, placeholder_batch
+from .forward import build_loss_inputs
 from .gradcache import gradcache_backward
 from .ledger import MetricLedger
-from .losses import LossConfig, LossInputs, LossSpec, loss_components, loss_for_family, step_metrics, total_loss
-from .modeling import LogitScaleTap
-from .objective import EvaluationExtras
+from .losses import LossConfig, LossSpec, loss_components, loss_for_family, total_loss
+from .modeling import HoldsLossModels
+from .objective import AddsEvaluationExtras, EvaluationExtras
 from .output_dir import disk_full_error, is_disk_full, mark_complete
-from .resume import check_resumable, describe_key_mismatch, refuse, refused_on_error
+from .resume import RefusesUnfitCheckpoints, check_resumable
 from .schedules import SCHEDULES
+from .step import StepLoss, run_loss_step
 
 logger = logging.getLogger(__name__)
 
 
-class HncTrainer(Trainer):
+class HncTrainer(HoldsLossModels, AddsEvaluationExtras, StreamedTraining, RefusesUnfitCheckpoints, Trainer):
     # compute_loss returns a per-batch mean: let the Trainer divide by the gradient accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -55,7 +57,6 @@ class HncTrainer(Trainer):
         self, *args, reference_model=None, card_info: dict | None = None, sigterm: SaveOnSigterm | None = None,
         **kwargs,
     ):
-        self._model_tap = None
         super().__init__(*args, **kwargs)
         self.family = family_of(self.model)
         # refuses a loss the family has no form of, or whose settings need embeddings it has not, up front
@@ -64,14 +65,7 @@ class HncTrainer(Trainer):
             self.args.max_logit_scale = self.family.max_logit_scale
         if self.loss_spec.needs_reference and reference_model is None:
             raise ValueError(f"--loss_type {self.args.loss_type} needs a reference_model (the frozen start)")
-        self.reference_model = reference_model
-        if reference_model is not None:
-            self.reference_model = reference_model.to(self.args.device)
-            if self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16):
-                # DeepSpeed casts the inputs to its compute dtype; the reference must take the same inputs.
-                self.reference_model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
-        self._reference_tap = LogitScaleTap(self.reference_model) if self.reference_model is not None else None
-        self._bind_model(self.model)
+        self._bind_models(self.model, reference_model)  # the taps and θ₀ the loss reads (`HoldsLossModels`)
         # What steps record, until each log (the finite-loss check, `StepGuard`, decides what a training step adds).
         self.ledger = MetricLedger(lambda: getattr(self.data_collator, "count_names", ()),
                                    self.accelerator.num_processes, self.args.device)  # fmt: skip
@@ -108,56 +102,10 @@ class HncTrainer(Trainer):
         # Read from the arguments each time: a hyper-parameter search trial sets `args.loss_type` on this trainer.
         return loss_for_family(self.args.loss_type, self.family)
 
-    @property
-    def _taps(self) -> tuple[LogitScaleTap | None, LogitScaleTap | None]:
-        return self._model_tap, self._reference_tap
-
-    def _bind_model(self, model) -> None:
-        """What the trainer keeps of the model it trains: the logit-scale tap and, for `--l2_reg_weight`, θ₀ (only
-        the trainable tensors, which are the only ones that can move). Again for each model `model_init` builds."""
-        if self._model_tap is not None:
-            self._model_tap.remove()
-        self._model_tap = LogitScaleTap(model)
-        self._theta0 = None
-        if self.args.l2_reg_weight > 0:
-            self._theta0 = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
-
-    def call_model_init(self, trial=None):
-        model = super().call_model_init(trial)
-        if hasattr(self, "_reference_tap"):  # not during Trainer.__init__: __init__ binds its model itself
-            self._bind_model(model)
-        return model
-
     def _set_signature_columns_if_needed(self):
         # The collator needs the caption and image columns that CLIPModel.forward does not name.
         if self._signature_columns is None:
             self._signature_columns = list(COLLATOR_COLUMNS)
-
-    # -- streamed training data ---------------------------------------------------------------------------------
-
-    def get_train_dataloader(self):
-        if not isinstance(self.train_dataset, TrainingStream):
-            return super().get_train_dataloader()
-        a = self.args
-        self._stream_loader = StreamLoader(
-            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
-            num_workers=a.dataloader_num_workers, pin_memory=a.dataloader_pin_memory,
-            prefetch_factor=a.dataloader_prefetch_factor, rank=a.process_index, world_size=a.world_size,
-        )  # fmt: skip
-        return self._stream_loader
-
-    def get_resumed_dataloader(self, dataloader, num_batches: int):
-        """A stream resumes from the position each process saved in the checkpoint, not by reading and dropping
-        the batches it had trained on (which would also decode all their images again)."""
-        if not isinstance(dataloader, StreamLoader):
-            return super().get_resumed_dataloader(dataloader, num_batches)
-        load_stream_state(dataloader, self._resume_from, self.args.process_index)
-        return dataloader
-
-    def _save_stream_state(self, folder: str) -> None:
-        loader = getattr(self, "_stream_loader", None)
-        if loader is not None:
-            save_stream_state(loader, folder, self.args.process_index)
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_image:
@@ -169,11 +117,18 @@ class HncTrainer(Trainer):
 
     # -- loss ---------------------------------------------------------------------------------------------------
 
-    def current_hard_negative_weight(self) -> float:
-        return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        if mode == "eval":
+            inputs = self._without_repeats(inputs)
+        step = run_loss_step(self, model, inputs, mode, self._plain_loss)
+        if step is None:  # no readable image, one process: a skipped step
+            return zero_loss(model)
+        return (step.loss, step.components) if return_outputs else step.loss
 
-    def _loss_inputs(self, model, inputs: dict) -> LossInputs:
-        return build_loss_inputs(
+    def _plain_loss(self, model, inputs: dict, cfg: LossConfig) -> StepLoss:
+        """One forward over the batch (gathered), the loss on it; `training_step` then runs the backward."""
+        inp = build_loss_inputs(
             model,
             inputs,
             rank=self.accelerator.process_index,
@@ -185,23 +140,57 @@ class HncTrainer(Trainer):
             theta0=self._theta0,
             taps=self._taps,
             with_negatives=self.loss_spec.uses_negatives,
-            with_tokens=self.loss_spec.needs_tokens(self.loss_config(model.training)),
+            with_tokens=self.loss_spec.needs_tokens(cfg),
         )
+        components = loss_components(self.loss_spec.fn, inp, cfg)
+        return StepLoss(total_loss(components, inp), components, inp.local, inp.logit_scale, inp.rows)
 
-    def _block(self, training: bool) -> int:
-        """Pairs per process in a full batch: the rows every process pads to under several processes, and the
-        weight 1 of a batch's recorded values."""
-        size = self._train_batch_size if training else self.args.eval_batch_size
-        return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.gradcache_chunk_size:
+            loss = self._gradcache_step(model, inputs)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        return self.step_guard.settle(loss)
 
-    def _empty_batch(self, model, inputs: dict) -> dict | None:
-        """For a batch without a readable image: None with one process (the step is skipped), else the placeholder
-        pair that keeps this process in the collectives the others enter."""
-        if self.accelerator.num_processes == 1:
-            return None
-        collator = self.data_collator
-        k = getattr(collator, "negatives_per_row", None) or 1
-        return placeholder_batch(model, self.args.device, k, getattr(collator, "allow_missing_negatives", False))
+    def _gradcache_step(self, model, inputs) -> torch.Tensor:
+        model.train()
+        step = run_loss_step(self, model, self._prepare_inputs(inputs), "train", self._gradcache_loss)
+        if step is None:  # no readable image, one process: a skipped step
+            return torch.zeros((), device=self.args.device)
+        return step.loss / self.current_gradient_accumulation_steps
+
+    def _gradcache_loss(self, model, inputs: dict, cfg: LossConfig) -> StepLoss:
+        """The loss over the whole batch with GradCache's chunked backward (`hnc_clip.gradcache`), run here."""
+        world = self.accelerator.num_processes
+        with self.compute_loss_context_manager():
+            return StepLoss(*gradcache_backward(
+                model,
+                inputs,
+                self.args.gradcache_chunk_size,
+                self.loss_spec.fn,
+                cfg,
+                rank=self.accelerator.process_index,
+                world_size=world,
+                gather=self.args.gather_negatives,
+                block=self._block(True),
+                real_rows=inputs.get("real_rows"),
+                max_logit_scale=self.args.max_logit_scale,
+                loss_scale=1.0 / self.current_gradient_accumulation_steps,
+                no_sync=(lambda: self.accelerator.no_sync(model)) if world > 1 else None,
+                with_negatives=self.loss_spec.uses_negatives,
+                with_tokens=self.loss_spec.needs_tokens(cfg),
+            ))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- what the loss step reads -------------------------------------------------------------------------------
+
+    def current_hard_negative_weight(self) -> float:
+        return SCHEDULES[self.args.hard_negative_schedule](self.state.global_step, self.args)
 
     def loss_config(self, training: bool = True) -> LossConfig:
         """This step's loss settings. `training` False: the loss reads the run's carried state (CE-CLIP's thresholds)
@@ -209,32 +198,11 @@ class HncTrainer(Trainer):
         state = self.loss_state
         return LossConfig.from_args(self.args, self.current_hard_negative_weight(), state if training else dict(state))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
-        if mode == "eval":
-            inputs = self._without_repeats(inputs)
-        self.ledger.add_counts(mode, pop_counts(inputs))
-        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            inputs = self._empty_batch(model, inputs)
-            if inputs is None:
-                if model.training:
-                    self.step_guard.note_rows(0)
-                return zero_loss(model)
-        inp = self._loss_inputs(model, inputs)
-        cfg = self.loss_config(model.training)
-        components = loss_components(self.loss_spec.fn, inp, cfg)
-        loss = total_loss(components, inp)
-        rows = inputs.get("real_rows", len(inp.local))  # this process's real pairs
-        self.ledger.add(mode, "pairs", rows)
-        metrics = step_metrics(components, inp.local, cfg, inp.logit_scale)
-        if model.training:  # settled in training_step, after the backward is launched
-            all_rows = inp.rows.sum() if inp.rows is not None else rows
-            self.step_guard.hold(loss, components, metrics, rows / self._block(True), all_rows)
-        else:
-            weight = rows / self._block(False)
-            self.ledger.add_all("eval", metrics, weight=weight)
-            self.ledger.add("eval", "loss", torch.stack(list(components.values())).sum(), weight=weight)
-        return (loss, components) if return_outputs else loss
+    def _block(self, training: bool) -> int:
+        """Pairs per process in a full batch: the rows every process pads to under several processes, and the
+        weight 1 of a batch's recorded values."""
+        size = self._train_batch_size if training else self.args.eval_batch_size
+        return pairs_per_batch(self.train_dataset if training else self.eval_dataset, size)
 
     def _without_repeats(self, inputs: dict) -> dict:
         """Under several processes accelerate evens out the last evaluation batch with pairs from the start of the set
@@ -253,13 +221,6 @@ class HncTrainer(Trainer):
         stack.enter_context(attention_kernels(self.args.sdpa_backends))
         return stack
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.args.gradcache_chunk_size:
-            loss = self._gradcache_step(model, inputs)
-        else:
-            loss = super().training_step(model, inputs, num_items_in_batch)
-        return self.step_guard.settle(loss)
-
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
         pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
@@ -273,65 +234,7 @@ class HncTrainer(Trainer):
                 inputs["pixel_affine"] = self._pixel_affine
         return inputs
 
-    def _gradcache_step(self, model, inputs) -> torch.Tensor:
-        model.train()
-        inputs = self._prepare_inputs(inputs)
-        self.ledger.add_counts("train", pop_counts(inputs))
-        if inputs["pixel_values"].shape[0] == 0:  # every image of this batch was unreadable
-            inputs = self._empty_batch(model, inputs)
-            if inputs is None:
-                self.step_guard.note_rows(0)
-                return torch.zeros((), device=self.args.device)
-        world = self.accelerator.num_processes
-        cfg = self.loss_config()
-        with self.compute_loss_context_manager():
-            loss, components, local, scale, all_rows = gradcache_backward(
-                model,
-                inputs,
-                self.args.gradcache_chunk_size,
-                self.loss_spec.fn,
-                cfg,
-                rank=self.accelerator.process_index,
-                world_size=world,
-                gather=self.args.gather_negatives,
-                block=self._block(True),
-                real_rows=inputs.get("real_rows"),
-                max_logit_scale=self.args.max_logit_scale,
-                loss_scale=1.0 / self.current_gradient_accumulation_steps,
-                no_sync=(lambda: self.accelerator.no_sync(model)) if world > 1 else None,
-                with_negatives=self.loss_spec.uses_negatives,
-                with_tokens=self.loss_spec.needs_tokens(cfg),
-            )
-        rows = inputs.get("real_rows", len(local))
-        self.ledger.add("train", "pairs", rows)
-        metrics = step_metrics(components, local, cfg, scale)
-        self.step_guard.hold(loss, components, metrics, rows / self._block(True),
-                             all_rows.sum() if all_rows is not None else rows)  # fmt: skip
-        return loss / self.current_gradient_accumulation_steps
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    # -- what an evaluation also scores, and the objective -----------------------------------------------------
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """The Trainer's evaluation, then (once, not per evaluation set) the --eval_benchmarks and the objective,
-        merged into the returned metrics (what --metric_for_best_model reads) and logged."""
-        outer = not getattr(self, "_evaluating", False)
-        self._evaluating = True
-        try:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        finally:
-            self._evaluating = not outer
-        if not outer or metric_key_prefix != "eval" or not self.eval_extras.active:
-            return metrics
-        extra = self.eval_extras(metrics, self.model, self.state.global_step)
-        metrics.update(extra)
-        self.log(extra)
-        return metrics
+    # -- evaluation ---------------------------------------------------------------------------------------------
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -378,32 +281,6 @@ class HncTrainer(Trainer):
             self.step_guard.check_run(final=False)
 
     # -- checkpoints --------------------------------------------------------------------------------------------
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        self._loading_from = resume_from_checkpoint  # named by `_issue_warnings_after_load`
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        finally:
-            self._loading_from = None
-
-    def _issue_warnings_after_load(self, load_result) -> None:
-        """The Trainer loads resumed weights with `strict=False` and only warns: other keys than the model's mean
-        another model's checkpoint, and resuming from it would train from a mix of its weights and fresh ones."""
-        ignored = set(getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # tied again by the Trainer
-        missing = [k for k in load_result.missing_keys if k not in ignored]
-        if getattr(self, "_loading_from", None) and (missing or load_result.unexpected_keys):
-            raise refuse(self._loading_from, describe_key_mismatch("model.safetensors", missing,
-                                                                   list(load_result.unexpected_keys)))  # fmt: skip
-        super()._issue_warnings_after_load(load_result)
-
-    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        # whole files (`check_resumable`) whose state does not fit: another optimizer, other parameter groups
-        with refused_on_error(checkpoint, "its optimizer.pt / scheduler.pt do not fit this run", max_chars=300):
-            super()._load_optimizer_and_scheduler(checkpoint)
-
-    def _load_rng_state(self, checkpoint) -> None:
-        with refused_on_error(checkpoint, "its RNG state cannot be read"):
-            super()._load_rng_state(checkpoint)
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")

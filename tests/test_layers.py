@@ -199,6 +199,25 @@ def test_arguments_never_import_the_trainer():
     assert "hnc_clip.trainer" not in reached
 
 
+@pytest.mark.parametrize("module", ["hnc_clip.step", "hnc_clip.modeling", "hnc_clip.objective", "hnc_clip.resume",
+                                    "hnc_clip.data.stream"])
+def test_the_trainers_parts_never_import_the_trainer(module):
+    """The loss step's bookkeeping and the trainer's mixins are handed the trainer (`self`, `run_loss_step(trainer,
+    ...)`): importing it back would make a cycle, and pull the training loop into what checks a checkpoint."""
+    reached = library_imports(module)
+    assert module in reached and "hnc_clip.trainer" not in reached
+
+
+def test_the_trainer_check_sees_a_lazy_import_of_the_trainer(tmp_path, monkeypatch):
+    """The check above would pass vacuously if the walk missed imports: a planted lazy one must be reached."""
+    package = tmp_path / "hnc_clip"
+    package.mkdir()
+    (package / "planted.py").write_text("def f():\n    from .trainer import HncTrainer\n")
+    (package / "trainer.py").write_text("")
+    monkeypatch.setitem(globals(), "REPO", tmp_path)
+    assert library_imports("hnc_clip.planted") == {"hnc_clip.planted", "hnc_clip.trainer"}
+
+
 # What the code and docs name: `hnc_clip.module.attr` in backticks, and repository paths (`hnc_clip/forward.py`).
 DOTTED = re.compile(r"`(hnc_clip(?:\.[A-Za-z_]\w*)+)`")
 PATHS = re.compile(r"\b((?:hnc_clip|tests|bench|docs)/[\w/]+\.(?:py|md))\b")

@@ -4,6 +4,7 @@
     StreamLoader     per process: `split_dataset_by_node`, then torchdata's `StatefulDataLoader` over it; endless
                      (pass after pass), with a `state_dict` saved in each checkpoint, so a resumed run continues
                      mid-pass with exactly the samples it had not seen (per DataLoader worker)
+    StreamedTraining the trainer's dataloader hooks (a mixin of `HncTrainer`): a stream's loader, its saved position
     StreamCollator   in the DataLoader workers: decodes each image once (bounded, `load_rgb`), makes negatives for
                      plain captions (`hnc_clip.negatives`), counts every skip, source and rule, then `HncCollator`
 
@@ -206,6 +207,36 @@ def load_stream_state(loader: StreamLoader, checkpoint: str | None, process_inde
         raise StreamStateError(f"{path}: unreadable stream position ({type(err).__name__}: {err})") from err
     loader.load_state_dict(state, where=path)
     logger.info(f"streamed data resumes at pass {loader.pass_index} from {path}")
+
+
+class StreamedTraining:
+    """`HncTrainer`'s dataloader hooks for a `TrainingStream` (a mixin before `transformers.Trainer`): the stream
+    gets a `StreamLoader`, resumes from the position each process saved, and each checkpoint saves it (called by
+    the trainer's `_save_checkpoint`). Any other training set goes to the Trainer's own."""
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, TrainingStream):
+            return super().get_train_dataloader()
+        a = self.args
+        self._stream_loader = StreamLoader(
+            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+            num_workers=a.dataloader_num_workers, pin_memory=a.dataloader_pin_memory,
+            prefetch_factor=a.dataloader_prefetch_factor, rank=a.process_index, world_size=a.world_size,
+        )  # fmt: skip
+        return self._stream_loader
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A stream resumes from the position each process saved in the checkpoint, not by reading and dropping
+        the batches it had trained on (which would also decode all their images again)."""
+        if not isinstance(dataloader, StreamLoader):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        load_stream_state(dataloader, self._resume_from, self.args.process_index)
+        return dataloader
+
+    def _save_stream_state(self, folder: str) -> None:
+        loader = getattr(self, "_stream_loader", None)
+        if loader is not None:
+            save_stream_state(loader, folder, self.args.process_index)
 
 
 @dataclass
