@@ -451,10 +451,15 @@ def test_a_signal_during_conversion_takes_its_workers_along_and_leaves_no_cache(
     cache = tmp_path / "cache" / "hnc_pairs"
     monkeypatch.setattr(arrow_cache, "convert_range", _slow_convert_range)
     seen = []
+    # children an earlier test of this session left (a resource tracker, a worker pool) are not this run's workers
+    before = set(alive_children(os.getpid()))
+
+    def workers() -> list[int]:
+        return [pid for pid in alive_children(os.getpid()) if pid not in before]
 
     def signal_once_converting():
-        if wait_for(lambda: len(alive_children(os.getpid())) >= 2, timeout=120):
-            seen.extend(alive_children(os.getpid()))
+        if wait_for(lambda: len(workers()) >= 2, timeout=120):
+            seen.extend(workers())
             os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=signal_once_converting, daemon=True).start()
