@@ -446,7 +446,9 @@ def _focal_over_own_texts(
 def _patch_weights_minmax(sim: torch.Tensor, sparsify: bool) -> torch.Tensor:
     """[N, L, Q] → per token, the patches' weights: min–max scaled over the patches, summing to 1."""
     low, high = sim.min(-1, keepdim=True).values, sim.max(-1, keepdim=True).values  # [N, L, 1]
-    w = (sim - low) / (high - low)
+    # patches a token cannot tell apart weigh alike (the authors' 0/0 would make the step NaN; sim is detached)
+    span = high - low
+    w = torch.where(span > 0, (sim - low) / span.clamp(min=torch.finfo(sim.dtype).tiny), torch.ones_like(sim))
     if sparsify:  # the authors' `sim_sparsify`: drop patches below the uniform weight
         w = w.masked_fill(w < 1.0 / sim.shape[-1], 0.0)
     return w / w.sum(-1, keepdim=True)
@@ -515,6 +517,7 @@ def fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
     With `--fsc_local_weight` μ > 0, their local term (LHN, `Local_HNLoss`) too: + μ · the same focal loss over
     [l(i, p_i), l(i, n_i1), …] with l the token–patch score (`local_alignment_scores`; the authors' runs: μ = 0.2,
     min–max weights). Each pair's own image and captions only, so under W processes nothing is gathered for it.
+    Where theirs divides 0 by 0 (a token equally similar to every patch), the patches weigh alike here.
     """
     out = {
         "contrastive_loss": _clip_term(get_logits(inp, cfg.mask_same_image)),

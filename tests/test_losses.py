@@ -857,6 +857,21 @@ def own_local_score(patches, tokens, mask, s):
     return lse(scores)
 
 
+def test_local_scores_of_patches_a_token_cannot_tell_apart_are_finite():
+    """Identical patches (a flat image region everywhere): min–max weights would be 0/0; they weigh alike, so the
+    score is the token's cosine with that patch, and the gradient is finite."""
+    from hnc_clip.losses import local_alignment_scores
+
+    patches = torch.ones(1, Q, D, dtype=torch.float64).requires_grad_()
+    tokens = torch.randn(1, L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, L, dtype=torch.bool)
+    score = local_alignment_scores(patches, tokens, mask, torch.tensor(10.0, dtype=torch.float64))
+    score.sum().backward()
+    cos = F.normalize(tokens[0], dim=-1) @ F.normalize(patches[0, 0].detach(), dim=0)  # [L]
+    assert score.item() == pytest.approx(torch.logsumexp(10.0 * cos, 0).item(), rel=1e-12)
+    assert torch.isfinite(patches.grad).all()
+
+
 def test_local_term_is_refused_for_a_family_without_token_embeddings():
     from hnc_clip.families import MODEL_FAMILIES
     from hnc_clip.losses import loss_for_family
