@@ -139,3 +139,17 @@ def accelerate_launch(*script_and_args: str, undo=None) -> subprocess.CompletedP
             undo()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
+
+
+# --- the demo's synthetic world, small
+
+
+def tiny_world(root: Path, **sizes) -> dict:
+    """A small synthetic world (`hnc_clip.demo.world`, 24 training scenes; `sizes`: its other counts) and a
+    one-layer CLIP whose tokenizer knows its words: {"world": folder, "model": folder}."""
+    from hnc_clip.demo.world import make_world, save_world_model
+
+    make_world(str(root / "world"), num_train_images=24, show_progress=False, **sizes)
+    model = save_world_model(str(root / "world"), str(root / "init"), hidden_size=32, num_layers=1, num_heads=2,
+                             projection_dim=16, text_num_layers=1)  # fmt: skip
+    return {"world": str(root / "world"), "model": model}

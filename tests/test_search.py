@@ -10,19 +10,16 @@ import pytest
 import torch
 import yaml
 
-from hnc_clip.demo.world import make_world, save_world_model
 from hnc_clip.scripts import search
 from hnc_clip.scripts import train as train_app
+
+from .helpers import tiny_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("search_world")
-    make_world(str(root / "world"), num_train_images=24, num_val_images=8, num_test_images=4,
-               num_recognition_per_class=1, show_progress=False)  # fmt: skip
-    model = save_world_model(str(root / "world"), str(root / "init"), hidden_size=32, num_layers=1, num_heads=2,
-                             projection_dim=16, text_num_layers=1)  # fmt: skip
-    return {"world": str(root / "world"), "model": model}
+    return tiny_world(tmp_path_factory.mktemp("search_world"),
+                      num_val_images=8, num_test_images=4, num_recognition_per_class=1)
 
 
 def flags(world, out) -> list[str]:

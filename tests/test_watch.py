@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hnc_clip.demo.world import make_world, save_world_model
 from hnc_clip.evaluation.watch import Objective, WatchSpecError, parse_watch, parse_watches
 from hnc_clip.scripts import train as train_app
 
-from .helpers import training_args
+from .helpers import tiny_world, training_args
 
 
 def test_parse_watch():
@@ -63,12 +62,8 @@ def test_watch_flags_are_checked(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("watch_world")
-    make_world(str(root / "world"), num_train_images=24, num_val_images=4, num_test_images=6,
-               num_recognition_per_class=2, show_progress=False)  # fmt: skip
-    model = save_world_model(str(root / "world"), str(root / "init"), hidden_size=32, num_layers=1, num_heads=2,
-                             projection_dim=16, text_num_layers=1)  # fmt: skip
-    return {"world": str(root / "world"), "model": model}
+    return tiny_world(tmp_path_factory.mktemp("watch_world"),
+                      num_val_images=4, num_test_images=6, num_recognition_per_class=2)
 
 
 def test_training_watches_the_benchmarks_and_keeps_the_checkpoint_the_objective_chose(world, tmp_path):
