@@ -66,9 +66,9 @@ class TokenEmbeddings:
 
     image: torch.Tensor  # [B, Q, D]  patch tokens through the vision projection (the class token excluded)
     positive: torch.Tensor  # [B, L, D]  caption tokens through the text projection
-    negative: torch.Tensor | None  # [K·B, L, D] k-major, as `Embeddings.negative`
+    negative: torch.Tensor  # [K·B, L, D] k-major, as `Embeddings.negative` (tokens are encoded with the negatives)
     positive_mask: torch.Tensor  # [B, L] bool: the caption's own tokens (not the start token, not padding)
-    negative_mask: torch.Tensor | None  # [K·B, L] bool
+    negative_mask: torch.Tensor  # [K·B, L] bool
 
 
 @dataclass
@@ -272,10 +272,15 @@ def _own_pair_logits(inp: LossInputs, masked: bool = True) -> torch.Tensor:
     pos = (loc.image * loc.positive).sum(-1)  # [B]
     neg = (loc.image[None] * loc.own_negatives()).sum(-1)  # [K, B]
     logits = inp.logit_scale * torch.cat([pos[:, None], neg.T], dim=1)  # [B, 1+K]
-    mask = loc.own_negative_mask()  # [K, B]
-    if masked and mask is not None:
-        logits = logits.masked_fill(torch.cat([torch.zeros_like(mask[:1]), ~mask]).T, float("-inf"))  # [B, 1+K]
-    return logits
+    return _without_missing(logits, loc.own_negative_mask()) if masked else logits
+
+
+def _without_missing(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, 1+K] own-text logits (the positive at column 0) with a missing negative's column at -inf (`mask` [K, B]:
+    which are real; None: all)."""
+    if mask is None:
+        return logits
+    return logits.masked_fill(torch.cat([torch.zeros_like(mask[:1]), ~mask]).T, float("-inf"))  # [B, 1+K]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,7 +487,7 @@ def _local_hard_negative_focal(inp: LossInputs, cfg: LossConfig) -> torch.Tensor
     """FSC-CLIP's local hard-negative term (LHN, 0-dim): the focal loss with smoothed targets of
     `_hard_negative_focal` over each pair's local scores [own positive; own K negatives] instead of its cosines."""
     tok, loc = inp.local.tokens, inp.local
-    if tok is None or tok.negative is None:
+    if tok is None:
         raise ValueError("fsc_clip's local term needs the token embeddings (`embed(..., with_tokens=True)`)")
     k = loc.negatives_per_pair()
     patches = tok.image.repeat(1 + k, 1, 1)  # [(1+K)·B, Q, D]: row k·B + i is image i, as the captions' order
@@ -490,16 +495,14 @@ def _local_hard_negative_focal(inp: LossInputs, cfg: LossConfig) -> torch.Tensor
     masks = torch.cat([tok.positive_mask, tok.negative_mask])  # [(1+K)·B, L]
     scores = local_alignment_scores(patches, texts, masks, inp.logit_scale, cfg.fsc_local_normalizer,
                                     cfg.fsc_local_sparsify).view(1 + k, len(loc))  # [1+K, B]  # fmt: skip
-    logits = scores.T  # [B, 1+K] the positive at column 0
     mask = loc.own_negative_mask()  # [K, B]
-    if mask is not None:
-        logits = logits.masked_fill(torch.cat([torch.zeros_like(mask[:1]), ~mask]).T, float("-inf"))
+    logits = _without_missing(scores.T, mask)  # [B, 1+K] the positive at column 0
     return _focal_over_own_texts(logits, mask, cfg.fsc_focal_gamma, cfg.fsc_label_smoothing)
 
 
 def fsc_clip_loss(inp: LossInputs, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """FSC-CLIP's global terms (Oh et al., EMNLP 2024, "Preserving Multi-Modal Capabilities of Pre-trained VLMs for
-    Improving Vision-Linguistic Compositionality"), as ytaek-oh/fsc-clip computes them
+    """FSC-CLIP's loss (Oh et al., EMNLP 2024, "Preserving Multi-Modal Capabilities of Pre-trained VLMs for
+    Improving Vision-Linguistic Compositionality"), as ytaek-oh/fsc-clip computes it
     (`src/training/losses/loss.py`: `Global_HNLoss` with `neg_loss_name="focal_loss"`, `_focal_loss_with_nsr`):
     CLIP over the positives, plus λ · the hard-negative focal loss (HNF) with smoothed hard-negative targets.
 
