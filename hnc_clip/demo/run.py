@@ -1,7 +1,7 @@
 """The offline demo: hard-negative fine-tuning teaches relations that standard CLIP fine-tuning does not.
 
-    python -m hnc_clip.demo --output_dir demo_output          # what `make demo` runs (one seed)
-    python -m hnc_clip.demo --output_dir demo_seeds --seeds 0 1 2   # every stage per seed; mean ± spread
+    python -m hnc_clip.demo --output_dir demo_output          # what `make demo` runs (3 fine-tune seeds)
+    python -m hnc_clip.demo --output_dir demo_seeds --seeds 0 1 2   # every stage per seed: world and base too
     python -m hnc_clip.demo --output_dir /tmp/d --quick       # a smoke version (seconds; numbers meaningless)
 
 Every stage runs the project's real code: the world is written in the HNC schemas (`hnc_clip.demo.world`), models
@@ -11,11 +11,13 @@ pipeline and collator as on HNC + GQA), and evaluated by the evaluation applicat
 1. a synthetic world of two coloured shapes in a spatial relation, with relation/swap/attribute/object negatives;
 2. "pre-train" a small CLIP from scratch with the standard CLIP loss: the stand-in for OpenAI CLIP;
 3. from that checkpoint, fine-tune with each loss of `--losses` (the standard `clip` loss and the hard-negative
-   ones) on the same batches, two runs at a time in one-thread processes; and the plain-caption variant: the main
-   loss on the same batches of positives with their negatives made by `--plain_rules` instead of HNC's;
+   ones) once per `--finetune_seeds` seed (its batch order), every loss on the same batches for a seed, two runs at
+   a time in one-thread processes; and the plain-caption variant: the main loss on the same batches of positives
+   with their negatives made by `--plain_rules` instead of HNC's;
 4. evaluate all of them (pairwise accuracy by negative type on held-out scenes, zero-shot object classification)
-   and the WiSE-FT interpolations of the main hard-negative model with the base (the trade-off curve);
-5. write `report.md`, `results.json` and plots (accuracy by type; relational vs recognition accuracy).
+   and the WiSE-FT interpolations of the first seed's main hard-negative model with the base (the trade-off curve);
+5. write `report.md` (mean ± sd over the fine-tune seeds per model), `results.json` and plots (accuracy by type;
+   relational vs recognition accuracy).
 
 Each stage is cached in its folder (with the configuration that made it), so a rerun only redoes what changed.
 Exits with status 1 if the hard-negative model is not better than the standard one on relation negatives.
@@ -35,6 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from transformers import HfArgumentParser
 
+from hnc_clip.demo import report
+
 # Not a child of "hnc_clip": the training app sets that logger's level to the Trainer's log level (warning).
 logger = logging.getLogger("hnc_clip_demo")
 
@@ -46,10 +50,17 @@ PLAIN = "plain captions + rule negatives"
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="demo_output", metadata={"help": "Where the world, models and report go."})
-    seed: int = field(default=0, metadata={"help": "Seed of the world and of every training run."})
+    seed: int = field(default=0, metadata={"help": "Seed of the world, of its initial model and of the base."})
+    finetune_seeds: list[int] = field(
+        default_factory=lambda: [0, 1],
+        metadata={"help": "Each loss's fine-tune runs once per seed (its batch order; every loss sees the same "
+                          "batches for a seed), from the one base: the report's mean ± sd (min–max) over them. Two "
+                          "fit the 5-minute budget on 2 CPU cores; docs/demo.md has three."},
+    )
     seeds: list[int] = field(
         default_factory=list,
-        metadata={"help": "Run the whole demo once per seed (in <output_dir>/seed-<s>) and report mean ± spread."},
+        metadata={"help": "Run the whole demo once per seed (in <output_dir>/seed-<s>: world, base and one "
+                          "fine-tune seed, the same) and report mean ± spread over them."},
     )
     num_train_images: int = field(default=4000, metadata={"help": "Training scenes (8 pairs each)."})
     num_test_images: int = field(default=500, metadata={"help": "Held-out test scenes (8 pairs each)."})
@@ -61,9 +72,10 @@ class DemoArguments:
     pretrain_learning_rate: float = field(default=5e-4, metadata={"help": "Pre-training learning rate."})
     batch_size: int = field(default=64, metadata={"help": "Pairs per pre-training batch."})
     losses: list[str] = field(
-        default_factory=lambda: ["clip", "negclip", "pairwise"],
-        metadata={"help": "Fine-tunes from the base, one per loss, on the same batches (`clip`: the baseline): "
-                          "loss types, or `fsc_clip_local` (`fsc_clip --fsc_local_weight 0.2`)."},
+        default_factory=lambda: ["clip", "pairwise"],
+        metadata={"help": "Fine-tunes from the base, one per loss and fine-tune seed (`clip`: the baseline): loss "
+                          "types, or `fsc_clip_local` (`fsc_clip --fsc_local_weight 0.2`). `negclip`, `hnc`, "
+                          "`fsc_clip`, `ce_clip` stay at chance like `clip` here (docs/demo.md)."},
     )
     plain_rules: str = field(
         default="swap-rel,replace-rel",
@@ -71,6 +83,9 @@ class DemoArguments:
                           "by these rules (--negatives_from_captions) instead of HNC's; empty: no such run. The "
                           "default makes what HNC's relation/swap types are (`swap,replace` stays at chance: "
                           "docs/demo.md)."},
+    )
+    plain_seeds: int = field(
+        default=1, metadata={"help": "How many of --finetune_seeds (the first) also train the plain-caption variant."}
     )
     main_loss: str = field(default="pairwise", metadata={"help": "The hard-negative loss the targets are about."})
     finetune_steps: int = field(default=500, metadata={"help": "Steps of each fine-tuning run."})
@@ -117,11 +132,15 @@ class DemoArguments:
         if unknown:
             raise ValueError(f"--losses {' '.join(unknown)}: not a loss type ({', '.join(sorted(LOSSES))}) nor one "
                              f"of {', '.join(LOSS_SETTINGS)}")  # fmt: skip
+        if not self.finetune_seeds or not 1 <= self.plain_seeds:
+            raise ValueError(f"--finetune_seeds needs a seed and --plain_seeds ≥ 1, got {self.finetune_seeds} and "
+                             f"{self.plain_seeds}")  # fmt: skip
         if self.quick:
             self.num_train_images, self.num_test_images, self.num_recognition_per_class = 64, 16, 2
             self.pretrain_steps, self.finetune_steps, self.batch_size, self.finetune_batch_size = 3, 3, 16, 32
             self.hard_negative_decay_steps = 2
             self.wise_alphas = self.wise_alphas[:1]
+            self.finetune_seeds = self.finetune_seeds[:2]
             self.parallel_runs = 1  # in-process: seconds, not process start-ups
 
 
@@ -141,9 +160,12 @@ def _is_done(path: str, key: str) -> bool:
     return done is not None and done.get("key") == key and os.path.exists(os.path.join(path, "model.safetensors"))
 
 
-def train(args: DemoArguments, name: str, init: str, flags: list[str], data: list[str] | None = None) -> str:
+def train(
+    args: DemoArguments, name: str, init: str, flags: list[str], data: list[str] | None = None, seed: int | None = None
+) -> str:
     """One training run (`hnc_clip.scripts.train.main`) from `init` with the stage's own `flags` on the world's HNC
-    train split (or `data`'s flags); skipped when its folder holds the same run."""
+    train split (or `data`'s flags), seeded with `seed` (default: the world's); skipped when its folder holds the
+    same run."""
     from hnc_clip.scripts import train as train_app
 
     world = os.path.join(args.output_dir, "world")
@@ -152,8 +174,9 @@ def train(args: DemoArguments, name: str, init: str, flags: list[str], data: lis
     flags = [
         "--model_name_or_path", init, *(data or ["--train_file", f"{world}/train.json"]),
         "--image_dir", f"{world}/images",
-        *cache, "--output_dir", out, "--overwrite_output_dir", "--do_train", "--weight_decay", "0.1", "--seed",
-        str(args.seed), "--save_strategy", "no", "--use_cpu", "--dataloader_num_workers", "0", "--report_to", "none",
+        *cache, "--output_dir", out, "--overwrite_output_dir", "--do_train", "--weight_decay", "0.1",
+        "--seed", str(args.seed if seed is None else seed), "--save_strategy", "no", "--use_cpu",
+        "--dataloader_num_workers", "0", "--report_to", "none",
         "--cache_dir", os.path.join(args.output_dir, "cache"), *flags,
     ]  # fmt: skip
     key = _config_hash([flags, _stage_key(init)])
@@ -236,17 +259,72 @@ def _train_job(job: tuple) -> str:
     return train(*job)
 
 
-def run_jobs(jobs: list[tuple], parallel: int) -> list[str]:
+def run_jobs(jobs: list[tuple], parallel: int, on_done=None) -> list[str]:
     """The fine-tunes are independent: on a small CPU, k processes with one thread each finish sooner than one
     process after another with k threads (small matrices parallelise poorly across threads), and one thread makes
-    each run's numbers the same from run to run."""
+    each run's numbers the same from run to run. `on_done(path, idle)` runs here as each one finishes, `idle` the
+    number of cores no fine-tune will use again (all remaining runs have started)."""
+    on_done = on_done or (lambda path, idle: None)
     if parallel <= 1 or len(jobs) <= 1:
-        return [train(*job) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+        import torch
 
+        paths = []
+        for job in jobs:
+            paths.append(train(*job))
+            on_done(paths[-1], torch.get_num_threads() if len(paths) == len(jobs) else 0)
+        return paths
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    paths = [""] * len(jobs)
     with ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_train_job, jobs))
+        futures = {pool.submit(_train_job, job): k for k, job in enumerate(jobs)}  # started in this order
+        for done, future in enumerate(as_completed(futures), 1):
+            paths[futures[future]] = future.result()
+            on_done(paths[futures[future]], max(0, min(parallel, len(jobs)) - (len(jobs) - done)))
+    return paths
+
+
+class Evaluator:
+    """Each checkpoint evaluated (`hnc_clip.scripts.evaluate.run`, into `eval/<model>/`), and the WiSE-FT path
+    (`eval/wise/`), as soon as a core is idle for good: while the last fine-tune trains, the others' evaluations
+    take the core it leaves (evaluating while every core trains would only slow the training)."""
+
+    def __init__(self, args: DemoArguments, world: str, base: str, main_model: str):
+        self.args, self.base, self.main_model = args, base, main_model
+        self.config = {
+            "task": ["pairwise", "zeroshot"],
+            "data_file": [os.path.join(world, "test.json")],
+            "image_dir": os.path.join(world, "images"),
+            "zeroshot_dir": os.path.join(world, "recognition"),
+            "classnames": os.path.join(world, "recognition", "classnames.json"),
+            "templates": os.path.join(world, "recognition", "templates.json"),
+            "device": "cpu",
+            "batch_size": 256,
+        }
+        self.results: dict = {}
+        self.wise: dict | None = None
+        self.pending = [base]
+
+    def __call__(self, path: str, idle: int) -> None:
+        import torch
+
+        from hnc_clip.scripts.evaluate import run as run_eval
+
+        self.pending.append(path)
+        if not idle:
+            return
+        torch.set_num_threads(idle)
+        while self.pending:
+            model = self.pending.pop(0)
+            out = os.path.join(self.args.output_dir, "eval", os.path.basename(model))
+            self.results |= run_eval({**self.config, "model_name_or_path": [model], "output_dir": out})
+        if self.wise is None and os.path.basename(self.main_model) in self.results:
+            self.wise = run_eval({
+                **self.config, "model_name_or_path": [self.base, self.main_model], "plots": False,
+                "output_dir": os.path.join(self.args.output_dir, "eval", "wise"),
+                "wise_alpha": ",".join(f"{a:g}" for a in self.args.wise_alphas),
+            })  # fmt: skip
 
 
 def _stage_key(path: str) -> str | None:
@@ -271,32 +349,6 @@ def summarise(results: dict) -> dict:
     return out
 
 
-def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> str:
-    """Relational accuracy vs object recognition along the WiSE-FT path from the base (α = 0) to the tuned model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = sorted(points, key=lambda p: p["alpha"])
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    xs, ys = [p["zeroshot_top1"] for p in points], [p["relational"] for p in points]
-    ax.plot(xs, ys, marker="o", label="(1-α)·base + α·tuned")
-    for p, x, y in zip(points, xs, ys):
-        ax.annotate(f"α={p['alpha']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    if base is not None:
-        ax.scatter([base["zeroshot_top1"]], [base["relational"]], marker="s", color="grey", label="pre-trained base")
-    ax.set_xlabel("object recognition: zero-shot top-1")
-    ax.set_ylabel("relational: pairwise accuracy (relation + swap)")
-    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
-    ax.set_title("WiSE-FT: relations vs recognition")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def role_names(losses: list[str], main_loss: str) -> dict[str, str]:
     """Row label of each fine-tune's loss: the baseline, the main hard-negative model, the other losses."""
     return {loss: STANDARD if loss == "clip" else f"{HNC} (`{loss}`)" if loss == main_loss else f"`{loss}` fine-tune"
@@ -316,44 +368,49 @@ def targets(summary: dict, roles: dict) -> list[tuple[str, bool]]:
     ]
 
 
-def _table(types: list[str], rows: list[tuple[str, dict]], cell) -> list[str]:
-    cols = ["model", *[t[4:] for t in types], "relational", "zero-shot top-1"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for role, s in rows:
-        lines.append("| " + " | ".join([role, *[cell(s, k) for k in [*types, "relational", "zeroshot_top1"]]]) + " |")
-    return lines
+def seed_roles(roles: dict[str, list[str]], k: int) -> dict[str, str]:
+    """The models of the k-th fine-tune seed, one per role that trained on it (the base is every seed's)."""
+    return {role: names[0] if role == BASE else names[k] for role, names in roles.items() if role == BASE or
+            k < len(names)}  # fmt: skip
 
 
-def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list[dict], seconds: float) -> str:
-    types = sorted({k for s in summary.values() for k in s if k.startswith("acc_")})
+def write_report(args: DemoArguments, table: dict, metrics: list[str], tradeoff: list[dict], met: dict,
+                 recovered: list[float | None], seconds: float) -> str:  # fmt: skip
+    seeds = " ".join(map(str, args.finetune_seeds))
     lines = [
         "# hnc-clip synthetic demo",
         "",
         f"Command: `python -m hnc_clip.demo --output_dir {args.output_dir}{_non_default_flags(args)}` "
-        f"({seconds:.0f} s on {os.cpu_count()} CPU cores, cached stages included; seed {args.seed}).",
+        f"({seconds:.0f} s on {os.cpu_count()} CPU cores, cached stages included; world and base seed {args.seed}, "
+        f"fine-tune seeds {seeds}).",
         "",
         "Pairwise accuracy = share of held-out (image, positive, hard negative) triples with sim(image, positive) > "
         "sim(image, negative); 0.5 is chance. Zero-shot = top-1 over the colour×shape classes of the recognition set. "
         f"Fine-tunes: {args.finetune_steps} steps on the same batches ({args.finetune_batch_size} pairs, groups of "
         f"{args.group_by_image} per image, types {' '.join(args.caption_types)}, λ from "
         f"{args.hard_negative_weight_start:g} to {args.hard_negative_weight:g} over {args.hard_negative_decay_steps} "
-        "steps; `negclip` has no λ).",
+        "steps for the losses with one), once per fine-tune seed (its batch order) from the one base. Cells: mean ± "
+        f"standard deviation (min–max) over the {len(args.finetune_seeds)} fine-tune seeds; the base is one model"
+        + (f", the plain-caption variant trained on the first {args.plain_seeds}." if args.plain_rules and
+           args.plain_seeds < len(args.finetune_seeds) else "."),
         "",
-        *_table(types, [(role, summary[name]) for role, name in roles.items()], lambda s, k: f"{s[k]:.3f}"),
+        *report.markdown_table(table, metrics),
         "",
-        f"Trade-off of the HNC fine-tune along WiSE-FT (1-α)·base + α·tuned (α = 0: the base, 1: `{args.main_loss}`):",
+        f"Trade-off of the HNC fine-tune along WiSE-FT (1-α)·base + α·tuned (α = 0: the base, 1: `{args.main_loss}`, "
+        f"fine-tune seed {args.finetune_seeds[0]}):",
         "",
         "| α | relational | object | zero-shot top-1 |",
         "|---|---|---|---|",
         *[f"| {p['alpha']:g} | {p['relational']:.3f} | {p['acc_object']:.3f} | {p['zeroshot_top1']:.3f} |"
           for p in tradeoff],
         "",
-        *_plain_lines(args, summary, roles),
-        "Targets:",
+        *_plain_lines(args, recovered),
+        "Targets, met by every fine-tune seed:",
         "",
-        *[f"- [{'x' if ok else ' '}] {what}" for what, ok in targets(summary, roles)],
+        *[f"- [{'x' if ok else ' '}] {what}" for what, ok in met.items()],
         "",
-        "Plots: `accuracy_by_type.png`, `tradeoff.png`, `eval/similarity_hist.png`.",
+        "Plots: `accuracy_by_type.png`, `tradeoff.png`; each model's scores and similarity histograms in "
+        "`eval/<model>/`.",
         "",
     ]  # fmt: skip
     path = os.path.join(args.output_dir, "report.md")
@@ -362,18 +419,39 @@ def write_report(args: DemoArguments, summary: dict, roles: dict, tradeoff: list
     return path
 
 
-def _plain_lines(args: DemoArguments, summary: dict, roles: dict) -> list[str]:
-    share = recovery(summary, roles)
+def _plain_lines(args: DemoArguments, recovered: list[float | None]) -> list[str]:
     if not args.plain_rules:
         return []
-    found = "no relational gain of the HNC fine-tune to compare with" if share is None else (
-        f"the rule negatives recover {share:.0%} of the HNC fine-tune's relational gain over the standard one")
+    shares = [s for s in recovered if s is not None]
+    if not shares:
+        found = "no relational gain of the HNC fine-tune to compare with"
+    else:
+        each = ", ".join("no gain to compare with" if s is None else f"{s:.0%}" for s in recovered)
+        found = (f"the rule negatives recover {statistics.fmean(shares):.0%} of the HNC fine-tune's relational gain "
+                 f"over the standard one (fine-tune seed{'s' if len(recovered) > 1 else ''} "
+                 f"{' '.join(map(str, args.finetune_seeds[: len(recovered)]))}: {each})")  # fmt: skip
     return [
         f"Plain-caption variant: the same batches' positives, no HNC negatives; `{args.main_loss}` with negatives "
         f"made by the rules `{args.plain_rules}` (`--negatives_from_captions`, a lexicon of the world's words): "
         f"{found}.",
         "",
     ]
+
+
+def finetune_jobs(args: DemoArguments, base: str, world: str) -> list[tuple[str, int, tuple]]:
+    """(loss or "plain", fine-tune seed, `train` arguments) of every fine-tune in the order they start: the
+    rule-negative runs first (the slowest: negatives made in the collator), then seed by seed the losses with hard
+    negatives before `clip` (the fastest), so that two workers end close together."""
+    plain = plain_data_flags(args, world) if args.plain_rules else None
+    jobs = []
+    for fs in args.finetune_seeds[: args.plain_seeds] if plain else []:
+        flags = finetune_flags(args, args.main_loss, plain=True)
+        jobs.append(("plain", fs, (args, f"ft_{args.main_loss}_plain-s{fs}", base, flags, plain, fs)))
+    for fs in args.finetune_seeds:
+        for loss in sorted(args.losses, key=lambda loss: loss == "clip"):
+            jobs.append((loss, fs, (args, f"ft_{loss}-s{fs}", base, finetune_flags(args, loss), None, fs)))
+    return jobs
+
 
 
 def build_image_cache(world: str, init: str) -> str:
@@ -399,11 +477,11 @@ def main(args: DemoArguments) -> int:
     import torch
 
     from hnc_clip.demo.world import make_world, save_world_model
-    from hnc_clip.scripts.evaluate import run as run_eval
 
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     torch.set_num_threads(args.num_threads or os.cpu_count() or 1)
     t0 = time.time()
+    timings: dict[str, float] = {}  # wall seconds per stage, cached ones included
     out = args.output_dir
     world = os.path.join(out, "world")
 
@@ -419,65 +497,66 @@ def main(args: DemoArguments) -> int:
     init = save_world_model(world, os.path.join(out, "models", "init"), text_hidden_size=args.text_hidden_size)
     if args.image_cache:
         build_image_cache(world, init)
+    timings["world"] = round(time.time() - t0, 1)
 
-    # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss from that checkpoint, on the same batches
+    # 2–3. Pre-train with the CLIP loss, then fine-tune with each loss and seed from that checkpoint
     base = train(args, "base", init, pretrain_flags(args))
-    jobs = [(args, f"ft_{loss}", base, finetune_flags(args, loss)) for loss in args.losses]
-    if args.plain_rules:
-        plain_flags = finetune_flags(args, args.main_loss, plain=True)
-        jobs.append((args, f"ft_{args.main_loss}_plain", base, plain_flags, plain_data_flags(args, world)))
-    paths = run_jobs(jobs, args.parallel_runs)
-    tuned = dict(zip(args.losses, paths))
-    plain_model = paths[len(args.losses)] if args.plain_rules else None
-
-    # 4. Evaluate every checkpoint, then the WiSE-FT path between the base and the main hard-negative model
-    evaluation = {
-        "task": ["pairwise", "zeroshot"],
-        "data_file": [os.path.join(world, "test.json")],
-        "image_dir": os.path.join(world, "images"),
-        "zeroshot_dir": os.path.join(world, "recognition"),
-        "classnames": os.path.join(world, "recognition", "classnames.json"),
-        "templates": os.path.join(world, "recognition", "templates.json"),
-        "device": "cpu",
-        "batch_size": 256,
-    }
-    evaluated = [base, *tuned.values(), *([plain_model] if plain_model else [])]
-    results = run_eval({**evaluation, "model_name_or_path": evaluated, "output_dir": f"{out}/eval"})
-    main_model = tuned[args.main_loss]
-    wise = run_eval({
-        **evaluation, "model_name_or_path": [base, main_model], "output_dir": f"{out}/eval/wise",
-        "wise_alpha": ",".join(f"{a:g}" for a in args.wise_alphas), "plots": False,
-    })  # fmt: skip
+    timings["base"] = round(time.time() - t0 - timings["world"], 1)
+    # 4. Evaluate each checkpoint as it is done, and the WiSE-FT path between the base and seed 0's main model
+    jobs = finetune_jobs(args, base, world)
+    first = (args.main_loss, args.finetune_seeds[0])
+    main_model = os.path.join(out, "models", next(job[1] for loss, fs, job in jobs if (loss, fs) == first))
+    evaluate = Evaluator(args, world, base, main_model)
+    t_tune = time.time()
+    paths = run_jobs([job for _, _, job in jobs], args.parallel_runs, on_done=evaluate)
+    torch.set_num_threads(args.num_threads or os.cpu_count() or 1)
+    timings["fine-tunes and evaluation"] = round(time.time() - t_tune, 1)
+    tuned = {(loss, fs): path for (loss, fs, _), path in zip(jobs, paths)}
+    results, wise = evaluate.results, evaluate.wise
     summary = summarise(results)
     name = os.path.basename
     labels = role_names(args.losses, args.main_loss)
-    roles = {BASE: name(base), **{labels[loss]: name(path) for loss, path in tuned.items()}}
-    if plain_model:
-        roles[f"{PLAIN} (`{args.main_loss}`; {args.plain_rules})"] = name(plain_model)
+    if args.plain_rules:
+        labels["plain"] = f"{PLAIN} (`{args.main_loss}`; {args.plain_rules})"
+    roles = {BASE: [name(base)]}
+    roles |= {labels[loss]: [name(tuned[key]) for key in tuned if key[0] == loss] for loss in labels}
+    types = sorted(k for k in summary[name(base)] if k.startswith("acc_"))
+    metrics = [*types, "relational", "zeroshot_top1"]
+    table = report.role_table(summary, roles, metrics)
+    by_seed = {fs: dict(targets(summary, seed_roles(roles, k))) for k, fs in enumerate(args.finetune_seeds)}
+    met = {what: all(t[what] for t in by_seed.values()) for what in by_seed[args.finetune_seeds[0]]}
+    plain_runs = min(args.plain_seeds, len(args.finetune_seeds)) if args.plain_rules else 0
+    recovered = [recovery(summary, seed_roles(roles, k)) for k in range(plain_runs)]
     wise_summary = summarise(wise)
     tradeoff = [{"alpha": 0.0, **summary[name(base)]}]
     tradeoff += [{"alpha": a, **wise_summary[f"{name(main_model)}@wise{a:g}"]} for a in args.wise_alphas]
     tradeoff += [{"alpha": 1.0, **summary[name(main_model)]}]
 
     # 5. Report, results, plots
-    from hnc_clip.evaluation.plots import plot_accuracy_by_type
-
-    plot_accuracy_by_type({role: results[n] for role, n in roles.items()}, os.path.join(out, "accuracy_by_type.png"))
-    plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
+    report.plot_by_type(table, types, os.path.join(out, "accuracy_by_type.png"))
+    report.plot_tradeoff(tradeoff, os.path.join(out, "tradeoff.png"), base=summary[name(base)])
     seconds = time.time() - t0
     stages = {n: (_read_json(os.path.join(out, "models", n, "demo_stage.json")) or {}).get("seconds")
-              for n in map(name, evaluated)}  # fmt: skip
-    record = {"config": asdict(args), "roles": roles, "models": summary, "tradeoff": tradeoff,
-              "targets": dict(targets(summary, roles)), "plain_recovery": recovery(summary, roles),
-              "stage_seconds": stages, "seconds": round(seconds, 1)}
+              for n in map(name, [base, *paths])}  # fmt: skip
+    record = {"config": asdict(args), "roles": roles, "models": summary, "table": table, "tradeoff": tradeoff,
+              "targets": met, "targets_by_seed": by_seed, "plain_recovery": recovered, "stage_seconds": stages,
+              "timings": timings, "seconds": round(seconds, 1)}  # fmt: skip
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
-    report = write_report(args, summary, roles, tradeoff, seconds)
-    print(open(report).read())
-    better = summary[name(main_model)]["acc_relation"] > summary[name(tuned["clip"])]["acc_relation"]
-    if not better:
-        logger.error("[demo] the hard-negative model is NOT better than the standard one on relation negatives")
-    return 0 if better or not args.enforce_targets or args.quick else 1
+    path = write_report(args, table, metrics, tradeoff, met, recovered, seconds)
+    print(open(path).read())
+    std = labels["clip"]
+    worse = [fs for k, fs in enumerate(args.finetune_seeds) if not _better(summary, seed_roles(roles, k), std)]
+    if worse:
+        logger.error(f"[demo] the hard-negative model is NOT better than the standard one on relation negatives "
+                     f"(fine-tune seeds {' '.join(map(str, worse))})")  # fmt: skip
+    return 0 if not worse or not args.enforce_targets or args.quick else 1
+
+
+def _better(summary: dict, roles: dict[str, str], standard: str) -> bool:
+    hnc = next(r for r in roles if r.startswith(HNC))
+    return summary[roles[hnc]]["acc_relation"] > summary[roles[standard]]["acc_relation"]
+
 
 
 def _non_default_flags(args: DemoArguments) -> str:
@@ -492,21 +571,19 @@ def _non_default_flags(args: DemoArguments) -> str:
 
 
 def main_seeds(args: DemoArguments) -> int:
-    """The demo once per seed (each in its own folder, cached as usual), then mean ± spread per model and metric in
-    `report_seeds.md` and `results_seeds.json`. Exit 1 if any seed's hard-negative model failed the relation check."""
+    """The demo once per seed (each in its own folder with its own world, base and fine-tune seed, cached as usual),
+    then mean ± spread per model and metric in `report_seeds.md` and `results_seeds.json`. Exit 1 if any seed's
+    hard-negative model failed the relation check."""
     runs, status = {}, 0
     for seed in args.seeds:
-        one = replace(args, seed=seed, seeds=[], output_dir=os.path.join(args.output_dir, f"seed-{seed}"))
+        one = replace(args, seed=seed, seeds=[], finetune_seeds=[seed],
+                      output_dir=os.path.join(args.output_dir, f"seed-{seed}"))  # fmt: skip
         status |= main(one)
         runs[seed] = _read_json(os.path.join(one.output_dir, "results.json"))
     first = next(iter(runs.values()))
-    types = [k for k in first["models"][first["roles"][BASE]] if k.startswith("acc_")]
-    metrics = [*types, "relational", "zeroshot_top1"]
-    table: dict = {}
-    for role in first["roles"]:
-        values = {m: [r["models"][r["roles"][role]][m] for r in runs.values()] for m in metrics}
-        table[role] = {m: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                           "min": min(v), "max": max(v), "values": v} for m, v in values.items()}  # fmt: skip
+    metrics = list(first["table"][BASE])
+    table = {role: {m: report.spread([r["table"][role][m]["mean"] for r in runs.values()]) for m in metrics}
+             for role in first["roles"]}  # fmt: skip
     met = {what: all(r["targets"][what] for r in runs.values()) for what in first["targets"]}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results_seeds.json"), "w") as f:
@@ -519,8 +596,7 @@ def main_seeds(args: DemoArguments) -> int:
         "each seed draws its own world, initial model and batch order. Cells: mean ± standard deviation "
         f"(min–max) over {len(args.seeds)} seeds.",
         "",
-        *_table(types, list(table.items()),
-                lambda s, k: f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f} ({s[k]['min']:.3f}–{s[k]['max']:.3f})"),
+        *report.markdown_table(table, metrics),
         "",
         "Targets met by every seed:",
         "",
@@ -531,6 +607,7 @@ def main_seeds(args: DemoArguments) -> int:
         f.write("\n".join(lines))
     print("\n".join(lines))
     return status
+
 
 
 def make_parser() -> HfArgumentParser:
