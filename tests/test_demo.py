@@ -183,3 +183,14 @@ def test_the_report_names_the_flags_that_differ_from_the_defaults(tmp_path):
     args = demo.DemoArguments(output_dir=str(tmp_path), losses=["clip", "pairwise", "fsc_clip_local"], plain_rules="")
     assert demo._non_default_flags(args) == " --losses clip pairwise fsc_clip_local --plain_rules ''"
     assert demo._non_default_flags(demo.DemoArguments(output_dir=str(tmp_path))) == ""
+
+
+def test_fine_tune_seeds_must_be_distinct_and_the_plain_variant_train():
+    """Two equal seeds would train two runs into one folder at once; `--plain_seeds 0` would drop the variant that
+    `--plain_rules` asks for (an empty `--plain_rules` is how to drop it)."""
+    with pytest.raises(ValueError, match="distinct seeds"):
+        demo.DemoArguments(output_dir="unused", finetune_seeds=[0, 0])
+    with pytest.raises(ValueError, match="--plain_seeds ≥ 1"):
+        demo.DemoArguments(output_dir="unused", plain_seeds=0)
+    with pytest.raises(ValueError, match="distinct seeds"):
+        demo.DemoArguments(output_dir="unused", finetune_seeds=[])
