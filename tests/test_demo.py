@@ -13,9 +13,8 @@ from hnc_clip.demo import run as demo
 def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     import statistics
 
-    losses = ["clip", "negclip", "pairwise"]
-    args = demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1, losses=losses)
-    assert args.finetune_seeds == [0, 1]
+    args = demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1)
+    assert args.finetune_seeds == [0, 1] and args.losses == ["clip", "pairwise"]
     assert demo.main(args) == 0
     for name in ("report.md", "results.json", "accuracy_by_type.png", "tradeoff.png", "eval/base/results.json"):
         assert (tmp_path / name).exists(), name
@@ -23,7 +22,6 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
     plain_role = f"plain captions + rule negatives (`pairwise`; {args.plain_rules})"
     assert results["roles"] == {"pre-trained base": ["base"],
                                 "standard fine-tune (`clip`)": ["ft_clip-s0", "ft_clip-s1"],
-                                "`negclip` fine-tune": ["ft_negclip-s0", "ft_negclip-s1"],
                                 "HNC fine-tune (`pairwise`)": ["ft_pairwise-s0", "ft_pairwise-s1"],
                                 plain_role: ["ft_pairwise_plain-s0"]}  # fmt: skip
     # Each role's cells are the statistics of its models' own evaluation (eval/results.json), one model per seed.
@@ -81,14 +79,15 @@ def test_quick_demo_runs_and_caches(tmp_path, monkeypatch):
         return tuple(x for k, x in enumerate(f) if k not in drop and k - 1 not in drop)
 
     assert len({batches(f) for f in flags.values()}) == 1
-    assert "--hard_negative_weight" not in flags["negclip"] and "--hard_negative_weight" in flags["pairwise"]
+    assert "--hard_negative_weight" not in flags["clip"] and "--hard_negative_weight" in flags["pairwise"]
+    assert batches(demo.finetune_flags(args, "negclip")) == batches(demo.finetune_flags(args, "clip"))  # no λ either
     check_plain_variant(tmp_path, args, flags["pairwise"])
 
     # A rerun trains nothing: every stage is found in its folder with the same configuration.
     stamps = {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in ("base", "ft_clip-s1")}
     trained = []
     monkeypatch.setattr("hnc_clip.scripts.train.main", lambda *a, **k: trained.append(a))
-    assert demo.main(demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1, losses=args.losses)) == 0
+    assert demo.main(demo.DemoArguments(output_dir=str(tmp_path), quick=True, num_threads=1)) == 0
     assert trained == []
     assert stamps == {p: os.path.getmtime(tmp_path / "models" / p / "model.safetensors") for p in stamps}
 
