@@ -35,11 +35,10 @@ def markdown_table(table: Mapping[str, Mapping[str, dict]], metrics: Sequence[st
 def plot_by_type(table: Mapping[str, Mapping[str, dict]], types: Sequence[str], path: str) -> str:
     """Grouped bars of the mean accuracy per negative type and role, the standard deviation as an error bar and
     each seed's value as a dot (so two seeds that disagree show as two dots, not one short bar)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from hnc_clip.evaluation.plots import save_figure  # chooses the Agg backend before pyplot draws
 
     x = np.arange(len(types))
     width = 0.8 / len(table)
@@ -57,18 +56,14 @@ def plot_by_type(table: Mapping[str, Mapping[str, dict]], types: Sequence[str], 
     ax.set_ylabel("accuracy (positive > hard negative)")
     ax.set_title("Pairwise accuracy by negative type (bars: mean over seeds; dots: each seed)")
     ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> str:
     """Relational accuracy vs object recognition along the WiSE-FT path from the base (α = 0) to the tuned model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hnc_clip.evaluation.plots import save_figure  # chooses the Agg backend before pyplot draws
 
     points = sorted(points, key=lambda p: p["alpha"])
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -83,7 +78,4 @@ def plot_tradeoff(points: list[dict], path: str, base: dict | None = None) -> st
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_title("WiSE-FT: relations vs recognition")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -455,7 +455,6 @@ def finetune_jobs(args: DemoArguments, base: str, world: str) -> list[tuple[str,
     return jobs
 
 
-
 def build_image_cache(world: str, init: str) -> str:
     """Every world image decoded and resized once (`hnc_clip.data.image_cache`), as `hnc-clip-image-cache` does; kept
     while the world and the model's image geometry stay the same (`demo_stage.json` beside the cache)."""

@@ -31,7 +31,7 @@ def plot_accuracy_by_type(results: Mapping[str, dict], path: str) -> str | None:
     ax.set_ylabel("accuracy (positive > hard negative)")
     ax.set_title("Pairwise accuracy by caption type")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_similarity_histograms(scores: Mapping[str, object], path: str, bins: int = 40) -> str | None:
@@ -59,7 +59,7 @@ def plot_similarity_histograms(scores: Mapping[str, object], path: str, bins: in
         ax.axis("off")
     axes.flat[0].legend(fontsize="small")
     fig.suptitle("Image-caption similarities")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_wise_tradeoff(curves: Mapping[str, Sequence[dict]], path: str) -> str | None:
@@ -92,10 +92,11 @@ def plot_wise_tradeoff(curves: Mapping[str, Sequence[dict]], path: str) -> str |
         ax.set_ylabel("accuracy")
     ax.set_title("WiSE-FT interpolation")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+    """Lay out, write as a 110-dpi PNG (its folder made) and close: every plot of the project ends here."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

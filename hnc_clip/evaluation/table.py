@@ -70,11 +70,10 @@ def by_type_markdown(results: dict) -> str:
 
 def plot_table(columns: list[str], rows: list[dict], path: str) -> str:
     """A heat map of the table (models x benchmarks, percent), values written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from .plots import save_figure  # chooses the Agg backend before pyplot draws
 
     cols = columns[1:]
     values = np.array([[np.nan if r[c] is None else r[c] for c in cols] for r in rows], dtype=float)
@@ -86,11 +85,7 @@ def plot_table(columns: list[str], rows: list[dict], path: str) -> str:
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), [r["model"] for r in rows])
     ax.set_title("Benchmarks (headline numbers, %)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_benchmark_table(results: dict, suites: dict[str, str], headlines: dict[str, str], output_dir: str) -> dict:

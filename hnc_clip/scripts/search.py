@@ -189,10 +189,9 @@ def best_config(model_args, data_args, training_args, params: dict, output_dir: 
 
 
 def plot_trials(trials: list[dict], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from hnc_clip.evaluation.plots import save_figure  # chooses the Agg backend before pyplot draws
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for loss in sorted({t["params"]["loss_type"] for t in trials}):
@@ -209,10 +208,7 @@ def plot_trials(trials: list[dict], path: str) -> str:
     ax.set_ylabel("relational accuracy (objective)")
     ax.set_title("Hyper-parameter search trials")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(model_args, data_args, training_args, search_args: SearchArguments) -> dict:
